@@ -1,0 +1,117 @@
+//! Names, defaults and thresholds, each with its reason, in one place; and the validated
+//! settings the service runs with.
+
+use std::time::Duration;
+
+/// Channel the CMS triggers notify on insert, delete and state change.
+pub const CHANNEL_INSTANCES: &str = "toygres_instances";
+/// Channel for people and scripts: `restart <name>`, `reconcile <name>`, `reconcile *`.
+pub const CHANNEL_CONTROL: &str = "toygres_actor_control";
+/// Channel the service notifies when an instance's `health_status` changes.
+pub const CHANNEL_HEALTH: &str = "toygres_health";
+/// Private channel for the listener's liveness round trip (self-NOTIFY).
+pub const CHANNEL_PING: &str = "toygres_actors_ping";
+
+/// PostgreSQL truncates identifiers (channel names included) to 63 bytes: a longer name
+/// would silently LISTEN on something else.
+pub const PG_IDENTIFIER_MAX: usize = 63;
+const _: () = {
+    assert!(CHANNEL_INSTANCES.len() <= PG_IDENTIFIER_MAX);
+    assert!(CHANNEL_CONTROL.len() <= PG_IDENTIFIER_MAX);
+    assert!(CHANNEL_HEALTH.len() <= PG_IDENTIFIER_MAX);
+    assert!(CHANNEL_PING.len() <= PG_IDENTIFIER_MAX);
+};
+
+/// NOTIFY payloads are limited to 8000 bytes by PostgreSQL; anything longer we receive on
+/// the control channel cannot have come from a well-behaved sender.
+pub const MAX_CONTROL_PAYLOAD: usize = 8000;
+
+/// Name of the instance actor orchestration as registered with Duroxide.
+pub const ACTOR_ORCHESTRATION: &str = "toygres::InstanceActor";
+/// Current version of the actor orchestration. Bump (and keep the old registration) when
+/// its replay behaviour changes, so in-flight actors keep running on the code they began with.
+pub const ACTOR_VERSION: &str = "1.0.0";
+/// The one activity of an actor iteration: read row → probe → record.
+pub const ACTIVITY_HEALTH_CHECK: &str = "toygres::HealthCheck";
+/// Prefix of every actor's orchestration id: `actor-<instance uuid>-<incarnation>`. The
+/// instance uuid in the id lets the reconciler find actors whose CMS row is gone.
+pub const ACTOR_ID_PREFIX: &str = "actor-";
+
+/// States whose instances must have an actor (spec default).
+pub const DEFAULT_ACTOR_STATES: &[&str] = &["creating", "running"];
+/// Time between health checks of one instance.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// How old `last_health_check` may get before the actor counts as stale (spec: 5 min).
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(300);
+/// Full reconcile period: the safety net under the notifications (spec: 60 s).
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// Iterations an actor runs before continue-as-new. Every turn replays the execution's
+/// history, so it must stay short; but each continue-as-new costs a turn and an execution
+/// row, so not every iteration (measured: 10–30 is the sweet spot).
+pub const DEFAULT_ITERATIONS_PER_EXECUTION: u32 = 20;
+/// Connect timeout of a probe.
+pub const DEFAULT_PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Query timeout of a probe.
+pub const DEFAULT_PROBE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Consecutive failed probes before `unhealthy` (1 keeps toygres' original behaviour).
+pub const DEFAULT_UNHEALTHY_AFTER: u32 = 1;
+/// How long `instance_health_checks` rows are kept.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Reconciles running at once (different instances); bursts of thousands queue behind them.
+pub const DEFAULT_RECONCILE_PARALLELISM: usize = 16;
+/// Listener liveness: a self-NOTIFY every this often…
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// …must come back within this, or the connection is treated as dead and replaced.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// First and largest delay between listener reconnect attempts (jittered exponential).
+pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Per-instance heal backoff: first retry after this…
+pub const HEAL_BACKOFF_MIN: Duration = Duration::from_secs(5);
+/// …doubling up to this, so a crash-looping actor is retried but never spins.
+pub const HEAL_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// How long a restart waits for the old incarnation to be terminal before starting the new
+/// one (fencing makes proceeding safe; waiting keeps "one live actor" true in Duroxide too).
+pub const RESTART_CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// Leader election: how often a follower tries the advisory lock. Takeover must happen
+/// within 10 s of a leader's death (spec), so this plus connection loss detection stays well under.
+pub const LEADER_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Advisory lock key (the ASCII bytes of "toygres" + "A").
+pub const LEADER_LOCK_KEY: i64 = 0x746f_7967_7265_7341;
+/// How often the fleet gauges (verdicts, per-instance series) are recomputed from the DB.
+pub const DEFAULT_FLEET_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How often finished Duroxide executions and old health history are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Duroxide schema default (spec). Use another when toygres' own server already runs a
+/// Duroxide runtime on `toygres_duroxide` of the same database.
+pub const DEFAULT_DUROXIDE_SCHEMA: &str = "toygres_duroxide";
+
+/// Reject schema names we would have to quote: they are spliced into SQL.
+pub fn valid_schema_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= PG_IDENTIFIER_MAX
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names() {
+        assert!(valid_schema_name("toygres_duroxide"));
+        assert!(valid_schema_name("_x1"));
+        assert!(!valid_schema_name(""));
+        assert!(!valid_schema_name("1abc"));
+        assert!(!valid_schema_name("a;drop"));
+        assert!(!valid_schema_name("Upper"));
+        assert!(!valid_schema_name(&"a".repeat(64)));
+    }
+}

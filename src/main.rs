@@ -1,0 +1,28 @@
+//! `toygres-actors`: parse the command line and hand over to the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = toygres_actors::cli::Cli::parse();
+    toygres_actors::cli::init_tracing(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(toygres_actors::cli::execute(cli)) {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!(
+                "error: {}",
+                toygres_actors::redact::redact_error(&format!("{e:#}"))
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The real binary, as a user runs it.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_toygres-actors"));
+    c.env_remove("DATABASE_URL").env_remove("TEST_DATABASE_URL");
+    c
+}
+
+#[test]
+fn migrate_without_database_url_starts_private_cluster_and_exits_cleanly() {
+    let dir = std::env::temp_dir().join(format!(
+        "toygres-actors-cli-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    for round in 0..2 {
+        let out = bin()
+            .arg("migrate")
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .expect("run toygres-actors");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "round {round}: {stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+        assert!(stderr.contains("private PostgreSQL started"), "{stderr}");
+        // Stopped on exit: no server left holding the data directory.
+        let pid_file = dir.join("pg/data/postmaster.pid");
+        assert!(!pid_file.exists(), "cluster still running: {pid_file:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_give_a_clear_error_and_change_nothing() {
+    let out = bin()
+        .args(["--duroxide-schema", "x;drop", "migrate"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--duroxide-schema"), "{stderr}");
+    assert!(
+        !stderr.contains("private PostgreSQL started"),
+        "nothing may start: {stderr}"
+    );
+
+    let out = bin()
+        .args(["run", "--check-interval", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+}
+
+#[test]
+fn help_never_shows_secret_env_values() {
+    let out = bin()
+        .env("TOYGRES_ACTORS_API_TOKEN", "tok-very-secret")
+        .env("DATABASE_URL", "postgres://u:pw-very-secret@h/db")
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("--api-token"));
+    assert!(!text.contains("very-secret"), "{text}");
+}

@@ -1,0 +1,405 @@
+//! The SQL contract on a real PostgreSQL: NOTIFY triggers and their payloads, the durable
+//! restart request, and migrations that are additive and idempotent on toygres-shaped
+//! databases that already hold rows.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use support::TestDb;
+
+/// Receive notifications until `sentinel` arrives on `channel`; returns what came before it.
+/// The sentinel is sent after the statement under test has committed, and PostgreSQL
+/// delivers notifications in commit order, so "nothing before the sentinel" proves that
+/// the statement sent nothing — no sleeping involved.
+async fn drain_until_sentinel(
+    listener: &mut PgListener,
+    db: &TestDb,
+    channel: &str,
+) -> Vec<String> {
+    let sentinel = format!("sentinel-{}", uuid::Uuid::new_v4());
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(&sentinel)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("a notification within 10 s")
+            .expect("listener alive");
+        if n.payload() == sentinel {
+            return seen;
+        }
+        seen.push(n.payload().to_string());
+    }
+}
+
+async fn listen(db: &TestDb, channel: &str) -> PgListener {
+    let mut l = PgListener::connect(&db.url).await.unwrap();
+    l.listen(channel).await.unwrap();
+    l
+}
+
+#[tokio::test]
+async fn insert_delete_and_state_change_notify_exactly_once() {
+    let db = TestDb::new().await;
+    let mut l = listen(&db, "toygres_instances").await;
+
+    let id = db.insert_instance("pg-one", "creating", None).await;
+    let got = drain_until_sentinel(&mut l, &db, "toygres_instances").await;
+    assert_eq!(got.len(), 1, "insert: {got:?}");
+    let v: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["op"], "insert");
+    assert_eq!(v["id"], id.to_string());
+    assert_eq!(v["k8s_name"], "pg-one");
+    assert_eq!(v["old_state"], Value::Null);
+    assert_eq!(v["new_state"], "creating");
+    assert!(
+        v["at"].as_f64().unwrap() > 1.7e9,
+        "commit clock in epoch seconds: {v}"
+    );
+
+    sqlx::query("UPDATE toygres_cms.instances SET state = 'running' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let got = drain_until_sentinel(&mut l, &db, "toygres_instances").await;
+    assert_eq!(got.len(), 1, "state change: {got:?}");
+    let v: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["op"], "state");
+    assert_eq!(v["old_state"], "creating");
+    assert_eq!(v["new_state"], "running");
+
+    // Same state written again: not a change, no notification.
+    sqlx::query("UPDATE toygres_cms.instances SET state = 'running' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let got = drain_until_sentinel(&mut l, &db, "toygres_instances").await;
+    assert!(got.is_empty(), "same-state update must not notify: {got:?}");
+
+    sqlx::query("DELETE FROM toygres_cms.instances WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let got = drain_until_sentinel(&mut l, &db, "toygres_instances").await;
+    assert_eq!(got.len(), 1, "delete: {got:?}");
+    let v: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["op"], "delete");
+    assert_eq!(v["id"], id.to_string());
+    assert_eq!(v["old_state"], "running");
+    assert_eq!(v["new_state"], Value::Null);
+}
+
+#[tokio::test]
+async fn health_only_update_does_not_notify() {
+    let db = TestDb::new().await;
+    let id = db.insert_instance("pg-health", "running", None).await;
+    let mut l = listen(&db, "toygres_instances").await;
+    sqlx::query(
+        "UPDATE toygres_cms.instances
+            SET health_status = 'healthy', last_health_check = now(), tags = '{\"x\":1}'
+          WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let got = drain_until_sentinel(&mut l, &db, "toygres_instances").await;
+    assert!(got.is_empty(), "health write must not notify: {got:?}");
+}
+
+#[tokio::test]
+async fn payload_stays_small_for_long_names_and_huge_tags() {
+    let db = TestDb::new().await;
+    let mut l = listen(&db, "toygres_instances").await;
+    // 255 four-byte characters: the longest name the column takes, in bytes.
+    let name: String = "𝔭".repeat(255);
+    let big_tags = serde_json::json!({ "blob": "x".repeat(100_000) });
+    sqlx::query(
+        "INSERT INTO toygres_cms.instances
+             (user_name, k8s_name, postgres_version, storage_size_gb, create_orchestration_id,
+              tags, dns_connection_string)
+         VALUES ('u', $1, '16', 1, 'c', $2, repeat('h', 50000))",
+    )
+    .bind(&name)
+    .bind(&big_tags)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let got = drain_until_sentinel(&mut l, &db, "toygres_instances").await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].len() < 8000, "payload is {} bytes", got[0].len());
+    let v: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["k8s_name"].as_str().unwrap(), name);
+    assert!(!got[0].contains("xxxx"), "tags must not be in the payload");
+    assert!(
+        !got[0].contains("hhhh"),
+        "connection strings must not be in the payload"
+    );
+}
+
+#[tokio::test]
+async fn request_actor_restart_is_durable_and_rejects_unknown_names() {
+    let db = TestDb::new().await;
+    let id = db.insert_instance("pg-restart", "running", None).await;
+    sqlx::query("UPDATE toygres_cms.instances SET dns_name = 'pg-restart.example' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut l = listen(&db, "toygres_actor_control").await;
+
+    let err = sqlx::query("SELECT toygres_cms.request_actor_restart('no-such-instance')")
+        .execute(&db.pool)
+        .await
+        .expect_err("unknown name must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("unknown instance") && msg.contains("no-such-instance"),
+        "{msg}"
+    );
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM toygres_cms.actor_restart_requests")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0, "a failed request records nothing");
+
+    let req: i64 = sqlx::query_scalar("SELECT toygres_cms.request_actor_restart('pg-restart')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let by_dns: i64 =
+        sqlx::query_scalar("SELECT toygres_cms.request_actor_restart('pg-restart.example')")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(by_dns > req);
+    let got = drain_until_sentinel(&mut l, &db, "toygres_actor_control").await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let v: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["op"], "restart");
+    assert_eq!(v["k8s_name"], "pg-restart");
+    assert_eq!(v["request_id"], req);
+    let rows: Vec<(uuid::Uuid, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "SELECT instance_id, handled_at FROM toygres_cms.actor_restart_requests ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|(i, h)| *i == id && h.is_none()));
+}
+
+#[tokio::test]
+async fn record_health_is_fenced_and_notifies_on_change() {
+    let db = TestDb::new().await;
+    let id = db.insert_instance("pg-rec", "running", None).await;
+    sqlx::query("UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-a' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut l = listen(&db, "toygres_health").await;
+    let record = |actor: &'static str, status: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT toygres_actors.record_health($1, $2, $3, '16.1', 4, NULL)",
+            )
+            .bind(id)
+            .bind(actor)
+            .bind(status)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        record("actor-a", "healthy").await.as_deref(),
+        Some("unknown")
+    );
+    assert_eq!(
+        record("actor-a", "healthy").await.as_deref(),
+        Some("healthy")
+    );
+    // A superseded actor writes nothing.
+    assert_eq!(record("actor-old", "unhealthy").await, None);
+    let got = drain_until_sentinel(&mut l, &db, "toygres_health").await;
+    assert_eq!(
+        got.len(),
+        1,
+        "only the unknown → healthy change notifies: {got:?}"
+    );
+    let v: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["k8s_name"], "pg-rec");
+    assert_eq!(v["old"], "unknown");
+    assert_eq!(v["new"], "healthy");
+    let (status, checks): (String, i64) = sqlx::query_as(
+        "SELECT i.health_status::text, (SELECT count(*) FROM toygres_cms.instance_health_checks h WHERE h.instance_id = i.id)
+           FROM toygres_cms.instances i WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "healthy");
+    assert_eq!(checks, 2);
+}
+
+/// Everything that defines the schema, as sorted text: columns with types and defaults,
+/// enum labels, triggers, indexes and function bodies.
+async fn catalog(db: &TestDb) -> String {
+    sqlx::query_scalar(
+        r#"SELECT string_agg(x, E'\n' ORDER BY x) FROM (
+             SELECT format('col %s.%s.%s %s %s.%s %s %s', table_schema, table_name, column_name,
+                           data_type, udt_schema, udt_name, is_nullable, coalesce(column_default, '')) AS x
+               FROM information_schema.columns
+              WHERE table_schema IN ('toygres_cms', 'toygres_actors', 'public')
+             UNION ALL
+             SELECT format('enum %s.%s %s %s', n.nspname, t.typname, e.enumlabel, e.enumsortorder)
+               FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid JOIN pg_namespace n ON n.oid = t.typnamespace
+             UNION ALL
+             SELECT format('trigger %s %s %s', tgrelid::regclass, tgname, pg_get_triggerdef(oid))
+               FROM pg_trigger WHERE NOT tgisinternal
+             UNION ALL
+             SELECT format('index %s', pg_get_indexdef(i.indexrelid))
+               FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname IN ('toygres_cms', 'toygres_actors', 'public')
+             UNION ALL
+             SELECT format('function %s %s', p.oid::regprocedure, md5(p.prosrc))
+               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname IN ('toygres_cms', 'toygres_actors')
+           ) s"#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Every row of the CMS tables, as text (order-independent).
+async fn rows(db: &TestDb) -> String {
+    sqlx::query_scalar(
+        "SELECT concat_ws(' | ',
+            (SELECT string_agg(t::text, ',' ORDER BY t.k8s_name) FROM toygres_cms.instances t),
+            (SELECT string_agg(t::text, ',' ORDER BY t.id) FROM toygres_cms.instance_health_checks t),
+            (SELECT string_agg(t::text, ',' ORDER BY t.id) FROM toygres_cms.instance_events t),
+            (SELECT string_agg(t::text, ',' ORDER BY t.version) FROM public._sqlx_migrations t))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn migrations_keep_rows_on(fixture: &str) {
+    let db = TestDb::empty().await;
+    sqlx::raw_sql(fixture).execute(&db.pool).await.unwrap();
+    let before: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT k8s_name, state::text, coalesce(instance_actor_orchestration_id, '') FROM toygres_cms.instances ORDER BY k8s_name",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(before.len(), 3);
+
+    toygres_actors::db::migrate(&db.pool)
+        .await
+        .expect("first migrate");
+    let after: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT k8s_name, state::text, coalesce(instance_actor_orchestration_id, '') FROM toygres_cms.instances ORDER BY k8s_name",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(before, after, "every row kept, unchanged");
+    let checks: i64 = sqlx::query_scalar("SELECT count(*) FROM toygres_cms.instance_health_checks")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(checks, 1);
+    // The missing column and enum label are there now, and usable.
+    sqlx::query("UPDATE toygres_cms.instances SET last_health_check = now(), state = 'stopped' WHERE k8s_name = 'pg-bob-1'")
+        .execute(&db.pool)
+        .await
+        .expect("last_health_check and 'stopped' exist after migrating");
+    // toygres' own migration bookkeeping is untouched.
+    let theirs: i64 = sqlx::query_scalar("SELECT count(*) FROM public._sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(theirs, 1);
+    // The health write works whichever schema holds the enum.
+    sqlx::query("UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-x' WHERE k8s_name = 'pg-alice-1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let old: Option<String> = sqlx::query_scalar(
+        "SELECT toygres_actors.record_health((SELECT id FROM toygres_cms.instances WHERE k8s_name = 'pg-alice-1'),
+                                             'actor-x', 'unhealthy', NULL, 1, 'down')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(old.as_deref(), Some("healthy"));
+
+    // Applied twice — through the migrator, and each file's SQL run again by hand — nothing changes.
+    let (cat1, rows1) = (catalog(&db).await, rows(&db).await);
+    toygres_actors::db::migrate(&db.pool)
+        .await
+        .expect("second migrate");
+    for m in toygres_actors::db::MIGRATOR.iter() {
+        sqlx::raw_sql(&m.sql)
+            .execute(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("migration {} is not re-runnable: {e}", m.version));
+    }
+    assert_eq!(cat1, catalog(&db).await, "schema changed on re-run");
+    assert_eq!(rows1, rows(&db).await, "rows changed on re-run");
+}
+
+#[tokio::test]
+async fn migrations_on_legacy_toygres_with_public_enums_keep_every_row() {
+    migrations_keep_rows_on(include_str!("fixtures/toygres_legacy_public_enums.sql")).await;
+}
+
+#[tokio::test]
+async fn migrations_on_current_toygres_with_cms_enums_keep_every_row() {
+    migrations_keep_rows_on(include_str!("fixtures/toygres_current_cms_enums.sql")).await;
+}
+
+#[tokio::test]
+async fn migrations_on_empty_database_are_idempotent() {
+    let db = TestDb::empty().await;
+    toygres_actors::db::migrate(&db.pool).await.unwrap();
+    let cat1 = catalog(&db).await;
+    assert!(
+        cat1.contains("trigger toygres_cms.instances toygres_instances_notify_state"),
+        "{cat1}"
+    );
+    toygres_actors::db::migrate(&db.pool).await.unwrap();
+    for m in toygres_actors::db::MIGRATOR.iter() {
+        sqlx::raw_sql(&m.sql).execute(&db.pool).await.unwrap();
+    }
+    assert_eq!(cat1, catalog(&db).await);
+}
+
+#[tokio::test]
+async fn concurrent_migrations_from_several_replicas_succeed() {
+    let db = TestDb::empty().await;
+    let runs = (0..4).map(|_| {
+        let pool = db.pool.clone();
+        async move { toygres_actors::db::migrate(&pool).await }
+    });
+    for r in futures::future::join_all(runs).await {
+        r.expect("concurrent migrate");
+    }
+}
