@@ -65,25 +65,28 @@ CREATE INDEX IF NOT EXISTS idx_decisions_decided_at ON toygres_actors.decisions 
 
 -- record_health(): one round trip per health check. Fenced: it writes only while
 -- p_actor_id is still the instance's current actor, and returns NULL otherwise (the actor
--- then exits without having written anything). Updates the row, appends the history, and
--- NOTIFYs `toygres_health` when health_status changed. Returns the previous status.
+-- then exits without having written anything). Sets last_health_check, sets health_status
+-- to the observed status unless p_keep_status (a failure below the consecutive-failure
+-- threshold), appends the observed status to the history, and NOTIFYs `toygres_health`
+-- when health_status changed. Returns the previous health_status.
 CREATE OR REPLACE FUNCTION toygres_actors.record_health(
     p_instance_id uuid,
     p_actor_id text,
-    p_status text,
+    p_observed text,
+    p_keep_status boolean,
     p_postgres_version text,
     p_response_time_ms integer,
     p_error text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_old    text;
+    v_new    text;
     v_name   text;
     v_now    timestamptz := clock_timestamp();
     -- %TYPE follows the column, whichever schema its enum lives in; the assignment from
     -- text converts (and rejects a label the enum does not have).
     v_status toygres_cms.instances.health_status%TYPE;
 BEGIN
-    v_status := p_status;
     SELECT health_status::text, k8s_name INTO v_old, v_name
       FROM toygres_cms.instances
      WHERE id = p_instance_id AND instance_actor_orchestration_id = p_actor_id
@@ -91,15 +94,17 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    v_new := CASE WHEN p_keep_status THEN v_old ELSE p_observed END;
+    v_status := v_new;
     UPDATE toygres_cms.instances SET health_status = v_status, last_health_check = v_now
      WHERE id = p_instance_id;
     INSERT INTO toygres_cms.instance_health_checks
                 (instance_id, status, postgres_version, response_time_ms, error_message, checked_at)
-         VALUES (p_instance_id, p_status, p_postgres_version, p_response_time_ms, left(p_error, 2000), v_now)
+         VALUES (p_instance_id, p_observed, p_postgres_version, p_response_time_ms, left(p_error, 2000), v_now)
     ON CONFLICT ON CONSTRAINT unique_health_check_time DO NOTHING;
-    IF v_old IS DISTINCT FROM p_status THEN
+    IF v_old IS DISTINCT FROM v_new THEN
         PERFORM pg_notify('toygres_health', json_build_object(
-            'k8s_name', left(v_name, 255), 'old', v_old, 'new', p_status, 'checked_at', v_now)::text);
+            'k8s_name', left(v_name, 255), 'old', v_old, 'new', v_new, 'checked_at', v_now)::text);
     END IF;
     RETURN v_old;
 END;

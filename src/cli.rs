@@ -44,7 +44,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         env = "TOYGRES_ACTORS_LOG",
-        default_value = "info",
+        default_value = "info,sqlx::postgres::notice=warn",
         global = true
     )]
     pub log: String,
@@ -316,22 +316,132 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             drop(db);
             Ok(0)
         }
-        other => {
-            anyhow::bail!("`{}` is not built yet", command_name(&other))
+        Command::Run(args) => {
+            validate_run_args(&args)?;
+            crate::service::run(&cli.global, &args).await?;
+            Ok(0)
+        }
+        Command::Demo(args) => crate::demo::run(&cli.global, &args).await,
+        Command::Status(args) => {
+            let only = match args.verdict.as_deref() {
+                None => None,
+                Some(v) => Some(crate::verdict::Verdict::parse(v).ok_or_else(|| {
+                    anyhow::anyhow!("unknown verdict `{v}` (ok, stale, missing, zombie, orphan, unhealthy, idle)")
+                })?),
+            };
+            let reconciler = operator_reconciler(&cli.global).await?;
+            let list = crate::ops::list(&reconciler, only).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", crate::ops::render_table(&list));
+            }
+            Ok(if list.iter().any(|a| a.verdict.needs_healing()) { 1 } else { 0 })
+        }
+        Command::Explain { name } => {
+            let reconciler = operator_reconciler(&cli.global).await?;
+            let e = crate::ops::explain(&reconciler, &name).await?;
+            print!("{}", crate::ops::render_explanation(&e));
+            Ok(0)
+        }
+        Command::Actor { action, name } => {
+            let reconciler = operator_reconciler(&cli.global).await?;
+            let r = match action {
+                ActorAction::Start => crate::ops::start(&reconciler, &name, "cli").await?,
+                ActorAction::Restart => crate::ops::restart(&reconciler, &name, "cli").await?,
+                ActorAction::Cancel => crate::ops::cancel(&reconciler, &name, "cli").await?,
+            };
+            println!("{}: {}", r.k8s_name, r.message);
+            if let Some(old) = &r.old_actor_id {
+                println!("  old actor: {old}");
+            }
+            if let Some(new) = &r.new_actor_id {
+                println!("  new actor: {new}");
+            }
+            if let Some(w) = &r.warning {
+                println!("  warning: {w}");
+            }
+            Ok(0)
+        }
+        Command::Heal { dry_run } => {
+            let reconciler = operator_reconciler(&cli.global).await?;
+            let outcomes = reconciler.full_reconcile(None, dry_run).await?;
+            if outcomes.is_empty() {
+                println!("nothing to heal");
+            }
+            for o in &outcomes {
+                let what = match &o.skipped {
+                    Some(why) => format!("would {} ({why})", o.action),
+                    None => format!("did {}", o.action),
+                };
+                println!(
+                    "{:<30} {:<9} {:<28} {} — {}",
+                    o.k8s_name,
+                    o.verdict,
+                    what,
+                    o.new_actor_id.as_deref().unwrap_or(""),
+                    o.reason
+                );
+            }
+            Ok(0)
         }
     }
 }
 
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Run(_) => "run",
-        Command::Migrate => "migrate",
-        Command::Status(_) => "status",
-        Command::Explain { .. } => "explain",
-        Command::Actor { .. } => "actor",
-        Command::Heal { .. } => "heal",
-        Command::Demo(_) => "demo",
+fn validate_run_args(args: &RunArgs) -> anyhow::Result<()> {
+    if args.check_interval.is_zero() {
+        anyhow::bail!("--check-interval must be greater than zero");
     }
+    if args.stale_after <= args.check_interval {
+        anyhow::bail!("--stale-after must be longer than --check-interval");
+    }
+    if args.resync_interval.is_zero() || args.fleet_poll_interval.is_zero() || args.ping_interval.is_zero() {
+        anyhow::bail!("intervals must be greater than zero");
+    }
+    if args.actor_states.is_empty() {
+        anyhow::bail!("--actor-states must name at least one state");
+    }
+    const STATES: [&str; 6] = ["creating", "running", "stopped", "deleting", "deleted", "failed"];
+    for s in &args.actor_states {
+        if !STATES.contains(&s.as_str()) {
+            anyhow::bail!("--actor-states: unknown state `{s}` (one of {})", STATES.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// For the operator commands: the database (DATABASE_URL, or the private cluster a running
+/// service started), and a reconciler without a Duroxide runtime of its own — the
+/// service's runtime carries out what we enqueue.
+async fn operator_reconciler(global: &GlobalArgs) -> anyhow::Result<crate::reconcile::Reconciler> {
+    let url = match &global.database_url {
+        Some(url) => url.clone(),
+        None => crate::embedded_pg::running_url(&global.data_dir.join("pg"), EMBEDDED_DATABASE).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no DATABASE_URL, and no private cluster is running under {} (start `toygres-actors run` or `demo` first)",
+                global.data_dir.display()
+            )
+        })?,
+    };
+    let args = RunArgs::from_env()?;
+    let pool = crate::db::cms_pool(&url, 4).await?;
+    let store = crate::duro::open_store(&url, &global.duroxide_schema, false, &pool).await?;
+    let control = crate::duro::ActorControl::new(
+        pool,
+        store,
+        &global.duroxide_schema,
+        crate::duro::ActorSettings {
+            check_interval: args.check_interval,
+            iterations_per_execution: args.iterations_per_execution,
+            unhealthy_after: args.unhealthy_after,
+            actor_states: args.actor_states.clone(),
+        },
+    );
+    Ok(crate::reconcile::Reconciler::new(
+        control,
+        args.stale_after,
+        format!("cli-{}", std::process::id()),
+    ))
 }
 
 #[cfg(test)]

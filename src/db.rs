@@ -20,6 +20,8 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid database URL: {0}")]
     BadUrl(String),
+    #[error("session: {0}")]
+    Session(String),
 }
 
 /// The migrations in `migrations/`, compiled into the binary.
@@ -93,4 +95,93 @@ pub async fn ensure_database(admin_url: &str, database: &str) -> Result<(), DbEr
     }
     pool.close().await;
     Ok(())
+}
+
+/// A long-lived tokio-postgres session (listener, leader lock): the client, the
+/// notifications the server pushes, and a signal when the connection ends.
+pub struct PgSession {
+    pub client: tokio_postgres::Client,
+    pub notifications: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    /// Resolves (with the redacted error, if any) when the connection has ended.
+    pub closed: tokio::sync::oneshot::Receiver<Option<String>>,
+}
+
+/// Open a session to a writable server (`target_session_attrs=read-write`: a hot standby
+/// is refused), with TCP keepalives and a bounded connect time.
+pub async fn connect_session(url: &str, application: &str, timeout: Duration) -> Result<PgSession, DbError> {
+    use std::str::FromStr;
+    use tokio_postgres::config::{SslMode, TargetSessionAttrs};
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| DbError::BadUrl(crate::redact::redact_error(&e.to_string())))?;
+    config
+        .application_name(application)
+        .connect_timeout(timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .target_session_attrs(TargetSessionAttrs::ReadWrite);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let connect = async {
+        if config.get_ssl_mode() == SslMode::Disable {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(drive(conn, tx, closed_tx));
+            Ok::<_, tokio_postgres::Error>(client)
+        } else {
+            let tls = native_tls::TlsConnector::builder()
+                .danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true)
+                .build()
+                .map(postgres_native_tls::MakeTlsConnector::new);
+            match tls {
+                Ok(tls) => {
+                    let (client, conn) = config.connect(tls).await?;
+                    tokio::spawn(drive(conn, tx, closed_tx));
+                    Ok(client)
+                }
+                Err(_) => {
+                    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(drive(conn, tx, closed_tx));
+                    Ok(client)
+                }
+            }
+        }
+    };
+    let client = match tokio::time::timeout(timeout, connect).await {
+        Err(_) => {
+            return Err(DbError::Session(format!(
+                "connect timed out after {} ms",
+                timeout.as_millis()
+            )));
+        }
+        Ok(Err(e)) => return Err(DbError::Session(crate::redact::redact_error(&e.to_string()))),
+        Ok(Ok(c)) => c,
+    };
+    Ok(PgSession {
+        client,
+        notifications: rx,
+        closed: closed_rx,
+    })
+}
+
+/// Poll a connection: forward notifications, report how it ended.
+async fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
+    closed: tokio::sync::oneshot::Sender<Option<String>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+    let end = loop {
+        match futures::StreamExt::next(&mut stream).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                let _ = tx.send(n);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break Some(crate::redact::redact_error(&e.to_string())),
+            None => break None,
+        }
+    };
+    let _ = closed.send(end);
 }

@@ -434,3 +434,17 @@ fn spawn_guardian(
     std::mem::forget(child);
     Ok(stdin)
 }
+
+/// The URL of a private cluster that another process of ours (a running `run` or `demo`)
+/// started under `data_dir`, if it is running.
+pub fn running_url(data_dir: &Path, database: &str) -> Option<String> {
+    let run_as = unprivileged_user().ok()?;
+    let root = usable_root(data_dir, run_as).ok()?;
+    let pid_file = fs::read_to_string(root.join("data").join("postmaster.pid")).ok()?;
+    let mut lines = pid_file.lines();
+    let pid: i32 = lines.next()?.trim().parse().ok()?;
+    let port: u16 = lines.nth(2)?.trim().parse().ok()?;
+    // Signal 0: is the postmaster alive?
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok()?;
+    Some(format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{database}"))
+}

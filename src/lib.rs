@@ -27,9 +27,22 @@
 //! migrations, statement texts), [`config`] (names and defaults with their reasons) and
 //! [`redact`] (no password leaves the process).
 
+pub mod actor;
+pub mod api;
 pub mod cli;
+pub mod cms;
 pub mod config;
 pub mod db;
+pub mod demo;
+pub mod duro;
 pub mod embedded_pg;
+pub mod health;
+pub mod leader;
+pub mod listener;
+pub mod metrics;
+pub mod ops;
+pub mod reconcile;
 pub mod redact;
+pub mod service;
 pub mod sql;
+pub mod verdict;

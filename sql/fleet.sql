@@ -1,0 +1,28 @@
+-- Every CMS instance with Duroxide's view of its current actor, in one query (the resync,
+-- the fleet gauges, `status`). Connection strings are not selected, only whether one exists.
+SELECT c.id,
+       c.k8s_name,
+       c.dns_name,
+       c.state::text AS state,
+       c.health_status::text AS health_status,
+       c.instance_actor_orchestration_id AS actor_id,
+       c.last_health_check,
+       c.created_at,
+       c.updated_at,
+       (COALESCE(c.dns_connection_string, c.ip_connection_string) IS NOT NULL) AS has_target,
+       e.status AS actor_status,
+       i.created_at AS actor_created_at,
+       (i.instance_id IS NULL AND c.instance_actor_orchestration_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM __DUROXIDE__.orchestrator_queue oq
+             WHERE oq.instance_id = c.instance_actor_orchestration_id)) AS actor_pending,
+       COALESCE((SELECT max(h.created_at) FROM __DUROXIDE__.history h
+                  WHERE h.instance_id = i.instance_id AND h.execution_id = i.current_execution_id),
+                e.started_at) AS actor_last_progress,
+       (EXISTS (SELECT 1 FROM __DUROXIDE__.orchestrator_queue oq WHERE oq.instance_id = i.instance_id)
+        OR EXISTS (SELECT 1 FROM __DUROXIDE__.worker_queue wq WHERE wq.instance_id = i.instance_id)) AS actor_has_work,
+       i.current_execution_id AS actor_execution_id
+  FROM toygres_cms.instances c
+  LEFT JOIN __DUROXIDE__.instances i ON i.instance_id = c.instance_actor_orchestration_id
+  LEFT JOIN __DUROXIDE__.executions e
+         ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+ ORDER BY c.k8s_name

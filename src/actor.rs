@@ -1,0 +1,220 @@
+//! The instance actor: a detached, durable Duroxide orchestration per monitored instance.
+//!
+//! One iteration is **one activity and one durable timer**: the [`HealthCheck`] activity
+//! reads the row, probes the instance and records the result in one fenced write; then the
+//! orchestration sleeps on a durable timer. After `iterations_per_execution` iterations it
+//! continues as new, so its history (replayed on every turn) stays short.
+//!
+//! The orchestration is deterministic on replay: no wall clock, randomness or map iteration.
+//! Everything that varies (time, the row, the probe) happens inside the activity. The first
+//! timer of an actor is shortened by a jitter derived from the instance id, so a burst of
+//! starts does not keep firing together forever.
+//!
+//! Fencing: the activity checks that the row still names this orchestration as
+//! `instance_actor_orchestration_id` and that the state still calls for an actor; the write
+//! itself is conditional on the same id. A superseded actor, or one whose row is gone,
+//! exits without writing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use duroxide::{ActivityContext, OrchestrationContext};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::cms::{self, HealthRecord, Recorded};
+use crate::health::Prober;
+use crate::metrics;
+
+/// The actor's input, carried across continue-as-new.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorInput {
+    pub instance_id: Uuid,
+    pub k8s_name: String,
+    pub interval_ms: u64,
+    pub iterations_per_execution: u32,
+    pub unhealthy_after: u32,
+    pub actor_states: Vec<String>,
+    /// Failed probes in a row so far.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Executions completed before this one (0 for a fresh actor).
+    #[serde(default)]
+    pub executions: u64,
+}
+
+/// Input of one health check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckInput {
+    pub instance_id: Uuid,
+    pub actor_states: Vec<String>,
+    pub consecutive_failures: u32,
+    pub unhealthy_after: u32,
+}
+
+/// What a health check found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CheckOutcome {
+    /// Recorded; the actor goes on.
+    Checked {
+        status: String,
+        consecutive_failures: u32,
+    },
+    /// The actor must end (row gone, state wants no actor, superseded); nothing was written.
+    Exit { reason: String },
+}
+
+/// The first timer: between half an interval and a full one, fixed per instance id.
+pub fn first_delay(instance_id: Uuid, interval: Duration) -> Duration {
+    let half = interval / 2;
+    let half_ms = half.as_millis().max(1) as u64;
+    let spread = (instance_id.as_u128() % half_ms as u128) as u64;
+    half + Duration::from_millis(spread)
+}
+
+/// The orchestration body.
+pub async fn instance_actor(ctx: OrchestrationContext, mut input: ActorInput) -> Result<String, String> {
+    let interval = Duration::from_millis(input.interval_ms.max(1));
+    let iterations = input.iterations_per_execution.max(1);
+    for i in 0..iterations {
+        let check = CheckInput {
+            instance_id: input.instance_id,
+            actor_states: input.actor_states.clone(),
+            consecutive_failures: input.consecutive_failures,
+            unhealthy_after: input.unhealthy_after,
+        };
+        match ctx
+            .schedule_activity_typed::<CheckInput, CheckOutcome>(crate::config::ACTIVITY_HEALTH_CHECK, &check)
+            .await
+        {
+            Ok(CheckOutcome::Exit { reason }) => {
+                ctx.trace_info(format!("actor for {} exits: {reason}", input.k8s_name));
+                return Ok(reason);
+            }
+            Ok(CheckOutcome::Checked {
+                consecutive_failures, ..
+            }) => input.consecutive_failures = consecutive_failures,
+            // The check could not run (e.g. the CMS was unreachable): try again next tick.
+            Err(e) => ctx.trace_warn(format!("health check of {} failed to run: {e}", input.k8s_name)),
+        }
+        let delay = if input.executions == 0 && i == 0 {
+            first_delay(input.instance_id, interval)
+        } else {
+            interval
+        };
+        ctx.schedule_timer(delay).await;
+    }
+    input.executions += 1;
+    ctx.continue_as_new_typed(&input).await
+}
+
+/// What the health check activity needs from the process.
+pub struct ActorDeps {
+    pub pool: PgPool,
+    pub prober: Arc<Prober>,
+}
+
+/// The health check activity: read → probe → record.
+pub async fn health_check(deps: &ActorDeps, actor_id: &str, input: CheckInput) -> Result<CheckOutcome, String> {
+    let id = input.instance_id;
+    let row = cms::instance_for_check(&deps.pool, id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let exit = |reason: String| {
+        deps.prober.forget(id);
+        tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
+        Ok(CheckOutcome::Exit { reason })
+    };
+    let Some(row) = row else {
+        return exit("instance row deleted".into());
+    };
+    if row.actor_id.as_deref() != Some(actor_id) {
+        return exit(format!(
+            "superseded: current actor is {}",
+            row.actor_id.as_deref().unwrap_or("none")
+        ));
+    }
+    if !input.actor_states.iter().any(|s| *s == row.state) {
+        return exit(format!("state `{}` calls for no actor", row.state));
+    }
+
+    let started = Instant::now();
+    let (observed, failures, version, response_ms, error) = match row.target.as_deref() {
+        None => ("unknown", 0, None, None, Some("no connection string yet".to_string())),
+        Some(target) => {
+            let r = deps.prober.probe(id, target).await;
+            if r.ok {
+                ("healthy", 0, r.version, Some(r.response_time_ms), None)
+            } else {
+                let failures = input.consecutive_failures.saturating_add(1);
+                ("unhealthy", failures, None, Some(r.response_time_ms), r.error)
+            }
+        }
+    };
+    metrics::record_health_check(observed, started.elapsed());
+    // Below the threshold a failure is recorded in the history but the status stays.
+    let keep_status = observed == "unhealthy" && failures < input.unhealthy_after.max(1);
+    let recorded = cms::record_health(
+        &deps.pool,
+        &HealthRecord {
+            instance_id: id,
+            actor_id,
+            observed,
+            keep_status,
+            postgres_version: version.as_deref(),
+            response_time_ms: response_ms.map(|ms| ms.min(i32::MAX as u64) as i32),
+            error: error.as_deref(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    match recorded {
+        Recorded::Superseded => exit("superseded while probing".into()),
+        Recorded::Written { previous } => {
+            if previous != observed && !keep_status {
+                tracing::info!(instance_id = %id, actor_id, from = %previous, to = observed,
+                    error = error.as_deref().unwrap_or(""), "health changed");
+            }
+            Ok(CheckOutcome::Checked {
+                status: observed.to_string(),
+                consecutive_failures: failures,
+            })
+        }
+    }
+}
+
+/// The activity as registered with Duroxide.
+pub fn register_activities(builder: duroxide::runtime::registry::ActivityRegistryBuilder, deps: Arc<ActorDeps>) -> duroxide::runtime::registry::ActivityRegistryBuilder {
+    builder.register_typed(
+        crate::config::ACTIVITY_HEALTH_CHECK,
+        move |ctx: ActivityContext, input: CheckInput| {
+            let deps = deps.clone();
+            async move { health_check(&deps, ctx.instance_id(), input).await }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_delay_is_within_half_to_full_interval_and_stable() {
+        let interval = Duration::from_secs(30);
+        for _ in 0..100 {
+            let id = Uuid::new_v4();
+            let d = first_delay(id, interval);
+            assert!(d >= interval / 2 && d < interval, "{d:?}");
+            assert_eq!(d, first_delay(id, interval));
+        }
+    }
+
+    #[test]
+    fn outcomes_round_trip_as_json() {
+        let o = CheckOutcome::Exit { reason: "x".into() };
+        let s = serde_json::to_string(&o).unwrap();
+        assert_eq!(serde_json::from_str::<CheckOutcome>(&s).unwrap(), o);
+    }
+}

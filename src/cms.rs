@@ -1,0 +1,128 @@
+//! The CMS: what we read from `toygres_cms.instances` and the one fenced write per health
+//! check. The row is the truth; every decision re-reads it.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::db::DbError;
+use crate::sql;
+
+/// An instance as the reconciler and the operator surface see it. Never holds the
+/// connection string (only whether there is one), so it can be logged and returned freely.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct InstanceRow {
+    pub id: Uuid,
+    pub k8s_name: String,
+    pub dns_name: Option<String>,
+    pub state: String,
+    pub health_status: String,
+    /// `instance_actor_orchestration_id`: the current actor incarnation.
+    pub actor_id: Option<String>,
+    pub last_health_check: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Whether `COALESCE(dns_connection_string, ip_connection_string)` is set.
+    pub has_target: bool,
+}
+
+/// What a health check reads before probing.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CheckRow {
+    pub state: String,
+    pub actor_id: Option<String>,
+    /// The probe target (a secret-bearing connection string: never log it).
+    pub target: Option<String>,
+}
+
+pub async fn instance_by_id(pool: &PgPool, id: Uuid) -> Result<Option<InstanceRow>, DbError> {
+    Ok(sqlx::query_as(sql::INSTANCE_BY_ID)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// By k8s_name, or dns_name of a live instance.
+pub async fn instance_by_name(pool: &PgPool, name: &str) -> Result<Option<InstanceRow>, DbError> {
+    Ok(sqlx::query_as(sql::INSTANCE_BY_NAME)
+        .bind(name)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub async fn instance_for_check(pool: &PgPool, id: Uuid) -> Result<Option<CheckRow>, DbError> {
+    Ok(sqlx::query_as(sql::INSTANCE_FOR_CHECK)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// One health check's result, as written to the CMS.
+#[derive(Debug, Clone)]
+pub struct HealthRecord<'a> {
+    pub instance_id: Uuid,
+    pub actor_id: &'a str,
+    /// What the probe observed: healthy, unhealthy or unknown.
+    pub observed: &'a str,
+    /// Leave health_status as it is (a failure below the consecutive-failure threshold).
+    pub keep_status: bool,
+    pub postgres_version: Option<&'a str>,
+    pub response_time_ms: Option<i32>,
+    /// Already redacted.
+    pub error: Option<&'a str>,
+}
+
+/// What the fenced write found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Written; carries the previous health_status.
+    Written { previous: String },
+    /// This actor is no longer the current one (or the row is gone): nothing written.
+    Superseded,
+}
+
+pub async fn record_health(pool: &PgPool, rec: &HealthRecord<'_>) -> Result<Recorded, DbError> {
+    let previous: Option<String> = sqlx::query_scalar(sql::RECORD_HEALTH)
+        .bind(rec.instance_id)
+        .bind(rec.actor_id)
+        .bind(rec.observed)
+        .bind(rec.keep_status)
+        .bind(rec.postgres_version)
+        .bind(rec.response_time_ms)
+        .bind(rec.error)
+        .fetch_one(pool)
+        .await?;
+    Ok(match previous {
+        Some(previous) => Recorded::Written { previous },
+        None => Recorded::Superseded,
+    })
+}
+
+/// Compare-and-swap `instance_actor_orchestration_id` from `expected` to `new` (`None`
+/// clears it). A non-`None` `new` is only written while the state calls for an actor.
+/// Returns whether the swap happened.
+pub async fn swap_actor_id(
+    pool: &PgPool,
+    id: Uuid,
+    expected: Option<&str>,
+    new: Option<&str>,
+    actor_states: &[String],
+) -> Result<bool, DbError> {
+    let row: Option<Uuid> = sqlx::query_scalar(sql::SWAP_ACTOR_ID)
+        .bind(id)
+        .bind(expected)
+        .bind(new)
+        .bind(actor_states)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Delete one batch of health history older than `retention`; returns rows deleted.
+pub async fn prune_health_history(pool: &PgPool, retention: std::time::Duration) -> Result<u64, DbError> {
+    Ok(sqlx::query(sql::PRUNE_HEALTH_HISTORY)
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected())
+}

@@ -1,0 +1,329 @@
+//! Duroxide: the runtime on duroxide-pg, and the actor lifecycle primitives the reconciler,
+//! the API and the CLI share (start, cancel, restart).
+//!
+//! The store lives in schema `toygres_duroxide` (configurable) of the CMS database. Its pool
+//! gets planner settings of its own (`enable_hashjoin/mergejoin/seqscan/sort = off`): the
+//! provider's fetch runs inside PL/pgSQL, whose cached generic plan otherwise scans and sorts
+//! the queues, with cost growing with the fleet. With those settings and the extra index of
+//! `sql/duroxide_extra_index.sql` it is an index walk. `--duroxide-async-commit` adds
+//! `synchronous_commit=off` on that pool only.
+//!
+//! Incarnations: every start uses a new orchestration id `actor-<instance uuid>-<random>`,
+//! because Duroxide silently ignores a start for an id it already knows (even a finished
+//! one). The CMS column `instance_actor_orchestration_id` is swapped compare-and-set, in
+//! this order: cancel the old incarnation → swap the column → start the new one. A crash
+//! between any two steps leaves a state the reconciler repairs (an id with no orchestration
+//! is `missing` and gets started), and never two actors that may write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use duroxide::runtime::registry::ActivityRegistry;
+use duroxide::runtime::Runtime;
+use duroxide::{Client, OrchestrationRegistry, RuntimeOptions};
+use duroxide_pg::PostgresProvider;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::actor::{self, ActorDeps, ActorInput};
+use crate::cms::InstanceRow;
+use crate::config;
+use crate::sql;
+
+/// What can go wrong in a lifecycle step.
+#[derive(Debug, thiserror::Error)]
+pub enum DuroError {
+    #[error("duroxide: {0}")]
+    Client(#[from] duroxide::ClientError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("duroxide store: {0}")]
+    Provider(String),
+    #[error("the instance row changed while we acted on it (actor id is no longer {expected:?}); reconcile again")]
+    Conflict { expected: Option<String> },
+    #[error("state `{0}` calls for no actor")]
+    NotWanted(String),
+}
+
+impl From<sqlx::Error> for DuroError {
+    fn from(e: sqlx::Error) -> Self {
+        DuroError::Db(e.into())
+    }
+}
+
+/// Runtime knobs (flags of `run`).
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub orchestration_concurrency: usize,
+    pub worker_concurrency: usize,
+    pub poll_interval: Duration,
+    pub async_commit: bool,
+}
+
+/// The Duroxide store's URL: the CMS URL plus planner settings for this pool only.
+pub fn store_url(url: &str, async_commit: bool) -> String {
+    let mut opts = String::from(
+        "-c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off -c enable_sort=off \
+         -c application_name=toygres-actors-duroxide",
+    );
+    if async_commit {
+        opts.push_str(" -c synchronous_commit=off");
+    }
+    let encoded: String = opts
+        .chars()
+        .map(|c| match c {
+            ' ' => "%20".to_string(),
+            '=' => "%3D".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options={encoded}")
+}
+
+/// Open the store (duroxide-pg applies its own migrations here) and add our index.
+pub async fn open_store(
+    url: &str,
+    schema: &str,
+    async_commit: bool,
+    cms: &PgPool,
+) -> Result<Arc<PostgresProvider>, DuroError> {
+    let provider = PostgresProvider::new_with_schema(&store_url(url, async_commit), Some(schema))
+        .await
+        .map_err(|e| DuroError::Provider(crate::redact::redact_error(&format!("{e:#}"))))?;
+    sqlx::query(&sql::with_duroxide_schema(sql::DUROXIDE_EXTRA_INDEX, schema))
+        .execute(cms)
+        .await?;
+    Ok(Arc::new(provider))
+}
+
+/// Start the Duroxide runtime with the actor orchestration and its activity registered.
+pub async fn start_runtime(
+    store: Arc<PostgresProvider>,
+    deps: Arc<ActorDeps>,
+    settings: &RuntimeSettings,
+) -> Arc<Runtime> {
+    let activities: ActivityRegistry = actor::register_activities(ActivityRegistry::builder(), deps).build();
+    let orchestrations = OrchestrationRegistry::builder()
+        .register_versioned_typed(
+            config::ACTOR_ORCHESTRATION,
+            config::ACTOR_VERSION,
+            actor::instance_actor,
+        )
+        .build();
+    let options = RuntimeOptions {
+        orchestration_concurrency: settings.orchestration_concurrency.max(1),
+        worker_concurrency: settings.worker_concurrency.max(1),
+        dispatcher_min_poll_interval: settings.poll_interval,
+        // A probe is bounded by its timeouts; cancel of an in-flight check should be quick.
+        activity_cancellation_grace_period: Duration::from_secs(2),
+        ..RuntimeOptions::default()
+    };
+    Runtime::start_with_options(store, activities, orchestrations, options).await
+}
+
+/// Duroxide's view of one actor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ActorState {
+    /// Duroxide has never heard of this id (or it was deleted).
+    Absent,
+    /// Its start is queued but not yet processed.
+    Pending,
+    /// Running; with the time of its newest history event and whether work is queued or in
+    /// flight (a pending timer, a running activity).
+    Running {
+        last_progress: DateTime<Utc>,
+        has_work: bool,
+        execution_id: i64,
+    },
+    /// Terminal: Completed or Failed (a cancel shows as Failed).
+    Finished { status: String },
+}
+
+impl ActorState {
+    pub fn is_live(&self) -> bool {
+        matches!(self, ActorState::Pending | ActorState::Running { .. })
+    }
+}
+
+/// An actor orchestration id for a new incarnation.
+pub fn new_actor_id(instance: Uuid) -> String {
+    let suffix = Uuid::new_v4().simple().to_string();
+    format!("{}{instance}-{}", config::ACTOR_ID_PREFIX, &suffix[..12])
+}
+
+/// The CMS instance an actor id belongs to.
+pub fn instance_of_actor(actor_id: &str) -> Option<Uuid> {
+    let rest = actor_id.strip_prefix(config::ACTOR_ID_PREFIX)?;
+    Uuid::parse_str(rest.get(..36)?).ok()
+}
+
+/// Settings an actor is started with.
+#[derive(Debug, Clone)]
+pub struct ActorSettings {
+    pub check_interval: Duration,
+    pub iterations_per_execution: u32,
+    pub unhealthy_after: u32,
+    pub actor_states: Vec<String>,
+}
+
+/// Start, cancel and restart actors; read their state.
+#[derive(Clone)]
+pub struct ActorControl {
+    pub pool: PgPool,
+    pub client: Client,
+    pub schema: String,
+    pub settings: ActorSettings,
+}
+
+/// What a lifecycle step did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Transition {
+    pub old_actor_id: Option<String>,
+    pub new_actor_id: Option<String>,
+}
+
+impl ActorControl {
+    pub fn new(pool: PgPool, store: Arc<PostgresProvider>, schema: &str, settings: ActorSettings) -> Self {
+        Self {
+            pool,
+            client: Client::new(store),
+            schema: schema.to_string(),
+            settings,
+        }
+    }
+
+    /// Whether `state` calls for an actor.
+    pub fn wants_actor(&self, state: &str) -> bool {
+        self.settings.actor_states.iter().any(|s| s == state)
+    }
+
+    pub async fn actor_state(&self, actor_id: &str) -> Result<ActorState, DuroError> {
+        let row: Option<(String, Option<DateTime<Utc>>, bool, Option<i64>)> =
+            sqlx::query_as(&sql::with_duroxide_schema(sql::ACTOR_STATE, &self.schema))
+                .bind(actor_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            None => ActorState::Absent,
+            Some((status, _, _, _)) if status == "Pending" => ActorState::Pending,
+            Some((status, last_progress, has_work, execution_id)) if status == "Running" => ActorState::Running {
+                last_progress: last_progress.unwrap_or_else(Utc::now),
+                has_work,
+                execution_id: execution_id.unwrap_or(1),
+            },
+            Some((status, _, _, _)) => ActorState::Finished { status },
+        })
+    }
+
+    /// Every live incarnation of an instance (normally at most one).
+    pub async fn live_actors(&self, instance: Uuid) -> Result<Vec<String>, DuroError> {
+        let prefix = format!("{}{instance}-", config::ACTOR_ID_PREFIX);
+        Ok(
+            sqlx::query_scalar(&sql::with_duroxide_schema(sql::LIVE_ACTORS_OF_INSTANCE, &self.schema))
+                .bind(prefix)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    fn input_for(&self, row: &InstanceRow) -> ActorInput {
+        ActorInput {
+            instance_id: row.id,
+            k8s_name: row.k8s_name.clone(),
+            interval_ms: self.settings.check_interval.as_millis() as u64,
+            iterations_per_execution: self.settings.iterations_per_execution,
+            unhealthy_after: self.settings.unhealthy_after,
+            actor_states: self.settings.actor_states.clone(),
+            consecutive_failures: 0,
+            executions: 0,
+        }
+    }
+
+    /// Start the orchestration of an id the row already names (repairs a crash between
+    /// "swap" and "start", or an id Duroxide lost). A no-op if Duroxide knows the id.
+    pub async fn start_named(&self, row: &InstanceRow, actor_id: &str) -> Result<(), DuroError> {
+        let input = serde_json::to_string(&self.input_for(row)).map_err(|e| DuroError::Provider(e.to_string()))?;
+        self.client
+            .start_orchestration(actor_id, config::ACTOR_ORCHESTRATION, input)
+            .await?;
+        Ok(())
+    }
+
+    /// New incarnation: cancel `row.actor_id` if live (and wait for it to end, bounded),
+    /// swap the column to a new id, start it.
+    pub async fn replace(&self, row: &InstanceRow, reason: &str) -> Result<Transition, DuroError> {
+        if !self.wants_actor(&row.state) {
+            return Err(DuroError::NotWanted(row.state.clone()));
+        }
+        if let Some(old) = &row.actor_id {
+            self.cancel_and_wait(old, reason).await?;
+        }
+        let new_id = new_actor_id(row.id);
+        let swapped = crate::cms::swap_actor_id(
+            &self.pool,
+            row.id,
+            row.actor_id.as_deref(),
+            Some(&new_id),
+            &self.settings.actor_states,
+        )
+        .await?;
+        if !swapped {
+            return Err(DuroError::Conflict {
+                expected: row.actor_id.clone(),
+            });
+        }
+        self.start_named(row, &new_id).await?;
+        Ok(Transition {
+            old_actor_id: row.actor_id.clone(),
+            new_actor_id: Some(new_id),
+        })
+    }
+
+    /// Cancel one actor orchestration (no-op when absent or finished).
+    pub async fn cancel(&self, actor_id: &str, reason: &str) -> Result<(), DuroError> {
+        self.client.cancel_instance(actor_id, reason).await?;
+        Ok(())
+    }
+
+    /// Cancel and wait (up to [`config::RESTART_CANCEL_WAIT`]) until Duroxide shows it
+    /// terminal. Proceeding after the wait is safe: fencing keeps a late actor from writing.
+    pub async fn cancel_and_wait(&self, actor_id: &str, reason: &str) -> Result<(), DuroError> {
+        if !self.actor_state(actor_id).await?.is_live() {
+            return Ok(());
+        }
+        self.cancel(actor_id, reason).await?;
+        let deadline = Instant::now() + config::RESTART_CANCEL_WAIT;
+        let mut delay = Duration::from_millis(5);
+        while Instant::now() < deadline {
+            if !self.actor_state(actor_id).await?.is_live() {
+                return Ok(());
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+        tracing::warn!(actor_id, "old actor not terminal after cancel; proceeding (fencing keeps it from writing)");
+        Ok(())
+    }
+
+    /// Cancel the instance's actor and any stray incarnation (the API's `cancel`). The
+    /// column keeps naming the cancelled actor, so the verdict becomes `missing` — and the
+    /// reconciler starts a new one unless the row stops calling for an actor.
+    pub async fn cancel_all(&self, row: &InstanceRow, reason: &str) -> Result<Transition, DuroError> {
+        let mut live = self.live_actors(row.id).await?;
+        if let Some(current) = &row.actor_id
+            && !live.contains(current)
+        {
+            live.push(current.clone());
+        }
+        for id in &live {
+            self.cancel_and_wait(id, reason).await?;
+        }
+        Ok(Transition {
+            old_actor_id: row.actor_id.clone(),
+            new_actor_id: None,
+        })
+    }
+}

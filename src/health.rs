@@ -1,0 +1,255 @@
+//! The probe: can we reach this PostgreSQL instance and run a query on it?
+//!
+//! Connects to `COALESCE(dns_connection_string, ip_connection_string)` with a bounded
+//! connect time (TCP *and* startup/auth: a server that accepts and then hangs cannot hold a
+//! probe) and a bounded query time, runs `sql/probe.sql`, and reports status, server
+//! version, `pg_is_in_recovery()`, response time and a redacted error.
+//!
+//! Connections are kept between checks (up to a configured number, least recently used
+//! evicted first) because a fresh connection costs the target a backend fork and, with TLS,
+//! a handshake; a kept connection that fails is replaced once before the probe counts as
+//! failed. An actor that exits drops its connection ([`Prober::forget`]) and idle ones are
+//! swept ([`Prober::sweep`]), so no connection outlives its instance.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postgres_native_tls::MakeTlsConnector;
+use tokio_postgres::config::SslMode;
+use uuid::Uuid;
+
+use crate::redact;
+
+/// Probe timeouts and connection keeping.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub connect_timeout: Duration,
+    pub query_timeout: Duration,
+    /// At most this many kept connections; 0 = a fresh connection for every probe.
+    pub keep_connections: usize,
+}
+
+/// One probe's outcome.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProbeResult {
+    pub ok: bool,
+    pub version: Option<String>,
+    pub in_recovery: Option<bool>,
+    pub response_time_ms: u64,
+    /// Redacted: never contains the password of the target.
+    pub error: Option<String>,
+}
+
+struct Kept {
+    target_hash: u64,
+    client: tokio_postgres::Client,
+    last_used: Instant,
+}
+
+/// Probes instances; shared by every health check of the process.
+pub struct Prober {
+    settings: ProbeSettings,
+    tls: Option<MakeTlsConnector>,
+    kept: Mutex<HashMap<Uuid, Kept>>,
+}
+
+fn hash_target(target: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    target.hash(&mut h);
+    h.finish()
+}
+
+impl Prober {
+    pub fn new(settings: ProbeSettings) -> Self {
+        // libpq's `sslmode=require` encrypts without verifying the certificate; we do the
+        // same (tokio-postgres knows disable / prefer / require only).
+        let tls = native_tls::TlsConnector::builder()
+            .danger_accept_invalid_certs(true)
+            .danger_accept_invalid_hostnames(true)
+            .build()
+            .ok()
+            .map(MakeTlsConnector::new);
+        Self {
+            settings,
+            tls,
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Probe `target` (a connection string) for `instance`.
+    pub async fn probe(&self, instance: Uuid, target: &str) -> ProbeResult {
+        let started = Instant::now();
+        let config = match tokio_postgres::Config::from_str(target) {
+            Ok(c) => c,
+            Err(e) => {
+                return ProbeResult {
+                    ok: false,
+                    version: None,
+                    in_recovery: None,
+                    response_time_ms: 0,
+                    error: Some(format!("invalid connection string: {}", redact::redact_error(&e.to_string()))),
+                };
+            }
+        };
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let target_hash = hash_target(target);
+
+        // A kept connection first; if it fails, one fresh attempt before we call it a failure.
+        if let Some(client) = self.take_kept(instance, target_hash) {
+            if let Ok(Ok(row)) = tokio::time::timeout(
+                self.settings.query_timeout,
+                client.query_one(crate::sql::PROBE, &[]),
+            )
+            .await
+            {
+                self.keep(instance, target_hash, client);
+                return ok_result(&row, started);
+            }
+        }
+
+        let outcome = self.connect_and_query(config).await;
+        let elapsed = started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok((client, row)) => {
+                let result = ok_result(&row, started);
+                self.keep(instance, target_hash, client);
+                result
+            }
+            Err(e) => ProbeResult {
+                ok: false,
+                version: None,
+                in_recovery: None,
+                response_time_ms: elapsed,
+                error: Some(redact::redact_known(&e, password.as_deref())),
+            },
+        }
+    }
+
+    async fn connect_and_query(
+        &self,
+        mut config: tokio_postgres::Config,
+    ) -> Result<(tokio_postgres::Client, tokio_postgres::Row), String> {
+        config
+            .connect_timeout(self.settings.connect_timeout)
+            .application_name("toygres-actors-probe");
+        let connect = async {
+            match (config.get_ssl_mode(), &self.tls) {
+                (SslMode::Disable, _) | (_, None) => {
+                    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    Ok::<_, tokio_postgres::Error>(client)
+                }
+                (_, Some(tls)) => {
+                    let (client, conn) = config.connect(tls.clone()).await?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    Ok(client)
+                }
+            }
+        };
+        let client = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Err(_) => {
+                return Err(format!(
+                    "connect timed out after {} ms",
+                    self.settings.connect_timeout.as_millis()
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("connect failed: {}", error_text(&e))),
+            Ok(Ok(c)) => c,
+        };
+        match tokio::time::timeout(self.settings.query_timeout, client.query_one(crate::sql::PROBE, &[])).await {
+            Err(_) => Err(format!(
+                "query timed out after {} ms",
+                self.settings.query_timeout.as_millis()
+            )),
+            Ok(Err(e)) => Err(format!("query failed: {}", error_text(&e))),
+            Ok(Ok(row)) => Ok((client, row)),
+        }
+    }
+
+    fn take_kept(&self, instance: Uuid, target_hash: u64) -> Option<tokio_postgres::Client> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        match kept.remove(&instance) {
+            Some(k) if k.target_hash == target_hash && !k.client.is_closed() => Some(k.client),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, instance: Uuid, target_hash: u64, client: tokio_postgres::Client) {
+        if self.settings.keep_connections == 0 {
+            return;
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= self.settings.keep_connections && !kept.contains_key(&instance) {
+            let lru = kept
+                .iter()
+                .min_by_key(|(_, k)| k.last_used)
+                .map(|(id, _)| *id);
+            if let Some(lru) = lru {
+                kept.remove(&lru);
+            }
+        }
+        kept.insert(
+            instance,
+            Kept {
+                target_hash,
+                client,
+                last_used: Instant::now(),
+            },
+        );
+    }
+
+    /// Drop the kept connection of an instance whose actor has gone.
+    pub fn forget(&self, instance: Uuid) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&instance);
+    }
+
+    /// Drop kept connections unused for longer than `idle`.
+    pub fn sweep(&self, idle: Duration) {
+        let now = Instant::now();
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, k| now.duration_since(k.last_used) < idle && !k.client.is_closed());
+    }
+
+    /// Kept connections right now.
+    pub fn kept_connections(&self) -> usize {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+fn ok_result(row: &tokio_postgres::Row, started: Instant) -> ProbeResult {
+    ProbeResult {
+        ok: true,
+        version: row.try_get::<_, String>(0).ok(),
+        in_recovery: row.try_get::<_, bool>(1).ok(),
+        response_time_ms: started.elapsed().as_millis() as u64,
+        error: None,
+    }
+}
+
+/// A tokio-postgres error with its cause (the Display of the top error alone is often just
+/// "error connecting to server").
+fn error_text(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    redact::redact_error(&text)
+}

@@ -1,0 +1,373 @@
+//! The listener: the start of an event's path.
+//!
+//! A dedicated connection LISTENs on `toygres_instances` (the CMS triggers),
+//! `toygres_actor_control` (people and scripts) and a private ping channel. Order on every
+//! (re)connect: LISTEN → full reconcile → handle notifications, so anything committed
+//! while we were away is caught by the reconcile and anything after it by a notification.
+//! Notifications only *name* instances; [`crate::reconcile`] decides from the row.
+//!
+//! Liveness: every `ping_interval` the listener NOTIFYs itself on the ping channel and
+//! expects it back within `ping_timeout`; a silent, half-open connection is dropped and
+//! replaced (the round trip is exported as `notify_roundtrip_seconds`). Reconnects use
+//! jittered exponential backoff; a hot standby is refused (`target_session_attrs`), logged,
+//! and retried.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use serde::Deserialize;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::{self, CHANNEL_CONTROL, CHANNEL_INSTANCES, CHANNEL_PING};
+use crate::metrics;
+use crate::reconcile::tokio_util_cancel::Token;
+use crate::reconcile::{ReconcileQueue, Reconciler, Trigger};
+
+/// A `toygres_instances` payload (only what we use of it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct InstanceEvent {
+    pub op: String,
+    pub id: Uuid,
+    #[serde(default)]
+    pub k8s_name: Option<String>,
+    /// Trigger clock, epoch seconds.
+    #[serde(default)]
+    pub at: Option<f64>,
+}
+
+/// Parse and validate a `toygres_instances` payload.
+pub fn parse_instance_event(payload: &str) -> Result<InstanceEvent, String> {
+    if payload.len() > config::MAX_CONTROL_PAYLOAD {
+        return Err(format!("payload of {} bytes is too large", payload.len()));
+    }
+    let ev: InstanceEvent = serde_json::from_str(payload).map_err(|e| format!("not the trigger's JSON: {e}"))?;
+    match ev.op.as_str() {
+        "insert" | "delete" | "state" => Ok(ev),
+        other => Err(format!("unknown op `{}`", truncate(other, 40))),
+    }
+}
+
+/// A request on `toygres_actor_control`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Restart { name: String, request_id: Option<i64> },
+    Reconcile { name: String },
+    ReconcileAll,
+}
+
+#[derive(Deserialize)]
+struct ControlJson {
+    op: String,
+    #[serde(default)]
+    k8s_name: Option<String>,
+    #[serde(default)]
+    request_id: Option<i64>,
+}
+
+/// Parse `restart <name>`, `reconcile <name>`, `reconcile *`, or the JSON form
+/// `{"op":"restart"|"reconcile","k8s_name":"…"}`.
+pub fn parse_control(payload: &str) -> Result<Control, String> {
+    if payload.len() > config::MAX_CONTROL_PAYLOAD {
+        return Err(format!("payload of {} bytes is too large", payload.len()));
+    }
+    let text = payload.trim();
+    if text.starts_with('{') {
+        let j: ControlJson = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+        let name = j.k8s_name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+        return match (j.op.as_str(), name) {
+            ("restart", Some(name)) => Ok(Control::Restart {
+                name,
+                request_id: j.request_id,
+            }),
+            ("reconcile", Some(name)) if name == "*" => Ok(Control::ReconcileAll),
+            ("reconcile", Some(name)) => Ok(Control::Reconcile { name }),
+            ("reconcile", None) => Ok(Control::ReconcileAll),
+            ("restart", None) => Err("restart without k8s_name".into()),
+            (op, _) => Err(format!("unknown op `{}`", truncate(op, 40))),
+        };
+    }
+    let (verb, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let name = rest.trim();
+    match (verb, name) {
+        ("restart", "") => Err("restart without a name".into()),
+        ("restart", "*") => Err("restart * is not allowed: name one instance".into()),
+        ("restart", n) => Ok(Control::Restart {
+            name: n.to_string(),
+            request_id: None,
+        }),
+        ("reconcile", "*") | ("reconcile", "") => Ok(Control::ReconcileAll),
+        ("reconcile", n) => Ok(Control::Reconcile { name: n.to_string() }),
+        (v, _) => Err(format!("unknown command `{}`", truncate(v, 40))),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// What the listener shows the rest of the process (readiness, tests).
+#[derive(Debug, Clone, Default)]
+pub struct ListenerStatus {
+    pub connected: bool,
+    pub backend_pid: Option<i32>,
+    pub reconnects: u64,
+    /// Completed (re)connect cycles: LISTEN + full reconcile done.
+    pub caught_up: u64,
+}
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub url: String,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+/// Run the listener until `stop`.
+pub async fn run(
+    settings: ListenerSettings,
+    reconciler: Arc<Reconciler>,
+    queue: Arc<ReconcileQueue>,
+    status: watch::Sender<ListenerStatus>,
+    stop: Token,
+) {
+    let mut backoff = new_backoff();
+    let mut first = true;
+    while !stop.is_cancelled() {
+        if !first {
+            metrics::listener_reconnect();
+            status.send_modify(|s| s.reconnects += 1);
+        }
+        first = false;
+        match session(&settings, &reconciler, &queue, &status, &stop).await {
+            Ok(()) => backoff = new_backoff(),
+            Err(e) => tracing::warn!(error = %e, "listener connection lost or refused"),
+        }
+        metrics::listener_connected(false);
+        status.send_modify(|s| {
+            s.connected = false;
+            s.backend_pid = None;
+        });
+        if stop.is_cancelled() {
+            break;
+        }
+        let delay = backoff.next().unwrap_or(config::RECONNECT_MAX_DELAY);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    metrics::listener_connected(false);
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(config::RECONNECT_MIN_DELAY)
+        .with_max_delay(config::RECONNECT_MAX_DELAY)
+        .without_max_times()
+        .build()
+}
+
+/// One connection's life: LISTEN → full reconcile → notifications, until it fails or `stop`.
+async fn session(
+    settings: &ListenerSettings,
+    reconciler: &Arc<Reconciler>,
+    queue: &Arc<ReconcileQueue>,
+    status: &watch::Sender<ListenerStatus>,
+    stop: &Token,
+) -> Result<(), String> {
+    let mut s = crate::db::connect_session(&settings.url, "toygres-actors-listener", Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.client
+        .batch_execute(crate::sql::LISTEN)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pid: i32 = s
+        .client
+        .query_one(crate::sql::BACKEND_PID, &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    metrics::listener_connected(true);
+    status.send_modify(|st| {
+        st.connected = true;
+        st.backend_pid = Some(pid);
+    });
+    tracing::info!(backend_pid = pid, "listener connected; reconciling everything");
+    // Everything committed before LISTEN took effect is caught here.
+    match reconciler.full_reconcile(Some(queue), false).await {
+        Ok(found) => tracing::info!(queued = found.len(), "full reconcile after connect done"),
+        Err(e) => tracing::warn!(error = %e, "full reconcile after connect failed; the resync timer retries"),
+    }
+    status.send_modify(|st| st.caught_up += 1);
+
+    let mut ping = tokio::time::interval(settings.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut outstanding: Option<(String, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            end = &mut s.closed => {
+                return Err(match end {
+                    Ok(Some(e)) => format!("connection ended: {e}"),
+                    _ => "connection closed by the server".into(),
+                });
+            }
+            n = s.notifications.recv() => {
+                let Some(n) = n else { return Err("notification stream ended".into()) };
+                if n.channel() == CHANNEL_PING {
+                    if let Some((nonce, sent)) = &outstanding
+                        && n.payload() == nonce
+                    {
+                        metrics::notify_roundtrip(sent.elapsed().as_secs_f64());
+                        outstanding = None;
+                    }
+                    continue;
+                }
+                handle(n.channel(), n.payload(), reconciler, queue).await;
+            }
+            _ = ping.tick() => {
+                if let Some((_, sent)) = &outstanding
+                    && sent.elapsed() > settings.ping_timeout
+                {
+                    return Err(format!("ping not answered within {} ms; connection presumed dead", settings.ping_timeout.as_millis()));
+                }
+                if outstanding.is_none() {
+                    let nonce = Uuid::new_v4().simple().to_string();
+                    let sent = Instant::now();
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&CHANNEL_PING, &nonce];
+                    let notify = s.client.execute(crate::sql::NOTIFY, &params);
+                    match tokio::time::timeout(settings.ping_timeout, notify).await {
+                        Ok(Ok(_)) => outstanding = Some((nonce, sent)),
+                        Ok(Err(e)) => return Err(format!("ping failed: {e}")),
+                        Err(_) => return Err("ping NOTIFY timed out; connection presumed dead".into()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turn one notification into queued work (or count it as invalid).
+async fn handle(channel: &str, payload: &str, reconciler: &Arc<Reconciler>, queue: &Arc<ReconcileQueue>) {
+    match channel {
+        CHANNEL_INSTANCES => match parse_instance_event(payload) {
+            Ok(ev) => {
+                metrics::notification(CHANNEL_INSTANCES, op_label(&ev.op));
+                queue.enqueue(
+                    ev.id,
+                    Trigger::Notification {
+                        op: ev.op.clone(),
+                        at: ev.at,
+                    },
+                    false,
+                    ev.at,
+                );
+            }
+            Err(reason) => invalid(CHANNEL_INSTANCES, &reason, payload),
+        },
+        CHANNEL_CONTROL => match parse_control(payload) {
+            Ok(Control::ReconcileAll) => {
+                metrics::notification(CHANNEL_CONTROL, "reconcile");
+                if let Err(e) = reconciler.full_reconcile(Some(queue), false).await {
+                    tracing::warn!(error = %e, "reconcile * failed");
+                }
+            }
+            Ok(Control::Reconcile { name }) | Ok(Control::Restart { name, .. }) if name.len() > 255 => {
+                invalid(CHANNEL_CONTROL, "name longer than 255 characters", payload)
+            }
+            Ok(c @ (Control::Reconcile { .. } | Control::Restart { .. })) => {
+                let (name, restart) = match &c {
+                    Control::Restart { name, .. } => (name.as_str(), true),
+                    Control::Reconcile { name } => (name.as_str(), false),
+                    Control::ReconcileAll => unreachable!(),
+                };
+                match crate::cms::instance_by_name(&reconciler.control.pool, name).await {
+                    Ok(Some(row)) => {
+                        metrics::notification(CHANNEL_CONTROL, if restart { "restart" } else { "reconcile" });
+                        if restart {
+                            queue.enqueue(row.id, Trigger::RestartRequest, true, None);
+                        } else {
+                            queue.enqueue(row.id, Trigger::ControlReconcile, false, None);
+                        }
+                    }
+                    Ok(None) => invalid(CHANNEL_CONTROL, &format!("unknown instance `{}`", truncate(name, 80)), payload),
+                    Err(e) => tracing::warn!(error = %e, "control request: lookup failed"),
+                }
+            }
+            Err(reason) => invalid(CHANNEL_CONTROL, &reason, payload),
+        },
+        other => tracing::debug!(channel = other, "notification on an unexpected channel"),
+    }
+}
+
+fn op_label(op: &str) -> &'static str {
+    match op {
+        "insert" => "insert",
+        "delete" => "delete",
+        _ => "state",
+    }
+}
+
+fn invalid(channel: &'static str, reason: &str, payload: &str) {
+    metrics::invalid_notification(channel);
+    tracing::warn!(channel, reason, payload = %truncate(payload, 120), "invalid notification ignored");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_payloads() {
+        assert_eq!(
+            parse_control("restart pg-1").unwrap(),
+            Control::Restart { name: "pg-1".into(), request_id: None }
+        );
+        assert_eq!(
+            parse_control(r#"{"op":"restart","k8s_name":"pg-2","request_id":7}"#).unwrap(),
+            Control::Restart { name: "pg-2".into(), request_id: Some(7) }
+        );
+        assert_eq!(parse_control("reconcile *").unwrap(), Control::ReconcileAll);
+        assert_eq!(parse_control("reconcile pg-3").unwrap(), Control::Reconcile { name: "pg-3".into() });
+        assert!(parse_control("restart").is_err());
+        assert!(parse_control("restart *").is_err());
+        assert!(parse_control("drop table x").is_err());
+        assert!(parse_control("{not json").is_err());
+        assert!(parse_control(r#"{"op":"delete","k8s_name":"x"}"#).is_err());
+        assert!(parse_control(&"x".repeat(9000)).is_err());
+        // Names are taken literally (quotes and all); the lookup is parameterised.
+        assert_eq!(
+            parse_control("restart a'b; drop").unwrap(),
+            Control::Restart { name: "a'b; drop".into(), request_id: None }
+        );
+    }
+
+    #[test]
+    fn listen_sql_names_every_channel() {
+        for ch in [CHANNEL_INSTANCES, CHANNEL_CONTROL, CHANNEL_PING] {
+            assert!(crate::sql::LISTEN.contains(&format!("LISTEN {ch};")), "{ch}");
+        }
+    }
+
+    #[test]
+    fn instance_payloads() {
+        let id = Uuid::new_v4();
+        let ok = format!(r#"{{"op":"insert","id":"{id}","k8s_name":"a","old_state":null,"new_state":"creating","at":1.5}}"#);
+        let ev = parse_instance_event(&ok).unwrap();
+        assert_eq!(ev.id, id);
+        assert_eq!(ev.at, Some(1.5));
+        assert!(parse_instance_event(r#"{"op":"insert","id":"nope"}"#).is_err());
+        assert!(parse_instance_event(&format!(r#"{{"op":"truncate","id":"{id}"}}"#)).is_err());
+        assert!(parse_instance_event("garbage").is_err());
+    }
+}

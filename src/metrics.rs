@@ -1,0 +1,245 @@
+//! Prometheus metrics (prefix `toygres_actors_`), next to Duroxide's own `duroxide_*`.
+//!
+//! Counters and histograms are recorded where things happen, through the `metrics` facade.
+//! The fleet gauges — `instances{verdict}`, `instance_verdict{k8s_name,verdict}`,
+//! `instance_last_health_check_timestamp_seconds{k8s_name}`, `instance_up{k8s_name}` — are
+//! not: every replica recomputes them from the database on a short period (one query for the
+//! whole fleet) and renders them itself, so a dead actor cannot hide its own death and a
+//! deleted instance's series vanish at the next scrape.
+//!
+//! Cardinality: one series per CMS instance for each per-instance metric (three), plus
+//! seven verdict counts. `--per-instance-metrics=false` drops the per-instance ones for very
+//! large fleets (the verdict counts stay).
+
+use std::fmt::Write as _;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::verdict::Verdict;
+
+pub const HEALTH_CHECKS_TOTAL: &str = "toygres_actors_health_checks_total";
+pub const HEALTH_CHECK_DURATION: &str = "toygres_actors_health_check_duration_seconds";
+pub const NOTIFICATIONS_TOTAL: &str = "toygres_actors_notifications_total";
+pub const NOTIFICATIONS_INVALID_TOTAL: &str = "toygres_actors_notifications_invalid_total";
+pub const RECONCILE_ACTIONS_TOTAL: &str = "toygres_actors_reconcile_actions_total";
+pub const RECONCILE_ERRORS_TOTAL: &str = "toygres_actors_reconcile_errors_total";
+pub const EVENT_TO_ACTION: &str = "toygres_actors_event_to_action_seconds";
+pub const LISTENER_CONNECTED: &str = "toygres_actors_listener_connected";
+pub const LISTENER_RECONNECTS_TOTAL: &str = "toygres_actors_listener_reconnects_total";
+pub const LEADER: &str = "toygres_actors_leader";
+pub const LAST_RESYNC: &str = "toygres_actors_last_resync_timestamp_seconds";
+pub const NOTIFY_ROUNDTRIP: &str = "toygres_actors_notify_roundtrip_seconds";
+
+/// Latency buckets (seconds) for the sub-millisecond-to-seconds histograms.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// Install the global recorder (once per process; later calls reuse it).
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("duroxide_".into()), LATENCY_BUCKETS))
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests running several services in
+            // one process): then our handle renders only what reaches it.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HEALTH_CHECKS_TOTAL, "Health checks done, by observed status.");
+    describe_histogram!(HEALTH_CHECK_DURATION, Unit::Seconds, "Duration of a health check probe.");
+    describe_counter!(NOTIFICATIONS_TOTAL, "Notifications received, by channel and op.");
+    describe_counter!(NOTIFICATIONS_INVALID_TOTAL, "Malformed, unknown or oversized notifications, by channel.");
+    describe_counter!(RECONCILE_ACTIONS_TOTAL, "Reconcile decisions carried out, by action.");
+    describe_counter!(RECONCILE_ERRORS_TOTAL, "Reconcile attempts that failed (retried with backoff).");
+    describe_histogram!(EVENT_TO_ACTION, Unit::Seconds, "CMS commit (trigger clock) to Duroxide call done.");
+    describe_gauge!(LISTENER_CONNECTED, "1 while this replica's listener is connected and listening.");
+    describe_counter!(LISTENER_RECONNECTS_TOTAL, "Listener reconnects.");
+    describe_gauge!(LEADER, "1 on the replica that holds leadership.");
+    describe_gauge!(LAST_RESYNC, Unit::Seconds, "Unix time of the last completed full reconcile.");
+    describe_histogram!(NOTIFY_ROUNDTRIP, Unit::Seconds, "Listener self-NOTIFY round trip.");
+}
+
+pub fn record_health_check(status: &str, duration: Duration) {
+    metrics::counter!(HEALTH_CHECKS_TOTAL, "status" => status.to_string()).increment(1);
+    metrics::histogram!(HEALTH_CHECK_DURATION).record(duration.as_secs_f64());
+}
+
+pub fn notification(channel: &'static str, op: &'static str) {
+    metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => channel, "op" => op).increment(1);
+}
+
+pub fn invalid_notification(channel: &'static str) {
+    metrics::counter!(NOTIFICATIONS_INVALID_TOTAL, "channel" => channel).increment(1);
+}
+
+pub fn reconcile_action(action: &'static str) {
+    metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).increment(1);
+}
+
+pub fn reconcile_error() {
+    metrics::counter!(RECONCILE_ERRORS_TOTAL).increment(1);
+}
+
+pub fn event_to_action(seconds: f64) {
+    if seconds.is_finite() && seconds >= 0.0 {
+        metrics::histogram!(EVENT_TO_ACTION).record(seconds);
+    }
+}
+
+pub fn listener_connected(up: bool) {
+    metrics::gauge!(LISTENER_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn listener_reconnect() {
+    metrics::counter!(LISTENER_RECONNECTS_TOTAL).increment(1);
+}
+
+pub fn leader(is_leader: bool) {
+    metrics::gauge!(LEADER).set(if is_leader { 1.0 } else { 0.0 });
+}
+
+pub fn resync_done() {
+    metrics::gauge!(LAST_RESYNC).set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+}
+
+pub fn notify_roundtrip(seconds: f64) {
+    metrics::histogram!(NOTIFY_ROUNDTRIP).record(seconds);
+}
+
+/// Zero every labelled counter we export, so the series exist before the first event
+/// (alerts on `rate()` and dashboards need them).
+pub fn initialise_series() {
+    for status in ["healthy", "unhealthy", "unknown"] {
+        metrics::counter!(HEALTH_CHECKS_TOTAL, "status" => status).absolute(0);
+    }
+    for action in ["start", "cancel", "restart", "noop"] {
+        metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).absolute(0);
+    }
+    for channel in [crate::config::CHANNEL_INSTANCES, crate::config::CHANNEL_CONTROL] {
+        metrics::counter!(NOTIFICATIONS_INVALID_TOTAL, "channel" => channel).absolute(0);
+    }
+    metrics::counter!(RECONCILE_ERRORS_TOTAL).absolute(0);
+    metrics::counter!(LISTENER_RECONNECTS_TOTAL).absolute(0);
+    listener_connected(false);
+    leader(false);
+}
+
+/// One instance in the fleet gauges.
+#[derive(Debug, Clone)]
+pub struct FleetEntry {
+    pub k8s_name: String,
+    pub verdict: Verdict,
+    pub last_health_check: Option<f64>,
+    pub up: bool,
+}
+
+/// The latest fleet snapshot, rendered after the recorder's output at `/metrics`.
+#[derive(Clone, Default)]
+pub struct FleetGauges {
+    inner: Arc<RwLock<Option<Vec<FleetEntry>>>>,
+    per_instance: bool,
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl FleetGauges {
+    pub fn new(per_instance: bool) -> Self {
+        Self {
+            inner: Arc::default(),
+            per_instance,
+        }
+    }
+
+    pub fn set(&self, entries: Vec<FleetEntry>) {
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(entries);
+    }
+
+    /// Prometheus text for the snapshot (nothing before the first snapshot).
+    pub fn render(&self) -> String {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let Some(entries) = guard.as_ref() else {
+            return String::new();
+        };
+        let mut out = String::new();
+        out.push_str("# HELP toygres_actors_instances Instances by verdict (from the database).\n");
+        out.push_str("# TYPE toygres_actors_instances gauge\n");
+        for v in Verdict::ALL {
+            let n = entries.iter().filter(|e| e.verdict == v).count();
+            let _ = writeln!(out, "toygres_actors_instances{{verdict=\"{v}\"}} {n}");
+        }
+        if !self.per_instance {
+            return out;
+        }
+        out.push_str("# HELP toygres_actors_instance_verdict The instance's current verdict (1 per instance).\n");
+        out.push_str("# TYPE toygres_actors_instance_verdict gauge\n");
+        for e in entries {
+            let _ = writeln!(
+                out,
+                "toygres_actors_instance_verdict{{k8s_name=\"{}\",verdict=\"{}\"}} 1",
+                escape_label(&e.k8s_name),
+                e.verdict
+            );
+        }
+        out.push_str("# HELP toygres_actors_instance_last_health_check_timestamp_seconds Unix time of the instance's last health check.\n");
+        out.push_str("# TYPE toygres_actors_instance_last_health_check_timestamp_seconds gauge\n");
+        for e in entries {
+            if let Some(ts) = e.last_health_check {
+                let _ = writeln!(
+                    out,
+                    "toygres_actors_instance_last_health_check_timestamp_seconds{{k8s_name=\"{}\"}} {ts:.3}",
+                    escape_label(&e.k8s_name)
+                );
+            }
+        }
+        out.push_str("# HELP toygres_actors_instance_up 1 when the instance's last health is healthy, else 0.\n");
+        out.push_str("# TYPE toygres_actors_instance_up gauge\n");
+        for e in entries {
+            let _ = writeln!(
+                out,
+                "toygres_actors_instance_up{{k8s_name=\"{}\"}} {}",
+                escape_label(&e.k8s_name),
+                u8::from(e.up)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_render_escapes_and_counts() {
+        let g = FleetGauges::new(true);
+        assert_eq!(g.render(), "");
+        g.set(vec![
+            FleetEntry { k8s_name: "a\"b".into(), verdict: Verdict::Ok, last_health_check: Some(1.5), up: true },
+            FleetEntry { k8s_name: "c".into(), verdict: Verdict::Stale, last_health_check: None, up: false },
+        ]);
+        let text = g.render();
+        assert!(text.contains("toygres_actors_instances{verdict=\"ok\"} 1"));
+        assert!(text.contains("toygres_actors_instances{verdict=\"zombie\"} 0"));
+        assert!(text.contains("toygres_actors_instance_verdict{k8s_name=\"a\\\"b\",verdict=\"ok\"} 1"));
+        assert!(!text.contains("last_health_check_timestamp_seconds{k8s_name=\"c\"}"));
+        let off = FleetGauges::new(false);
+        off.set(vec![FleetEntry { k8s_name: "x".into(), verdict: Verdict::Idle, last_health_check: None, up: false }]);
+        assert!(!off.render().contains("k8s_name"));
+    }
+}
