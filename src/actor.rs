@@ -75,7 +75,10 @@ pub fn first_delay(instance_id: Uuid, interval: Duration) -> Duration {
 }
 
 /// The orchestration body.
-pub async fn instance_actor(ctx: OrchestrationContext, mut input: ActorInput) -> Result<String, String> {
+pub async fn instance_actor(
+    ctx: OrchestrationContext,
+    mut input: ActorInput,
+) -> Result<String, String> {
     let interval = Duration::from_millis(input.interval_ms.max(1));
     let iterations = input.iterations_per_execution.max(1);
     for i in 0..iterations {
@@ -86,7 +89,10 @@ pub async fn instance_actor(ctx: OrchestrationContext, mut input: ActorInput) ->
             unhealthy_after: input.unhealthy_after,
         };
         match ctx
-            .schedule_activity_typed::<CheckInput, CheckOutcome>(crate::config::ACTIVITY_HEALTH_CHECK, &check)
+            .schedule_activity_typed::<CheckInput, CheckOutcome>(
+                crate::config::ACTIVITY_HEALTH_CHECK,
+                &check,
+            )
             .await
         {
             Ok(CheckOutcome::Exit { reason }) => {
@@ -94,10 +100,14 @@ pub async fn instance_actor(ctx: OrchestrationContext, mut input: ActorInput) ->
                 return Ok(reason);
             }
             Ok(CheckOutcome::Checked {
-                consecutive_failures, ..
+                consecutive_failures,
+                ..
             }) => input.consecutive_failures = consecutive_failures,
             // The check could not run (e.g. the CMS was unreachable): try again next tick.
-            Err(e) => ctx.trace_warn(format!("health check of {} failed to run: {e}", input.k8s_name)),
+            Err(e) => ctx.trace_warn(format!(
+                "health check of {} failed to run: {e}",
+                input.k8s_name
+            )),
         }
         let delay = if input.executions == 0 && i == 0 {
             first_delay(input.instance_id, interval)
@@ -117,7 +127,11 @@ pub struct ActorDeps {
 }
 
 /// The health check activity: read → probe → record.
-pub async fn health_check(deps: &ActorDeps, actor_id: &str, input: CheckInput) -> Result<CheckOutcome, String> {
+pub async fn health_check(
+    deps: &ActorDeps,
+    actor_id: &str,
+    input: CheckInput,
+) -> Result<CheckOutcome, String> {
     let id = input.instance_id;
     let row = cms::instance_for_check(&deps.pool, id)
         .await
@@ -136,20 +150,32 @@ pub async fn health_check(deps: &ActorDeps, actor_id: &str, input: CheckInput) -
             row.actor_id.as_deref().unwrap_or("none")
         ));
     }
-    if !input.actor_states.iter().any(|s| *s == row.state) {
+    if !input.actor_states.contains(&row.state) {
         return exit(format!("state `{}` calls for no actor", row.state));
     }
 
     let started = Instant::now();
     let (observed, failures, version, response_ms, error) = match row.target.as_deref() {
-        None => ("unknown", 0, None, None, Some("no connection string yet".to_string())),
+        None => (
+            "unknown",
+            0,
+            None,
+            None,
+            Some("no connection string yet".to_string()),
+        ),
         Some(target) => {
             let r = deps.prober.probe(id, target).await;
             if r.ok {
                 ("healthy", 0, r.version, Some(r.response_time_ms), None)
             } else {
                 let failures = input.consecutive_failures.saturating_add(1);
-                ("unhealthy", failures, None, Some(r.response_time_ms), r.error)
+                (
+                    "unhealthy",
+                    failures,
+                    None,
+                    Some(r.response_time_ms),
+                    r.error,
+                )
             }
         }
     };
@@ -186,7 +212,10 @@ pub async fn health_check(deps: &ActorDeps, actor_id: &str, input: CheckInput) -
 }
 
 /// The activity as registered with Duroxide.
-pub fn register_activities(builder: duroxide::runtime::registry::ActivityRegistryBuilder, deps: Arc<ActorDeps>) -> duroxide::runtime::registry::ActivityRegistryBuilder {
+pub fn register_activities(
+    builder: duroxide::runtime::registry::ActivityRegistryBuilder,
+    deps: Arc<ActorDeps>,
+) -> duroxide::runtime::registry::ActivityRegistryBuilder {
     builder.register_typed(
         crate::config::ACTIVITY_HEALTH_CHECK,
         move |ctx: ActivityContext, input: CheckInput| {

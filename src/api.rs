@@ -112,7 +112,9 @@ async fn list_actors(State(s): State<Shared>, Query(q): Query<ListQuery>) -> Res
             None => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown verdict `{v}` (ok, stale, missing, zombie, orphan, unhealthy, idle)"),
+                    format!(
+                        "unknown verdict `{v}` (ok, stale, missing, zombie, orphan, unhealthy, idle)"
+                    ),
                 );
             }
         },
@@ -159,7 +161,10 @@ async fn actor_action(
         other => {
             return error(
                 StatusCode::NOT_FOUND,
-                format!("unknown action `{}` (start, restart, cancel)", other.chars().take(40).collect::<String>()),
+                format!(
+                    "unknown action `{}` (start, restart, cancel)",
+                    other.chars().take(40).collect::<String>()
+                ),
             );
         }
     };

@@ -336,7 +336,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 print!("{}", crate::ops::render_table(&list));
             }
-            Ok(if list.iter().any(|a| a.verdict.needs_healing()) { 1 } else { 0 })
+            Ok(if list.iter().any(|a| a.verdict.needs_healing()) {
+                1
+            } else {
+                0
+            })
         }
         Command::Explain { name } => {
             let reconciler = operator_reconciler(&cli.global).await?;
@@ -395,16 +399,24 @@ fn validate_run_args(args: &RunArgs) -> anyhow::Result<()> {
     if args.stale_after <= args.check_interval {
         anyhow::bail!("--stale-after must be longer than --check-interval");
     }
-    if args.resync_interval.is_zero() || args.fleet_poll_interval.is_zero() || args.ping_interval.is_zero() {
+    if args.resync_interval.is_zero()
+        || args.fleet_poll_interval.is_zero()
+        || args.ping_interval.is_zero()
+    {
         anyhow::bail!("intervals must be greater than zero");
     }
     if args.actor_states.is_empty() {
         anyhow::bail!("--actor-states must name at least one state");
     }
-    const STATES: [&str; 6] = ["creating", "running", "stopped", "deleting", "deleted", "failed"];
+    const STATES: [&str; 6] = [
+        "creating", "running", "stopped", "deleting", "deleted", "failed",
+    ];
     for s in &args.actor_states {
         if !STATES.contains(&s.as_str()) {
-            anyhow::bail!("--actor-states: unknown state `{s}` (one of {})", STATES.join(", "));
+            anyhow::bail!(
+                "--actor-states: unknown state `{s}` (one of {})",
+                STATES.join(", ")
+            );
         }
     }
     Ok(())

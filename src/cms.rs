@@ -119,7 +119,10 @@ pub async fn swap_actor_id(
 }
 
 /// Delete one batch of health history older than `retention`; returns rows deleted.
-pub async fn prune_health_history(pool: &PgPool, retention: std::time::Duration) -> Result<u64, DbError> {
+pub async fn prune_health_history(
+    pool: &PgPool,
+    retention: std::time::Duration,
+) -> Result<u64, DbError> {
     Ok(sqlx::query(sql::PRUNE_HEALTH_HISTORY)
         .bind(retention.as_secs_f64())
         .execute(pool)

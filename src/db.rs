@@ -108,7 +108,11 @@ pub struct PgSession {
 
 /// Open a session to a writable server (`target_session_attrs=read-write`: a hot standby
 /// is refused), with TCP keepalives and a bounded connect time.
-pub async fn connect_session(url: &str, application: &str, timeout: Duration) -> Result<PgSession, DbError> {
+pub async fn connect_session(
+    url: &str,
+    application: &str,
+    timeout: Duration,
+) -> Result<PgSession, DbError> {
     use std::str::FromStr;
     use tokio_postgres::config::{SslMode, TargetSessionAttrs};
     let mut config = tokio_postgres::Config::from_str(url)
@@ -153,7 +157,11 @@ pub async fn connect_session(url: &str, application: &str, timeout: Duration) ->
                 timeout.as_millis()
             )));
         }
-        Ok(Err(e)) => return Err(DbError::Session(crate::redact::redact_error(&e.to_string()))),
+        Ok(Err(e)) => {
+            return Err(DbError::Session(crate::redact::redact_error(
+                &e.to_string(),
+            )));
+        }
         Ok(Ok(c)) => c,
     };
     Ok(PgSession {

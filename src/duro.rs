@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::runtime::Runtime;
+use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::{Client, OrchestrationRegistry, RuntimeOptions};
 use duroxide_pg::PostgresProvider;
 use sqlx::PgPool;
@@ -40,7 +40,9 @@ pub enum DuroError {
     Db(#[from] crate::db::DbError),
     #[error("duroxide store: {0}")]
     Provider(String),
-    #[error("the instance row changed while we acted on it (actor id is no longer {expected:?}); reconcile again")]
+    #[error(
+        "the instance row changed while we acted on it (actor id is no longer {expected:?}); reconcile again"
+    )]
     Conflict { expected: Option<String> },
     #[error("state `{0}` calls for no actor")]
     NotWanted(String),
@@ -92,9 +94,12 @@ pub async fn open_store(
     let provider = PostgresProvider::new_with_schema(&store_url(url, async_commit), Some(schema))
         .await
         .map_err(|e| DuroError::Provider(crate::redact::redact_error(&format!("{e:#}"))))?;
-    sqlx::query(&sql::with_duroxide_schema(sql::DUROXIDE_EXTRA_INDEX, schema))
-        .execute(cms)
-        .await?;
+    sqlx::query(&sql::with_duroxide_schema(
+        sql::DUROXIDE_EXTRA_INDEX,
+        schema,
+    ))
+    .execute(cms)
+    .await?;
     Ok(Arc::new(provider))
 }
 
@@ -104,7 +109,8 @@ pub async fn start_runtime(
     deps: Arc<ActorDeps>,
     settings: &RuntimeSettings,
 ) -> Arc<Runtime> {
-    let activities: ActivityRegistry = actor::register_activities(ActivityRegistry::builder(), deps).build();
+    let activities: ActivityRegistry =
+        actor::register_activities(ActivityRegistry::builder(), deps).build();
     let orchestrations = OrchestrationRegistry::builder()
         .register_versioned_typed(
             config::ACTOR_ORCHESTRATION,
@@ -186,7 +192,12 @@ pub struct Transition {
 }
 
 impl ActorControl {
-    pub fn new(pool: PgPool, store: Arc<PostgresProvider>, schema: &str, settings: ActorSettings) -> Self {
+    pub fn new(
+        pool: PgPool,
+        store: Arc<PostgresProvider>,
+        schema: &str,
+        settings: ActorSettings,
+    ) -> Self {
         Self {
             pool,
             client: Client::new(store),
@@ -201,19 +212,21 @@ impl ActorControl {
     }
 
     pub async fn actor_state(&self, actor_id: &str) -> Result<ActorState, DuroError> {
-        let row: Option<(String, Option<DateTime<Utc>>, bool, Option<i64>)> =
-            sqlx::query_as(&sql::with_duroxide_schema(sql::ACTOR_STATE, &self.schema))
+        type Row = (String, Option<DateTime<Utc>>, bool, Option<i64>);
+        let row: Option<Row> = sqlx::query_as(&sql::with_duroxide_schema(sql::ACTOR_STATE, &self.schema))
                 .bind(actor_id)
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(match row {
             None => ActorState::Absent,
             Some((status, _, _, _)) if status == "Pending" => ActorState::Pending,
-            Some((status, last_progress, has_work, execution_id)) if status == "Running" => ActorState::Running {
-                last_progress: last_progress.unwrap_or_else(Utc::now),
-                has_work,
-                execution_id: execution_id.unwrap_or(1),
-            },
+            Some((status, last_progress, has_work, execution_id)) if status == "Running" => {
+                ActorState::Running {
+                    last_progress: last_progress.unwrap_or_else(Utc::now),
+                    has_work,
+                    execution_id: execution_id.unwrap_or(1),
+                }
+            }
             Some((status, _, _, _)) => ActorState::Finished { status },
         })
     }
@@ -221,12 +234,13 @@ impl ActorControl {
     /// Every live incarnation of an instance (normally at most one).
     pub async fn live_actors(&self, instance: Uuid) -> Result<Vec<String>, DuroError> {
         let prefix = format!("{}{instance}-", config::ACTOR_ID_PREFIX);
-        Ok(
-            sqlx::query_scalar(&sql::with_duroxide_schema(sql::LIVE_ACTORS_OF_INSTANCE, &self.schema))
-                .bind(prefix)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(&sql::with_duroxide_schema(
+            sql::LIVE_ACTORS_OF_INSTANCE,
+            &self.schema,
+        ))
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     fn input_for(&self, row: &InstanceRow) -> ActorInput {
@@ -245,7 +259,8 @@ impl ActorControl {
     /// Start the orchestration of an id the row already names (repairs a crash between
     /// "swap" and "start", or an id Duroxide lost). A no-op if Duroxide knows the id.
     pub async fn start_named(&self, row: &InstanceRow, actor_id: &str) -> Result<(), DuroError> {
-        let input = serde_json::to_string(&self.input_for(row)).map_err(|e| DuroError::Provider(e.to_string()))?;
+        let input = serde_json::to_string(&self.input_for(row))
+            .map_err(|e| DuroError::Provider(e.to_string()))?;
         self.client
             .start_orchestration(actor_id, config::ACTOR_ORCHESTRATION, input)
             .await?;
@@ -304,14 +319,21 @@ impl ActorControl {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
         }
-        tracing::warn!(actor_id, "old actor not terminal after cancel; proceeding (fencing keeps it from writing)");
+        tracing::warn!(
+            actor_id,
+            "old actor not terminal after cancel; proceeding (fencing keeps it from writing)"
+        );
         Ok(())
     }
 
     /// Cancel the instance's actor and any stray incarnation (the API's `cancel`). The
     /// column keeps naming the cancelled actor, so the verdict becomes `missing` — and the
     /// reconciler starts a new one unless the row stops calling for an actor.
-    pub async fn cancel_all(&self, row: &InstanceRow, reason: &str) -> Result<Transition, DuroError> {
+    pub async fn cancel_all(
+        &self,
+        row: &InstanceRow,
+        reason: &str,
+    ) -> Result<Transition, DuroError> {
         let mut live = self.live_actors(row.id).await?;
         if let Some(current) = &row.actor_id
             && !live.contains(current)

@@ -446,5 +446,7 @@ pub fn running_url(data_dir: &Path, database: &str) -> Option<String> {
     let port: u16 = lines.nth(2)?.trim().parse().ok()?;
     // Signal 0: is the postmaster alive?
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok()?;
-    Some(format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{database}"))
+    Some(format!(
+        "postgres://{SUPERUSER}@127.0.0.1:{port}/{database}"
+    ))
 }

@@ -90,7 +90,10 @@ impl Prober {
                     version: None,
                     in_recovery: None,
                     response_time_ms: 0,
-                    error: Some(format!("invalid connection string: {}", redact::redact_error(&e.to_string()))),
+                    error: Some(format!(
+                        "invalid connection string: {}",
+                        redact::redact_error(&e.to_string())
+                    )),
                 };
             }
         };
@@ -100,16 +103,15 @@ impl Prober {
         let target_hash = hash_target(target);
 
         // A kept connection first; if it fails, one fresh attempt before we call it a failure.
-        if let Some(client) = self.take_kept(instance, target_hash) {
-            if let Ok(Ok(row)) = tokio::time::timeout(
+        if let Some(client) = self.take_kept(instance, target_hash)
+            && let Ok(Ok(row)) = tokio::time::timeout(
                 self.settings.query_timeout,
                 client.query_one(crate::sql::PROBE, &[]),
             )
             .await
-            {
-                self.keep(instance, target_hash, client);
-                return ok_result(&row, started);
-            }
+        {
+            self.keep(instance, target_hash, client);
+            return ok_result(&row, started);
         }
 
         let outcome = self.connect_and_query(config).await;
@@ -165,7 +167,12 @@ impl Prober {
             Ok(Err(e)) => return Err(format!("connect failed: {}", error_text(&e))),
             Ok(Ok(c)) => c,
         };
-        match tokio::time::timeout(self.settings.query_timeout, client.query_one(crate::sql::PROBE, &[])).await {
+        match tokio::time::timeout(
+            self.settings.query_timeout,
+            client.query_one(crate::sql::PROBE, &[]),
+        )
+        .await
+        {
             Err(_) => Err(format!(
                 "query timed out after {} ms",
                 self.settings.query_timeout.as_millis()

@@ -42,7 +42,8 @@ pub fn parse_instance_event(payload: &str) -> Result<InstanceEvent, String> {
     if payload.len() > config::MAX_CONTROL_PAYLOAD {
         return Err(format!("payload of {} bytes is too large", payload.len()));
     }
-    let ev: InstanceEvent = serde_json::from_str(payload).map_err(|e| format!("not the trigger's JSON: {e}"))?;
+    let ev: InstanceEvent =
+        serde_json::from_str(payload).map_err(|e| format!("not the trigger's JSON: {e}"))?;
     match ev.op.as_str() {
         "insert" | "delete" | "state" => Ok(ev),
         other => Err(format!("unknown op `{}`", truncate(other, 40))),
@@ -52,8 +53,13 @@ pub fn parse_instance_event(payload: &str) -> Result<InstanceEvent, String> {
 /// A request on `toygres_actor_control`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
-    Restart { name: String, request_id: Option<i64> },
-    Reconcile { name: String },
+    Restart {
+        name: String,
+        request_id: Option<i64>,
+    },
+    Reconcile {
+        name: String,
+    },
     ReconcileAll,
 }
 
@@ -74,8 +80,12 @@ pub fn parse_control(payload: &str) -> Result<Control, String> {
     }
     let text = payload.trim();
     if text.starts_with('{') {
-        let j: ControlJson = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
-        let name = j.k8s_name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+        let j: ControlJson =
+            serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+        let name = j
+            .k8s_name
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty());
         return match (j.op.as_str(), name) {
             ("restart", Some(name)) => Ok(Control::Restart {
                 name,
@@ -98,7 +108,9 @@ pub fn parse_control(payload: &str) -> Result<Control, String> {
             request_id: None,
         }),
         ("reconcile", "*") | ("reconcile", "") => Ok(Control::ReconcileAll),
-        ("reconcile", n) => Ok(Control::Reconcile { name: n.to_string() }),
+        ("reconcile", n) => Ok(Control::Reconcile {
+            name: n.to_string(),
+        }),
         (v, _) => Err(format!("unknown command `{}`", truncate(v, 40))),
     }
 }
@@ -145,9 +157,23 @@ pub async fn run(
             status.send_modify(|s| s.reconnects += 1);
         }
         first = false;
-        match session(&settings, &reconciler, &queue, &status, &stop).await {
-            Ok(()) => backoff = new_backoff(),
-            Err(e) => tracing::warn!(error = %e, "listener connection lost or refused"),
+        let mut connected = false;
+        if let Err(e) = session(
+            &settings,
+            &reconciler,
+            &queue,
+            &status,
+            &stop,
+            &mut connected,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "listener connection lost or refused");
+        }
+        if connected {
+            // The server was there a moment ago: reconnect promptly, not after the
+            // backoff a string of refused connections had built up.
+            backoff = new_backoff();
         }
         metrics::listener_connected(false);
         status.send_modify(|s| {
@@ -182,10 +208,15 @@ async fn session(
     queue: &Arc<ReconcileQueue>,
     status: &watch::Sender<ListenerStatus>,
     stop: &Token,
+    connected: &mut bool,
 ) -> Result<(), String> {
-    let mut s = crate::db::connect_session(&settings.url, "toygres-actors-listener", Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut s = crate::db::connect_session(
+        &settings.url,
+        "toygres-actors-listener",
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     s.client
         .batch_execute(crate::sql::LISTEN)
         .await
@@ -196,16 +227,22 @@ async fn session(
         .await
         .map_err(|e| e.to_string())?
         .get(0);
+    *connected = true;
     metrics::listener_connected(true);
     status.send_modify(|st| {
         st.connected = true;
         st.backend_pid = Some(pid);
     });
-    tracing::info!(backend_pid = pid, "listener connected; reconciling everything");
+    tracing::info!(
+        backend_pid = pid,
+        "listener connected; reconciling everything"
+    );
     // Everything committed before LISTEN took effect is caught here.
     match reconciler.full_reconcile(Some(queue), false).await {
         Ok(found) => tracing::info!(queued = found.len(), "full reconcile after connect done"),
-        Err(e) => tracing::warn!(error = %e, "full reconcile after connect failed; the resync timer retries"),
+        Err(e) => {
+            tracing::warn!(error = %e, "full reconcile after connect failed; the resync timer retries")
+        }
     }
     status.send_modify(|st| st.caught_up += 1);
 
@@ -258,7 +295,12 @@ async fn session(
 }
 
 /// Turn one notification into queued work (or count it as invalid).
-async fn handle(channel: &str, payload: &str, reconciler: &Arc<Reconciler>, queue: &Arc<ReconcileQueue>) {
+async fn handle(
+    channel: &str,
+    payload: &str,
+    reconciler: &Arc<Reconciler>,
+    queue: &Arc<ReconcileQueue>,
+) {
     match channel {
         CHANNEL_INSTANCES => match parse_instance_event(payload) {
             Ok(ev) => {
@@ -282,7 +324,9 @@ async fn handle(channel: &str, payload: &str, reconciler: &Arc<Reconciler>, queu
                     tracing::warn!(error = %e, "reconcile * failed");
                 }
             }
-            Ok(Control::Reconcile { name }) | Ok(Control::Restart { name, .. }) if name.len() > 255 => {
+            Ok(Control::Reconcile { name }) | Ok(Control::Restart { name, .. })
+                if name.len() > 255 =>
+            {
                 invalid(CHANNEL_CONTROL, "name longer than 255 characters", payload)
             }
             Ok(c @ (Control::Reconcile { .. } | Control::Restart { .. })) => {
@@ -293,14 +337,21 @@ async fn handle(channel: &str, payload: &str, reconciler: &Arc<Reconciler>, queu
                 };
                 match crate::cms::instance_by_name(&reconciler.control.pool, name).await {
                     Ok(Some(row)) => {
-                        metrics::notification(CHANNEL_CONTROL, if restart { "restart" } else { "reconcile" });
+                        metrics::notification(
+                            CHANNEL_CONTROL,
+                            if restart { "restart" } else { "reconcile" },
+                        );
                         if restart {
                             queue.enqueue(row.id, Trigger::RestartRequest, true, None);
                         } else {
                             queue.enqueue(row.id, Trigger::ControlReconcile, false, None);
                         }
                     }
-                    Ok(None) => invalid(CHANNEL_CONTROL, &format!("unknown instance `{}`", truncate(name, 80)), payload),
+                    Ok(None) => invalid(
+                        CHANNEL_CONTROL,
+                        &format!("unknown instance `{}`", truncate(name, 80)),
+                        payload,
+                    ),
                     Err(e) => tracing::warn!(error = %e, "control request: lookup failed"),
                 }
             }
@@ -331,14 +382,25 @@ mod tests {
     fn control_payloads() {
         assert_eq!(
             parse_control("restart pg-1").unwrap(),
-            Control::Restart { name: "pg-1".into(), request_id: None }
+            Control::Restart {
+                name: "pg-1".into(),
+                request_id: None
+            }
         );
         assert_eq!(
             parse_control(r#"{"op":"restart","k8s_name":"pg-2","request_id":7}"#).unwrap(),
-            Control::Restart { name: "pg-2".into(), request_id: Some(7) }
+            Control::Restart {
+                name: "pg-2".into(),
+                request_id: Some(7)
+            }
         );
         assert_eq!(parse_control("reconcile *").unwrap(), Control::ReconcileAll);
-        assert_eq!(parse_control("reconcile pg-3").unwrap(), Control::Reconcile { name: "pg-3".into() });
+        assert_eq!(
+            parse_control("reconcile pg-3").unwrap(),
+            Control::Reconcile {
+                name: "pg-3".into()
+            }
+        );
         assert!(parse_control("restart").is_err());
         assert!(parse_control("restart *").is_err());
         assert!(parse_control("drop table x").is_err());
@@ -348,21 +410,29 @@ mod tests {
         // Names are taken literally (quotes and all); the lookup is parameterised.
         assert_eq!(
             parse_control("restart a'b; drop").unwrap(),
-            Control::Restart { name: "a'b; drop".into(), request_id: None }
+            Control::Restart {
+                name: "a'b; drop".into(),
+                request_id: None
+            }
         );
     }
 
     #[test]
     fn listen_sql_names_every_channel() {
         for ch in [CHANNEL_INSTANCES, CHANNEL_CONTROL, CHANNEL_PING] {
-            assert!(crate::sql::LISTEN.contains(&format!("LISTEN {ch};")), "{ch}");
+            assert!(
+                crate::sql::LISTEN.contains(&format!("LISTEN {ch};")),
+                "{ch}"
+            );
         }
     }
 
     #[test]
     fn instance_payloads() {
         let id = Uuid::new_v4();
-        let ok = format!(r#"{{"op":"insert","id":"{id}","k8s_name":"a","old_state":null,"new_state":"creating","at":1.5}}"#);
+        let ok = format!(
+            r#"{{"op":"insert","id":"{id}","k8s_name":"a","old_state":null,"new_state":"creating","at":1.5}}"#
+        );
         let ev = parse_instance_event(&ok).unwrap();
         assert_eq!(ev.id, id);
         assert_eq!(ev.at, Some(1.5));

@@ -44,7 +44,9 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("duroxide_".into()), LATENCY_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Prefix("duroxide_".into()), LATENCY_BUCKETS)
+                })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -58,19 +60,53 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(HEALTH_CHECKS_TOTAL, "Health checks done, by observed status.");
-    describe_histogram!(HEALTH_CHECK_DURATION, Unit::Seconds, "Duration of a health check probe.");
-    describe_counter!(NOTIFICATIONS_TOTAL, "Notifications received, by channel and op.");
-    describe_counter!(NOTIFICATIONS_INVALID_TOTAL, "Malformed, unknown or oversized notifications, by channel.");
-    describe_counter!(RECONCILE_ACTIONS_TOTAL, "Reconcile decisions carried out, by action.");
-    describe_counter!(RECONCILE_ERRORS_TOTAL, "Reconcile attempts that failed (retried with backoff).");
-    describe_histogram!(EVENT_TO_ACTION, Unit::Seconds, "CMS commit (trigger clock) to Duroxide call done.");
-    describe_gauge!(LISTENER_CONNECTED, "1 while this replica's listener is connected and listening.");
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HEALTH_CHECKS_TOTAL,
+        "Health checks done, by observed status."
+    );
+    describe_histogram!(
+        HEALTH_CHECK_DURATION,
+        Unit::Seconds,
+        "Duration of a health check probe."
+    );
+    describe_counter!(
+        NOTIFICATIONS_TOTAL,
+        "Notifications received, by channel and op."
+    );
+    describe_counter!(
+        NOTIFICATIONS_INVALID_TOTAL,
+        "Malformed, unknown or oversized notifications, by channel."
+    );
+    describe_counter!(
+        RECONCILE_ACTIONS_TOTAL,
+        "Reconcile decisions carried out, by action."
+    );
+    describe_counter!(
+        RECONCILE_ERRORS_TOTAL,
+        "Reconcile attempts that failed (retried with backoff)."
+    );
+    describe_histogram!(
+        EVENT_TO_ACTION,
+        Unit::Seconds,
+        "CMS commit (trigger clock) to Duroxide call done."
+    );
+    describe_gauge!(
+        LISTENER_CONNECTED,
+        "1 while this replica's listener is connected and listening."
+    );
     describe_counter!(LISTENER_RECONNECTS_TOTAL, "Listener reconnects.");
     describe_gauge!(LEADER, "1 on the replica that holds leadership.");
-    describe_gauge!(LAST_RESYNC, Unit::Seconds, "Unix time of the last completed full reconcile.");
-    describe_histogram!(NOTIFY_ROUNDTRIP, Unit::Seconds, "Listener self-NOTIFY round trip.");
+    describe_gauge!(
+        LAST_RESYNC,
+        Unit::Seconds,
+        "Unix time of the last completed full reconcile."
+    );
+    describe_histogram!(
+        NOTIFY_ROUNDTRIP,
+        Unit::Seconds,
+        "Listener self-NOTIFY round trip."
+    );
 }
 
 pub fn record_health_check(status: &str, duration: Duration) {
@@ -129,7 +165,10 @@ pub fn initialise_series() {
     for action in ["start", "cancel", "restart", "noop"] {
         metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).absolute(0);
     }
-    for channel in [crate::config::CHANNEL_INSTANCES, crate::config::CHANNEL_CONTROL] {
+    for channel in [
+        crate::config::CHANNEL_INSTANCES,
+        crate::config::CHANNEL_CONTROL,
+    ] {
         metrics::counter!(NOTIFICATIONS_INVALID_TOTAL, "channel" => channel).absolute(0);
     }
     metrics::counter!(RECONCILE_ERRORS_TOTAL).absolute(0);
@@ -155,7 +194,9 @@ pub struct FleetGauges {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl FleetGauges {
@@ -230,16 +271,33 @@ mod tests {
         let g = FleetGauges::new(true);
         assert_eq!(g.render(), "");
         g.set(vec![
-            FleetEntry { k8s_name: "a\"b".into(), verdict: Verdict::Ok, last_health_check: Some(1.5), up: true },
-            FleetEntry { k8s_name: "c".into(), verdict: Verdict::Stale, last_health_check: None, up: false },
+            FleetEntry {
+                k8s_name: "a\"b".into(),
+                verdict: Verdict::Ok,
+                last_health_check: Some(1.5),
+                up: true,
+            },
+            FleetEntry {
+                k8s_name: "c".into(),
+                verdict: Verdict::Stale,
+                last_health_check: None,
+                up: false,
+            },
         ]);
         let text = g.render();
         assert!(text.contains("toygres_actors_instances{verdict=\"ok\"} 1"));
         assert!(text.contains("toygres_actors_instances{verdict=\"zombie\"} 0"));
-        assert!(text.contains("toygres_actors_instance_verdict{k8s_name=\"a\\\"b\",verdict=\"ok\"} 1"));
+        assert!(
+            text.contains("toygres_actors_instance_verdict{k8s_name=\"a\\\"b\",verdict=\"ok\"} 1")
+        );
         assert!(!text.contains("last_health_check_timestamp_seconds{k8s_name=\"c\"}"));
         let off = FleetGauges::new(false);
-        off.set(vec![FleetEntry { k8s_name: "x".into(), verdict: Verdict::Idle, last_health_check: None, up: false }]);
+        off.set(vec![FleetEntry {
+            k8s_name: "x".into(),
+            verdict: Verdict::Idle,
+            last_health_check: None,
+            up: false,
+        }]);
         assert!(!off.render().contains("k8s_name"));
     }
 }

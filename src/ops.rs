@@ -28,7 +28,9 @@ pub enum OpsError {
 impl From<DuroError> for OpsError {
     fn from(e: DuroError) -> Self {
         match e {
-            DuroError::Conflict { .. } | DuroError::NotWanted(_) => OpsError::Conflict(e.to_string()),
+            DuroError::Conflict { .. } | DuroError::NotWanted(_) => {
+                OpsError::Conflict(e.to_string())
+            }
             other => OpsError::Internal(crate::redact::redact_error(&other.to_string())),
         }
     }
@@ -52,10 +54,14 @@ pub fn validate_name(name: &str) -> Result<(), OpsError> {
         return Err(OpsError::BadRequest("instance name is empty".into()));
     }
     if name.chars().count() > 255 {
-        return Err(OpsError::BadRequest("instance name is longer than 255 characters".into()));
+        return Err(OpsError::BadRequest(
+            "instance name is longer than 255 characters".into(),
+        ));
     }
     if name.chars().any(|c| c.is_control()) {
-        return Err(OpsError::BadRequest("instance name contains control characters".into()));
+        return Err(OpsError::BadRequest(
+            "instance name contains control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -102,7 +108,10 @@ fn view(obs: &verdict::Observed, d: &verdict::Decision, now: DateTime<Utc>) -> A
 }
 
 /// Every instance with its verdict (optionally only one verdict).
-pub async fn list(reconciler: &Reconciler, only: Option<Verdict>) -> Result<Vec<ActorView>, OpsError> {
+pub async fn list(
+    reconciler: &Reconciler,
+    only: Option<Verdict>,
+) -> Result<Vec<ActorView>, OpsError> {
     let fleet = reconciler.fleet().await?;
     let now = Utc::now();
     let mut out: Vec<ActorView> = fleet
@@ -110,18 +119,23 @@ pub async fn list(reconciler: &Reconciler, only: Option<Verdict>) -> Result<Vec<
         .iter()
         .map(|(o, d)| view(o, d, now))
         .collect();
-    out.extend(fleet.deleted_with_live_actors.iter().map(|(id, actors)| ActorView {
-        k8s_name: format!("(deleted {id})"),
-        instance_id: *id,
-        state: "deleted".into(),
-        health_status: "unknown".into(),
-        actor_id: actors.first().cloned(),
-        actor_status: "running".into(),
-        last_health_check: None,
-        last_check_age_seconds: None,
-        verdict: Verdict::Orphan,
-        reason: format!("row deleted, but {} runs", actors.join(", ")),
-    }));
+    out.extend(
+        fleet
+            .deleted_with_live_actors
+            .iter()
+            .map(|(id, actors)| ActorView {
+                k8s_name: format!("(deleted {id})"),
+                instance_id: *id,
+                state: "deleted".into(),
+                health_status: "unknown".into(),
+                actor_id: actors.first().cloned(),
+                actor_status: "running".into(),
+                last_health_check: None,
+                last_check_age_seconds: None,
+                verdict: Verdict::Orphan,
+                reason: format!("row deleted, but {} runs", actors.join(", ")),
+            }),
+    );
     if let Some(v) = only {
         out.retain(|a| a.verdict == v);
     }
@@ -159,7 +173,11 @@ pub struct ActionResult {
 }
 
 /// Start an actor if none is live (idempotent).
-pub async fn start(reconciler: &Reconciler, name: &str, who: &'static str) -> Result<ActionResult, OpsError> {
+pub async fn start(
+    reconciler: &Reconciler,
+    name: &str,
+    who: &'static str,
+) -> Result<ActionResult, OpsError> {
     let row = find(reconciler, name).await?;
     if !reconciler.control.wants_actor(&row.state) {
         return Err(OpsError::Conflict(format!(
@@ -194,7 +212,11 @@ pub async fn start(reconciler: &Reconciler, name: &str, who: &'static str) -> Re
 }
 
 /// A new incarnation (new id, old one cancelled).
-pub async fn restart(reconciler: &Reconciler, name: &str, who: &'static str) -> Result<ActionResult, OpsError> {
+pub async fn restart(
+    reconciler: &Reconciler,
+    name: &str,
+    who: &'static str,
+) -> Result<ActionResult, OpsError> {
     let row = find(reconciler, name).await?;
     if !reconciler.control.wants_actor(&row.state) {
         return Err(OpsError::Conflict(format!(
@@ -211,14 +233,21 @@ pub async fn restart(reconciler: &Reconciler, name: &str, who: &'static str) -> 
         changed: true,
         old_actor_id: outcome.old_actor_id,
         new_actor_id: outcome.new_actor_id.clone(),
-        message: format!("restarted: new actor {}", outcome.new_actor_id.as_deref().unwrap_or("?")),
+        message: format!(
+            "restarted: new actor {}",
+            outcome.new_actor_id.as_deref().unwrap_or("?")
+        ),
         warning: None,
     })
 }
 
 /// Cancel every live incarnation. If the row still calls for an actor, the reconciler will
 /// start a new one at its next pass (the row is the truth) — the result says so.
-pub async fn cancel(reconciler: &Reconciler, name: &str, who: &'static str) -> Result<ActionResult, OpsError> {
+pub async fn cancel(
+    reconciler: &Reconciler,
+    name: &str,
+    who: &'static str,
+) -> Result<ActionResult, OpsError> {
     let row = find(reconciler, name).await?;
     let reason = format!("cancelled by operator ({who})");
     let t = reconciler.control.cancel_all(&row, &reason).await?;
@@ -295,11 +324,13 @@ pub async fn explain(reconciler: &Reconciler, name: &str) -> Result<Explanation,
     let pool = &reconciler.control.pool;
     let (executions, events) = match &row.actor_id {
         Some(id) => {
-            let r: (Option<i64>, Option<i64>) =
-                sqlx::query_as(&sql::with_duroxide_schema(sql::ACTOR_HISTORY_SUMMARY, &reconciler.control.schema))
-                    .bind(id)
-                    .fetch_one(pool)
-                    .await?;
+            let r: (Option<i64>, Option<i64>) = sqlx::query_as(&sql::with_duroxide_schema(
+                sql::ACTOR_HISTORY_SUMMARY,
+                &reconciler.control.schema,
+            ))
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
             r
         }
         None => (None, None),
@@ -362,7 +393,11 @@ pub fn render_table(list: &[ActorView]) -> String {
     if counts.is_empty() {
         counts.push("no instances".into());
     }
-    out.push_str(&format!("{} instance(s): {}\n", list.len(), counts.join(", ")));
+    out.push_str(&format!(
+        "{} instance(s): {}\n",
+        list.len(),
+        counts.join(", ")
+    ));
     out
 }
 
@@ -375,17 +410,26 @@ pub fn render_explanation(e: &Explanation) -> String {
         "row        state={} health={} last_check={} target={}\n",
         r.state,
         r.health_status,
-        r.last_health_check.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+        r.last_health_check
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "never".into()),
         if r.has_target { "set" } else { "none yet" }
     ));
-    out.push_str(&format!("actor      {}\n", r.actor_id.as_deref().unwrap_or("(none)")));
+    out.push_str(&format!(
+        "actor      {}\n",
+        r.actor_id.as_deref().unwrap_or("(none)")
+    ));
     out.push_str(&format!(
         "duroxide   {}\n",
         match &e.actor {
             None => "no actor id on the row".to_string(),
             Some(ActorState::Absent) => "unknown to Duroxide".to_string(),
             Some(ActorState::Pending) => "start queued".to_string(),
-            Some(ActorState::Running { last_progress, has_work, execution_id }) => format!(
+            Some(ActorState::Running {
+                last_progress,
+                has_work,
+                execution_id,
+            }) => format!(
                 "Running, execution {execution_id}, last progress {}, work queued: {has_work}",
                 last_progress.to_rfc3339()
             ),
@@ -399,7 +443,10 @@ pub fn render_explanation(e: &Explanation) -> String {
         out.push_str(&format!("also live  {}\n", e.other_live_actors.join(", ")));
     }
     out.push_str(&format!("verdict    {} — {}\n", e.verdict, e.reason));
-    out.push_str(&format!("next       the reconciler would: {}\n", e.would_do));
+    out.push_str(&format!(
+        "next       the reconciler would: {}\n",
+        e.would_do
+    ));
     out.push_str("recent health checks:\n");
     if e.recent_checks.is_empty() {
         out.push_str("  (none)\n");
@@ -409,9 +456,14 @@ pub fn render_explanation(e: &Explanation) -> String {
             "  {}  {:<9} {:>5} ms  {}{}\n",
             c.checked_at.to_rfc3339(),
             c.status,
-            c.response_time_ms.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            c.response_time_ms
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into()),
             c.postgres_version.as_deref().unwrap_or(""),
-            c.error_message.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
+            c.error_message
+                .as_deref()
+                .map(|e| format!(" error: {e}"))
+                .unwrap_or_default()
         ));
     }
     out.push_str("recent decisions:\n");
@@ -428,7 +480,10 @@ pub fn render_explanation(e: &Explanation) -> String {
             d.old_actor_id.as_deref().unwrap_or("-"),
             d.new_actor_id.as_deref().unwrap_or("-"),
             d.reason,
-            d.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
+            d.error
+                .as_deref()
+                .map(|e| format!(" error: {e}"))
+                .unwrap_or_default()
         ));
     }
     out

@@ -134,13 +134,14 @@ impl Reconciler {
     }
 
     async fn actor_created_at(&self, actor_id: &str) -> Result<Option<DateTime<Utc>>, DuroError> {
-        Ok(
-            sqlx::query_scalar(&sql::with_duroxide_schema(sql::ACTOR_CREATED_AT, &self.control.schema))
-                .bind(actor_id)
-                .fetch_optional(self.pool())
-                .await?
-                .flatten(),
-        )
+        Ok(sqlx::query_scalar(&sql::with_duroxide_schema(
+            sql::ACTOR_CREATED_AT,
+            &self.control.schema,
+        ))
+        .bind(actor_id)
+        .fetch_optional(self.pool())
+        .await?
+        .flatten())
     }
 
     /// Reconcile one instance by id (the row may be gone). `force_restart` asks for a new
@@ -169,17 +170,27 @@ impl Reconciler {
                 );
             }
         }
-        self.act(&observed.row, decision, trigger, force_restart, dry_run).await
+        self.act(&observed.row, decision, trigger, force_restart, dry_run)
+            .await
     }
 
     /// The row is gone: cancel every live incarnation.
-    async fn reconcile_deleted(&self, id: Uuid, trigger: &Trigger, dry_run: bool) -> Result<Outcome, DuroError> {
+    async fn reconcile_deleted(
+        &self,
+        id: Uuid,
+        trigger: &Trigger,
+        dry_run: bool,
+    ) -> Result<Outcome, DuroError> {
         let live = self.control.live_actors(id).await?;
         let name = format!("(deleted {id})");
         let mut outcome = Outcome {
             instance_id: id,
             k8s_name: name.clone(),
-            verdict: if live.is_empty() { Verdict::Idle } else { Verdict::Orphan },
+            verdict: if live.is_empty() {
+                Verdict::Idle
+            } else {
+                Verdict::Orphan
+            },
             reason: if live.is_empty() {
                 "row deleted, no actor runs".into()
             } else {
@@ -203,8 +214,17 @@ impl Reconciler {
         }
         self.forget_backoff(id);
         metrics::reconcile_action("cancel");
-        self.log_decision(id, &name, "cancel", &outcome.reason, live.first().map(String::as_str), None, trigger, None)
-            .await;
+        self.log_decision(
+            id,
+            &name,
+            "cancel",
+            &outcome.reason,
+            live.first().map(String::as_str),
+            None,
+            trigger,
+            None,
+        )
+        .await;
         tracing::info!(instance_id = %id, actors = ?live, trigger = %trigger.label(), "cancelled actors of a deleted instance");
         Ok(outcome)
     }
@@ -228,7 +248,10 @@ impl Reconciler {
             skipped: None,
         };
         if decision.action == Action::Noop {
-            if matches!(decision.verdict, Verdict::Ok | Verdict::Unhealthy | Verdict::Idle) {
+            if matches!(
+                decision.verdict,
+                Verdict::Ok | Verdict::Unhealthy | Verdict::Idle
+            ) {
                 self.forget_backoff(row.id);
             }
             metrics::reconcile_action("noop");
@@ -242,7 +265,10 @@ impl Reconciler {
         // explicit restarts are not.
         let is_heal = matches!(decision.action, Action::Restart) && !forced;
         if is_heal && let Some(wait) = self.backoff_remaining(row.id) {
-            outcome.skipped = Some(format!("heal backoff: next attempt in {}s", wait.as_secs().max(1)));
+            outcome.skipped = Some(format!(
+                "heal backoff: next attempt in {}s",
+                wait.as_secs().max(1)
+            ));
             tracing::debug!(instance = %row.k8s_name, verdict = %decision.verdict, "heal skipped: backoff");
             metrics::reconcile_action("noop");
             return Ok(outcome);
@@ -338,12 +364,17 @@ impl Reconciler {
         });
         entry.attempts = entry.attempts.saturating_add(1);
         let factor = 2u32.saturating_pow(entry.attempts.saturating_sub(1).min(16));
-        let delay = config::HEAL_BACKOFF_MIN.saturating_mul(factor).min(config::HEAL_BACKOFF_MAX);
+        let delay = config::HEAL_BACKOFF_MIN
+            .saturating_mul(factor)
+            .min(config::HEAL_BACKOFF_MAX);
         entry.next_at = Instant::now() + delay;
     }
 
     fn forget_backoff(&self, id: Uuid) {
-        self.backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -382,10 +413,11 @@ impl Reconciler {
         let rows: Vec<FleetRow> = sqlx::query_as(&sql::with_duroxide_schema(sql::FLEET, schema))
             .fetch_all(self.pool())
             .await?;
-        let live: Vec<String> = sqlx::query_scalar(&sql::with_duroxide_schema(sql::LIVE_ACTORS, schema))
-            .bind(config::ACTOR_ORCHESTRATION)
-            .fetch_all(self.pool())
-            .await?;
+        let live: Vec<String> =
+            sqlx::query_scalar(&sql::with_duroxide_schema(sql::LIVE_ACTORS, schema))
+                .bind(config::ACTOR_ORCHESTRATION)
+                .fetch_all(self.pool())
+                .await?;
         let mut live_by_instance: HashMap<Uuid, Vec<String>> = HashMap::new();
         for a in live {
             if let Some(id) = duro::instance_of_actor(&a) {
@@ -408,12 +440,19 @@ impl Reconciler {
 
     /// One full pass: classify everything; queue (or, with `direct`, carry out) whatever
     /// needs healing; honour durable restart requests. Returns what it found and did.
-    pub async fn full_reconcile(&self, queue: Option<&ReconcileQueue>, dry_run: bool) -> Result<Vec<Outcome>, DuroError> {
+    pub async fn full_reconcile(
+        &self,
+        queue: Option<&ReconcileQueue>,
+        dry_run: bool,
+    ) -> Result<Vec<Outcome>, DuroError> {
         let fleet = self.fleet().await?;
         let mut outcomes = Vec::new();
         for (obs, decision) in fleet.instances {
             if decision.action == Action::Noop {
-                if matches!(decision.verdict, Verdict::Ok | Verdict::Unhealthy | Verdict::Idle) {
+                if matches!(
+                    decision.verdict,
+                    Verdict::Ok | Verdict::Unhealthy | Verdict::Idle
+                ) {
                     self.forget_backoff(obs.row.id);
                 }
                 continue;
@@ -432,9 +471,14 @@ impl Reconciler {
                         skipped: Some("queued".into()),
                     });
                 }
-                _ => match self.act(&obs.row, decision, &Trigger::Resync, false, dry_run).await {
+                _ => match self
+                    .act(&obs.row, decision, &Trigger::Resync, false, dry_run)
+                    .await
+                {
                     Ok(o) => outcomes.push(o),
-                    Err(e) => tracing::warn!(instance = %obs.row.k8s_name, error = %e, "heal failed"),
+                    Err(e) => {
+                        tracing::warn!(instance = %obs.row.k8s_name, error = %e, "heal failed")
+                    }
                 },
             }
         }
@@ -443,7 +487,9 @@ impl Reconciler {
                 Some(q) if !dry_run => q.enqueue(id, Trigger::Resync, false, None),
                 _ => match self.reconcile_deleted(id, &Trigger::Resync, dry_run).await {
                     Ok(o) => outcomes.push(o),
-                    Err(e) => tracing::warn!(instance_id = %id, error = %e, "cancelling orphan failed"),
+                    Err(e) => {
+                        tracing::warn!(instance_id = %id, error = %e, "cancelling orphan failed")
+                    }
                 },
             }
         }
@@ -458,7 +504,9 @@ impl Reconciler {
                         Some(q) => q.enqueue(instance, Trigger::RestartRequest, true, None),
                         None => match self.honour_restart_request(instance).await {
                             Ok(o) => outcomes.push(o),
-                            Err(e) => tracing::warn!(instance_id = %instance, error = %e, "restart request failed"),
+                            Err(e) => {
+                                tracing::warn!(instance_id = %instance, error = %e, "restart request failed")
+                            }
                         },
                     }
                 }
@@ -475,7 +523,10 @@ impl Reconciler {
             .reconcile_instance(instance, &Trigger::RestartRequest, true, false)
             .await?;
         let text = match (&outcome.skipped, outcome.action) {
-            (None, "restart") => format!("restarted: new actor {}", outcome.new_actor_id.as_deref().unwrap_or("?")),
+            (None, "restart") => format!(
+                "restarted: new actor {}",
+                outcome.new_actor_id.as_deref().unwrap_or("?")
+            ),
             _ => format!("not restarted: {}", outcome.reason),
         };
         sqlx::query(sql::FINISH_RESTART_REQUESTS)
@@ -517,16 +568,19 @@ struct FleetRow {
 
 impl FleetRow {
     fn into_observed(self, live: Vec<String>) -> Observed {
-        let actor = self.actor_id.as_ref().map(|_| match (&self.actor_status, self.actor_pending) {
-            (None, true) => ActorState::Pending,
-            (None, false) => ActorState::Absent,
-            (Some(s), _) if s == "Running" => ActorState::Running {
-                last_progress: self.actor_last_progress.unwrap_or_else(Utc::now),
-                has_work: self.actor_has_work,
-                execution_id: self.actor_execution_id.unwrap_or(1),
-            },
-            (Some(s), _) => ActorState::Finished { status: s.clone() },
-        });
+        let actor =
+            self.actor_id
+                .as_ref()
+                .map(|_| match (&self.actor_status, self.actor_pending) {
+                    (None, true) => ActorState::Pending,
+                    (None, false) => ActorState::Absent,
+                    (Some(s), _) if s == "Running" => ActorState::Running {
+                        last_progress: self.actor_last_progress.unwrap_or_else(Utc::now),
+                        has_work: self.actor_has_work,
+                        execution_id: self.actor_execution_id.unwrap_or(1),
+                    },
+                    (Some(s), _) => ActorState::Finished { status: s.clone() },
+                });
         let other_live = live
             .into_iter()
             .filter(|a| Some(a) != self.actor_id.as_ref())
@@ -716,8 +770,8 @@ impl ReconcileQueue {
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let mut st = q.state.lock().unwrap_or_else(|p| p.into_inner());
-                        if !st.pending.contains_key(&id) {
-                            st.pending.insert(id, Job { attempt, ..job });
+                        if let std::collections::hash_map::Entry::Vacant(e) = st.pending.entry(id) {
+                            e.insert(Job { attempt, ..job });
                             st.order.push_back(id);
                         }
                         drop(st);

@@ -55,7 +55,11 @@ pub struct RunningService {
 }
 
 /// Start everything; returns once the HTTP server listens.
-pub async fn start(global: &GlobalArgs, args: &RunArgs, database: Database) -> anyhow::Result<RunningService> {
+pub async fn start(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    database: Database,
+) -> anyhow::Result<RunningService> {
     let prometheus = metrics::install();
     metrics::initialise_series();
     let replica = args
@@ -66,7 +70,13 @@ pub async fn start(global: &GlobalArgs, args: &RunArgs, database: Database) -> a
 
     let pool = crate::db::cms_pool(&url, args.cms_pool_max).await?;
     crate::db::migrate(&pool).await?;
-    let store = duro::open_store(&url, &global.duroxide_schema, args.duroxide_async_commit, &pool).await?;
+    let store = duro::open_store(
+        &url,
+        &global.duroxide_schema,
+        args.duroxide_async_commit,
+        &pool,
+    )
+    .await?;
 
     let prober = Arc::new(Prober::new(ProbeSettings {
         connect_timeout: args.probe_connect_timeout,
@@ -110,12 +120,20 @@ pub async fn start(global: &GlobalArgs, args: &RunArgs, database: Database) -> a
         args.fleet_poll_interval,
         token.clone(),
     )));
-    tasks.push(tokio::spawn(sweep_probes(prober, args.check_interval * 3, token.clone())));
+    tasks.push(tokio::spawn(sweep_probes(
+        prober,
+        args.check_interval * 3,
+        token.clone(),
+    )));
 
     let (leading_tx, leading_rx) = watch::channel(false);
     let (listener_tx, listener_rx) = watch::channel(ListenerStatus::default());
     if !args.worker_only {
-        tasks.push(tokio::spawn(crate::leader::run(url.clone(), leading_tx, token.clone())));
+        tasks.push(tokio::spawn(crate::leader::run(
+            url.clone(),
+            leading_tx,
+            token.clone(),
+        )));
         tasks.push(tokio::spawn(lead_when_elected(
             LeaderDuties {
                 reconciler: reconciler.clone(),
@@ -175,7 +193,10 @@ impl RunningService {
         tracing::info!("shutting down");
         self.stop.cancel();
         for t in self.tasks.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a task did not stop within 10 s");
             }
         }
@@ -251,7 +272,11 @@ async fn lead_when_elected(duties: LeaderDuties, mut leading: watch::Receiver<bo
         let (term_stop, term) = tokio_util_cancel::new();
         let queue = Arc::new(ReconcileQueue::new());
         let mut handles = vec![
-            tokio::spawn(queue.clone().run(duties.reconciler.clone(), duties.parallelism, term.clone())),
+            tokio::spawn(queue.clone().run(
+                duties.reconciler.clone(),
+                duties.parallelism,
+                term.clone(),
+            )),
             tokio::spawn(listener::run(
                 duties.listener.clone(),
                 duties.reconciler.clone(),
@@ -286,7 +311,12 @@ async fn lead_when_elected(duties: LeaderDuties, mut leading: watch::Receiver<bo
     }
 }
 
-async fn resync_timer(reconciler: Arc<Reconciler>, queue: Arc<ReconcileQueue>, every: Duration, stop: Token) {
+async fn resync_timer(
+    reconciler: Arc<Reconciler>,
+    queue: Arc<ReconcileQueue>,
+    every: Duration,
+    stop: Token,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the listener's connect-time reconcile covers the start
@@ -296,7 +326,9 @@ async fn resync_timer(reconciler: Arc<Reconciler>, queue: Arc<ReconcileQueue>, e
             _ = stop.cancelled() => return,
         }
         match reconciler.full_reconcile(Some(&queue), false).await {
-            Ok(found) if !found.is_empty() => tracing::info!(queued = found.len(), "resync queued heals"),
+            Ok(found) if !found.is_empty() => {
+                tracing::info!(queued = found.len(), "resync queued heals")
+            }
             Ok(_) => tracing::debug!("resync: nothing to heal"),
             Err(e) => {
                 metrics::reconcile_error();
@@ -355,12 +387,14 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
         executions = r.executions_deleted;
     }
     // Finished actors are kept a day for `explain`, then deleted.
-    let finished: Vec<String> =
-        sqlx::query_scalar(&crate::sql::with_duroxide_schema(crate::sql::FINISHED_ACTORS, &control.schema))
-            .bind(config::ACTOR_ORCHESTRATION)
-            .bind(86_400f64)
-            .fetch_all(&control.pool)
-            .await?;
+    let finished: Vec<String> = sqlx::query_scalar(&crate::sql::with_duroxide_schema(
+        crate::sql::FINISHED_ACTORS,
+        &control.schema,
+    ))
+    .bind(config::ACTOR_ORCHESTRATION)
+    .bind(86_400f64)
+    .fetch_all(&control.pool)
+    .await?;
     let mut deleted = 0;
     if !finished.is_empty() {
         let r = control
@@ -372,11 +406,22 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
             .await?;
         deleted = r.instances_deleted;
     }
-    tracing::info!(history, decisions, executions, finished_actors = deleted, "pruned");
+    tracing::info!(
+        history,
+        decisions,
+        executions,
+        finished_actors = deleted,
+        "pruned"
+    );
     Ok(())
 }
 
-async fn poll_fleet(reconciler: Arc<Reconciler>, gauges: FleetGauges, every: Duration, stop: Token) {
+async fn poll_fleet(
+    reconciler: Arc<Reconciler>,
+    gauges: FleetGauges,
+    every: Duration,
+    stop: Token,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -399,12 +444,17 @@ async fn poll_fleet(reconciler: Arc<Reconciler>, gauges: FleetGauges, every: Dur
                         up: obs.row.health_status == "healthy",
                     })
                     .collect();
-                entries.extend(fleet.deleted_with_live_actors.iter().map(|(id, _)| FleetEntry {
-                    k8s_name: format!("(deleted {id})"),
-                    verdict: Verdict::Orphan,
-                    last_health_check: None,
-                    up: false,
-                }));
+                entries.extend(
+                    fleet
+                        .deleted_with_live_actors
+                        .iter()
+                        .map(|(id, _)| FleetEntry {
+                            k8s_name: format!("(deleted {id})"),
+                            verdict: Verdict::Orphan,
+                            last_health_check: None,
+                            up: false,
+                        }),
+                );
                 gauges.set(entries);
             }
             Err(e) => tracing::warn!(error = %e, "fleet gauges: query failed"),

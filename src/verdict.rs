@@ -54,7 +54,10 @@ impl Verdict {
 
     /// Verdicts that need the reconciler (and make `status` exit non-zero).
     pub fn needs_healing(self) -> bool {
-        matches!(self, Verdict::Stale | Verdict::Missing | Verdict::Zombie | Verdict::Orphan)
+        matches!(
+            self,
+            Verdict::Stale | Verdict::Missing | Verdict::Zombie | Verdict::Orphan
+        )
     }
 }
 
@@ -71,11 +74,15 @@ pub enum Action {
     Noop,
     /// Start an actor: under the id the row already names (`Some`, which Duroxide does not
     /// know), or under a new id.
-    Start { named: Option<String> },
+    Start {
+        named: Option<String>,
+    },
     /// Cancel the current actor (if any) and start a new incarnation.
     Restart,
     /// Cancel these live incarnations.
-    Cancel { actor_ids: Vec<String> },
+    Cancel {
+        actor_ids: Vec<String>,
+    },
 }
 
 impl Action {
@@ -128,7 +135,7 @@ fn secs(d: Duration) -> String {
 /// Classify one instance and say what would heal it.
 pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
     let row = &obs.row;
-    let expected = rules.actor_states.iter().any(|s| *s == row.state);
+    let expected = rules.actor_states.contains(&row.state);
     let current_live = obs.actor.as_ref().is_some_and(ActorState::is_live);
 
     if !expected {
@@ -145,7 +152,11 @@ pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
         }
         return Decision {
             verdict: Verdict::Orphan,
-            reason: format!("state `{}` calls for no actor, but {} runs", row.state, live.join(", ")),
+            reason: format!(
+                "state `{}` calls for no actor, but {} runs",
+                row.state,
+                live.join(", ")
+            ),
             action: Action::Cancel { actor_ids: live },
         };
     }
@@ -220,7 +231,11 @@ pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
         return Decision {
             verdict: Verdict::Stale,
             reason: match check_age {
-                Some(a) => format!("last health check {} ago (stale after {})", secs(a), secs(rules.stale_after)),
+                Some(a) => format!(
+                    "last health check {} ago (stale after {})",
+                    secs(a),
+                    secs(rules.stale_after)
+                ),
                 None => format!(
                     "no health check since the actor started {} ago (stale after {})",
                     secs(age(now, grace_from)),
@@ -260,7 +275,12 @@ mod tests {
         }
     }
 
-    fn row(state: &str, actor: Option<&str>, last_check_ago: Option<i64>, now: DateTime<Utc>) -> InstanceRow {
+    fn row(
+        state: &str,
+        actor: Option<&str>,
+        last_check_ago: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> InstanceRow {
         InstanceRow {
             id: Uuid::nil(),
             k8s_name: "pg".into(),
@@ -283,7 +303,12 @@ mod tests {
         })
     }
 
-    fn obs(row: InstanceRow, actor: Option<ActorState>, created_ago: i64, now: DateTime<Utc>) -> Observed {
+    fn obs(
+        row: InstanceRow,
+        actor: Option<ActorState>,
+        created_ago: i64,
+        now: DateTime<Utc>,
+    ) -> Observed {
         Observed {
             row,
             actor,
@@ -295,62 +320,203 @@ mod tests {
     #[test]
     fn healthy_running_actor_is_ok() {
         let now = Utc::now();
-        let d = decide(&obs(row("running", Some("actor-a"), Some(10), now), running(now, 10, true), 3600, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("running", Some("actor-a"), Some(10), now),
+                running(now, 10, true),
+                3600,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!((d.verdict, d.action), (Verdict::Ok, Action::Noop));
     }
 
     #[test]
     fn no_id_or_absent_or_finished_is_missing() {
         let now = Utc::now();
-        let d = decide(&obs(row("running", None, None, now), None, 0, now), &rules(), now);
-        assert_eq!((d.verdict, d.action), (Verdict::Missing, Action::Start { named: None }));
-        let d = decide(&obs(row("running", Some("actor-x"), None, now), Some(ActorState::Absent), 0, now), &rules(), now);
-        assert_eq!(d.action, Action::Start { named: Some("actor-x".into()) });
-        let d = decide(&obs(row("running", Some("toygres-own-id"), None, now), Some(ActorState::Absent), 0, now), &rules(), now);
-        assert_eq!(d.action, Action::Start { named: None }, "someone else's id is replaced");
-        let fin = Some(ActorState::Finished { status: "Failed".into() });
-        let d = decide(&obs(row("creating", Some("actor-x"), Some(1), now), fin, 0, now), &rules(), now);
+        let d = decide(
+            &obs(row("running", None, None, now), None, 0, now),
+            &rules(),
+            now,
+        );
+        assert_eq!(
+            (d.verdict, d.action),
+            (Verdict::Missing, Action::Start { named: None })
+        );
+        let d = decide(
+            &obs(
+                row("running", Some("actor-x"), None, now),
+                Some(ActorState::Absent),
+                0,
+                now,
+            ),
+            &rules(),
+            now,
+        );
+        assert_eq!(
+            d.action,
+            Action::Start {
+                named: Some("actor-x".into())
+            }
+        );
+        let d = decide(
+            &obs(
+                row("running", Some("toygres-own-id"), None, now),
+                Some(ActorState::Absent),
+                0,
+                now,
+            ),
+            &rules(),
+            now,
+        );
+        assert_eq!(
+            d.action,
+            Action::Start { named: None },
+            "someone else's id is replaced"
+        );
+        let fin = Some(ActorState::Finished {
+            status: "Failed".into(),
+        });
+        let d = decide(
+            &obs(row("creating", Some("actor-x"), Some(1), now), fin, 0, now),
+            &rules(),
+            now,
+        );
         assert_eq!((d.verdict, d.action), (Verdict::Missing, Action::Restart));
     }
 
     #[test]
     fn fresh_actor_without_check_gets_grace_then_goes_stale() {
         let now = Utc::now();
-        let d = decide(&obs(row("running", Some("actor-a"), None, now), running(now, 1, true), 60, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("running", Some("actor-a"), None, now),
+                running(now, 1, true),
+                60,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!(d.verdict, Verdict::Ok);
         // Old check from a previous incarnation, new actor still within grace.
-        let d = decide(&obs(row("running", Some("actor-a"), Some(4000), now), running(now, 1, true), 60, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("running", Some("actor-a"), Some(4000), now),
+                running(now, 1, true),
+                60,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!(d.verdict, Verdict::Ok);
-        let d = decide(&obs(row("running", Some("actor-a"), None, now), running(now, 1, true), 400, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("running", Some("actor-a"), None, now),
+                running(now, 1, true),
+                400,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!((d.verdict, d.action), (Verdict::Stale, Action::Restart));
-        let d = decide(&obs(row("running", Some("actor-a"), Some(301), now), running(now, 1, true), 4000, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("running", Some("actor-a"), Some(301), now),
+                running(now, 1, true),
+                4000,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!(d.verdict, Verdict::Stale);
     }
 
     #[test]
     fn running_without_progress_or_work_is_zombie_but_hung_probe_is_stale() {
         let now = Utc::now();
-        let d = decide(&obs(row("running", Some("actor-a"), Some(900), now), running(now, 900, false), 4000, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("running", Some("actor-a"), Some(900), now),
+                running(now, 900, false),
+                4000,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!((d.verdict, d.action), (Verdict::Zombie, Action::Restart));
         // A probe hanging in an activity: work in flight, no progress, no checks.
-        let d = decide(&obs(row("running", Some("actor-a"), Some(900), now), running(now, 900, true), 4000, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("running", Some("actor-a"), Some(900), now),
+                running(now, 900, true),
+                4000,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!(d.verdict, Verdict::Stale);
     }
 
     #[test]
     fn actors_where_none_is_wanted_are_orphans() {
         let now = Utc::now();
-        let d = decide(&obs(row("stopped", Some("actor-a"), Some(1), now), running(now, 1, true), 10, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("stopped", Some("actor-a"), Some(1), now),
+                running(now, 1, true),
+                10,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!(
             (d.verdict, d.action),
-            (Verdict::Orphan, Action::Cancel { actor_ids: vec!["actor-a".into()] })
+            (
+                Verdict::Orphan,
+                Action::Cancel {
+                    actor_ids: vec!["actor-a".into()]
+                }
+            )
         );
-        let d = decide(&obs(row("deleting", Some("actor-a"), Some(1), now), Some(ActorState::Finished { status: "Completed".into() }), 10, now), &rules(), now);
+        let d = decide(
+            &obs(
+                row("deleting", Some("actor-a"), Some(1), now),
+                Some(ActorState::Finished {
+                    status: "Completed".into(),
+                }),
+                10,
+                now,
+            ),
+            &rules(),
+            now,
+        );
         assert_eq!((d.verdict, d.action), (Verdict::Idle, Action::Noop));
-        let mut o = obs(row("running", Some("actor-b"), Some(1), now), running(now, 1, true), 10, now);
+        let mut o = obs(
+            row("running", Some("actor-b"), Some(1), now),
+            running(now, 1, true),
+            10,
+            now,
+        );
         o.other_live = vec!["actor-a".into()];
         let d = decide(&o, &rules(), now);
-        assert_eq!((d.verdict, d.action), (Verdict::Orphan, Action::Cancel { actor_ids: vec!["actor-a".into()] }));
+        assert_eq!(
+            (d.verdict, d.action),
+            (
+                Verdict::Orphan,
+                Action::Cancel {
+                    actor_ids: vec!["actor-a".into()]
+                }
+            )
+        );
     }
 
     #[test]

@@ -79,21 +79,35 @@ fn path_arg(name: &str) -> String {
 #[test]
 fn promtool_check_rules() {
     let out = promtool_ok(&["check", "rules", &path_arg("alerts.yml")]);
-    assert!(out.contains("SUCCESS: 7 rules found"), "expected 7 rules:\n{out}");
+    assert!(
+        out.contains("SUCCESS: 7 rules found"),
+        "expected 7 rules:\n{out}"
+    );
 }
 
 #[test]
 fn promtool_test_rules() {
     let out = promtool_ok(&["test", "rules", &path_arg("alerts_test.yml")]);
-    assert!(out.contains("SUCCESS"), "unexpected promtool output:\n{out}");
+    assert!(
+        out.contains("SUCCESS"),
+        "unexpected promtool output:\n{out}"
+    );
 }
 
 #[test]
 fn promtool_check_config() {
     let out = promtool_ok(&["check", "config", &path_arg("prometheus.yml")]);
-    assert!(out.contains("SUCCESS"), "unexpected promtool output:\n{out}");
+    assert!(
+        out.contains("SUCCESS"),
+        "unexpected promtool output:\n{out}"
+    );
     let config = read("prometheus.yml");
-    for needle in ["job_name: toygres-actors", "127.0.0.1:9321", "/metrics", "alerts.yml"] {
+    for needle in [
+        "job_name: toygres-actors",
+        "127.0.0.1:9321",
+        "/metrics",
+        "alerts.yml",
+    ] {
         assert!(config.contains(needle), "prometheus.yml lacks `{needle}`");
     }
 }
@@ -101,7 +115,10 @@ fn promtool_check_config() {
 /// The rule file, split into one text block per `- alert:` entry.
 fn alert_blocks() -> Vec<(String, String)> {
     let rules = read("alerts.yml");
-    assert!(rules.contains("name: toygres-actors"), "alerts.yml has no group `toygres-actors`");
+    assert!(
+        rules.contains("name: toygres-actors"),
+        "alerts.yml has no group `toygres-actors`"
+    );
     let mut blocks = Vec::new();
     for part in rules.split("- alert:").skip(1) {
         let name = part.lines().next().unwrap_or_default().trim().to_string();
@@ -117,11 +134,17 @@ fn every_alert_has_severity_summary_description_and_runbook() {
     names.sort_unstable();
     let mut expected = ALERTS.to_vec();
     expected.sort_unstable();
-    assert_eq!(names, expected, "alerts.yml must define exactly the alerts of the spec");
+    assert_eq!(
+        names, expected,
+        "alerts.yml must define exactly the alerts of the spec"
+    );
 
     for (name, block) in &blocks {
         assert!(block.contains("expr:"), "{name}: no expr");
-        assert!(block.contains("for:"), "{name}: no `for:` (alerts must not fire on one sample)");
+        assert!(
+            block.contains("for:"),
+            "{name}: no `for:` (alerts must not fire on one sample)"
+        );
         assert!(
             block.contains("severity: critical") || block.contains("severity: warning"),
             "{name}: label severity must be critical or warning"
@@ -145,7 +168,10 @@ fn every_alert_has_severity_summary_description_and_runbook() {
 #[test]
 fn every_alert_has_firing_and_not_firing_unit_tests() {
     let tests = read("alerts_test.yml");
-    assert!(tests.contains("alerts.yml"), "alerts_test.yml must load alerts.yml");
+    assert!(
+        tests.contains("alerts.yml"),
+        "alerts_test.yml must load alerts.yml"
+    );
     for alert in ALERTS {
         let (mut fires, mut silent) = (0, 0);
         let needle = format!("alertname: {alert}");
@@ -164,7 +190,10 @@ fn every_alert_has_firing_and_not_firing_unit_tests() {
             }
         }
         assert!(fires > 0, "alerts_test.yml: no case where {alert} fires");
-        assert!(silent > 0, "alerts_test.yml: no case where {alert} must not fire");
+        assert!(
+            silent > 0,
+            "alerts_test.yml: no case where {alert} must not fire"
+        );
     }
 }
 
@@ -173,7 +202,10 @@ fn dashboard_is_valid_and_its_queries_parse() {
     let text = read("toygres-actors.json");
     let dash = Json::parse(&text).unwrap_or_else(|e| panic!("toygres-actors.json: {e}"));
 
-    let schema = dash.get("schemaVersion").and_then(Json::as_num).unwrap_or(0.0);
+    let schema = dash
+        .get("schemaVersion")
+        .and_then(Json::as_num)
+        .unwrap_or(0.0);
     assert!(schema >= 36.0, "schemaVersion {schema} is too old");
 
     let vars: Vec<&str> = dash
@@ -185,7 +217,10 @@ fn dashboard_is_valid_and_its_queries_parse() {
         .filter_map(|v| v.get("name").and_then(Json::as_str))
         .collect();
     for var in ["datasource", "job", "instance"] {
-        assert!(vars.contains(&var), "template variable `{var}` missing (have {vars:?})");
+        assert!(
+            vars.contains(&var),
+            "template variable `{var}` missing (have {vars:?})"
+        );
     }
 
     let panels = dash.get("panels").and_then(Json::as_arr).expect("panels");
@@ -195,17 +230,32 @@ fn dashboard_is_valid_and_its_queries_parse() {
         let Some(targets) = panel.get("targets").and_then(Json::as_arr) else {
             continue;
         };
-        let uid = panel.get("datasource").and_then(|d| d.get("uid")).and_then(Json::as_str);
-        assert_eq!(uid, Some("${datasource}"), "panel `{title}` must use the ${{datasource}} variable");
+        let uid = panel
+            .get("datasource")
+            .and_then(|d| d.get("uid"))
+            .and_then(Json::as_str);
+        assert_eq!(
+            uid,
+            Some("${datasource}"),
+            "panel `{title}` must use the ${{datasource}} variable"
+        );
         for target in targets {
             let expr = target.get("expr").and_then(Json::as_str);
             let expr = expr.unwrap_or_else(|| panic!("panel `{title}`: target without expr"));
             exprs.push((title.to_string(), expr.to_string()));
         }
     }
-    assert!(exprs.len() >= 12, "only {} queries in the dashboard", exprs.len());
+    assert!(
+        exprs.len() >= 12,
+        "only {} queries in the dashboard",
+        exprs.len()
+    );
 
-    let all = exprs.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("\n");
+    let all = exprs
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     for metric in [
         "toygres_actors_instances",
         "toygres_actors_instance_verdict",
@@ -222,7 +272,10 @@ fn dashboard_is_valid_and_its_queries_parse() {
         "toygres_actors_notify_roundtrip_seconds_bucket",
         "duroxide_",
     ] {
-        assert!(all.contains(metric), "the dashboard has no panel on {metric}");
+        assert!(
+            all.contains(metric),
+            "the dashboard has no panel on {metric}"
+        );
     }
 
     // Substitute Grafana's variables the way it does for "All" and check every expression
@@ -234,13 +287,19 @@ fn dashboard_is_valid_and_its_queries_parse() {
             .replace("$__interval", "1m")
             .replace("$job", ".*")
             .replace("$instance", ".*");
-        assert!(!promql.contains('$'), "panel `{title}`: unknown variable in `{expr}`");
+        assert!(
+            !promql.contains('$'),
+            "panel `{title}`: unknown variable in `{expr}`"
+        );
         rules.push_str(&format!(
             "      - record: dashboard:expr_{i}\n        expr: '{}'\n",
             promql.replace('\n', " ").replace('\'', "''")
         ));
     }
-    let file = std::env::temp_dir().join(format!("toygres-actors-dashboard-{}.yml", std::process::id()));
+    let file = std::env::temp_dir().join(format!(
+        "toygres-actors-dashboard-{}.yml",
+        std::process::id()
+    ));
     std::fs::write(&file, &rules).expect("write temporary rule file");
     let out = promtool(&["check", "rules", &file.to_string_lossy()]);
     let _ = std::fs::remove_file(&file);
@@ -265,7 +324,10 @@ enum Json {
 
 impl Json {
     fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser { s: text.as_bytes(), i: 0 };
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+        };
         let v = p.value()?;
         p.ws();
         if p.i != p.s.len() {
@@ -306,7 +368,11 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, what: &str) -> String {
-        let line = self.s[..self.i.min(self.s.len())].iter().filter(|&&b| b == b'\n').count() + 1;
+        let line = self.s[..self.i.min(self.s.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
         format!("invalid JSON at byte {} (line {line}): {what}", self.i)
     }
     fn ws(&mut self) {
@@ -375,12 +441,17 @@ impl Parser<'_> {
             Some(b'-' | b'0'..=b'9') => {
                 let start = self.i;
                 while self.i < self.s.len()
-                    && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                    && matches!(
+                        self.s[self.i],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
                 {
                     self.i += 1;
                 }
                 let text = std::str::from_utf8(&self.s[start..self.i]).unwrap_or_default();
-                text.parse().map(Json::Num).map_err(|_| self.err("bad number"))
+                text.parse()
+                    .map(Json::Num)
+                    .map_err(|_| self.err("bad number"))
             }
             Some(_) => Err(self.err("unexpected character")),
         }
@@ -398,7 +469,9 @@ impl Parser<'_> {
                 }
                 self.i += 1;
             }
-            out.push_str(std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("bad UTF-8"))?);
+            out.push_str(
+                std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("bad UTF-8"))?,
+            );
             match self.s.get(self.i) {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {
@@ -419,9 +492,13 @@ impl Parser<'_> {
                         b'r' => out.push('\r'),
                         b't' => out.push('\t'),
                         b'u' => {
-                            let hex = self.s.get(self.i..self.i + 4).ok_or_else(|| self.err("bad \\u"))?;
+                            let hex = self
+                                .s
+                                .get(self.i..self.i + 4)
+                                .ok_or_else(|| self.err("bad \\u"))?;
                             let hex = std::str::from_utf8(hex).map_err(|_| self.err("bad \\u"))?;
-                            let code = u32::from_str_radix(hex, 16).map_err(|_| self.err("bad \\u"))?;
+                            let code =
+                                u32::from_str_radix(hex, 16).map_err(|_| self.err("bad \\u"))?;
                             self.i += 4;
                             // Surrogate pairs are not needed here; keep a replacement character.
                             out.push(char::from_u32(code).unwrap_or('\u{fffd}'));

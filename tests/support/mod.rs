@@ -137,3 +137,341 @@ where
         delay = (delay * 2).min(Duration::from_millis(100));
     }
 }
+
+/// A probe target on the test server, with a password in it (trust auth ignores it; the
+/// secrets checks look for it everywhere).
+pub const TARGET_PASSWORD: &str = "pw-Zq8-never-logged";
+
+pub fn reachable_target() -> String {
+    let admin = &server().admin_url;
+    match &server().embedded {
+        Some(pg) => format!(
+            "postgres://toygres:{TARGET_PASSWORD}@127.0.0.1:{}/postgres",
+            pg.port()
+        ),
+        None => admin.clone(),
+    }
+}
+
+/// A loopback port with nothing listening.
+pub fn closed_port_target() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("postgres://toygres:{TARGET_PASSWORD}@127.0.0.1:{port}/postgres?connect_timeout=2")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestDb {
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    pub async fn actor_id(&self, name: &str) -> Option<String> {
+        sqlx::query_scalar(
+            "SELECT instance_actor_orchestration_id FROM toygres_cms.instances WHERE k8s_name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap()
+        .flatten()
+    }
+
+    pub async fn checks_of(&self, name: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM toygres_cms.instance_health_checks h
+               JOIN toygres_cms.instances i ON i.id = h.instance_id WHERE i.k8s_name = $1",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn health_of(&self, name: &str) -> (String, Option<chrono::DateTime<chrono::Utc>>) {
+        sqlx::query_as("SELECT health_status::text, last_health_check FROM toygres_cms.instances WHERE k8s_name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Live (Running or queued-start) actor orchestrations of the instance, per Duroxide.
+    pub async fn live_actors(&self, name: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT i.instance_id FROM toygres_duroxide.instances i
+               JOIN toygres_duroxide.executions e
+                 ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+              WHERE e.status = 'Running'
+                AND i.instance_id LIKE 'actor-' || (SELECT id FROM toygres_cms.instances WHERE k8s_name = $1) || '-%'",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Duroxide status of an orchestration (None when unknown).
+    pub async fn orchestration_status(&self, id: &str) -> Option<(String, Option<String>)> {
+        sqlx::query_as(
+            "SELECT e.status, e.output FROM toygres_duroxide.instances i
+               JOIN toygres_duroxide.executions e
+                 ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+              WHERE i.instance_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap_or(None)
+    }
+}
+
+/// The real `toygres-actors` binary, running against a test database.
+pub struct ServiceProc {
+    pub child: Option<std::process::Child>,
+    pub http: String,
+    pub log: std::path::PathBuf,
+    pub url: String,
+    pub args: Vec<String>,
+}
+
+/// Settings short enough for tests.
+pub const FAST_ARGS: &[&str] = &[
+    "--check-interval",
+    "1s",
+    "--stale-after",
+    "4s",
+    "--resync-interval",
+    "2s",
+    "--fleet-poll-interval",
+    "500ms",
+    "--ping-interval",
+    "1s",
+    "--poll-interval",
+    "20ms",
+    "--probe-connect-timeout",
+    "2s",
+    "--probe-query-timeout",
+    "2s",
+];
+
+impl ServiceProc {
+    /// Start `toygres-actors run` with FAST_ARGS plus `extra`, and wait until it is ready.
+    pub async fn start(db: &TestDb, extra: &[&str]) -> ServiceProc {
+        // `extra` overrides FAST_ARGS flag by flag.
+        let mut args: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < FAST_ARGS.len() {
+            if !extra.contains(&FAST_ARGS[i]) {
+                args.push(FAST_ARGS[i].to_string());
+                args.push(FAST_ARGS[i + 1].to_string());
+            }
+            i += 2;
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = ServiceProc {
+            child: None,
+            http: String::new(),
+            log: std::env::temp_dir().join(format!(
+                "toygres-actors-svc-{}.log",
+                uuid::Uuid::new_v4().simple()
+            )),
+            url: db.url.clone(),
+            args,
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let port = free_port();
+        self.http = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_toygres-actors"))
+            .arg("run")
+            .arg("--http")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(&self.args)
+            .env("DATABASE_URL", &self.url)
+            .env(
+                "TOYGRES_ACTORS_LOG",
+                "info,toygres_actors=debug,sqlx::postgres::notice=warn",
+            )
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn toygres-actors");
+        self.child = Some(child);
+        let http = self.http.clone();
+        let worker_only = self.args.iter().any(|a| a == "--worker-only");
+        wait_until("service /readyz", Duration::from_secs(60), || {
+            let http = http.clone();
+            async move {
+                let r = reqwest::get(format!("{http}/readyz")).await.ok()?;
+                let ok = r.status().is_success();
+                let v: serde_json::Value = r.json().await.ok()?;
+                (ok && (worker_only || v["leader"] == true || v["leader"] == false)).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Start again after a stop or kill (same database, same arguments, new port).
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("service did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("{}{path}", self.http))
+            .await
+            .expect("GET");
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    pub async fn is_leader(&self) -> bool {
+        match reqwest::get(format!("{}/readyz", self.http)).await {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .map(|v| v["leader"] == true)
+                .unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProc {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() && std::env::var_os("TOYGRES_TEST_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("service log kept at {}", self.log.display());
+        }
+    }
+}
+
+/// The library's pieces in-process (Duroxide runtime + actor control + reconciler), with no
+/// leader duties: for actor tests that drive lifecycles by hand.
+pub struct Stack {
+    pub control: toygres_actors::duro::ActorControl,
+    pub reconciler: std::sync::Arc<toygres_actors::reconcile::Reconciler>,
+    pub prober: std::sync::Arc<toygres_actors::health::Prober>,
+    runtime: std::sync::Arc<duroxide::runtime::Runtime>,
+}
+
+impl Stack {
+    pub async fn start(db: &TestDb, interval: Duration, unhealthy_after: u32) -> Stack {
+        use std::sync::Arc;
+        use toygres_actors::{actor, duro, health, reconcile};
+        let store = duro::open_store(&db.url, "toygres_duroxide", false, &db.pool)
+            .await
+            .expect("open store");
+        let prober = Arc::new(health::Prober::new(health::ProbeSettings {
+            connect_timeout: Duration::from_secs(2),
+            query_timeout: Duration::from_secs(2),
+            keep_connections: 16,
+        }));
+        let deps = Arc::new(actor::ActorDeps {
+            pool: db.pool.clone(),
+            prober: prober.clone(),
+        });
+        let runtime = duro::start_runtime(
+            store.clone(),
+            deps,
+            &duro::RuntimeSettings {
+                orchestration_concurrency: 2,
+                worker_concurrency: 4,
+                poll_interval: Duration::from_millis(20),
+                async_commit: false,
+            },
+        )
+        .await;
+        let control = duro::ActorControl::new(
+            db.pool.clone(),
+            store,
+            "toygres_duroxide",
+            duro::ActorSettings {
+                check_interval: interval,
+                iterations_per_execution: 3,
+                unhealthy_after,
+                actor_states: vec!["creating".into(), "running".into()],
+            },
+        );
+        let reconciler = Arc::new(reconcile::Reconciler::new(
+            control.clone(),
+            Duration::from_secs(300),
+            "test".into(),
+        ));
+        Stack {
+            control,
+            reconciler,
+            prober,
+            runtime,
+        }
+    }
+
+    pub async fn row(&self, name: &str) -> toygres_actors::cms::InstanceRow {
+        toygres_actors::cms::instance_by_name(&self.control.pool, name)
+            .await
+            .unwrap()
+            .expect("instance exists")
+    }
+
+    pub async fn shutdown(self) {
+        self.runtime.shutdown(Some(2000)).await;
+    }
+}

@@ -1,0 +1,359 @@
+//! Instance actors on a real PostgreSQL with Duroxide's Postgres provider: health is probed
+//! and recorded, failures are redacted, superseded and orphaned actors stop without
+//! writing, restarts produce exactly one live actor, and actors survive a service crash.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use support::{Stack, TestDb, wait_until};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn reachable_instance_is_recorded_healthy_with_history_and_notification() {
+    let db = TestDb::new().await;
+    let mut health = PgListener::connect(&db.url).await.unwrap();
+    health.listen("toygres_health").await.unwrap();
+    let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
+    db.insert_instance("pg-ok", "running", Some(&support::reachable_target()))
+        .await;
+    let row = stack.row("pg-ok").await;
+    let t = stack.control.replace(&row, "test start").await.unwrap();
+    let actor = t.new_actor_id.unwrap();
+    assert_eq!(db.actor_id("pg-ok").await.as_deref(), Some(actor.as_str()));
+
+    wait_until("three health checks", T, || async {
+        (db.checks_of("pg-ok").await >= 3).then_some(())
+    })
+    .await;
+    let (status, last) = db.health_of("pg-ok").await;
+    assert_eq!(status, "healthy");
+    assert!(last.is_some());
+    let (hist_status, version, ms): (String, Option<String>, Option<i32>) = sqlx::query_as(
+        "SELECT status, postgres_version, response_time_ms FROM toygres_cms.instance_health_checks ORDER BY checked_at DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(hist_status, "healthy");
+    assert!(version.is_some_and(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit())));
+    assert!(ms.is_some());
+
+    let n = tokio::time::timeout(T, health.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_str(n.payload()).unwrap();
+    assert_eq!(v["k8s_name"], "pg-ok");
+    assert_eq!(v["old"], "unknown");
+    assert_eq!(v["new"], "healthy");
+    assert_eq!(db.live_actors("pg-ok").await, vec![actor]);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn closed_port_is_unhealthy_and_the_error_has_no_password() {
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
+    db.insert_instance("pg-down", "running", Some(&support::closed_port_target()))
+        .await;
+    stack
+        .control
+        .replace(&stack.row("pg-down").await, "test")
+        .await
+        .unwrap();
+    wait_until("unhealthy recorded", T, || async {
+        (db.health_of("pg-down").await.0 == "unhealthy").then_some(())
+    })
+    .await;
+    let errors: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT error_message FROM toygres_cms.instance_health_checks")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(!errors.is_empty());
+    for e in errors {
+        let e = e.expect("an error message");
+        assert!(e.contains("connect"), "{e}");
+        assert!(
+            !e.contains(support::TARGET_PASSWORD),
+            "password leaked: {e}"
+        );
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn unhealthy_only_after_the_configured_consecutive_failures() {
+    let db = TestDb::new().await;
+    let mut health = PgListener::connect(&db.url).await.unwrap();
+    health.listen("toygres_health").await.unwrap();
+    let stack = Stack::start(&db, Duration::from_millis(300), 3).await;
+    db.insert_instance("pg-flaky", "running", Some(&support::closed_port_target()))
+        .await;
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET health_status = 'healthy' WHERE k8s_name = 'pg-flaky'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    stack
+        .control
+        .replace(&stack.row("pg-flaky").await, "test")
+        .await
+        .unwrap();
+    // The change notification is sent in the transaction of the check that flipped the
+    // status: when it arrives, at least three failed checks are recorded.
+    let n = tokio::time::timeout(T, health.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let checks = db.checks_of("pg-flaky").await;
+    let v: Value = serde_json::from_str(n.payload()).unwrap();
+    assert_eq!(
+        (v["old"].as_str(), v["new"].as_str()),
+        (Some("healthy"), Some("unhealthy"))
+    );
+    assert!(checks >= 3, "flipped after {checks} checks");
+    let failed: i64 = db
+        .scalar_i64(
+            "SELECT count(*) FROM toygres_cms.instance_health_checks WHERE status = 'unhealthy'",
+        )
+        .await;
+    assert_eq!(failed, checks, "every failed probe is in the history");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn instance_without_connection_string_reports_unknown_and_waits() {
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(200), 1).await;
+    db.insert_instance("pg-new", "creating", None).await;
+    stack
+        .control
+        .replace(&stack.row("pg-new").await, "test")
+        .await
+        .unwrap();
+    wait_until("two checks", T, || async {
+        (db.checks_of("pg-new").await >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(db.health_of("pg-new").await.0, "unknown");
+    // The connection string arrives: the same actor picks it up.
+    let actor = db.actor_id("pg-new").await;
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET dns_connection_string = $1 WHERE k8s_name = 'pg-new'",
+    )
+    .bind(support::reachable_target())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    wait_until("healthy once the target exists", T, || async {
+        (db.health_of("pg-new").await.0 == "healthy").then_some(())
+    })
+    .await;
+    assert_eq!(db.actor_id("pg-new").await, actor);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn superseded_actor_stops_without_writing() {
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(200), 1).await;
+    db.insert_instance("pg-fence", "running", Some(&support::reachable_target()))
+        .await;
+    let t = stack
+        .control
+        .replace(&stack.row("pg-fence").await, "test")
+        .await
+        .unwrap();
+    let old = t.new_actor_id.unwrap();
+    wait_until("first check", T, || async {
+        (db.checks_of("pg-fence").await >= 1).then_some(())
+    })
+    .await;
+
+    // Someone else takes over the column (an id no orchestration has).
+    let other = format!("{}-someone-else", &old[..42]);
+    sqlx::query("UPDATE toygres_cms.instances SET instance_actor_orchestration_id = $1 WHERE k8s_name = 'pg-fence'")
+        .bind(&other)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let checks_at_swap = db.checks_of("pg-fence").await;
+    let last_at_swap = db.health_of("pg-fence").await.1;
+    let (status, output) = wait_until("old actor completes", T, || async {
+        db.orchestration_status(&old)
+            .await
+            .filter(|(s, _)| s != "Running")
+    })
+    .await;
+    assert_eq!(status, "Completed");
+    assert!(output.unwrap_or_default().contains("superseded"));
+    // At most one check was already past the fence when we swapped; none after.
+    let checks = db.checks_of("pg-fence").await;
+    assert!(checks <= checks_at_swap + 1, "{checks} vs {checks_at_swap}");
+    let after = db.health_of("pg-fence").await.1;
+    assert!(after == last_at_swap || checks == checks_at_swap + 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_the_row_ends_the_actor() {
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(200), 1).await;
+    db.insert_instance("pg-gone", "running", Some(&support::reachable_target()))
+        .await;
+    let actor = stack
+        .control
+        .replace(&stack.row("pg-gone").await, "test")
+        .await
+        .unwrap()
+        .new_actor_id
+        .unwrap();
+    wait_until("first check", T, || async {
+        (db.checks_of("pg-gone").await >= 1).then_some(())
+    })
+    .await;
+    sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-gone'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (status, output) = wait_until("actor ends by itself", T, || async {
+        db.orchestration_status(&actor)
+            .await
+            .filter(|(s, _)| s != "Running")
+    })
+    .await;
+    assert_eq!(status, "Completed");
+    assert!(output.unwrap_or_default().contains("deleted"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_gives_a_new_id_and_exactly_one_live_actor() {
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(200), 1).await;
+    db.insert_instance("pg-re", "running", Some(&support::reachable_target()))
+        .await;
+    let first = stack
+        .control
+        .replace(&stack.row("pg-re").await, "start")
+        .await
+        .unwrap()
+        .new_actor_id
+        .unwrap();
+    wait_until("first actor live", T, || async {
+        (db.live_actors("pg-re").await == vec![first.clone()]).then_some(())
+    })
+    .await;
+    let t = stack
+        .control
+        .replace(&stack.row("pg-re").await, "restart")
+        .await
+        .unwrap();
+    let second = t.new_actor_id.unwrap();
+    assert_ne!(first, second);
+    assert_eq!(t.old_actor_id.as_deref(), Some(first.as_str()));
+    assert_eq!(db.actor_id("pg-re").await.as_deref(), Some(second.as_str()));
+    wait_until("only the new actor is live", T, || async {
+        (db.live_actors("pg-re").await == vec![second.clone()]).then_some(())
+    })
+    .await;
+    let (status, output) = db.orchestration_status(&first).await.unwrap();
+    assert_eq!(status, "Failed");
+    assert!(
+        output.unwrap_or_default().contains("cancel"),
+        "cancelled, not crashed"
+    );
+    let before = db.checks_of("pg-re").await;
+    wait_until("the new actor checks", T, || async {
+        (db.checks_of("pg-re").await > before).then_some(())
+    })
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn actor_history_stays_bounded_and_pruning_removes_old_executions() {
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(50), 1).await;
+    db.insert_instance("pg-long", "running", Some(&support::reachable_target()))
+        .await;
+    let actor = stack
+        .control
+        .replace(&stack.row("pg-long").await, "start")
+        .await
+        .unwrap()
+        .new_actor_id
+        .unwrap();
+    // iterations_per_execution is 3 in the test stack: 10 checks span several executions.
+    wait_until("ten checks", T, || async {
+        (db.checks_of("pg-long").await >= 10).then_some(())
+    })
+    .await;
+    let executions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_duroxide.executions WHERE instance_id = $1",
+    )
+    .bind(&actor)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(executions >= 3, "continue-as-new happened: {executions}");
+    let max_events: i64 = sqlx::query_scalar(
+        "SELECT max(c) FROM (SELECT count(*) c FROM toygres_duroxide.history WHERE instance_id = $1 GROUP BY execution_id) x",
+    )
+    .bind(&actor)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        max_events <= 20,
+        "one execution's history is bounded: {max_events} events"
+    );
+    toygres_actors::service::prune_once(&stack.reconciler, Duration::from_secs(7 * 86400))
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_duroxide.executions WHERE instance_id = $1",
+    )
+    .bind(&actor)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        left <= 2,
+        "pruned to the current execution (and maybe one just finishing): {left}"
+    );
+    assert_eq!(db.live_actors("pg-long").await, vec![actor]);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn actors_survive_a_service_crash_and_resume_with_the_same_id() {
+    let db = TestDb::new().await;
+    let mut svc = support::ServiceProc::start(&db, &[]).await;
+    db.insert_instance("pg-durable", "running", Some(&support::reachable_target()))
+        .await;
+    wait_until("checks flowing", T, || async {
+        (db.checks_of("pg-durable").await >= 2).then_some(())
+    })
+    .await;
+    let actor = db.actor_id("pg-durable").await.unwrap();
+    svc.kill();
+    let before = db.checks_of("pg-durable").await;
+    svc.restart().await;
+    wait_until("checks resume after the crash", T, || async {
+        (db.checks_of("pg-durable").await >= before + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        db.actor_id("pg-durable").await.as_deref(),
+        Some(actor.as_str()),
+        "same actor resumed"
+    );
+    assert_eq!(db.live_actors("pg-durable").await, vec![actor]);
+}

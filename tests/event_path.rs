@@ -1,0 +1,565 @@
+//! The event path with real processes: CMS writes drive actor lifecycles through
+//! LISTEN/NOTIFY; the reconciler repairs whatever the events missed (listener killed,
+//! service stopped); manual restarts; one leader among replicas; stale and zombie actors
+//! healed.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use support::{ServiceProc, TestDb, wait_until};
+
+const T: Duration = Duration::from_secs(60);
+
+async fn set_state(db: &TestDb, name: &str, state: &str) {
+    sqlx::query("UPDATE toygres_cms.instances SET state = $2::text::toygres_cms.instance_state WHERE k8s_name = $1")
+        .bind(name)
+        .bind(state)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+/// Every instance is in its right state: one live actor named by the row where the state
+/// calls for one, none elsewhere (deleted rows included). Returns the problems found.
+async fn problems(db: &TestDb) -> Vec<String> {
+    let rows: Vec<(uuid::Uuid, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, k8s_name, state::text, instance_actor_orchestration_id FROM toygres_cms.instances",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let live: Vec<String> = sqlx::query_scalar(
+        "SELECT i.instance_id FROM toygres_duroxide.instances i
+           JOIN toygres_duroxide.executions e
+             ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+          WHERE e.status = 'Running'
+         UNION ALL
+         SELECT DISTINCT q.instance_id FROM toygres_duroxide.orchestrator_queue q
+          WHERE NOT EXISTS (SELECT 1 FROM toygres_duroxide.instances i WHERE i.instance_id = q.instance_id)",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut by_instance: HashMap<String, Vec<String>> = HashMap::new();
+    for a in live {
+        by_instance.entry(a[6..42].to_string()).or_default().push(a);
+    }
+    let mut out = Vec::new();
+    for (id, name, state, actor) in rows {
+        let live = by_instance.remove(&id.to_string()).unwrap_or_default();
+        let wanted = state == "creating" || state == "running";
+        if wanted {
+            if live.len() != 1 || Some(&live[0]) != actor.as_ref() {
+                out.push(format!(
+                    "{name} ({state}): row names {actor:?}, live {live:?}"
+                ));
+            }
+        } else if !live.is_empty() {
+            out.push(format!(
+                "{name} ({state}): should have no actor, live {live:?}"
+            ));
+        }
+    }
+    for (id, live) in by_instance {
+        out.push(format!("deleted instance {id}: live {live:?}"));
+    }
+    out
+}
+
+async fn converged(db: &TestDb, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    while start.elapsed() < within {
+        last = problems(db).await;
+        if last.is_empty() {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "did not converge within {within:?}: {} problem(s), e.g. {:?}",
+        last.len(),
+        &last[..last.len().min(5)]
+    );
+}
+
+async fn max_live_per_instance(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(max(n), 0) FROM (
+            SELECT substr(i.instance_id, 7, 36) AS inst, count(*) AS n
+              FROM toygres_duroxide.instances i
+              JOIN toygres_duroxide.executions e
+                ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+             WHERE e.status = 'Running'
+             GROUP BY 1) x",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn cms_writes_drive_the_actor_lifecycle() {
+    let db = TestDb::new().await;
+    let _svc = ServiceProc::start(&db, &[]).await;
+    db.insert_instance("pg-life", "creating", Some(&support::reachable_target()))
+        .await;
+    wait_until("actor and a first health row", T, || async {
+        (db.checks_of("pg-life").await >= 1 && db.live_actors("pg-life").await.len() == 1)
+            .then_some(())
+    })
+    .await;
+    let first = db.actor_id("pg-life").await.unwrap();
+    set_state(&db, "pg-life", "running").await;
+    // creating → running keeps the same actor.
+    wait_until("health checks continue", T, || async {
+        (db.checks_of("pg-life").await >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        db.actor_id("pg-life").await.as_deref(),
+        Some(first.as_str())
+    );
+
+    let mut previous = first.clone();
+    for gone_state in ["deleting", "stopped", "failed"] {
+        set_state(&db, "pg-life", gone_state).await;
+        wait_until(&format!("actor gone after {gone_state}"), T, || async {
+            db.live_actors("pg-life").await.is_empty().then_some(())
+        })
+        .await;
+        set_state(&db, "pg-life", "running").await;
+        let new = wait_until("a new actor after back to running", T, || async {
+            let live = db.live_actors("pg-life").await;
+            (live.len() == 1 && live[0] != previous).then(|| live[0].clone())
+        })
+        .await;
+        assert_eq!(db.actor_id("pg-life").await.as_deref(), Some(new.as_str()));
+        previous = new;
+    }
+    sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-life'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until("actor gone after DELETE", T, || async {
+        (max_live_per_instance(&db).await == 0).then_some(())
+    })
+    .await;
+    converged(&db, T).await;
+}
+
+#[tokio::test]
+async fn killing_the_listener_during_500_writes_loses_nothing() {
+    let db = TestDb::new().await;
+    let svc = ServiceProc::start(
+        &db,
+        &[
+            "--check-interval",
+            "30s",
+            "--stale-after",
+            "120s",
+            "--resync-interval",
+            "600s",
+        ],
+    )
+    .await;
+    // 500 writes (inserts, stops, restarts, deletes); the listener's backend is killed
+    // every 40 of them, so many land while it is away or reconnecting.
+    let kill = "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'toygres-actors-listener' AND datname = current_database()) x";
+    let mut ops = 0;
+    let mut kills = 0i64;
+    let mut attempts = 0;
+    let mut i = 0;
+    while ops < 500 {
+        let name = |k: i32| format!("pg-burst-{k}");
+        sqlx::query(
+            "INSERT INTO toygres_cms.instances (user_name, k8s_name, postgres_version, storage_size_gb, state, create_orchestration_id)
+             VALUES ('u', $1, '16', 1, 'creating', 'c')",
+        )
+        .bind(name(i))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        ops += 1;
+        if i % 5 == 4 {
+            set_state(&db, &name(i - 2), "stopped").await;
+            sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = $1")
+                .bind(name(i - 4))
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            ops += 2;
+        }
+        if i % 10 == 9 {
+            set_state(&db, &name(i - 7), "running").await;
+            set_state(&db, &name(i - 8), "running").await;
+            ops += 2;
+        }
+        if ops / 40 > attempts {
+            attempts += 1;
+            // Kill a connected listener (waiting for it to be back from the last kill);
+            // the next 40 writes then land while it reconnects.
+            let pool = db.pool.clone();
+            kills += wait_until("a listener to kill", T, || {
+                let pool = pool.clone();
+                async move {
+                    let n: i64 = sqlx::query_scalar(kill).fetch_one(&pool).await.ok()?;
+                    (n > 0).then_some(n)
+                }
+            })
+            .await;
+        }
+        i += 1;
+    }
+    assert!(
+        kills >= 10,
+        "the listener was killed during the writes ({kills} times)"
+    );
+    let took = converged(&db, T).await;
+    eprintln!("converged {took:?} after the writes; listener killed {kills} times");
+    let (_, metrics) = svc.get("/metrics").await;
+    assert!(
+        metrics.contains("toygres_actors_listener_reconnects_total"),
+        "{metrics}"
+    );
+    assert_eq!(max_live_per_instance(&db).await, 1);
+}
+
+#[tokio::test]
+async fn rows_written_while_the_service_is_down_are_reconciled_at_start() {
+    let db = TestDb::new().await;
+    let mut svc = ServiceProc::start(&db, &[]).await;
+    for n in ["pg-a", "pg-b", "pg-c"] {
+        db.insert_instance(n, "running", None).await;
+    }
+    converged(&db, T).await;
+    assert_eq!(svc.stop().code(), Some(0), "clean exit on SIGTERM");
+    // While down: a new instance, a stop, a delete, and a restart request.
+    db.insert_instance("pg-d", "creating", None).await;
+    set_state(&db, "pg-a", "stopped").await;
+    sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-b'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let c_before = db.actor_id("pg-c").await.unwrap();
+    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-c')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    svc.restart().await;
+    converged(&db, T).await;
+    assert_eq!(db.live_actors("pg-d").await.len(), 1);
+    let c_after = db.actor_id("pg-c").await.unwrap();
+    assert_ne!(
+        c_before, c_after,
+        "the durable restart request was honoured"
+    );
+    let outcome: String = sqlx::query_scalar(
+        "SELECT outcome FROM toygres_cms.actor_restart_requests WHERE handled_at IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(outcome.contains(&c_after), "{outcome}");
+}
+
+#[tokio::test]
+async fn manual_restart_and_invalid_control_payloads() {
+    let db = TestDb::new().await;
+    let svc = ServiceProc::start(&db, &[]).await;
+    db.insert_instance("pg-r", "running", None).await;
+    db.insert_instance("pg-q'uo;te", "running", None).await;
+    db.insert_instance("pg-stopped", "stopped", None).await;
+    converged(&db, T).await;
+
+    let before = db.actor_id("pg-r").await.unwrap();
+    sqlx::query("NOTIFY toygres_actor_control, 'restart pg-r'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let after = wait_until("raw NOTIFY restart", T, || async {
+        db.actor_id("pg-r").await.filter(|a| *a != before)
+    })
+    .await;
+    sqlx::query("SELECT pg_notify('toygres_actor_control', $1)")
+        .bind(r#"{"op":"restart","k8s_name":"pg-q'uo;te"}"#)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let q_before = db.actor_id("pg-q'uo;te").await.unwrap();
+    wait_until("JSON restart of a name with quotes", T, || async {
+        db.actor_id("pg-q'uo;te").await.filter(|a| *a != q_before)
+    })
+    .await;
+
+    // Neither form can bring about a state the row does not call for.
+    sqlx::query("NOTIFY toygres_actor_control, 'restart pg-stopped'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let bad: Vec<String> = vec![
+        "restart".into(),
+        "restart no-such-instance".into(),
+        "{\"op\":\"restart\"".into(),
+        r#"{"op":"drop","k8s_name":"pg-r"}"#.into(),
+        "frobnicate pg-r".into(),
+        format!("restart {}", "x".repeat(300)),
+        "restart *".into(),
+    ];
+    for payload in &bad {
+        sqlx::query("SELECT pg_notify('toygres_actor_control', $1)")
+            .bind(payload)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    for payload in [
+        "{}",
+        "not json",
+        r#"{"op":"insert","id":"zzz"}"#,
+        r#"{"op":"explode","id":"00000000-0000-0000-0000-000000000000"}"#,
+    ] {
+        sqlx::query("SELECT pg_notify('toygres_instances', $1)")
+            .bind(payload)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    wait_until("invalid notifications counted", T, || async {
+        let (_, m) = svc.get("/metrics").await;
+        let count = |ch: &str| -> f64 {
+            m.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "toygres_actors_notifications_invalid_total{{channel=\"{ch}\"}}"
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        (count("toygres_actor_control") >= bad.len() as f64 && count("toygres_instances") >= 4.0)
+            .then_some(())
+    })
+    .await;
+    // Nothing changed: reconcile * is a barrier (it runs after everything above).
+    sqlx::query("NOTIFY toygres_actor_control, 'reconcile *'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    converged(&db, T).await;
+    assert_eq!(db.actor_id("pg-r").await.as_deref(), Some(after.as_str()));
+    assert!(db.live_actors("pg-stopped").await.is_empty());
+    assert_eq!(
+        db.actor_id("pg-stopped").await,
+        None,
+        "no actor was started for a stopped instance"
+    );
+    let log = svc.log_text();
+    assert!(log.contains("unknown instance"), "the reason is logged");
+}
+
+#[tokio::test]
+async fn one_leader_among_two_replicas_and_failover_within_ten_seconds() {
+    let db = TestDb::new().await;
+    let mut a = ServiceProc::start(&db, &[]).await;
+    let mut b = ServiceProc::start(&db, &[]).await;
+    for i in 0..10 {
+        db.insert_instance(&format!("pg-ha-{i}"), "running", None)
+            .await;
+    }
+    let leaders = wait_until("exactly one leader", T, || async {
+        let l = (a.is_leader().await, b.is_leader().await);
+        (l.0 != l.1).then_some(l)
+    })
+    .await;
+    converged(&db, T).await;
+    let (leader, follower) = if leaders.0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+
+    // Sample "at most one live actor per instance" continuously while we kill the leader.
+    let sampler = {
+        let pool = db.pool.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let h = tokio::spawn(async move {
+            let mut worst = 0i64;
+            let mut samples = 0;
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(max(n), 0) FROM (SELECT substr(i.instance_id, 7, 36), count(*) n
+                       FROM toygres_duroxide.instances i JOIN toygres_duroxide.executions e
+                         ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+                      WHERE e.status = 'Running' GROUP BY 1) x",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+                worst = worst.max(n);
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (worst, samples)
+        });
+        (stop, h)
+    };
+    leader.kill();
+    let killed_at = Instant::now();
+    db.insert_instance("pg-ha-after", "running", None).await;
+    wait_until("the follower leads", Duration::from_secs(10), || async {
+        follower.is_leader().await.then_some(())
+    })
+    .await;
+    let failover = killed_at.elapsed();
+    converged(&db, T).await;
+    sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (worst, samples) = sampler.1.await.unwrap();
+    eprintln!(
+        "failover took {failover:?}; {samples} samples, max live actors per instance {worst}"
+    );
+    assert!(failover < Duration::from_secs(10));
+    assert_eq!(worst, 1, "never two live actors for one instance");
+    assert_eq!(db.live_actors("pg-ha-after").await.len(), 1);
+}
+
+/// A TCP server on loopback that accepts connections and never answers.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    (
+        format!(
+            "postgres://toygres:{}@127.0.0.1:{port}/postgres",
+            support::TARGET_PASSWORD
+        ),
+        h,
+    )
+}
+
+#[tokio::test]
+async fn stale_actor_with_a_hanging_probe_is_detected_and_healed() {
+    let db = TestDb::new().await;
+    let (hang, _server) = black_hole().await;
+    let svc = ServiceProc::start(
+        &db,
+        &["--probe-connect-timeout", "60s", "--stale-after", "3s"],
+    )
+    .await;
+    db.insert_instance("pg-hang", "running", Some(&hang)).await;
+    let first = wait_until("actor started", T, || async {
+        db.actor_id("pg-hang").await
+    })
+    .await;
+    // Its probe hangs: no check is written, the verdict turns stale, the reconciler restarts it.
+    wait_until("stale detected and restarted", T, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM toygres_actors.decisions WHERE k8s_name = 'pg-hang' AND action = 'restart' AND reason LIKE '%health check%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (n >= 1).then_some(())
+    })
+    .await;
+    assert_ne!(
+        db.actor_id("pg-hang").await.as_deref(),
+        Some(first.as_str())
+    );
+    // The instance becomes reachable: the (new) actor records it and the verdict is ok.
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET dns_connection_string = $1 WHERE k8s_name = 'pg-hang'",
+    )
+    .bind(support::reachable_target())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    wait_until("healed: verdict ok", T, || async {
+        let (code, body) = svc.get("/api/instances/pg-hang/actor").await;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && v["verdict"] == "ok" && v["health_status"] == "healthy").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn zombie_actor_is_detected_and_healed() {
+    let db = TestDb::new().await;
+    let svc = ServiceProc::start(&db, &["--check-interval", "500ms", "--stale-after", "3s"]).await;
+    db.insert_instance("pg-zombie", "running", Some(&support::reachable_target()))
+        .await;
+    wait_until("checks flowing", T, || async {
+        (db.checks_of("pg-zombie").await >= 2).then_some(())
+    })
+    .await;
+    let actor = db.actor_id("pg-zombie").await.unwrap();
+    // Simulate what a botched migration does: Duroxide says Running but its queued work
+    // (the pending timer) is gone. Retry until we catch it waiting on its timer.
+    wait_until("queue items of the actor removed", T, || async {
+        let mut tx = db.pool.begin().await.ok()?;
+        sqlx::query("DELETE FROM toygres_duroxide.orchestrator_queue WHERE instance_id = $1")
+            .bind(&actor)
+            .execute(&mut *tx)
+            .await
+            .ok()?;
+        sqlx::query("DELETE FROM toygres_duroxide.worker_queue WHERE instance_id = $1")
+            .bind(&actor)
+            .execute(&mut *tx)
+            .await
+            .ok()?;
+        tx.commit().await.ok()?;
+        // Still running and nothing queued for it any more?
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM toygres_duroxide.orchestrator_queue WHERE instance_id = $1)
+                  + (SELECT count(*) FROM toygres_duroxide.worker_queue WHERE instance_id = $1)",
+        )
+        .bind(&actor)
+        .fetch_one(&db.pool)
+        .await
+        .ok()?;
+        let status = db.orchestration_status(&actor).await?.0;
+        (queued == 0 && status == "Running").then_some(())
+    })
+    .await;
+    wait_until("zombie detected and restarted", T, || async {
+        let reason: Option<String> = sqlx::query_scalar(
+            "SELECT reason FROM toygres_actors.decisions WHERE k8s_name = 'pg-zombie' AND action = 'restart' LIMIT 1",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .ok()?;
+        reason
+    })
+    .await;
+    let (_, body) = svc.get("/api/instances/pg-zombie/actor").await;
+    assert!(
+        !body.contains(&actor) || body.contains("\"verdict\":\"zombie\""),
+        "{body}"
+    );
+    wait_until("healed: a new actor checks again", T, || async {
+        let a = db.actor_id("pg-zombie").await?;
+        (a != actor && db.live_actors("pg-zombie").await == vec![a.clone()]).then_some(())
+    })
+    .await;
+    let decisions: Vec<String> = sqlx::query_scalar(
+        "SELECT reason FROM toygres_actors.decisions WHERE k8s_name = 'pg-zombie'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|r| r.contains("no progress") || r.contains("health check")),
+        "{decisions:?}"
+    );
+}
