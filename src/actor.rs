@@ -42,6 +42,11 @@ pub struct ActorInput {
     /// Executions completed before this one (0 for a fresh actor).
     #[serde(default)]
     pub executions: u64,
+    /// The service ran this incarnation's first check itself, right after starting it
+    /// ("eager first check", to avoid waiting for Duroxide's dispatcher poll): the first
+    /// iteration then begins with the timer.
+    #[serde(default)]
+    pub eager_first_check: bool,
 }
 
 /// Input of one health check.
@@ -82,6 +87,11 @@ pub async fn instance_actor(
     let interval = Duration::from_millis(input.interval_ms.max(1));
     let iterations = input.iterations_per_execution.max(1);
     for i in 0..iterations {
+        let skip_check = i == 0 && input.executions == 0 && input.eager_first_check;
+        if skip_check {
+            ctx.schedule_timer(first_delay(input.instance_id, interval)).await;
+            continue;
+        }
         let check = CheckInput {
             instance_id: input.instance_id,
             actor_states: input.actor_states.clone(),
@@ -109,7 +119,7 @@ pub async fn instance_actor(
                 input.k8s_name
             )),
         }
-        let delay = if input.executions == 0 && i == 0 {
+        let delay = if input.executions == 0 && i == 0 && !input.eager_first_check {
             first_delay(input.instance_id, interval)
         } else {
             interval

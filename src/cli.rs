@@ -163,6 +163,13 @@ pub struct RunArgs {
         default_value_t = 1024
     )]
     pub probe_keep_connections: usize,
+    /// Probes running at once.
+    #[arg(long, env = "TOYGRES_ACTORS_PROBE_CONCURRENCY", default_value_t = 256)]
+    pub probe_concurrency: usize,
+    /// Run a started actor's first health check at once, in-process, instead of waiting for
+    /// Duroxide's dispatcher to pick it up (fenced like any check).
+    #[arg(long, env = "TOYGRES_ACTORS_EAGER_FIRST_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub eager_first_check: bool,
     /// How long health history rows are kept.
     #[arg(long, env = "TOYGRES_ACTORS_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub history_retention: Duration,

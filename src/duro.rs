@@ -182,6 +182,9 @@ pub struct ActorControl {
     pub client: Client,
     pub schema: String,
     pub settings: ActorSettings,
+    /// When set (the service, not the CLI), a started actor's first health check runs here
+    /// at once instead of after Duroxide's next dispatcher poll: see [`ActorInput::eager_first_check`].
+    pub eager: Option<Arc<ActorDeps>>,
 }
 
 /// What a lifecycle step did.
@@ -203,7 +206,14 @@ impl ActorControl {
             client: Client::new(store),
             schema: schema.to_string(),
             settings,
+            eager: None,
         }
+    }
+
+    /// Run each new actor's first health check in-process, right after its start.
+    pub fn with_eager_first_check(mut self, deps: Arc<ActorDeps>) -> Self {
+        self.eager = Some(deps);
+        self
     }
 
     /// Whether `state` calls for an actor.
@@ -253,17 +263,34 @@ impl ActorControl {
             actor_states: self.settings.actor_states.clone(),
             consecutive_failures: 0,
             executions: 0,
+            eager_first_check: self.eager.is_some(),
         }
     }
 
     /// Start the orchestration of an id the row already names (repairs a crash between
     /// "swap" and "start", or an id Duroxide lost). A no-op if Duroxide knows the id.
     pub async fn start_named(&self, row: &InstanceRow, actor_id: &str) -> Result<(), DuroError> {
-        let input = serde_json::to_string(&self.input_for(row))
-            .map_err(|e| DuroError::Provider(e.to_string()))?;
+        let input = self.input_for(row);
+        let json = serde_json::to_string(&input).map_err(|e| DuroError::Provider(e.to_string()))?;
         self.client
-            .start_orchestration(actor_id, config::ACTOR_ORCHESTRATION, input)
+            .start_orchestration(actor_id, config::ACTOR_ORCHESTRATION, json)
             .await?;
+        if let Some(deps) = &self.eager {
+            let deps = deps.clone();
+            let actor_id = actor_id.to_string();
+            let check = actor::CheckInput {
+                instance_id: input.instance_id,
+                actor_states: input.actor_states,
+                consecutive_failures: 0,
+                unhealthy_after: input.unhealthy_after,
+            };
+            // Fenced like any check: if this incarnation is superseded meanwhile, it writes nothing.
+            tokio::spawn(async move {
+                if let Err(e) = actor::health_check(&deps, &actor_id, check).await {
+                    tracing::debug!(actor_id, error = %e, "eager first check failed; the actor checks on its first tick");
+                }
+            });
+        }
         Ok(())
     }
 

@@ -30,6 +30,9 @@ pub struct ProbeSettings {
     pub query_timeout: Duration,
     /// At most this many kept connections; 0 = a fresh connection for every probe.
     pub keep_connections: usize,
+    /// Probes running at once (a burst of thousands of starts must not open thousands of
+    /// connections at the same moment).
+    pub max_concurrent: usize,
 }
 
 /// One probe's outcome.
@@ -54,6 +57,7 @@ pub struct Prober {
     settings: ProbeSettings,
     tls: Option<MakeTlsConnector>,
     kept: Mutex<HashMap<Uuid, Kept>>,
+    slots: tokio::sync::Semaphore,
 }
 
 fn hash_target(target: &str) -> u64 {
@@ -72,15 +76,18 @@ impl Prober {
             .build()
             .ok()
             .map(MakeTlsConnector::new);
+        let slots = tokio::sync::Semaphore::new(settings.max_concurrent.max(1));
         Self {
             settings,
             tls,
             kept: Mutex::new(HashMap::new()),
+            slots,
         }
     }
 
     /// Probe `target` (a connection string) for `instance`.
     pub async fn probe(&self, instance: Uuid, target: &str) -> ProbeResult {
+        let _slot = self.slots.acquire().await.ok();
         let started = Instant::now();
         let config = match tokio_postgres::Config::from_str(target) {
             Ok(c) => c,

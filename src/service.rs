@@ -82,6 +82,7 @@ pub async fn start(
         connect_timeout: args.probe_connect_timeout,
         query_timeout: args.probe_query_timeout,
         keep_connections: args.probe_keep_connections,
+        max_concurrent: args.probe_concurrency,
     }));
     let deps = Arc::new(ActorDeps {
         pool: pool.clone(),
@@ -89,7 +90,7 @@ pub async fn start(
     });
     let runtime = duro::start_runtime(
         store.clone(),
-        deps,
+        deps.clone(),
         &RuntimeSettings {
             orchestration_concurrency: args.orchestration_concurrency,
             worker_concurrency: args.worker_concurrency,
@@ -109,6 +110,11 @@ pub async fn start(
             actor_states: args.actor_states.clone(),
         },
     );
+    let control = if args.eager_first_check {
+        control.with_eager_first_check(deps)
+    } else {
+        control
+    };
     let reconciler = Arc::new(Reconciler::new(control, args.stale_after, replica.clone()));
 
     let (stop, token) = tokio_util_cancel::new();

@@ -424,6 +424,7 @@ impl Stack {
             connect_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(2),
             keep_connections: 16,
+            max_concurrent: 16,
         }));
         let deps = Arc::new(actor::ActorDeps {
             pool: db.pool.clone(),
