@@ -89,7 +89,8 @@ pub async fn instance_actor(
     for i in 0..iterations {
         let skip_check = i == 0 && input.executions == 0 && input.eager_first_check;
         if skip_check {
-            ctx.schedule_timer(first_delay(input.instance_id, interval)).await;
+            ctx.schedule_timer(first_delay(input.instance_id, interval))
+                .await;
             continue;
         }
         let check = CheckInput {

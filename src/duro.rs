@@ -223,7 +223,8 @@ impl ActorControl {
 
     pub async fn actor_state(&self, actor_id: &str) -> Result<ActorState, DuroError> {
         type Row = (String, Option<DateTime<Utc>>, bool, Option<i64>);
-        let row: Option<Row> = sqlx::query_as(&sql::with_duroxide_schema(sql::ACTOR_STATE, &self.schema))
+        let row: Option<Row> =
+            sqlx::query_as(&sql::with_duroxide_schema(sql::ACTOR_STATE, &self.schema))
                 .bind(actor_id)
                 .fetch_optional(&self.pool)
                 .await?;
