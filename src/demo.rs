@@ -1,8 +1,243 @@
 //! `toygres-actors demo`: a private PostgreSQL, a sample fleet, the service, and the story
-//! told on screen with a live status table.
+//! told on screen with a status table after each step.
+//!
+//! The fleet: three real databases on the private cluster (healthy instances), one
+//! instance pointing at a closed port (unhealthy), one without a connection string yet
+//! (unknown). Then: instances created → actors started → health flowing; an instance
+//! deleted → actor cancelled; a manual `NOTIFY` restart → new actor id; the listener's
+//! connection killed while a new instance is created → reconnect and catch-up. Ctrl-C at
+//! any point stops everything and cleans up (the service, then the cluster).
 
-use crate::cli::{DemoArgs, GlobalArgs};
+use std::time::{Duration, Instant};
 
-pub async fn run(_global: &GlobalArgs, _args: &DemoArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`demo` is not built yet")
+use sqlx::PgPool;
+
+use crate::cli::{DemoArgs, GlobalArgs, RunArgs};
+use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use crate::service::RunningService;
+
+/// The demo's own database on the private cluster (recreated at every run).
+const DEMO_DATABASE: &str = "toygres_demo";
+
+pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<i32> {
+    if global.database_url.is_some() {
+        println!("note: `demo` always runs on a private cluster; DATABASE_URL is ignored.");
+    }
+    let started = Instant::now();
+    say("Starting a private PostgreSQL", "");
+    let opts = EmbeddedOptions::persistent(global.data_dir.join("pg"));
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;
+    let admin = crate::db::cms_pool(&pg.url("postgres"), 2).await?;
+    for db in [DEMO_DATABASE, "demo_alpha", "demo_beta", "demo_gamma"] {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .execute(&admin)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await?;
+    }
+    admin.close().await;
+    let url = pg.url(DEMO_DATABASE);
+    println!("  cluster on 127.0.0.1:{} (data under {})", pg.port(), pg.data_dir().display());
+
+    let mut run_args = RunArgs::from_env()?;
+    run_args.check_interval = args.interval;
+    run_args.stale_after = args.interval * 10;
+    run_args.resync_interval = Duration::from_secs(10);
+    run_args.fleet_poll_interval = Duration::from_secs(1);
+    run_args.poll_interval = Duration::from_millis(20);
+    // The default port may be taken by a running service: use any free one then.
+    if std::net::TcpListener::bind(run_args.http).is_err() {
+        run_args.http = "127.0.0.1:0".parse()?;
+    }
+    let database = crate::cli::Database {
+        url: url.clone(),
+        embedded: Some(pg),
+    };
+    say("Starting the service", "migrations, Duroxide runtime, leader election, listener");
+    let service = crate::service::start(global, &run_args, database).await?;
+    println!("  HTTP on http://{}  (try /api/actors and /metrics)", service.http_addr);
+    let pool = service.shared.pool.clone();
+
+    let story = story(&service, &pool, args);
+    let outcome = tokio::select! {
+        r = story => r,
+        _ = crate::service::wait_for_signal() => {
+            println!("\ninterrupted: stopping");
+            Ok(())
+        }
+    };
+    if outcome.is_ok() && args.stay {
+        println!("\nThe service keeps running (Ctrl-C to stop).");
+        let live = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Ok(list) = crate::ops::list(&service.shared.reconciler, None).await {
+                    print!("\n{}", crate::ops::render_table(&list));
+                }
+            }
+        };
+        tokio::select! {
+            _ = live => {}
+            _ = crate::service::wait_for_signal() => {}
+        }
+    }
+    say("Stopping", "service, then the private PostgreSQL");
+    service.shutdown().await;
+    outcome?;
+    println!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(0)
+}
+
+fn say(step: &str, detail: &str) {
+    if detail.is_empty() {
+        println!("\n== {step}");
+    } else {
+        println!("\n== {step} — {detail}");
+    }
+}
+
+async fn table(service: &RunningService) -> anyhow::Result<()> {
+    let list = crate::ops::list(&service.shared.reconciler, None).await?;
+    print!("{}", crate::ops::render_table(&list));
+    Ok(())
+}
+
+/// Poll `cond` every 100 ms until it holds, or fail after `timeout`.
+async fn until<F, Fut>(what: &str, timeout: Duration, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await? {
+        if Instant::now() > deadline {
+            anyhow::bail!("demo step timed out: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn actor_of(pool: &PgPool, name: &str) -> anyhow::Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT instance_actor_orchestration_id FROM toygres_cms.instances WHERE k8s_name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .flatten(),
+    )
+}
+
+async fn insert(pool: &PgPool, name: &str, state: &str, conn: Option<String>) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO toygres_cms.instances
+             (user_name, k8s_name, postgres_version, storage_size_gb, state, create_orchestration_id,
+              dns_name, dns_connection_string)
+         VALUES ('demo', $1, '16', 10, $2::text::toygres_cms.instance_state, 'demo-create', $1 || '.demo.local', $3)",
+    )
+    .bind(name)
+    .bind(state)
+    .bind(conn)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn story(service: &RunningService, pool: &PgPool, args: &DemoArgs) -> anyhow::Result<()> {
+    let port = service
+        .shared
+        .pool
+        .connect_options()
+        .get_port();
+    // A password in every connection string: it must never show up on screen or in logs.
+    let conn = |db: &str| Some(format!("postgres://toygres:demo-secret-pw@127.0.0.1:{port}/{db}"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let t = Duration::from_secs(20);
+
+    say("1. Instances created", "INSERT INTO toygres_cms.instances … (the triggers NOTIFY the service)");
+    insert(pool, "pg-alpha", "running", conn("demo_alpha")).await?;
+    insert(pool, "pg-beta", "running", conn("demo_beta")).await?;
+    insert(pool, "pg-gamma", "creating", conn("demo_gamma")).await?;
+    insert(
+        pool,
+        "pg-broken",
+        "running",
+        Some(format!("postgres://toygres:demo-secret-pw@127.0.0.1:{closed}/postgres?connect_timeout=2")),
+    )
+    .await?;
+    insert(pool, "pg-provisioning", "creating", None).await?;
+    until("actors started", t, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM toygres_cms.instances WHERE instance_actor_orchestration_id IS NOT NULL",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(n == 5)
+    })
+    .await?;
+    say("2. Actors started, health flowing", "each actor probes, writes health, sleeps on a durable timer");
+    until("two checks each", t + args.interval * 3, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT instance_id FROM toygres_cms.instance_health_checks
+                                    GROUP BY instance_id HAVING count(*) >= 2) x",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(n == 5)
+    })
+    .await?;
+    table(service).await?;
+
+    say("3. An instance deleted", "DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'");
+    let beta_actor = actor_of(pool, "pg-beta").await?.unwrap_or_default();
+    sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'")
+        .execute(pool)
+        .await?;
+    until("actor cancelled", t, || async {
+        Ok(!service.shared.reconciler.control.actor_state(&beta_actor).await?.is_live())
+    })
+    .await?;
+    println!("  actor {beta_actor} is gone");
+
+    say("4. A manual restart", "NOTIFY toygres_actor_control, 'restart pg-alpha'");
+    let before = actor_of(pool, "pg-alpha").await?.unwrap_or_default();
+    sqlx::query("NOTIFY toygres_actor_control, 'restart pg-alpha'")
+        .execute(pool)
+        .await?;
+    until("new actor id", t, || async {
+        Ok(actor_of(pool, "pg-alpha").await?.is_some_and(|a| a != before))
+    })
+    .await?;
+    println!(
+        "  pg-alpha: {before}\n         → {}",
+        actor_of(pool, "pg-alpha").await?.unwrap_or_default()
+    );
+
+    say(
+        "5. The listener's connection killed",
+        "pg_terminate_backend(listener) while pg-delta is created",
+    );
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'toygres-actors-listener'",
+    )
+    .execute(pool)
+    .await?;
+    insert(pool, "pg-delta", "running", conn("demo_alpha")).await?;
+    until("listener back and pg-delta caught up", t, || async {
+        let connected = service.shared.listener.borrow().connected;
+        let checks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM toygres_cms.instance_health_checks h
+               JOIN toygres_cms.instances i ON i.id = h.instance_id WHERE i.k8s_name = 'pg-delta'",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(connected && checks >= 1)
+    })
+    .await?;
+    let reconnects = service.shared.listener.borrow().reconnects;
+    println!("  listener reconnected ({reconnects} reconnect(s)); the reconcile after it picked up pg-delta");
+
+    say("6. The fleet now", "");
+    tokio::time::sleep(args.interval).await;
+    table(service).await?;
+    Ok(())
 }
