@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -36,6 +37,12 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/instances/{name}/actor", get(actor_status))
         .route("/api/instances/{name}/actor/{action}", post(actor_action))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
         .with_state(shared)
 }
 
@@ -104,7 +111,21 @@ struct ListQuery {
     verdict: Option<String>,
 }
 
-async fn list_actors(State(s): State<Shared>, Query(q): Query<ListQuery>) -> Response {
+/// A path or query string axum cannot decode (e.g. percent-encoded bytes that are not
+/// UTF-8): a JSON 400 like every other bad input, not axum's plain-text rejection.
+fn bad_input(what: &str, e: impl std::fmt::Display) -> Response {
+    let detail: String = e.to_string().chars().take(200).collect();
+    error(StatusCode::BAD_REQUEST, format!("invalid {what}: {detail}"))
+}
+
+async fn list_actors(
+    State(s): State<Shared>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_input("query string", e),
+    };
     let only = match q.verdict.as_deref() {
         None | Some("") => None,
         Some(v) => match Verdict::parse(v) {
@@ -125,7 +146,14 @@ async fn list_actors(State(s): State<Shared>, Query(q): Query<ListQuery>) -> Res
     }
 }
 
-async fn actor_status(State(s): State<Shared>, Path(name): Path<String>) -> Response {
+async fn actor_status(
+    State(s): State<Shared>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(e) => return bad_input("instance name", e),
+    };
     match ops::status(&s.reconciler, &name).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
@@ -136,24 +164,40 @@ fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
     let Some(token) = &s.api_token else {
         return true;
     };
+    // The auth scheme is case-insensitive (RFC 9110 §11.1); the token is not.
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
     else {
         return false;
     };
     given.as_bytes().ct_eq(token.as_bytes()).into()
 }
 
+fn unauthorized() -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"toygres-actors\""),
+    );
+    r
+}
+
 async fn actor_action(
     State(s): State<Shared>,
-    Path((name, action)): Path<(String, String)>,
     headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
     if !authorized(&s, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        return unauthorized();
     }
+    let (name, action) = match path {
+        Ok(Path(p)) => p,
+        Err(e) => return bad_input("instance name or action", e),
+    };
     let result = match action.as_str() {
         "start" => ops::start(&s.reconciler, &name, "api").await,
         "restart" => ops::restart(&s.reconciler, &name, "api").await,

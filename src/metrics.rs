@@ -171,6 +171,16 @@ pub fn initialise_series() {
     ] {
         metrics::counter!(NOTIFICATIONS_INVALID_TOTAL, "channel" => channel).absolute(0);
     }
+    // Every (channel, op) the listener counts (see `listener::handle`).
+    for (channel, op) in [
+        (crate::config::CHANNEL_INSTANCES, "insert"),
+        (crate::config::CHANNEL_INSTANCES, "delete"),
+        (crate::config::CHANNEL_INSTANCES, "state"),
+        (crate::config::CHANNEL_CONTROL, "restart"),
+        (crate::config::CHANNEL_CONTROL, "reconcile"),
+    ] {
+        metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => channel, "op" => op).absolute(0);
+    }
     metrics::counter!(RECONCILE_ERRORS_TOTAL).absolute(0);
     metrics::counter!(LISTENER_RECONNECTS_TOTAL).absolute(0);
     listener_connected(false);

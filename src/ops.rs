@@ -250,6 +250,11 @@ pub async fn cancel(
 ) -> Result<ActionResult, OpsError> {
     let row = find(reconciler, name).await?;
     let reason = format!("cancelled by operator ({who})");
+    // `changed` says whether a live actor was cancelled: the row keeps naming its last
+    // actor after a cancel, so its id alone does not tell.
+    let obs = reconciler.observe(row.clone()).await?;
+    let was_live =
+        obs.actor.as_ref().is_some_and(ActorState::is_live) || !obs.other_live.is_empty();
     let t = reconciler.control.cancel_all(&row, &reason).await?;
     let warning = reconciler.control.wants_actor(&row.state).then(|| {
         format!(
@@ -273,10 +278,14 @@ pub async fn cancel(
     Ok(ActionResult {
         k8s_name: row.k8s_name,
         action: "cancel",
-        changed: t.old_actor_id.is_some(),
+        changed: was_live,
         old_actor_id: t.old_actor_id,
         new_actor_id: None,
-        message: "actor cancelled".into(),
+        message: if was_live {
+            "actor cancelled".into()
+        } else {
+            "no live actor to cancel".into()
+        },
         warning,
     })
 }
