@@ -32,11 +32,17 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<i32> {
         sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
             .execute(&admin)
             .await?;
-        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&admin)
+            .await?;
     }
     admin.close().await;
     let url = pg.url(DEMO_DATABASE);
-    println!("  cluster on 127.0.0.1:{} (data under {})", pg.port(), pg.data_dir().display());
+    println!(
+        "  cluster on 127.0.0.1:{} (data under {})",
+        pg.port(),
+        pg.data_dir().display()
+    );
 
     let mut run_args = RunArgs::from_env()?;
     run_args.check_interval = args.interval;
@@ -52,9 +58,15 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<i32> {
         url: url.clone(),
         embedded: Some(pg),
     };
-    say("Starting the service", "migrations, Duroxide runtime, leader election, listener");
+    say(
+        "Starting the service",
+        "migrations, Duroxide runtime, leader election, listener",
+    );
     let service = crate::service::start(global, &run_args, database).await?;
-    println!("  HTTP on http://{}  (try /api/actors and /metrics)", service.http_addr);
+    println!(
+        "  HTTP on http://{}  (try /api/actors and /metrics)",
+        service.http_addr
+    );
     let pool = service.shared.pool.clone();
 
     let story = story(&service, &pool, args);
@@ -118,16 +130,21 @@ where
 }
 
 async fn actor_of(pool: &PgPool, name: &str) -> anyhow::Result<Option<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT instance_actor_orchestration_id FROM toygres_cms.instances WHERE k8s_name = $1")
-            .bind(name)
-            .fetch_optional(pool)
-            .await?
-            .flatten(),
+    Ok(sqlx::query_scalar(
+        "SELECT instance_actor_orchestration_id FROM toygres_cms.instances WHERE k8s_name = $1",
     )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?
+    .flatten())
 }
 
-async fn insert(pool: &PgPool, name: &str, state: &str, conn: Option<String>) -> anyhow::Result<()> {
+async fn insert(
+    pool: &PgPool,
+    name: &str,
+    state: &str,
+    conn: Option<String>,
+) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO toygres_cms.instances
              (user_name, k8s_name, postgres_version, storage_size_gb, state, create_orchestration_id,
@@ -143,17 +160,22 @@ async fn insert(pool: &PgPool, name: &str, state: &str, conn: Option<String>) ->
 }
 
 async fn story(service: &RunningService, pool: &PgPool, args: &DemoArgs) -> anyhow::Result<()> {
-    let port = service
-        .shared
-        .pool
-        .connect_options()
-        .get_port();
+    let port = service.shared.pool.connect_options().get_port();
     // A password in every connection string: it must never show up on screen or in logs.
-    let conn = |db: &str| Some(format!("postgres://toygres:demo-secret-pw@127.0.0.1:{port}/{db}"));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conn = |db: &str| {
+        Some(format!(
+            "postgres://toygres:demo-secret-pw@127.0.0.1:{port}/{db}"
+        ))
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let t = Duration::from_secs(20);
 
-    say("1. Instances created", "INSERT INTO toygres_cms.instances … (the triggers NOTIFY the service)");
+    say(
+        "1. Instances created",
+        "INSERT INTO toygres_cms.instances … (the triggers NOTIFY the service)",
+    );
     insert(pool, "pg-alpha", "running", conn("demo_alpha")).await?;
     insert(pool, "pg-beta", "running", conn("demo_beta")).await?;
     insert(pool, "pg-gamma", "creating", conn("demo_gamma")).await?;
@@ -161,7 +183,9 @@ async fn story(service: &RunningService, pool: &PgPool, args: &DemoArgs) -> anyh
         pool,
         "pg-broken",
         "running",
-        Some(format!("postgres://toygres:demo-secret-pw@127.0.0.1:{closed}/postgres?connect_timeout=2")),
+        Some(format!(
+            "postgres://toygres:demo-secret-pw@127.0.0.1:{closed}/postgres?connect_timeout=2"
+        )),
     )
     .await?;
     insert(pool, "pg-provisioning", "creating", None).await?;
@@ -174,7 +198,10 @@ async fn story(service: &RunningService, pool: &PgPool, args: &DemoArgs) -> anyh
         Ok(n == 5)
     })
     .await?;
-    say("2. Actors started, health flowing", "each actor probes, writes health, sleeps on a durable timer");
+    say(
+        "2. Actors started, health flowing",
+        "each actor probes, writes health, sleeps on a durable timer",
+    );
     until("two checks each", t + args.interval * 3, || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT instance_id FROM toygres_cms.instance_health_checks
@@ -187,24 +214,38 @@ async fn story(service: &RunningService, pool: &PgPool, args: &DemoArgs) -> anyh
     .await?;
     table(service).await?;
 
-    say("3. An instance deleted", "DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'");
+    say(
+        "3. An instance deleted",
+        "DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'",
+    );
     let beta_actor = actor_of(pool, "pg-beta").await?.unwrap_or_default();
     sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'")
         .execute(pool)
         .await?;
     until("actor cancelled", t, || async {
-        Ok(!service.shared.reconciler.control.actor_state(&beta_actor).await?.is_live())
+        Ok(!service
+            .shared
+            .reconciler
+            .control
+            .actor_state(&beta_actor)
+            .await?
+            .is_live())
     })
     .await?;
     println!("  actor {beta_actor} is gone");
 
-    say("4. A manual restart", "NOTIFY toygres_actor_control, 'restart pg-alpha'");
+    say(
+        "4. A manual restart",
+        "NOTIFY toygres_actor_control, 'restart pg-alpha'",
+    );
     let before = actor_of(pool, "pg-alpha").await?.unwrap_or_default();
     sqlx::query("NOTIFY toygres_actor_control, 'restart pg-alpha'")
         .execute(pool)
         .await?;
     until("new actor id", t, || async {
-        Ok(actor_of(pool, "pg-alpha").await?.is_some_and(|a| a != before))
+        Ok(actor_of(pool, "pg-alpha")
+            .await?
+            .is_some_and(|a| a != before))
     })
     .await?;
     println!(
@@ -234,7 +275,9 @@ async fn story(service: &RunningService, pool: &PgPool, args: &DemoArgs) -> anyh
     })
     .await?;
     let reconnects = service.shared.listener.borrow().reconnects;
-    println!("  listener reconnected ({reconnects} reconnect(s)); the reconcile after it picked up pg-delta");
+    println!(
+        "  listener reconnected ({reconnects} reconnect(s)); the reconcile after it picked up pg-delta"
+    );
 
     say("6. The fleet now", "");
     tokio::time::sleep(args.interval).await;

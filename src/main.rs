@@ -22,7 +22,8 @@ fn main() -> std::process::ExitCode {
                 "error: {}",
                 toygres_actors::redact::redact_error(&format!("{e:#}"))
             );
-            std::process::ExitCode::FAILURE
+            // Exit 1 is `status`'s "something needs healing"; a failed command is 2.
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -79,6 +79,9 @@ pub struct Outcome {
 struct HealBackoff {
     attempts: u32,
     next_at: Instant,
+    /// When we last healed: the backoff resets only once a check is written after it (a
+    /// fresh incarnation counts as `ok` during its grace period before it has proved anything).
+    healed_at: DateTime<Utc>,
 }
 
 /// Decides and acts for single instances and the whole fleet.
@@ -248,12 +251,7 @@ impl Reconciler {
             skipped: None,
         };
         if decision.action == Action::Noop {
-            if matches!(
-                decision.verdict,
-                Verdict::Ok | Verdict::Unhealthy | Verdict::Idle
-            ) {
-                self.forget_backoff(row.id);
-            }
+            self.settle_backoff(row, decision.verdict);
             metrics::reconcile_action("noop");
             return Ok(outcome);
         }
@@ -361,13 +359,32 @@ impl Reconciler {
         let entry = map.entry(id).or_insert(HealBackoff {
             attempts: 0,
             next_at: Instant::now(),
+            healed_at: Utc::now(),
         });
+        entry.healed_at = Utc::now();
         entry.attempts = entry.attempts.saturating_add(1);
         let factor = 2u32.saturating_pow(entry.attempts.saturating_sub(1).min(16));
         let delay = config::HEAL_BACKOFF_MIN
             .saturating_mul(factor)
             .min(config::HEAL_BACKOFF_MAX);
         entry.next_at = Instant::now() + delay;
+    }
+
+    /// Reset an instance's heal backoff once it has proved healthy again: idle, or a health
+    /// check written after the last heal.
+    fn settle_backoff(&self, row: &InstanceRow, verdict: Verdict) {
+        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(b) = map.get(&row.id) else { return };
+        let proved = match verdict {
+            Verdict::Idle => true,
+            Verdict::Ok | Verdict::Unhealthy => {
+                row.last_health_check.is_some_and(|t| t > b.healed_at)
+            }
+            _ => false,
+        };
+        if proved {
+            map.remove(&row.id);
+        }
     }
 
     fn forget_backoff(&self, id: Uuid) {
@@ -449,12 +466,7 @@ impl Reconciler {
         let mut outcomes = Vec::new();
         for (obs, decision) in fleet.instances {
             if decision.action == Action::Noop {
-                if matches!(
-                    decision.verdict,
-                    Verdict::Ok | Verdict::Unhealthy | Verdict::Idle
-                ) {
-                    self.forget_backoff(obs.row.id);
-                }
+                self.settle_backoff(&obs.row, decision.verdict);
                 continue;
             }
             match queue {

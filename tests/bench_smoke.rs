@@ -10,7 +10,10 @@ fn every_benchmark_scenario_runs_at_a_tiny_size() {
         .expect("run bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench smoke failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "bench smoke failed:\n{stdout}\n{stderr}"
+    );
     for section in ["### Latency", "### Burst", "### Capacity", "### Recovery"] {
         assert!(stdout.contains(section), "missing {section}:\n{stdout}");
     }
@@ -25,5 +28,8 @@ fn every_benchmark_scenario_runs_at_a_tiny_size() {
     ] {
         assert!(stdout.contains(figure), "missing row `{figure}`:\n{stdout}");
     }
-    assert!(!stdout.contains("not reached") && !stdout.contains("not healed"), "{stdout}");
+    assert!(
+        !stdout.contains("not reached") && !stdout.contains("not healed"),
+        "{stdout}"
+    );
 }

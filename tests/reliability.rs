@@ -29,7 +29,14 @@ fn trials(quick: usize, soak_n: usize) -> usize {
 }
 
 /// One summary row: fault, trials, lost, doubled, max convergence time.
-fn report(fault: &str, trials: usize, lost: usize, doubled: i64, max_converge: Duration, extra: &str) {
+fn report(
+    fault: &str,
+    trials: usize,
+    lost: usize,
+    doubled: i64,
+    max_converge: Duration,
+    extra: &str,
+) {
     let line = format!(
         "| {fault} | {trials} | {lost} | {doubled} | {:.2} s | {extra} |",
         max_converge.as_secs_f64()
@@ -127,7 +134,11 @@ impl DoubleSampler {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         });
-        DoubleSampler { stop, worst, handle }
+        DoubleSampler {
+            stop,
+            worst,
+            handle,
+        }
     }
 
     async fn finish(self) -> i64 {
@@ -151,11 +162,13 @@ async fn write_burst(db: &TestDb, round: usize, n: usize) {
         .unwrap();
         match i % 4 {
             1 => {
-                sqlx::query("UPDATE toygres_cms.instances SET state = 'stopped' WHERE k8s_name = $1")
-                    .bind(&name)
-                    .execute(&db.pool)
-                    .await
-                    .unwrap();
+                sqlx::query(
+                    "UPDATE toygres_cms.instances SET state = 'stopped' WHERE k8s_name = $1",
+                )
+                .bind(&name)
+                .execute(&db.pool)
+                .await
+                .unwrap();
             }
             2 => {
                 sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = $1")
@@ -166,18 +179,27 @@ async fn write_burst(db: &TestDb, round: usize, n: usize) {
             }
             3 if round > 0 => {
                 // Bring back an instance stopped in an earlier round.
-                sqlx::query("UPDATE toygres_cms.instances SET state = 'running' WHERE k8s_name = $1")
-                    .bind(format!("r{}-1", round - 1))
-                    .execute(&db.pool)
-                    .await
-                    .unwrap();
+                sqlx::query(
+                    "UPDATE toygres_cms.instances SET state = 'running' WHERE k8s_name = $1",
+                )
+                .bind(format!("r{}-1", round - 1))
+                .execute(&db.pool)
+                .await
+                .unwrap();
             }
             _ => {}
         }
     }
 }
 
-const SERVICE_FLAGS: &[&str] = &["--check-interval", "30s", "--stale-after", "120s", "--resync-interval", "600s"];
+const SERVICE_FLAGS: &[&str] = &[
+    "--check-interval",
+    "30s",
+    "--stale-after",
+    "120s",
+    "--resync-interval",
+    "600s",
+];
 
 #[tokio::test]
 async fn listener_killed_at_random_moments() {
@@ -211,7 +233,14 @@ async fn listener_killed_at_random_moments() {
         worst = worst.max(took);
     }
     let doubled = sampler.finish().await.max(1) - 1;
-    report("listener backend killed (pg_terminate_backend) mid-stream", n, lost, doubled, worst, "");
+    report(
+        "listener backend killed (pg_terminate_backend) mid-stream",
+        n,
+        lost,
+        doubled,
+        worst,
+        "",
+    );
     assert_eq!(lost, 0);
     assert_eq!(doubled, 0);
 }
@@ -237,7 +266,14 @@ async fn service_killed_with_sigkill_mid_stream() {
         worst = worst.max(took);
     }
     let doubled = sampler.finish().await.max(1) - 1;
-    report("service killed (SIGKILL) mid-stream, restarted", n, lost, doubled, worst, "restart to converged");
+    report(
+        "service killed (SIGKILL) mid-stream, restarted",
+        n,
+        lost,
+        doubled,
+        worst,
+        "restart to converged",
+    );
     assert_eq!(lost, 0);
     assert_eq!(doubled, 0);
 }
@@ -257,7 +293,11 @@ async fn leader_killed_repeatedly_between_two_replicas() {
             (la != lb).then_some(la)
         })
         .await;
-        let (leader, follower) = if a_leads { (&mut a, &mut b) } else { (&mut b, &mut a) };
+        let (leader, follower) = if a_leads {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
         leader.kill();
         let t = Instant::now();
         write_burst(&db, round, 8).await;
@@ -281,7 +321,11 @@ async fn leader_killed_repeatedly_between_two_replicas() {
         lost,
         doubled,
         worst,
-        &format!("failover p50 {:.2} s, max {:.2} s", p50.as_secs_f64(), max.as_secs_f64()),
+        &format!(
+            "failover p50 {:.2} s, max {:.2} s",
+            p50.as_secs_f64(),
+            max.as_secs_f64()
+        ),
     );
     assert!(max < Duration::from_secs(10));
     assert_eq!(lost, 0);
@@ -298,7 +342,9 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
     let garbage_port = garbage.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = garbage.accept().await {
-            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\nnot postgres").await;
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\nnot postgres")
+                .await;
         }
     });
     // Accepts, then hangs.
@@ -315,12 +361,33 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
     let silent_port = silent.local_addr().unwrap().port();
     let pw = support::TARGET_PASSWORD;
     let targets = [
-        ("pg-garbage", format!("postgres://u:{pw}@127.0.0.1:{garbage_port}/db")),
-        ("pg-hangs", format!("postgres://u:{pw}@127.0.0.1:{hang_port}/db")),
-        ("pg-silent", format!("postgres://u:{pw}@127.0.0.1:{silent_port}/db")),
-        ("pg-nonsense", "this is not a connection string password=hunter2-secret".to_string()),
+        (
+            "pg-garbage",
+            format!("postgres://u:{pw}@127.0.0.1:{garbage_port}/db"),
+        ),
+        (
+            "pg-hangs",
+            format!("postgres://u:{pw}@127.0.0.1:{hang_port}/db"),
+        ),
+        (
+            "pg-silent",
+            format!("postgres://u:{pw}@127.0.0.1:{silent_port}/db"),
+        ),
+        (
+            "pg-nonsense",
+            "this is not a connection string password=hunter2-secret".to_string(),
+        ),
     ];
-    let svc = ServiceProc::start(&db, &["--probe-connect-timeout", "1s", "--probe-query-timeout", "1s"]).await;
+    let svc = ServiceProc::start(
+        &db,
+        &[
+            "--probe-connect-timeout",
+            "1s",
+            "--probe-query-timeout",
+            "1s",
+        ],
+    )
+    .await;
     for (name, target) in &targets {
         db.insert_instance(name, "running", Some(target)).await;
     }
@@ -330,9 +397,11 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
         db.insert_instance(name, "running", None).await;
     }
     for (name, _) in &targets {
-        wait_until(&format!("{name} recorded unhealthy"), Duration::from_secs(30), || async {
-            (db.health_of(name).await.0 == "unhealthy").then_some(())
-        })
+        wait_until(
+            &format!("{name} recorded unhealthy"),
+            Duration::from_secs(30),
+            || async { (db.health_of(name).await.0 == "unhealthy").then_some(()) },
+        )
         .await;
     }
     let errors: Vec<(String, String)> = sqlx::query_as(
@@ -343,13 +412,34 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    let err_of = |n: &str| errors.iter().find(|(k, _)| k == n).map(|(_, e)| e.clone()).unwrap_or_default();
-    assert!(err_of("pg-hangs").contains("timed out"), "{}", err_of("pg-hangs"));
-    assert!(err_of("pg-silent").contains("timed out"), "{}", err_of("pg-silent"));
+    let err_of = |n: &str| {
+        errors
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        err_of("pg-hangs").contains("timed out"),
+        "{}",
+        err_of("pg-hangs")
+    );
+    assert!(
+        err_of("pg-silent").contains("timed out"),
+        "{}",
+        err_of("pg-silent")
+    );
     assert!(!err_of("pg-garbage").is_empty());
-    assert!(err_of("pg-nonsense").contains("invalid connection string"), "{}", err_of("pg-nonsense"));
+    assert!(
+        err_of("pg-nonsense").contains("invalid connection string"),
+        "{}",
+        err_of("pg-nonsense")
+    );
     for (_, e) in &errors {
-        assert!(!e.contains(pw) && !e.contains("hunter2-secret"), "secret in error: {e}");
+        assert!(
+            !e.contains(pw) && !e.contains("hunter2-secret"),
+            "secret in error: {e}"
+        );
     }
     for name in odd {
         sqlx::query("SELECT pg_notify('toygres_actor_control', $1)")
@@ -359,7 +449,13 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
             .unwrap();
         let encoded: String = name
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         let (code, body) = svc.get(&format!("/api/instances/{encoded}/actor")).await;
         assert_eq!(code, 200, "{name}: {body}");
@@ -368,7 +464,11 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
             .env("DATABASE_URL", &db.url)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Every odd-named instance ends with exactly one actor; the service is still up.
     let (took, lost) = converge(&db, Duration::from_secs(30)).await;
@@ -391,19 +491,29 @@ async fn secrets_never_leave_the_process() {
     let db = TestDb::new().await;
     let pw = support::TARGET_PASSWORD;
     let svc = ServiceProc::start(&db, &["--api-token", "tok-Secret-123"]).await;
-    db.insert_instance("pg-s1", "running", Some(&support::reachable_target())).await;
-    db.insert_instance("pg-s2", "running", Some(&support::closed_port_target())).await;
-    sqlx::query("UPDATE toygres_cms.instances SET ip_connection_string = $1 WHERE k8s_name = 'pg-s1'")
-        .bind(format!("host=127.0.0.1 port=1 user=u password={pw}"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.insert_instance("pg-s1", "running", Some(&support::reachable_target()))
+        .await;
+    db.insert_instance("pg-s2", "running", Some(&support::closed_port_target()))
+        .await;
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET ip_connection_string = $1 WHERE k8s_name = 'pg-s1'",
+    )
+    .bind(format!("host=127.0.0.1 port=1 user=u password={pw}"))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     wait_until("checks of both", Duration::from_secs(30), || async {
         (db.checks_of("pg-s1").await >= 2 && db.checks_of("pg-s2").await >= 2).then_some(())
     })
     .await;
     let mut seen = String::new();
-    for path in ["/metrics", "/api/actors", "/api/instances/pg-s1/actor", "/api/instances/pg-s2/actor", "/readyz"] {
+    for path in [
+        "/metrics",
+        "/api/actors",
+        "/api/instances/pg-s1/actor",
+        "/api/instances/pg-s2/actor",
+        "/readyz",
+    ] {
         seen.push_str(&svc.get(path).await.1);
     }
     let client = reqwest::Client::new();
@@ -416,7 +526,12 @@ async fn secrets_never_leave_the_process() {
             .unwrap();
         seen.push_str(&r.text().await.unwrap());
     }
-    for args in [vec!["status"], vec!["status", "--json"], vec!["explain", "pg-s2"], vec!["heal", "--dry-run"]] {
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["explain", "pg-s2"],
+        vec!["heal", "--dry-run"],
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_toygres-actors"))
             .args(&args)
             .env("DATABASE_URL", &db.url)
@@ -427,7 +542,14 @@ async fn secrets_never_leave_the_process() {
     }
     seen.push_str(&svc.log_text());
     let hits = seen.matches(pw).count() + seen.matches("tok-Secret-123").count();
-    report("secrets: password in every connection string", 1, 0, 0, Duration::ZERO, &format!("{hits} hits in logs, /metrics, API, CLI"));
+    report(
+        "secrets: password in every connection string",
+        1,
+        0,
+        0,
+        Duration::ZERO,
+        &format!("{hits} hits in logs, /metrics, API, CLI"),
+    );
     assert_eq!(hits, 0, "a secret leaked");
     assert!(seen.contains("pg-s2"), "we did look at real output");
 }

@@ -15,18 +15,30 @@ async fn postgres_restarted_under_load() {
         return;
     };
     let db = TestDb::new().await;
-    let mut svc = ServiceProc::start(&db, &["--check-interval", "500ms", "--stale-after", "10s"]).await;
+    let mut svc =
+        ServiceProc::start(&db, &["--check-interval", "500ms", "--stale-after", "10s"]).await;
     for i in 0..20 {
-        db.insert_instance(&format!("pg-load-{i}"), "running", Some(&support::reachable_target())).await;
+        db.insert_instance(
+            &format!("pg-load-{i}"),
+            "running",
+            Some(&support::reachable_target()),
+        )
+        .await;
     }
     wait_until("checks flowing", Duration::from_secs(30), || async {
-        (db.scalar_i64("SELECT count(DISTINCT instance_id) FROM toygres_cms.instance_health_checks").await >= 20)
+        (db.scalar_i64(
+            "SELECT count(DISTINCT instance_id) FROM toygres_cms.instance_health_checks",
+        )
+        .await
+            >= 20)
             .then_some(())
     })
     .await;
     let mut rows = Vec::new();
     for mode in ["fast", "immediate", "fast", "immediate"] {
-        let before: i64 = db.scalar_i64("SELECT count(*) FROM toygres_cms.instance_health_checks").await;
+        let before: i64 = db
+            .scalar_i64("SELECT count(*) FROM toygres_cms.instance_health_checks")
+            .await;
         let t = Instant::now();
         let pg_dir = pg.data_dir();
         tokio::task::spawn_blocking({
@@ -34,7 +46,12 @@ async fn postgres_restarted_under_load() {
             let port = pg.port();
             move || {
                 let _ = (port, pg_dir);
-                support::server().embedded.as_ref().unwrap().restart(&mode).unwrap();
+                support::server()
+                    .embedded
+                    .as_ref()
+                    .unwrap()
+                    .restart(&mode)
+                    .unwrap();
             }
         })
         .await
@@ -42,21 +59,38 @@ async fn postgres_restarted_under_load() {
         // New rows during the outage go in once it is back.
         let name = format!("pg-after-{mode}-{}", rows.len());
         wait_until("database back", Duration::from_secs(30), || async {
-            sqlx::query("SELECT 1").execute(&db.pool).await.ok().map(|_| ())
+            sqlx::query("SELECT 1")
+                .execute(&db.pool)
+                .await
+                .ok()
+                .map(|_| ())
         })
         .await;
-        db.insert_instance(&name, "running", Some(&support::reachable_target())).await;
+        db.insert_instance(&name, "running", Some(&support::reachable_target()))
+            .await;
         // The service reconnects and converges: checks resume, the new instance gets an actor.
         wait_until("service recovered", Duration::from_secs(60), || async {
-            let after = db.scalar_i64("SELECT count(*) FROM toygres_cms.instance_health_checks").await;
-            (after >= before + 20 && db.checks_of(&name).await >= 1 && db.live_actors(&name).await.len() == 1)
+            let after = db
+                .scalar_i64("SELECT count(*) FROM toygres_cms.instance_health_checks")
+                .await;
+            (after >= before + 20
+                && db.checks_of(&name).await >= 1
+                && db.live_actors(&name).await.len() == 1)
                 .then_some(())
         })
         .await;
         let took = t.elapsed();
-        let after: i64 = db.scalar_i64("SELECT count(*) FROM toygres_cms.instance_health_checks").await;
-        assert!(after >= before, "health history lost across a {mode} restart: {before} → {after}");
-        assert!(svc.child.as_mut().unwrap().try_wait().unwrap().is_none(), "service stayed up");
+        let after: i64 = db
+            .scalar_i64("SELECT count(*) FROM toygres_cms.instance_health_checks")
+            .await;
+        assert!(
+            after >= before,
+            "health history lost across a {mode} restart: {before} → {after}"
+        );
+        assert!(
+            svc.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "service stayed up"
+        );
         rows.push((mode, took));
     }
     let max = rows.iter().map(|r| r.1).max().unwrap();
