@@ -63,15 +63,28 @@ CREATE TABLE IF NOT EXISTS toygres_actors.decisions (
 CREATE INDEX IF NOT EXISTS idx_decisions_instance ON toygres_actors.decisions (instance_id, decided_at DESC);
 CREATE INDEX IF NOT EXISTS idx_decisions_decided_at ON toygres_actors.decisions (decided_at);
 
+-- Which replica probes an instance on behalf of its actor (see src/lease.rs). The actor
+-- renews the lease every few minutes from whichever replica runs its activity; a replica
+-- writes health only while it holds the lease, so probing never doubles when the lease
+-- moves between replicas.
+CREATE TABLE IF NOT EXISTS toygres_actors.probe_leases (
+    instance_id UUID PRIMARY KEY REFERENCES toygres_cms.instances(id) ON DELETE CASCADE,
+    actor_id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+
 -- record_health(): one round trip per health check. Fenced: it writes only while
--- p_actor_id is still the instance's current actor, and returns NULL otherwise (the actor
--- then exits without having written anything). Sets last_health_check, sets health_status
+-- p_actor_id is still the instance's current actor (and, when p_holder is given, while that
+-- replica holds the instance's probe lease), and returns NULL otherwise (the prober then
+-- stops without having written anything). Sets last_health_check, sets health_status
 -- to the observed status unless p_keep_status (a failure below the consecutive-failure
 -- threshold), appends the observed status to the history, and NOTIFYs `toygres_health`
 -- when health_status changed. Returns the previous health_status.
 CREATE OR REPLACE FUNCTION toygres_actors.record_health(
     p_instance_id uuid,
     p_actor_id text,
+    p_holder text,
     p_observed text,
     p_keep_status boolean,
     p_postgres_version text,
@@ -90,6 +103,9 @@ BEGIN
     SELECT health_status::text, k8s_name INTO v_old, v_name
       FROM toygres_cms.instances
      WHERE id = p_instance_id AND instance_actor_orchestration_id = p_actor_id
+       AND (p_holder IS NULL OR EXISTS (
+                SELECT 1 FROM toygres_actors.probe_leases l
+                 WHERE l.instance_id = p_instance_id AND l.holder = p_holder))
        FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;

@@ -1,9 +1,19 @@
 //! The instance actor: a detached, durable Duroxide orchestration per monitored instance.
 //!
-//! One iteration is **one activity and one durable timer**: the [`HealthCheck`] activity
-//! reads the row, probes the instance and records the result in one fenced write; then the
-//! orchestration sleeps on a durable timer. After `iterations_per_execution` iterations it
-//! continues as new, so its history (replayed on every turn) stays short.
+//! **Version 2 (current): the actor owns a probe lease.** One iteration is one short
+//! activity ([`lease`]) and one durable timer of `lease_renew_ms` (default 2 min): the
+//! activity checks the row (fencing, below), records in the database that this replica holds
+//! the instance's probe lease, and hands the instance to the replica's in-process
+//! [`crate::lease::Scheduler`], which runs the health check ([`health_check`]: read → probe →
+//! one fenced write) every `interval_ms` while the lease lasts. A health check thus costs one
+//! read and one write instead of two Duroxide turns; the durable loop turns only once per
+//! renewal. If the replica dies, its leases lapse and the next renewal (on any replica)
+//! resumes probing; the write is fenced on the lease holder, so probing never doubles when a
+//! lease moves. After `iterations_per_execution` renewals the actor continues as new.
+//!
+//! **Version 1** (kept registered so actors started by it replay, and upgraded to v2 at
+//! their next continue-as-new) ran the health check as its activity on every iteration:
+//! simpler, but two Duroxide turns per check (see the README's capacity figures).
 //!
 //! The orchestration is deterministic on replay: no wall clock, randomness or map iteration.
 //! Everything that varies (time, the row, the probe) happens inside the activity. The first
@@ -42,6 +52,9 @@ pub struct ActorInput {
     /// Executions completed before this one (0 for a fresh actor).
     #[serde(default)]
     pub executions: u64,
+    /// v2: how often the actor renews its probe lease (default when absent: 2 min).
+    #[serde(default)]
+    pub lease_renew_ms: Option<u64>,
     /// The service ran this incarnation's first check itself, right after starting it
     /// ("eager first check", to avoid waiting for Duroxide's dispatcher poll): the first
     /// iteration then begins with the timer.
@@ -69,6 +82,66 @@ pub enum CheckOutcome {
     },
     /// The actor must end (row gone, state wants no actor, superseded); nothing was written.
     Exit { reason: String },
+    /// v2: the probe lease is held by this replica until the next renewal (and a bit).
+    Leased { holder: String },
+}
+
+/// Input of one lease renewal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseInput {
+    pub instance_id: Uuid,
+    pub actor_states: Vec<String>,
+    pub interval_ms: u64,
+    pub lease_ms: u64,
+    pub unhealthy_after: u32,
+}
+
+/// Default lease renewal period of v2 actors.
+pub const DEFAULT_LEASE_RENEW: Duration = Duration::from_secs(120);
+
+/// A lease outlives its renewal period this many times over, so one late or lost renewal
+/// does not stop probing.
+pub const LEASE_OVERLAP: u32 = 3;
+
+/// Version 2: renew the probe lease, sleep, repeat; continue as new every few renewals.
+pub async fn instance_actor_v2(
+    ctx: OrchestrationContext,
+    mut input: ActorInput,
+) -> Result<String, String> {
+    let renew = Duration::from_millis(
+        input
+            .lease_renew_ms
+            .unwrap_or(DEFAULT_LEASE_RENEW.as_millis() as u64)
+            .max(1),
+    );
+    let iterations = input.iterations_per_execution.max(1);
+    for _ in 0..iterations {
+        let lease = LeaseInput {
+            instance_id: input.instance_id,
+            actor_states: input.actor_states.clone(),
+            interval_ms: input.interval_ms,
+            lease_ms: (renew * LEASE_OVERLAP).as_millis() as u64,
+            unhealthy_after: input.unhealthy_after,
+        };
+        match ctx
+            .schedule_activity_typed::<LeaseInput, CheckOutcome>(
+                crate::config::ACTIVITY_LEASE,
+                &lease,
+            )
+            .await
+        {
+            Ok(CheckOutcome::Exit { reason }) => {
+                ctx.trace_info(format!("actor for {} exits: {reason}", input.k8s_name));
+                return Ok(reason);
+            }
+            Ok(_) => {}
+            // Could not renew now (e.g. the CMS was unreachable): the lease outlives one miss.
+            Err(e) => ctx.trace_warn(format!("lease renewal of {} failed: {e}", input.k8s_name)),
+        }
+        ctx.schedule_timer(renew).await;
+    }
+    input.executions += 1;
+    ctx.continue_as_new_typed(&input).await
 }
 
 /// The first timer: between half an interval and a full one, fixed per instance id.
@@ -114,6 +187,7 @@ pub async fn instance_actor(
                 consecutive_failures,
                 ..
             }) => input.consecutive_failures = consecutive_failures,
+            Ok(CheckOutcome::Leased { .. }) => {}
             // The check could not run (e.g. the CMS was unreachable): try again next tick.
             Err(e) => ctx.trace_warn(format!(
                 "health check of {} failed to run: {e}",
@@ -141,6 +215,7 @@ pub struct ActorDeps {
 pub async fn health_check(
     deps: &ActorDeps,
     actor_id: &str,
+    holder: Option<&str>,
     input: CheckInput,
 ) -> Result<CheckOutcome, String> {
     let id = input.instance_id;
@@ -198,6 +273,7 @@ pub async fn health_check(
         &HealthRecord {
             instance_id: id,
             actor_id,
+            holder,
             observed,
             keep_status,
             postgres_version: version.as_deref(),
@@ -223,17 +299,86 @@ pub async fn health_check(
 }
 
 /// The activity as registered with Duroxide.
+/// The lease renewal activity: fence on the row, take the lease in the database, hand the
+/// instance to this replica's scheduler.
+pub async fn lease(
+    deps: &ActorDeps,
+    scheduler: &crate::lease::Scheduler,
+    actor_id: &str,
+    input: LeaseInput,
+) -> Result<CheckOutcome, String> {
+    let id = input.instance_id;
+    let row = cms::instance_for_check(&deps.pool, id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let exit = |reason: String| {
+        scheduler.release(id, actor_id);
+        deps.prober.forget(id);
+        tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
+        Ok(CheckOutcome::Exit { reason })
+    };
+    let Some(row) = row else {
+        return exit("instance row deleted".into());
+    };
+    if row.actor_id.as_deref() != Some(actor_id) {
+        return exit(format!(
+            "superseded: current actor is {}",
+            row.actor_id.as_deref().unwrap_or("none")
+        ));
+    }
+    if !input.actor_states.contains(&row.state) {
+        return exit(format!("state `{}` calls for no actor", row.state));
+    }
+    let lease_for = Duration::from_millis(input.lease_ms);
+    cms::upsert_probe_lease(&deps.pool, id, actor_id, scheduler.holder(), lease_for)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Keep the rhythm of earlier checks (the eager first check, or another replica's).
+    let interval = Duration::from_millis(input.interval_ms.max(1));
+    let since_last = row
+        .last_health_check
+        .and_then(|t| (chrono::Utc::now() - t).to_std().ok());
+    let first_in = match since_last {
+        Some(age) if age < interval => interval - age,
+        _ => Duration::ZERO,
+    };
+    scheduler.lease(crate::lease::Lease {
+        instance_id: id,
+        actor_id: actor_id.to_string(),
+        interval,
+        lease_for,
+        first_in,
+        unhealthy_after: input.unhealthy_after,
+        actor_states: input.actor_states,
+    });
+    Ok(CheckOutcome::Leased {
+        holder: scheduler.holder().to_string(),
+    })
+}
+
+/// The activities as registered with Duroxide.
 pub fn register_activities(
     builder: duroxide::runtime::registry::ActivityRegistryBuilder,
     deps: Arc<ActorDeps>,
+    scheduler: Arc<crate::lease::Scheduler>,
 ) -> duroxide::runtime::registry::ActivityRegistryBuilder {
-    builder.register_typed(
-        crate::config::ACTIVITY_HEALTH_CHECK,
-        move |ctx: ActivityContext, input: CheckInput| {
-            let deps = deps.clone();
-            async move { health_check(&deps, ctx.instance_id(), input).await }
-        },
-    )
+    let check_deps = deps.clone();
+    builder
+        .register_typed(
+            crate::config::ACTIVITY_HEALTH_CHECK,
+            move |ctx: ActivityContext, input: CheckInput| {
+                let deps = check_deps.clone();
+                async move { health_check(&deps, ctx.instance_id(), None, input).await }
+            },
+        )
+        .register_typed(
+            crate::config::ACTIVITY_LEASE,
+            move |ctx: ActivityContext, input: LeaseInput| {
+                let deps = deps.clone();
+                let scheduler = scheduler.clone();
+                async move { lease(&deps, &scheduler, ctx.instance_id(), input).await }
+            },
+        )
 }
 
 #[cfg(test)]

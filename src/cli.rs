@@ -163,6 +163,11 @@ pub struct RunArgs {
         default_value_t = 1024
     )]
     pub probe_keep_connections: usize,
+    /// How often an actor renews its probe lease (the durable loop's period; checks run
+    /// every --check-interval in between). Shorter = faster take-over after a replica dies,
+    /// more Duroxide work.
+    #[arg(long, env = "TOYGRES_ACTORS_LEASE_RENEW_INTERVAL", default_value = "2m", value_parser = parse_duration)]
+    pub lease_renew_interval: Duration,
     /// Probes running at once.
     #[arg(long, env = "TOYGRES_ACTORS_PROBE_CONCURRENCY", default_value_t = 256)]
     pub probe_concurrency: usize,
@@ -412,6 +417,11 @@ fn validate_run_args(args: &RunArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("intervals must be greater than zero");
     }
+    if args.lease_renew_interval.is_zero() || args.lease_renew_interval >= args.stale_after {
+        anyhow::bail!(
+            "--lease-renew-interval must be greater than zero and shorter than --stale-after"
+        );
+    }
     if args.actor_states.is_empty() {
         anyhow::bail!("--actor-states must name at least one state");
     }
@@ -454,6 +464,7 @@ async fn operator_reconciler(global: &GlobalArgs) -> anyhow::Result<crate::recon
             iterations_per_execution: args.iterations_per_execution,
             unhealthy_after: args.unhealthy_after,
             actor_states: args.actor_states.clone(),
+            lease_renew: args.lease_renew_interval,
         },
     );
     Ok(crate::reconcile::Reconciler::new(

@@ -33,6 +33,7 @@ pub struct CheckRow {
     pub actor_id: Option<String>,
     /// The probe target (a secret-bearing connection string: never log it).
     pub target: Option<String>,
+    pub last_health_check: Option<DateTime<Utc>>,
 }
 
 pub async fn instance_by_id(pool: &PgPool, id: Uuid) -> Result<Option<InstanceRow>, DbError> {
@@ -62,6 +63,8 @@ pub async fn instance_for_check(pool: &PgPool, id: Uuid) -> Result<Option<CheckR
 pub struct HealthRecord<'a> {
     pub instance_id: Uuid,
     pub actor_id: &'a str,
+    /// The replica writing under a probe lease (`None`: fenced by the actor id alone).
+    pub holder: Option<&'a str>,
     /// What the probe observed: healthy, unhealthy or unknown.
     pub observed: &'a str,
     /// Leave health_status as it is (a failure below the consecutive-failure threshold).
@@ -85,6 +88,7 @@ pub async fn record_health(pool: &PgPool, rec: &HealthRecord<'_>) -> Result<Reco
     let previous: Option<String> = sqlx::query_scalar(sql::RECORD_HEALTH)
         .bind(rec.instance_id)
         .bind(rec.actor_id)
+        .bind(rec.holder)
         .bind(rec.observed)
         .bind(rec.keep_status)
         .bind(rec.postgres_version)
@@ -128,4 +132,22 @@ pub async fn prune_health_history(
         .execute(pool)
         .await?
         .rows_affected())
+}
+
+/// Take or renew the probe lease of an instance for this replica.
+pub async fn upsert_probe_lease(
+    pool: &PgPool,
+    instance: Uuid,
+    actor_id: &str,
+    holder: &str,
+    lease_for: std::time::Duration,
+) -> Result<(), DbError> {
+    sqlx::query(sql::UPSERT_PROBE_LEASE)
+        .bind(instance)
+        .bind(actor_id)
+        .bind(holder)
+        .bind(lease_for.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(())
 }

@@ -30,9 +30,13 @@ pub const MAX_CONTROL_PAYLOAD: usize = 8000;
 pub const ACTOR_ORCHESTRATION: &str = "toygres::InstanceActor";
 /// Current version of the actor orchestration. Bump (and keep the old registration) when
 /// its replay behaviour changes, so in-flight actors keep running on the code they began with.
-pub const ACTOR_VERSION: &str = "1.0.0";
-/// The one activity of an actor iteration: read row → probe → record.
+pub const ACTOR_VERSION: &str = "2.0.0";
+/// The first version, registered so that actors it started still replay.
+pub const ACTOR_VERSION_V1: &str = "1.0.0";
+/// The activity of a v1 actor iteration: read row → probe → record.
 pub const ACTIVITY_HEALTH_CHECK: &str = "toygres::HealthCheck";
+/// The activity of a v2 actor iteration: renew the probe lease.
+pub const ACTIVITY_LEASE: &str = "toygres::Lease";
 /// Prefix of every actor's orchestration id: `actor-<instance uuid>-<incarnation>`. The
 /// instance uuid in the id lets the reconciler find actors whose CMS row is gone.
 pub const ACTOR_ID_PREFIX: &str = "actor-";
@@ -65,7 +69,7 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// First and largest delay between listener reconnect attempts (jittered exponential).
 pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
-pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 /// Per-instance heal backoff: first retry after this…
 pub const HEAL_BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// …doubling up to this, so a crash-looping actor is retried but never spins.

@@ -107,15 +107,21 @@ pub async fn open_store(
 pub async fn start_runtime(
     store: Arc<PostgresProvider>,
     deps: Arc<ActorDeps>,
+    scheduler: Arc<crate::lease::Scheduler>,
     settings: &RuntimeSettings,
 ) -> Arc<Runtime> {
     let activities: ActivityRegistry =
-        actor::register_activities(ActivityRegistry::builder(), deps).build();
+        actor::register_activities(ActivityRegistry::builder(), deps, scheduler).build();
     let orchestrations = OrchestrationRegistry::builder()
         .register_versioned_typed(
             config::ACTOR_ORCHESTRATION,
-            config::ACTOR_VERSION,
+            config::ACTOR_VERSION_V1,
             actor::instance_actor,
+        )
+        .register_versioned_typed(
+            config::ACTOR_ORCHESTRATION,
+            config::ACTOR_VERSION,
+            actor::instance_actor_v2,
         )
         .build();
     let options = RuntimeOptions {
@@ -173,6 +179,8 @@ pub struct ActorSettings {
     pub iterations_per_execution: u32,
     pub unhealthy_after: u32,
     pub actor_states: Vec<String>,
+    /// How often a (v2) actor renews its probe lease.
+    pub lease_renew: Duration,
 }
 
 /// Start, cancel and restart actors; read their state.
@@ -265,6 +273,7 @@ impl ActorControl {
             consecutive_failures: 0,
             executions: 0,
             eager_first_check: self.eager.is_some(),
+            lease_renew_ms: Some(self.settings.lease_renew.as_millis() as u64),
         }
     }
 
@@ -287,7 +296,7 @@ impl ActorControl {
             };
             // Fenced like any check: if this incarnation is superseded meanwhile, it writes nothing.
             tokio::spawn(async move {
-                if let Err(e) = actor::health_check(&deps, &actor_id, check).await {
+                if let Err(e) = actor::health_check(&deps, &actor_id, None, check).await {
                     tracing::debug!(actor_id, error = %e, "eager first check failed; the actor checks on its first tick");
                 }
             });

@@ -215,9 +215,12 @@ impl EmbeddedPostgres {
 
     /// `pg_ctl restart -m <mode>` (`fast` or `immediate`): for fault tests.
     pub fn restart(&self, mode: &str) -> Result<(), EmbeddedPgError> {
+        // With -l, so the restarted server's output does not hold our pipe open.
         let mut cmd = Command::new(self.bindir.join("pg_ctl"));
         cmd.arg("-D")
             .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.root.join("postgres.log"))
             .args(["-m", mode, "-w", "-t", "60", "restart"]);
         run(cmd, self.run_as, "pg_ctl restart")
     }

@@ -38,6 +38,7 @@ pub mod duro;
 pub mod embedded_pg;
 pub mod health;
 pub mod leader;
+pub mod lease;
 pub mod listener;
 pub mod metrics;
 pub mod ops;

@@ -62,10 +62,15 @@ pub async fn start(
 ) -> anyhow::Result<RunningService> {
     let prometheus = metrics::install();
     metrics::initialise_series();
+    // Stable across restarts of the same replica (same host, same port), so a restarted
+    // process adopts the probe leases its previous incarnation held (see below).
     let replica = args
         .replica
         .clone()
-        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        .unwrap_or_else(|| match args.http.port() {
+            0 => format!("{}-{}", hostname(), std::process::id()),
+            port => format!("{}:{port}", hostname()),
+        });
     let url = database.url.clone();
 
     let pool = crate::db::cms_pool(&url, args.cms_pool_max).await?;
@@ -88,9 +93,15 @@ pub async fn start(
         pool: pool.clone(),
         prober: prober.clone(),
     });
+    let scheduler = Arc::new(crate::lease::Scheduler::new(
+        replica.clone(),
+        deps.clone(),
+        args.probe_concurrency,
+    ));
     let runtime = duro::start_runtime(
         store.clone(),
         deps.clone(),
+        scheduler.clone(),
         &RuntimeSettings {
             orchestration_concurrency: args.orchestration_concurrency,
             worker_concurrency: args.worker_concurrency,
@@ -108,6 +119,7 @@ pub async fn start(
             iterations_per_execution: args.iterations_per_execution,
             unhealthy_after: args.unhealthy_after,
             actor_states: args.actor_states.clone(),
+            lease_renew: args.lease_renew_interval,
         },
     );
     let control = if args.eager_first_check {
@@ -126,6 +138,8 @@ pub async fn start(
         args.fleet_poll_interval,
         token.clone(),
     )));
+    adopt_own_leases(&pool, &scheduler, args).await;
+    tasks.push(tokio::spawn(scheduler.clone().run(token.clone())));
     tasks.push(tokio::spawn(sweep_probes(
         prober,
         args.check_interval * 3,
@@ -247,6 +261,53 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// After a restart, resume probing the instances our previous incarnation held leases on,
+/// without waiting for each actor's next renewal (or for Duroxide's lock on an in-flight
+/// renewal to expire).
+async fn adopt_own_leases(pool: &PgPool, scheduler: &crate::lease::Scheduler, args: &RunArgs) {
+    type Row = (
+        uuid::Uuid,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        f64,
+    );
+    let rows: Vec<Row> = match sqlx::query_as(crate::sql::OWN_LEASES)
+        .bind(scheduler.holder())
+        .fetch_all(pool)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read our probe leases; actors re-lease at their next renewal");
+            return;
+        }
+    };
+    let n = rows.len();
+    for (instance_id, actor_id, last, remaining) in rows {
+        let since = last.and_then(|t| (chrono::Utc::now() - t).to_std().ok());
+        let first_in = match since {
+            Some(age) if age < args.check_interval => args.check_interval - age,
+            _ => Duration::ZERO,
+        };
+        scheduler.lease(crate::lease::Lease {
+            instance_id,
+            actor_id,
+            interval: args.check_interval,
+            lease_for: Duration::from_secs_f64(remaining.max(0.0)),
+            first_in,
+            unhealthy_after: args.unhealthy_after,
+            actor_states: args.actor_states.clone(),
+        });
+    }
+    if n > 0 {
+        tracing::info!(
+            leases = n,
+            holder = scheduler.holder(),
+            "adopted the probe leases of our previous run"
+        );
     }
 }
 

@@ -290,19 +290,24 @@ async fn actor_history_stays_bounded_and_pruning_removes_old_executions() {
         .unwrap()
         .new_actor_id
         .unwrap();
-    // iterations_per_execution is 3 in the test stack: 10 checks span several executions.
-    wait_until("ten checks", T, || async {
-        (db.checks_of("pg-long").await >= 10).then_some(())
+    // The test stack renews every 500 ms and continues as new every 3 renewals.
+    let count_executions = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM toygres_duroxide.executions WHERE instance_id = $1",
+        )
+        .bind(&actor)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    wait_until("three executions (continue-as-new)", T, || async {
+        (count_executions().await >= 3).then_some(())
     })
     .await;
-    let executions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM toygres_duroxide.executions WHERE instance_id = $1",
-    )
-    .bind(&actor)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert!(executions >= 3, "continue-as-new happened: {executions}");
+    assert!(
+        db.checks_of("pg-long").await >= 10,
+        "checks every 50 ms meanwhile"
+    );
     let max_events: i64 = sqlx::query_scalar(
         "SELECT max(c) FROM (SELECT count(*) c FROM toygres_duroxide.history WHERE instance_id = $1 GROUP BY execution_id) x",
     )

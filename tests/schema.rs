@@ -214,7 +214,7 @@ async fn record_health_is_fenced_and_notifies_on_change() {
         let pool = db.pool.clone();
         async move {
             sqlx::query_scalar::<_, Option<String>>(
-                "SELECT toygres_actors.record_health($1, $2, $3, false, '16.1', 4, NULL)",
+                "SELECT toygres_actors.record_health($1, $2, NULL, $3, false, '16.1', 4, NULL)",
             )
             .bind(id)
             .bind(actor)
@@ -344,7 +344,7 @@ async fn migrations_keep_rows_on(fixture: &str) {
         .unwrap();
     let old: Option<String> = sqlx::query_scalar(
         "SELECT toygres_actors.record_health((SELECT id FROM toygres_cms.instances WHERE k8s_name = 'pg-alice-1'),
-                                             'actor-x', 'unhealthy', false, NULL, 1, 'down')",
+                                             'actor-x', NULL, 'unhealthy', false, NULL, 1, 'down')",
     )
     .fetch_one(&db.pool)
     .await

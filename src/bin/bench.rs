@@ -271,9 +271,8 @@ impl Service {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("toygres-actors-bench-{port}.log")),
-        )?;
+        let log_path = std::env::temp_dir().join(format!("toygres-actors-bench-{port}.log"));
+        let log = std::fs::File::create(&log_path)?;
         let child = Command::new(service_binary()?)
             .arg("run")
             .arg("--http")
@@ -285,7 +284,7 @@ impl Service {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let svc = Service {
+        let mut svc = Service {
             child,
             http: format!("http://127.0.0.1:{port}"),
         };
@@ -296,8 +295,19 @@ impl Service {
             {
                 return Ok(svc);
             }
+            if let Ok(Some(status)) = svc.child.try_wait() {
+                bail!(
+                    "service exited ({status}): {}",
+                    std::fs::read_to_string(&log_path)
+                        .unwrap_or_default()
+                        .trim()
+                );
+            }
             if Instant::now() > deadline {
-                bail!("service not ready within 60 s");
+                bail!(
+                    "service not ready within 60 s (log: {})",
+                    log_path.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1213,8 +1223,17 @@ mod naive {
             },
         ));
         let deps = Arc::new(toygres_actors::actor::ActorDeps { pool, prober });
-        let activities =
-            toygres_actors::actor::register_activities(ActivityRegistry::builder(), deps).build();
+        let activities = toygres_actors::actor::register_activities(
+            ActivityRegistry::builder(),
+            deps.clone(),
+            // The naive loop uses only the v1 health-check activity.
+            Arc::new(toygres_actors::lease::Scheduler::new(
+                "naive".into(),
+                deps,
+                1,
+            )),
+        )
+        .build();
         let orchestrations = OrchestrationRegistry::builder()
             .register_typed(NAME, orchestration)
             .build();
@@ -1401,6 +1420,8 @@ async fn recovery(rows: usize, outage: Duration) -> Result<()> {
             &resync_s,
             "--probe-connect-timeout",
             "600s",
+            "--lease-renew-interval",
+            &check_s,
         ],
     )
     .await?;

@@ -263,6 +263,8 @@ pub const FAST_ARGS: &[&str] = &[
     "2s",
     "--probe-query-timeout",
     "2s",
+    "--lease-renew-interval",
+    "1s",
 ];
 
 impl ServiceProc {
@@ -294,7 +296,17 @@ impl ServiceProc {
     }
 
     async fn spawn(&mut self) {
-        let port = free_port();
+        // The same port across restarts: the replica's name (host:port) stays, as it would
+        // for a restarted container, so it adopts its previous probe leases.
+        let port = match self
+            .http
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            Some(p) => p,
+            None => free_port(),
+        };
         self.http = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -411,6 +423,8 @@ pub struct Stack {
     pub reconciler: std::sync::Arc<toygres_actors::reconcile::Reconciler>,
     pub prober: std::sync::Arc<toygres_actors::health::Prober>,
     runtime: std::sync::Arc<duroxide::runtime::Runtime>,
+    /// Stops the probe scheduler when the stack is dropped.
+    _stop: toygres_actors::reconcile::tokio_util_cancel::Source,
 }
 
 impl Stack {
@@ -430,9 +444,15 @@ impl Stack {
             pool: db.pool.clone(),
             prober: prober.clone(),
         });
+        let scheduler = Arc::new(toygres_actors::lease::Scheduler::new(
+            "test".into(),
+            deps.clone(),
+            16,
+        ));
         let runtime = duro::start_runtime(
             store.clone(),
             deps,
+            scheduler.clone(),
             &duro::RuntimeSettings {
                 orchestration_concurrency: 2,
                 worker_concurrency: 4,
@@ -450,8 +470,11 @@ impl Stack {
                 iterations_per_execution: 3,
                 unhealthy_after,
                 actor_states: vec!["creating".into(), "running".into()],
+                lease_renew: Duration::from_millis(500),
             },
         );
+        let (stop_source, stop) = toygres_actors::reconcile::tokio_util_cancel::new();
+        tokio::spawn(scheduler.clone().run(stop));
         let reconciler = Arc::new(reconcile::Reconciler::new(
             control.clone(),
             Duration::from_secs(300),
@@ -462,6 +485,7 @@ impl Stack {
             reconciler,
             prober,
             runtime,
+            _stop: stop_source,
         }
     }
 
