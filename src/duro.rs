@@ -190,9 +190,11 @@ pub struct ActorControl {
     pub client: Client,
     pub schema: String,
     pub settings: ActorSettings,
-    /// When set (the service, not the CLI), a started actor's first health check runs here
-    /// at once instead of after Duroxide's next dispatcher poll: see [`ActorInput::eager_first_check`].
-    pub eager: Option<Arc<ActorDeps>>,
+    /// When set (the service, not the CLI), a started actor is leased to this replica's
+    /// scheduler at once and its first health check runs right away, instead of after
+    /// Duroxide's dispatcher has run the actor's first turn and lease activity (which only
+    /// confirm or move the lease): see [`ActorInput::eager_first_check`].
+    pub eager: Option<(Arc<ActorDeps>, Arc<crate::lease::Scheduler>)>,
 }
 
 /// What a lifecycle step did.
@@ -218,9 +220,13 @@ impl ActorControl {
         }
     }
 
-    /// Run each new actor's first health check in-process, right after its start.
-    pub fn with_eager_first_check(mut self, deps: Arc<ActorDeps>) -> Self {
-        self.eager = Some(deps);
+    /// Lease each new actor to this replica and check it at once, right after its start.
+    pub fn with_eager_first_check(
+        mut self,
+        deps: Arc<ActorDeps>,
+        scheduler: Arc<crate::lease::Scheduler>,
+    ) -> Self {
+        self.eager = Some((deps, scheduler));
         self
     }
 
@@ -285,19 +291,27 @@ impl ActorControl {
         self.client
             .start_orchestration(actor_id, config::ACTOR_ORCHESTRATION, json)
             .await?;
-        if let Some(deps) = &self.eager {
-            let deps = deps.clone();
+        if let Some((deps, scheduler)) = &self.eager {
+            let (deps, scheduler) = (deps.clone(), scheduler.clone());
             let actor_id = actor_id.to_string();
-            let check = actor::CheckInput {
+            let lease_for = self.settings.lease_renew * actor::LEASE_OVERLAP;
+            let lease = crate::lease::Lease {
                 instance_id: input.instance_id,
-                actor_states: input.actor_states,
-                consecutive_failures: 0,
+                actor_id: actor_id.clone(),
+                interval: self.settings.check_interval,
+                lease_for,
+                first_in: Duration::ZERO,
                 unhealthy_after: input.unhealthy_after,
+                actor_states: input.actor_states,
             };
-            // Fenced like any check: if this incarnation is superseded meanwhile, it writes nothing.
+            // A provisional lease: the actor's first lease activity confirms it (or moves it
+            // to the replica that ran it). Checks stay fenced on the actor id and the holder.
             tokio::spawn(async move {
-                if let Err(e) = actor::health_check(&deps, &actor_id, None, check).await {
-                    tracing::debug!(actor_id, error = %e, "eager first check failed; the actor checks on its first tick");
+                match crate::cms::upsert_probe_lease(&deps.pool, lease.instance_id, &actor_id, scheduler.holder(), lease_for)
+                    .await
+                {
+                    Ok(()) => scheduler.lease(lease),
+                    Err(e) => tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn"),
                 }
             });
         }

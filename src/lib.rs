@@ -14,14 +14,17 @@
 //!    with a [`verdict::Verdict`].
 //! 3. **[`duro`]** — the Duroxide runtime on duroxide-pg, in schema `toygres_duroxide` of the
 //!    same database, and the start/cancel/restart primitives.
-//! 4. **[`actor`]** — the instance actor orchestration: health check → durable timer →
-//!    continue-as-new every few iterations; fenced by `instance_actor_orchestration_id`.
+//! 4. **[`actor`]** — the instance actor orchestration: renew the instance's probe lease →
+//!    durable timer → continue-as-new every few renewals; fenced by
+//!    `instance_actor_orchestration_id`. While the lease lasts, **[`lease`]** (the replica's
+//!    scheduler) runs the health check on the interval: read → probe → one fenced write.
 //! 5. **[`health`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
 //! 6. **[`cms`]** — reads of the CMS and the one fenced write per health check.
 //! 7. **[`metrics`]** — Prometheus metrics; fleet gauges come from the database, so a dead
 //!    actor cannot hide its own death.
 //!
-//! Around them: [`leader`] (one replica runs listener and reconciler), [`api`] (HTTP),
+//! Around them: [`leader`] (one replica runs listener and reconciler), [`api`] and [`ops`]
+//! (HTTP and the operator operations the CLI shares), [`demo`],
 //! [`service`] (wires it all and shuts down cleanly), [`cli`], [`embedded_pg`] (a private
 //! PostgreSQL when no `DATABASE_URL` is given), [`db`] and [`sql`] (connections,
 //! migrations, statement texts), [`config`] (names and defaults with their reasons) and

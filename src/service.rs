@@ -123,7 +123,7 @@ pub async fn start(
         },
     );
     let control = if args.eager_first_check {
-        control.with_eager_first_check(deps)
+        control.with_eager_first_check(deps, scheduler.clone())
     } else {
         control
     };

@@ -857,6 +857,8 @@ struct CapacityResult {
     p99: f64,
     max: f64,
     cpu: (f64, f64),
+    /// CPU of the probe target cluster (% of one core).
+    target_cpu: f64,
     statements_per_check: f64,
     top: Vec<(String, i64, f64)>,
 }
@@ -869,7 +871,7 @@ async fn capacity(
     flags: &str,
 ) -> Result<()> {
     header(&format!(
-        "Capacity — actors at a {}s interval, measured over {}s after warm-up (all probe the benchmark's own PostgreSQL)",
+        "Capacity — actors at a {}s interval, measured over {}s after warm-up (all probe one separate PostgreSQL, a new connection per probe)",
         interval.as_secs_f64(),
         window.as_secs_f64()
     ));
@@ -963,6 +965,13 @@ fn report_capacity(
                 b.cpu.0 + b.cpu.1,
             )
         }),
+        "–",
+        None,
+    );
+    row(
+        &format!("{label}: probe target cluster CPU (a separate PostgreSQL all instances share)"),
+        format!("{:.0} %", r.target_cpu),
+        None,
         "–",
         None,
     );
@@ -1065,7 +1074,8 @@ async fn run_ours(
     ];
     all.extend(flags.split_whitespace());
     let svc = Service::start(&env.url, &all).await?;
-    let target = env.target();
+    let target_env = Env::start().await?;
+    let target = target_env.target();
     for start in (0..n).step_by(1000) {
         let k = (n - start).min(1000);
         insert_many(
@@ -1079,7 +1089,7 @@ async fn run_ours(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     warm_up(env, n, interval).await?;
-    measure_window(env, Some(svc.pid()), n, interval, window).await
+    measure_window(env, &target_env, Some(svc.pid()), n, interval, window).await
 }
 
 async fn warm_up(env: &Env, n: usize, interval: Duration) -> Result<()> {
@@ -1102,6 +1112,7 @@ async fn warm_up(env: &Env, n: usize, interval: Duration) -> Result<()> {
 
 async fn measure_window(
     env: &Env,
+    target: &Env,
     pid: Option<i32>,
     n: usize,
     interval: Duration,
@@ -1112,8 +1123,10 @@ async fn measure_window(
         .await;
     let from = now_epoch();
     let w = CpuWindow::start(env, pid);
+    let wt = CpuWindow::start(target, None);
     tokio::time::sleep(window).await;
     let cpu = w.finish(env);
+    let target_cpu = wt.finish(target).1;
     let to = now_epoch();
     let (statements, top) = profile(env).await?;
     let (checks, p50, p99, max) = staleness(env, from, to, n).await?;
@@ -1124,6 +1137,7 @@ async fn measure_window(
         p99,
         max,
         cpu,
+        target_cpu,
         statements_per_check: statements / (checks.max(1) as f64),
         top,
     })
@@ -1143,10 +1157,11 @@ async fn run_naive(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
+    let target_env = Env::start().await?;
     let result = async {
         let store = Arc::new(duroxide_pg::PostgresProvider::new_with_schema(&env.url, Some(schema)).await?);
         let client = duroxide::Client::new(store);
-        let target = env.target();
+        let target = target_env.target();
         insert_many(&env.pool, "naive", n, "running", Some(&target)).await?;
         let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM toygres_cms.instances").fetch_all(&env.pool).await?;
         for id in ids {
@@ -1165,7 +1180,7 @@ async fn run_naive(
                 .await?;
         }
         warm_up(env, n, interval).await?;
-        measure_window(env, Some(worker.id() as i32), n, interval, window).await
+        measure_window(env, &target_env, Some(worker.id() as i32), n, interval, window).await
     }
     .await;
     let _ = worker.kill();
