@@ -166,7 +166,7 @@ pub struct RunArgs {
     /// How often an actor renews its probe lease (the durable loop's period; checks run
     /// every --check-interval in between). Shorter = faster take-over after a replica dies,
     /// more Duroxide work.
-    #[arg(long, env = "TOYGRES_ACTORS_LEASE_RENEW_INTERVAL", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "TOYGRES_ACTORS_LEASE_RENEW_INTERVAL", default_value = "4m", value_parser = parse_duration)]
     pub lease_renew_interval: Duration,
     /// Probes running at once.
     #[arg(long, env = "TOYGRES_ACTORS_PROBE_CONCURRENCY", default_value_t = 256)]

@@ -307,11 +307,19 @@ impl ActorControl {
             // A provisional lease: the actor's first lease activity confirms it (or moves it
             // to the replica that ran it). Checks stay fenced on the actor id and the holder.
             tokio::spawn(async move {
-                match crate::cms::upsert_probe_lease(&deps.pool, lease.instance_id, &actor_id, scheduler.holder(), lease_for)
-                    .await
+                match crate::cms::upsert_probe_lease(
+                    &deps.pool,
+                    lease.instance_id,
+                    &actor_id,
+                    scheduler.holder(),
+                    lease_for,
+                )
+                .await
                 {
                     Ok(()) => scheduler.lease(lease),
-                    Err(e) => tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn"),
+                    Err(e) => {
+                        tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn")
+                    }
                 }
             });
         }

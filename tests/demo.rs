@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn demo_runs_to_its_end_in_under_a_minute() {
-    let dir = std::env::temp_dir().join(format!("toygres-actors-demo-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "toygres-actors-demo-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_toygres-actors"))
         .arg("demo")
@@ -31,8 +34,14 @@ fn demo_runs_to_its_end_in_under_a_minute() {
     ] {
         assert!(stdout.contains(step), "missing `{step}`:\n{stdout}");
     }
-    assert!(stdout.contains("pg-broken") && stdout.contains("unhealthy"), "{stdout}");
+    assert!(
+        stdout.contains("pg-broken") && stdout.contains("unhealthy"),
+        "{stdout}"
+    );
     assert!(stdout.contains(" ok"), "{stdout}");
-    assert!(!stdout.contains("demo-secret-pw") && !stderr.contains("demo-secret-pw"), "password shown");
+    assert!(
+        !stdout.contains("demo-secret-pw") && !stderr.contains("demo-secret-pw"),
+        "password shown"
+    );
     assert!(took < Duration::from_secs(60), "demo took {took:?}");
 }
