@@ -192,10 +192,10 @@ pub struct RunArgs {
     )]
     pub orchestration_concurrency: usize,
     /// Duroxide activity worker slots.
-    #[arg(long, env = "TOYGRES_ACTORS_WORKER_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "TOYGRES_ACTORS_WORKER_CONCURRENCY", default_value_t = 2)]
     pub worker_concurrency: usize,
     /// Duroxide dispatcher idle poll interval.
-    #[arg(long, env = "TOYGRES_ACTORS_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, env = "TOYGRES_ACTORS_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// Duroxide connection pool size (sets DUROXIDE_PG_POOL_MAX for duroxide-pg).
     #[arg(long, env = "TOYGRES_ACTORS_DUROXIDE_POOL_MAX", default_value_t = 10)]

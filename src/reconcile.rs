@@ -121,13 +121,19 @@ impl Reconciler {
             }
             None => (None, None),
         };
-        let other_live = self
-            .control
-            .live_actors(row.id)
-            .await?
-            .into_iter()
-            .filter(|a| Some(a) != row.actor_id.as_ref())
-            .collect();
+        // A row that names no actor has none of ours (a crash between swap and start leaves
+        // the id on the row); strays of rows cleared by hand are found by the fleet-wide
+        // resync. Skipping the lookup keeps a first start to three statements.
+        let other_live = match &row.actor_id {
+            None => Vec::new(),
+            Some(current) => self
+                .control
+                .live_actors(row.id)
+                .await?
+                .into_iter()
+                .filter(|a| a != current)
+                .collect(),
+        };
         Ok(Observed {
             row,
             actor,
