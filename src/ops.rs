@@ -378,12 +378,12 @@ fn age_text(secs: Option<i64>) -> String {
 /// `status` as a table.
 pub fn render_table(list: &[ActorView]) -> String {
     let mut out = format!(
-        "{:<32} {:<9} {:<52} {:<16} {:>8} {:<9} {}\n",
+        "{:<32} {:<9} {:<56} {:<13} {:>7} {:<9} {}\n",
         "NAME", "STATE", "ACTOR", "ACTOR STATUS", "CHECKED", "HEALTH", "VERDICT"
     );
     for a in list {
         out.push_str(&format!(
-            "{:<32} {:<9} {:<52} {:<16} {:>8} {:<9} {}\n",
+            "{:<32} {:<9} {:<56} {:<13} {:>7} {:<9} {}\n",
             a.k8s_name.chars().take(32).collect::<String>(),
             a.state,
             a.actor_id.as_deref().unwrap_or("-"),
