@@ -212,6 +212,28 @@ pub struct ActorDeps {
     pub prober: Arc<Prober>,
 }
 
+/// The fence every check and renewal passes first: the row exists, still names this actor,
+/// and its state still calls for one. `Err` carries why the actor must end.
+fn fence(
+    row: Option<cms::CheckRow>,
+    actor_id: &str,
+    actor_states: &[String],
+) -> Result<cms::CheckRow, String> {
+    let Some(row) = row else {
+        return Err("instance row deleted".into());
+    };
+    if row.actor_id.as_deref() != Some(actor_id) {
+        return Err(format!(
+            "superseded: current actor is {}",
+            row.actor_id.as_deref().unwrap_or("none")
+        ));
+    }
+    if !actor_states.contains(&row.state) {
+        return Err(format!("state `{}` calls for no actor", row.state));
+    }
+    Ok(row)
+}
+
 /// The health check activity: read → probe → record.
 pub async fn health_check(
     deps: &ActorDeps,
@@ -228,18 +250,10 @@ pub async fn health_check(
         tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
         Ok(CheckOutcome::Exit { reason })
     };
-    let Some(row) = row else {
-        return exit("instance row deleted".into());
+    let row = match fence(row, actor_id, &input.actor_states) {
+        Ok(row) => row,
+        Err(reason) => return exit(reason),
     };
-    if row.actor_id.as_deref() != Some(actor_id) {
-        return exit(format!(
-            "superseded: current actor is {}",
-            row.actor_id.as_deref().unwrap_or("none")
-        ));
-    }
-    if !input.actor_states.contains(&row.state) {
-        return exit(format!("state `{}` calls for no actor", row.state));
-    }
 
     let started = Instant::now();
     let (observed, failures, version, response_ms, error) = match row.target.as_deref() {
@@ -318,18 +332,10 @@ pub async fn lease(
         tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
         Ok(CheckOutcome::Exit { reason })
     };
-    let Some(row) = row else {
-        return exit("instance row deleted".into());
+    let row = match fence(row, actor_id, &input.actor_states) {
+        Ok(row) => row,
+        Err(reason) => return exit(reason),
     };
-    if row.actor_id.as_deref() != Some(actor_id) {
-        return exit(format!(
-            "superseded: current actor is {}",
-            row.actor_id.as_deref().unwrap_or("none")
-        ));
-    }
-    if !input.actor_states.contains(&row.state) {
-        return exit(format!("state `{}` calls for no actor", row.state));
-    }
     let lease_for = Duration::from_millis(input.lease_ms);
     cms::upsert_probe_lease(&deps.pool, id, actor_id, scheduler.holder(), lease_for)
         .await
