@@ -427,29 +427,10 @@ async fn one_leader_among_two_replicas_and_failover_within_ten_seconds() {
     assert_eq!(db.live_actors("pg-ha-after").await.len(), 1);
 }
 
-/// A TCP server on loopback that accepts connections and never answers.
-async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let h = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((sock, _)) = listener.accept().await {
-            held.push(sock);
-        }
-    });
-    (
-        format!(
-            "postgres://toygres:{}@127.0.0.1:{port}/postgres",
-            support::TARGET_PASSWORD
-        ),
-        h,
-    )
-}
-
 #[tokio::test]
 async fn stale_actor_with_a_hanging_probe_is_detected_and_healed() {
     let db = TestDb::new().await;
-    let (hang, _server) = black_hole().await;
+    let (hang, _server) = support::black_hole().await;
     let svc = ServiceProc::start(
         &db,
         &["--probe-connect-timeout", "60s", "--stale-after", "3s"],

@@ -284,25 +284,6 @@ fn substitute_grafana_variables(expr: &str) -> String {
     e
 }
 
-/// A TCP server on loopback that accepts connections and never answers.
-async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let h = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((sock, _)) = listener.accept().await {
-            held.push(sock);
-        }
-    });
-    (
-        format!(
-            "postgres://toygres:{}@127.0.0.1:{port}/postgres",
-            support::TARGET_PASSWORD
-        ),
-        h,
-    )
-}
-
 #[tokio::test]
 async fn alerts_fire_and_resolve_and_every_dashboard_query_returns_data() {
     let started = Instant::now();
@@ -317,7 +298,7 @@ async fn alerts_fire_and_resolve_and_every_dashboard_query_returns_data() {
     assert!(exprs.len() >= 10, "the dashboard has queries: {exprs:?}");
 
     let db = TestDb::new().await;
-    let (hang, _black_hole) = black_hole().await;
+    let (hang, _black_hole) = support::black_hole().await;
     // The probe of pg-prom-hang hangs (60 s connect timeout): no check is written, so the
     // actor is stale 3 s after each (re)start; the reconciler heals it at each 10 s resync,
     // and the new actor hangs too.

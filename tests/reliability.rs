@@ -41,13 +41,7 @@ fn report(
         "| {fault} | {trials} | {lost} | {doubled} | {:.2} s | {extra} |",
         max_converge.as_secs_f64()
     );
-    eprintln!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-summary.md");
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+    support::append_reliability_row(&line);
 }
 
 /// Instances whose actor situation is wrong right now: (lost, doubled-now, wrong-in-other-ways).

@@ -897,10 +897,19 @@ async fn capacity(
         interval,
         base.as_ref(),
     );
-    println!("\nTop statements (toygres-actors run, pg_stat_statements):\n");
+    print_top("toygres-actors run, pg_stat_statements", &r.top);
+    if let Some(b) = &base {
+        print_top("naive loop", &b.top);
+    }
+    Ok(())
+}
+
+/// A `pg_stat_statements` top list as a Markdown table.
+fn print_top(title: &str, top: &[(String, i64, f64)]) {
+    println!("\nTop statements ({title}):\n");
     println!("| calls | total ms | statement |");
     println!("|---|---|---|");
-    for (q, calls, total) in &r.top {
+    for (q, calls, total) in top {
         let q: String = q
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -910,22 +919,6 @@ async fn capacity(
             .collect();
         println!("| {calls} | {total:.0} | `{}` |", q.replace('|', "\\|"));
     }
-    if let Some(b) = &base {
-        println!("\nTop statements (naive loop):\n");
-        println!("| calls | total ms | statement |");
-        println!("|---|---|---|");
-        for (q, calls, total) in &b.top {
-            let q: String = q
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .chars()
-                .take(90)
-                .collect();
-            println!("| {calls} | {total:.0} | `{}` |", q.replace('|', "\\|"));
-        }
-    }
-    Ok(())
 }
 
 fn report_capacity(

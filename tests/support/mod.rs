@@ -500,3 +500,31 @@ impl Stack {
         self.runtime.shutdown(Some(2000)).await;
     }
 }
+
+/// A TCP server on loopback that accepts connections and never answers (a probe target
+/// that hangs), as a connection string with the test password.
+pub async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    (
+        format!("postgres://toygres:{TARGET_PASSWORD}@127.0.0.1:{port}/postgres"),
+        h,
+    )
+}
+
+/// Print a reliability summary row and append it to `$CARGO_TARGET_TMPDIR/reliability-summary.md`.
+pub fn append_reliability_row(line: &str) {
+    eprintln!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-summary.md");
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+}
