@@ -26,16 +26,14 @@
 //! exits without writing.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use duroxide::{ActivityContext, OrchestrationContext};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::cms::{self, HealthRecord, Recorded};
-use crate::health::Prober;
-use crate::metrics;
+use crate::check::{ActorDeps, CheckInput, CheckOutcome, fence, health_check};
+use crate::cms;
 
 /// The actor's input, carried across continue-as-new.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,30 +58,6 @@ pub struct ActorInput {
     /// iteration then begins with the timer.
     #[serde(default)]
     pub eager_first_check: bool,
-}
-
-/// Input of one health check.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckInput {
-    pub instance_id: Uuid,
-    pub actor_states: Vec<String>,
-    pub consecutive_failures: u32,
-    pub unhealthy_after: u32,
-}
-
-/// What a health check found.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum CheckOutcome {
-    /// Recorded; the actor goes on.
-    Checked {
-        status: String,
-        consecutive_failures: u32,
-    },
-    /// The actor must end (row gone, state wants no actor, superseded); nothing was written.
-    Exit { reason: String },
-    /// v2: the probe lease is held by this replica until the next renewal (and a bit).
-    Leased { holder: String },
 }
 
 /// Input of one lease renewal.
@@ -206,114 +180,6 @@ pub async fn instance_actor(
     ctx.continue_as_new_typed(&input).await
 }
 
-/// What the health check activity needs from the process.
-pub struct ActorDeps {
-    pub pool: PgPool,
-    pub prober: Arc<Prober>,
-}
-
-/// The fence every check and renewal passes first: the row exists, still names this actor,
-/// and its state still calls for one. `Err` carries why the actor must end.
-fn fence(
-    row: Option<cms::CheckRow>,
-    actor_id: &str,
-    actor_states: &[String],
-) -> Result<cms::CheckRow, String> {
-    let Some(row) = row else {
-        return Err("instance row deleted".into());
-    };
-    if row.actor_id.as_deref() != Some(actor_id) {
-        return Err(format!(
-            "superseded: current actor is {}",
-            row.actor_id.as_deref().unwrap_or("none")
-        ));
-    }
-    if !actor_states.contains(&row.state) {
-        return Err(format!("state `{}` calls for no actor", row.state));
-    }
-    Ok(row)
-}
-
-/// The health check activity: read → probe → record.
-pub async fn health_check(
-    deps: &ActorDeps,
-    actor_id: &str,
-    holder: Option<&str>,
-    input: CheckInput,
-) -> Result<CheckOutcome, String> {
-    let id = input.instance_id;
-    let row = cms::instance_for_check(&deps.pool, id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let exit = |reason: String| {
-        deps.prober.forget(id);
-        tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
-        Ok(CheckOutcome::Exit { reason })
-    };
-    let row = match fence(row, actor_id, &input.actor_states) {
-        Ok(row) => row,
-        Err(reason) => return exit(reason),
-    };
-
-    let started = Instant::now();
-    let (observed, failures, version, response_ms, error) = match row.target.as_deref() {
-        None => (
-            "unknown",
-            0,
-            None,
-            None,
-            Some("no connection string yet".to_string()),
-        ),
-        Some(target) => {
-            let r = deps.prober.probe(id, target).await;
-            if r.ok {
-                ("healthy", 0, r.version, Some(r.response_time_ms), None)
-            } else {
-                let failures = input.consecutive_failures.saturating_add(1);
-                (
-                    "unhealthy",
-                    failures,
-                    None,
-                    Some(r.response_time_ms),
-                    r.error,
-                )
-            }
-        }
-    };
-    metrics::record_health_check(observed, started.elapsed());
-    // Below the threshold a failure is recorded in the history but the status stays.
-    let keep_status = observed == "unhealthy" && failures < input.unhealthy_after.max(1);
-    let recorded = cms::record_health(
-        &deps.pool,
-        &HealthRecord {
-            instance_id: id,
-            actor_id,
-            holder,
-            observed,
-            keep_status,
-            postgres_version: version.as_deref(),
-            response_time_ms: response_ms.map(|ms| ms.min(i32::MAX as u64) as i32),
-            error: error.as_deref(),
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    match recorded {
-        Recorded::Superseded => exit("superseded while probing".into()),
-        Recorded::Written { previous } => {
-            if previous != observed && !keep_status {
-                tracing::info!(instance_id = %id, actor_id, from = %previous, to = observed,
-                    error = error.as_deref().unwrap_or(""), "health changed");
-            }
-            Ok(CheckOutcome::Checked {
-                status: observed.to_string(),
-                consecutive_failures: failures,
-            })
-        }
-    }
-}
-
-/// The activity as registered with Duroxide.
 /// The lease renewal activity: fence on the row, take the lease in the database, hand the
 /// instance to this replica's scheduler.
 pub async fn lease(

@@ -12,6 +12,7 @@
 //! `TOYGRES_ACTORS_API_TOKEN` set, POSTs need `Authorization: Bearer <token>` (compared in
 //! constant time). Responses never contain connection strings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -20,13 +21,31 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
+use sqlx::PgPool;
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 
+use crate::listener::ListenerStatus;
+use crate::metrics::FleetGauges;
 use crate::ops::{self, OpsError};
-use crate::service::Shared;
+use crate::reconcile::Reconciler;
 use crate::verdict::Verdict;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct Shared {
+    pub pool: PgPool,
+    pub reconciler: Arc<Reconciler>,
+    pub fleet: FleetGauges,
+    pub prometheus: PrometheusHandle,
+    pub api_token: Option<String>,
+    pub leading: watch::Receiver<bool>,
+    pub listener: watch::Receiver<ListenerStatus>,
+    pub worker_only: bool,
+}
 
 pub fn router(shared: Shared) -> Router {
     Router::new()

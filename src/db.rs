@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor, PgPool};
 
+use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+
 /// What can go wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -192,4 +194,30 @@ async fn drive<S, T>(
         }
     };
     let _ = closed.send(end);
+}
+/// The database a command works on: the given URL, or a private cluster.
+pub struct Database {
+    pub url: String,
+    /// Holds the private cluster alive; dropping it stops the cluster.
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+/// Database name used inside the private cluster.
+pub const EMBEDDED_DATABASE: &str = "toygres";
+
+/// Resolve the CMS database: `DATABASE_URL`, or start the private cluster under `data_dir`.
+pub async fn open_database(global: &crate::settings::GlobalArgs) -> anyhow::Result<Database> {
+    if let Some(url) = &global.database_url {
+        return Ok(Database {
+            url: url.clone(),
+            embedded: None,
+        });
+    }
+    let opts = EmbeddedOptions::persistent(global.data_dir.join("pg"));
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;
+    ensure_database(&pg.url("postgres"), EMBEDDED_DATABASE).await?;
+    Ok(Database {
+        url: pg.url(EMBEDDED_DATABASE),
+        embedded: Some(pg),
+    })
 }

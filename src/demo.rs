@@ -6,15 +6,16 @@
 //! (unknown). Then: instances created → actors started → health flowing; an instance
 //! deleted → actor cancelled; a manual `NOTIFY` restart → new actor id; the listener's
 //! connection killed while a new instance is created → reconnect and catch-up. Ctrl-C at
-//! any point stops everything and cleans up (the service, then the cluster).
+//! any point stops everything and cleans up (the service, then the cluster). Log lines go
+//! to [`log_file`], not between the lines of the story.
 
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::cli::{DemoArgs, GlobalArgs, RunArgs};
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::service::RunningService;
+use crate::settings::{DemoArgs, GlobalArgs, RunArgs};
 
 /// The demo's own database on the private cluster (recreated at every run).
 const DEMO_DATABASE: &str = "toygres_demo";
@@ -55,7 +56,7 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<i32> {
     if std::net::TcpListener::bind(run_args.http).is_err() {
         run_args.http = "127.0.0.1:0".parse()?;
     }
-    let database = crate::cli::Database {
+    let database = crate::db::Database {
         url: url.clone(),
         embedded: Some(pg),
     };
@@ -98,6 +99,11 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<i32> {
     outcome?;
     println!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(0)
+}
+
+/// Where `demo` writes its log lines: `demo.log` in the data directory.
+pub fn log_file(global: &GlobalArgs) -> std::path::PathBuf {
+    global.data_dir.join("demo.log")
 }
 
 fn say(step: &str, detail: &str) {

@@ -26,7 +26,9 @@ use duroxide_pg::PostgresProvider;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::actor::{self, ActorDeps, ActorInput};
+use crate::actor::{self, ActorInput};
+pub use crate::actor_state::ActorState;
+use crate::check::ActorDeps;
 use crate::cms::InstanceRow;
 use crate::config;
 use crate::sql;
@@ -133,31 +135,6 @@ pub async fn start_runtime(
         ..RuntimeOptions::default()
     };
     Runtime::start_with_options(store, activities, orchestrations, options).await
-}
-
-/// Duroxide's view of one actor.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum ActorState {
-    /// Duroxide has never heard of this id (or it was deleted).
-    Absent,
-    /// Its start is queued but not yet processed.
-    Pending,
-    /// Running; with the time of its newest history event and whether work is queued or in
-    /// flight (a pending timer, a running activity).
-    Running {
-        last_progress: DateTime<Utc>,
-        has_work: bool,
-        execution_id: i64,
-    },
-    /// Terminal: Completed or Failed (a cancel shows as Failed).
-    Finished { status: String },
-}
-
-impl ActorState {
-    pub fn is_live(&self) -> bool {
-        matches!(self, ActorState::Pending | ActorState::Running { .. })
-    }
 }
 
 /// An actor orchestration id for a new incarnation.

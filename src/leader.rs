@@ -14,10 +14,10 @@ use tokio::sync::watch;
 
 use crate::config;
 use crate::metrics;
-use crate::reconcile::tokio_util_cancel::Token;
+use tokio_util::sync::CancellationToken;
 
 /// Run the election until `stop`; publishes whether we lead on `leading`.
-pub async fn run(url: String, leading: watch::Sender<bool>, stop: Token) {
+pub async fn run(url: String, leading: watch::Sender<bool>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         if let Err(e) = term(&url, &leading, &stop).await {
             tracing::warn!(error = %e, "leader election connection failed");
@@ -37,7 +37,11 @@ pub async fn run(url: String, leading: watch::Sender<bool>, stop: Token) {
 }
 
 /// One connection: try the lock until we get it, then hold it while the connection lives.
-async fn term(url: &str, leading: &watch::Sender<bool>, stop: &Token) -> Result<(), String> {
+async fn term(
+    url: &str,
+    leading: &watch::Sender<bool>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
     let mut s = crate::db::connect_session(url, "toygres-actors-leader", Duration::from_secs(10))
         .await
         .map_err(|e| e.to_string())?;

@@ -3,7 +3,7 @@
 //!
 //! An entry lives as long as its lease: the actor's renewal (every few minutes) extends it;
 //! without renewals it expires after [`crate::actor::LEASE_OVERLAP`] renewal periods and the
-//! instance is dropped. Each due entry runs [`crate::actor::health_check`] — the same read →
+//! instance is dropped. Each due entry runs [`crate::check::health_check`] — the same read →
 //! probe → fenced write as a v1 iteration, fenced additionally on this replica holding the
 //! lease. A check that finds the actor superseded, the row gone, the state no longer calling
 //! for an actor, or the lease taken by another replica drops the entry at once.
@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
-use crate::actor::{self, ActorDeps, CheckInput, CheckOutcome};
-use crate::reconcile::tokio_util_cancel::Token;
+use crate::check::{self, ActorDeps, CheckInput, CheckOutcome};
+use tokio_util::sync::CancellationToken;
 
 /// What a renewal hands to the scheduler.
 #[derive(Debug, Clone)]
@@ -137,7 +137,7 @@ impl Scheduler {
     }
 
     /// Run due checks until `stop`.
-    pub async fn run(self: Arc<Self>, stop: Token) {
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let notified = self.wake.notified();
             let next = self.next_due();
@@ -216,7 +216,7 @@ impl Scheduler {
         };
         tokio::spawn(async move {
             let outcome =
-                actor::health_check(&self.deps, &actor_id, Some(&self.holder), input).await;
+                check::health_check(&self.deps, &actor_id, Some(&self.holder), input).await;
             drop(permit);
             let now = Instant::now();
             let mut guard = self.lock();

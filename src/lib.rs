@@ -31,7 +31,9 @@
 //! [`redact`] (no password leaves the process).
 
 pub mod actor;
+pub mod actor_state;
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod cms;
 pub mod config;
@@ -48,5 +50,6 @@ pub mod ops;
 pub mod reconcile;
 pub mod redact;
 pub mod service;
+pub mod settings;
 pub mod sql;
 pub mod verdict;

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::config::{self, CHANNEL_CONTROL, CHANNEL_INSTANCES, CHANNEL_PING};
 use crate::metrics;
-use crate::reconcile::tokio_util_cancel::Token;
 use crate::reconcile::{ReconcileQueue, Reconciler, Trigger};
+use tokio_util::sync::CancellationToken;
 
 /// A `toygres_instances` payload (only what we use of it).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -147,7 +147,7 @@ pub async fn run(
     reconciler: Arc<Reconciler>,
     queue: Arc<ReconcileQueue>,
     status: watch::Sender<ListenerStatus>,
-    stop: Token,
+    stop: CancellationToken,
 ) {
     let mut backoff = new_backoff();
     let mut first = true;
@@ -207,7 +207,7 @@ async fn session(
     reconciler: &Arc<Reconciler>,
     queue: &Arc<ReconcileQueue>,
     status: &watch::Sender<ListenerStatus>,
-    stop: &Token,
+    stop: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), String> {
     let mut s = crate::db::connect_session(

@@ -14,40 +14,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::actor::ActorDeps;
-use crate::cli::{Database, GlobalArgs, RunArgs};
+use crate::api::Shared;
+use crate::check::ActorDeps;
 use crate::config;
+use crate::db::Database;
 use crate::duro::{self, ActorControl, ActorSettings, RuntimeSettings};
 use crate::health::{ProbeSettings, Prober};
 use crate::listener::{self, ListenerSettings, ListenerStatus};
 use crate::metrics::{self, FleetEntry, FleetGauges};
-use crate::reconcile::tokio_util_cancel::{self, Source, Token};
 use crate::reconcile::{ReconcileQueue, Reconciler};
+use crate::settings::{GlobalArgs, RunArgs};
 use crate::verdict::Verdict;
-
-/// What the HTTP handlers share.
-#[derive(Clone)]
-pub struct Shared {
-    pub pool: PgPool,
-    pub reconciler: Arc<Reconciler>,
-    pub fleet: FleetGauges,
-    pub prometheus: PrometheusHandle,
-    pub api_token: Option<String>,
-    pub leading: watch::Receiver<bool>,
-    pub listener: watch::Receiver<ListenerStatus>,
-    pub worker_only: bool,
-}
 
 /// A started service.
 pub struct RunningService {
     pub shared: Shared,
     pub http_addr: SocketAddr,
-    stop: Source,
+    stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     runtime: Arc<duroxide::runtime::Runtime>,
     /// Held to keep a private cluster alive until the very end.
@@ -129,7 +117,8 @@ pub async fn start(
     };
     let reconciler = Arc::new(Reconciler::new(control, args.stale_after, replica.clone()));
 
-    let (stop, token) = tokio_util_cancel::new();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
     let mut tasks = Vec::new();
     let fleet = FleetGauges::new(args.per_instance_metrics);
     tasks.push(tokio::spawn(poll_fleet(
@@ -227,14 +216,14 @@ impl RunningService {
     }
 
     /// A token that fires when shutdown begins.
-    pub fn stop_token(&self) -> Token {
-        self.stop.token()
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
     }
 }
 
 /// `run`: start, wait for SIGTERM or Ctrl-C, shut down.
 pub async fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
-    let database = crate::cli::open_database(global).await?;
+    let database = crate::db::open_database(global).await?;
     let service = start(global, args, database).await?;
     wait_for_signal().await;
     service.shutdown().await;
@@ -328,7 +317,11 @@ struct LeaderDuties {
 }
 
 /// Start the leader duties whenever we are elected; stop them when we are not.
-async fn lead_when_elected(duties: LeaderDuties, mut leading: watch::Receiver<bool>, stop: Token) {
+async fn lead_when_elected(
+    duties: LeaderDuties,
+    mut leading: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
     let duties = Arc::new(duties);
     loop {
         // Wait to be elected.
@@ -336,7 +329,8 @@ async fn lead_when_elected(duties: LeaderDuties, mut leading: watch::Receiver<bo
             r = leading.wait_for(|l| *l) => if r.is_err() { return },
             _ = stop.cancelled() => return,
         }
-        let (term_stop, term) = tokio_util_cancel::new();
+        let term_stop = stop.child_token();
+        let term = term_stop.clone();
         let queue = Arc::new(ReconcileQueue::new());
         let mut handles = vec![
             tokio::spawn(queue.clone().run(
@@ -382,7 +376,7 @@ async fn resync_timer(
     reconciler: Arc<Reconciler>,
     queue: Arc<ReconcileQueue>,
     every: Duration,
-    stop: Token,
+    stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -406,7 +400,7 @@ async fn resync_timer(
 }
 
 /// Old health history, old decisions, Duroxide's finished executions and actors.
-async fn prune_timer(reconciler: Arc<Reconciler>, retention: Duration, stop: Token) {
+async fn prune_timer(reconciler: Arc<Reconciler>, retention: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(config::PRUNE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -487,7 +481,7 @@ async fn poll_fleet(
     reconciler: Arc<Reconciler>,
     gauges: FleetGauges,
     every: Duration,
-    stop: Token,
+    stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -529,7 +523,7 @@ async fn poll_fleet(
     }
 }
 
-async fn sweep_probes(prober: Arc<Prober>, idle: Duration, stop: Token) {
+async fn sweep_probes(prober: Arc<Prober>, idle: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {

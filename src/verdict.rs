@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::actor_state::ActorState;
 use crate::cms::InstanceRow;
-use crate::duro::ActorState;
 
 /// One per instance (spec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]

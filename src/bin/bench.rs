@@ -83,7 +83,7 @@ enum Scenario {
 }
 
 fn dur(s: &str) -> Result<Duration> {
-    toygres_actors::cli::parse_duration(s).map_err(|e| anyhow::anyhow!(e))
+    toygres_actors::settings::parse_duration(s).map_err(|e| anyhow::anyhow!(e))
 }
 
 fn main() -> Result<()> {
@@ -1201,16 +1201,16 @@ mod naive {
     }
 
     async fn orchestration(ctx: OrchestrationContext, input: Input) -> Result<String, String> {
-        let check = toygres_actors::actor::CheckInput {
+        let check = toygres_actors::check::CheckInput {
             instance_id: input.instance_id,
             actor_states: vec!["creating".into(), "running".into()],
             consecutive_failures: 0,
             unhealthy_after: 1,
         };
-        let out: toygres_actors::actor::CheckOutcome = ctx
+        let out: toygres_actors::check::CheckOutcome = ctx
             .schedule_activity_typed(toygres_actors::config::ACTIVITY_HEALTH_CHECK, &check)
             .await?;
-        if let toygres_actors::actor::CheckOutcome::Exit { reason } = out {
+        if let toygres_actors::check::CheckOutcome::Exit { reason } = out {
             return Ok(reason);
         }
         ctx.schedule_timer(Duration::from_millis(input.interval_ms))
@@ -1230,7 +1230,7 @@ mod naive {
                 max_concurrent: 64,
             },
         ));
-        let deps = Arc::new(toygres_actors::actor::ActorDeps { pool, prober });
+        let deps = Arc::new(toygres_actors::check::ActorDeps { pool, prober });
         let activities = toygres_actors::actor::register_activities(
             ActivityRegistry::builder(),
             deps.clone(),

@@ -424,13 +424,13 @@ pub struct Stack {
     pub prober: std::sync::Arc<toygres_actors::health::Prober>,
     runtime: std::sync::Arc<duroxide::runtime::Runtime>,
     /// Stops the probe scheduler when the stack is dropped.
-    _stop: toygres_actors::reconcile::tokio_util_cancel::Source,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 impl Stack {
     pub async fn start(db: &TestDb, interval: Duration, unhealthy_after: u32) -> Stack {
         use std::sync::Arc;
-        use toygres_actors::{actor, duro, health, reconcile};
+        use toygres_actors::{check, duro, health, reconcile};
         let store = duro::open_store(&db.url, "toygres_duroxide", false, &db.pool)
             .await
             .expect("open store");
@@ -440,7 +440,7 @@ impl Stack {
             keep_connections: 16,
             max_concurrent: 16,
         }));
-        let deps = Arc::new(actor::ActorDeps {
+        let deps = Arc::new(check::ActorDeps {
             pool: db.pool.clone(),
             prober: prober.clone(),
         });
@@ -473,7 +473,8 @@ impl Stack {
                 lease_renew: Duration::from_millis(500),
             },
         );
-        let (stop_source, stop) = toygres_actors::reconcile::tokio_util_cancel::new();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stop_source = stop.clone().drop_guard();
         tokio::spawn(scheduler.clone().run(stop));
         let reconciler = Arc::new(reconcile::Reconciler::new(
             control.clone(),

@@ -17,21 +17,26 @@
 //! an exponential backoff, so a crash-looping actor is retried but never spins; an explicit
 //! restart request bypasses it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use crate::cms::{self, InstanceRow};
 use crate::config;
-use crate::duro::{self, ActorControl, ActorState, DuroError};
+use crate::duro::{ActorControl, DuroError};
 use crate::metrics;
 use crate::sql;
 use crate::verdict::{self, Action, Decision, Observed, Rules, Verdict};
+
+mod fleet;
+mod queue;
+
+pub use fleet::Fleet;
+pub use queue::ReconcileQueue;
 
 /// Why a reconcile runs (logged, and stored with decisions).
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +54,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Trigger::Notification { op, .. } => format!("notify:{op}"),
             Trigger::Resync => "resync".into(),
@@ -108,7 +113,7 @@ impl Reconciler {
         }
     }
 
-    fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.control.pool
     }
 
@@ -184,7 +189,7 @@ impl Reconciler {
     }
 
     /// The row is gone: cancel every live incarnation.
-    async fn reconcile_deleted(
+    pub(crate) async fn reconcile_deleted(
         &self,
         id: Uuid,
         trigger: &Trigger,
@@ -238,7 +243,7 @@ impl Reconciler {
         Ok(outcome)
     }
 
-    async fn act(
+    pub(crate) async fn act(
         &self,
         row: &InstanceRow,
         decision: Decision,
@@ -378,7 +383,7 @@ impl Reconciler {
 
     /// Reset an instance's heal backoff once it has proved healthy again: idle, or a health
     /// check written after the last heal.
-    fn settle_backoff(&self, row: &InstanceRow, verdict: Verdict) {
+    pub(crate) fn settle_backoff(&self, row: &InstanceRow, verdict: Verdict) {
         let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
         let Some(b) = map.get(&row.id) else { return };
         let proved = match verdict {
@@ -429,111 +434,6 @@ impl Reconciler {
         }
     }
 
-    /// Every instance with its observation and decision, from two queries (fleet + live
-    /// actors), plus synthetic entries for live actors whose row is gone.
-    pub async fn fleet(&self) -> Result<Fleet, DuroError> {
-        let schema = &self.control.schema;
-        let rows: Vec<FleetRow> = sqlx::query_as(&sql::with_duroxide_schema(sql::FLEET, schema))
-            .fetch_all(self.pool())
-            .await?;
-        let live: Vec<String> =
-            sqlx::query_scalar(&sql::with_duroxide_schema(sql::LIVE_ACTORS, schema))
-                .bind(config::ACTOR_ORCHESTRATION)
-                .fetch_all(self.pool())
-                .await?;
-        let mut live_by_instance: HashMap<Uuid, Vec<String>> = HashMap::new();
-        for a in live {
-            if let Some(id) = duro::instance_of_actor(&a) {
-                live_by_instance.entry(id).or_default().push(a);
-            }
-        }
-        let now = Utc::now();
-        let mut instances = Vec::with_capacity(rows.len());
-        for r in rows {
-            let live = live_by_instance.remove(&r.id).unwrap_or_default();
-            let observed = r.into_observed(live);
-            let decision = verdict::decide(&observed, &self.rules, now);
-            instances.push((observed, decision));
-        }
-        Ok(Fleet {
-            instances,
-            deleted_with_live_actors: live_by_instance.into_iter().collect(),
-        })
-    }
-
-    /// One full pass: classify everything; queue (or, with `direct`, carry out) whatever
-    /// needs healing; honour durable restart requests. Returns what it found and did.
-    pub async fn full_reconcile(
-        &self,
-        queue: Option<&ReconcileQueue>,
-        dry_run: bool,
-    ) -> Result<Vec<Outcome>, DuroError> {
-        let fleet = self.fleet().await?;
-        let mut outcomes = Vec::new();
-        for (obs, decision) in fleet.instances {
-            if decision.action == Action::Noop {
-                self.settle_backoff(&obs.row, decision.verdict);
-                continue;
-            }
-            match queue {
-                Some(q) if !dry_run => {
-                    q.enqueue(obs.row.id, Trigger::Resync, false, None);
-                    outcomes.push(Outcome {
-                        instance_id: obs.row.id,
-                        k8s_name: obs.row.k8s_name.clone(),
-                        verdict: decision.verdict,
-                        reason: decision.reason.clone(),
-                        action: decision.action.label(),
-                        old_actor_id: obs.row.actor_id.clone(),
-                        new_actor_id: None,
-                        skipped: Some("queued".into()),
-                    });
-                }
-                _ => match self
-                    .act(&obs.row, decision, &Trigger::Resync, false, dry_run)
-                    .await
-                {
-                    Ok(o) => outcomes.push(o),
-                    Err(e) => {
-                        tracing::warn!(instance = %obs.row.k8s_name, error = %e, "heal failed")
-                    }
-                },
-            }
-        }
-        for (id, _) in fleet.deleted_with_live_actors {
-            match queue {
-                Some(q) if !dry_run => q.enqueue(id, Trigger::Resync, false, None),
-                _ => match self.reconcile_deleted(id, &Trigger::Resync, dry_run).await {
-                    Ok(o) => outcomes.push(o),
-                    Err(e) => {
-                        tracing::warn!(instance_id = %id, error = %e, "cancelling orphan failed")
-                    }
-                },
-            }
-        }
-        if !dry_run {
-            let pending: Vec<(i64, Uuid)> = sqlx::query_as(sql::PENDING_RESTART_REQUESTS)
-                .fetch_all(self.pool())
-                .await?;
-            let mut seen = HashSet::new();
-            for (_, instance) in pending {
-                if seen.insert(instance) {
-                    match queue {
-                        Some(q) => q.enqueue(instance, Trigger::RestartRequest, true, None),
-                        None => match self.honour_restart_request(instance).await {
-                            Ok(o) => outcomes.push(o),
-                            Err(e) => {
-                                tracing::warn!(instance_id = %instance, error = %e, "restart request failed")
-                            }
-                        },
-                    }
-                }
-            }
-        }
-        metrics::resync_done();
-        Ok(outcomes)
-    }
-
     /// A restart request (durable or raw NOTIFY): restart if the row calls for an actor,
     /// then mark the instance's pending requests handled with the outcome.
     pub async fn honour_restart_request(&self, instance: Uuid) -> Result<Outcome, DuroError> {
@@ -553,334 +453,5 @@ impl Reconciler {
             .execute(self.pool())
             .await?;
         Ok(outcome)
-    }
-}
-
-/// The whole fleet as observed and decided.
-pub struct Fleet {
-    pub instances: Vec<(Observed, Decision)>,
-    /// Live actors whose CMS row no longer exists (by instance id).
-    pub deleted_with_live_actors: Vec<(Uuid, Vec<String>)>,
-}
-
-/// One row of `sql/fleet.sql`.
-#[derive(Debug, sqlx::FromRow)]
-struct FleetRow {
-    id: Uuid,
-    k8s_name: String,
-    dns_name: Option<String>,
-    state: String,
-    health_status: String,
-    actor_id: Option<String>,
-    last_health_check: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    has_target: bool,
-    actor_status: Option<String>,
-    actor_created_at: Option<DateTime<Utc>>,
-    actor_pending: bool,
-    actor_last_progress: Option<DateTime<Utc>>,
-    actor_has_work: bool,
-    actor_execution_id: Option<i64>,
-}
-
-impl FleetRow {
-    fn into_observed(self, live: Vec<String>) -> Observed {
-        let actor =
-            self.actor_id
-                .as_ref()
-                .map(|_| match (&self.actor_status, self.actor_pending) {
-                    (None, true) => ActorState::Pending,
-                    (None, false) => ActorState::Absent,
-                    (Some(s), _) if s == "Running" => ActorState::Running {
-                        last_progress: self.actor_last_progress.unwrap_or_else(Utc::now),
-                        has_work: self.actor_has_work,
-                        execution_id: self.actor_execution_id.unwrap_or(1),
-                    },
-                    (Some(s), _) => ActorState::Finished { status: s.clone() },
-                });
-        let other_live = live
-            .into_iter()
-            .filter(|a| Some(a) != self.actor_id.as_ref())
-            .collect();
-        Observed {
-            row: InstanceRow {
-                id: self.id,
-                k8s_name: self.k8s_name,
-                dns_name: self.dns_name,
-                state: self.state,
-                health_status: self.health_status,
-                actor_id: self.actor_id,
-                last_health_check: self.last_health_check,
-                created_at: self.created_at,
-                updated_at: self.updated_at,
-                has_target: self.has_target,
-            },
-            actor,
-            actor_created_at: self.actor_created_at,
-            other_live,
-        }
-    }
-}
-
-/// One queued request.
-#[derive(Debug, Clone)]
-struct Job {
-    trigger: Trigger,
-    force_restart: bool,
-    /// Retries so far (errors).
-    attempt: u32,
-    /// The earliest notification clock merged into this job (for the latency histogram).
-    _first_at: Option<f64>,
-}
-
-#[derive(Default)]
-struct QueueState {
-    pending: HashMap<Uuid, Job>,
-    order: VecDeque<Uuid>,
-    inflight: HashSet<Uuid>,
-}
-
-/// Coalescing, bounded-parallel delivery of per-instance reconciles.
-pub struct ReconcileQueue {
-    state: Mutex<QueueState>,
-    wake: Notify,
-    /// Signalled whenever the queue becomes empty with nothing in flight (tests, benches).
-    idle: Notify,
-}
-
-impl Default for ReconcileQueue {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ReconcileQueue {
-    pub fn new() -> Self {
-        Self {
-            state: Mutex::new(QueueState::default()),
-            wake: Notify::new(),
-            idle: Notify::new(),
-        }
-    }
-
-    /// Ask for a reconcile of `id`. Merges with a queued request for the same instance
-    /// (a restart request wins; the notification clock kept is the earliest).
-    pub fn enqueue(&self, id: Uuid, trigger: Trigger, force_restart: bool, at: Option<f64>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match st.pending.get_mut(&id) {
-            Some(job) => {
-                job.force_restart |= force_restart;
-                if force_restart {
-                    job.trigger = trigger;
-                }
-            }
-            None => {
-                st.pending.insert(
-                    id,
-                    Job {
-                        trigger,
-                        force_restart,
-                        attempt: 0,
-                        _first_at: at,
-                    },
-                );
-                st.order.push_back(id);
-            }
-        }
-        drop(st);
-        self.wake.notify_one();
-    }
-
-    /// Requests queued or running.
-    pub fn len(&self) -> usize {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.pending.len() + st.inflight.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Wait until nothing is queued or running.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.is_empty() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    fn take_next(&self) -> Option<(Uuid, Job)> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let n = st.order.len();
-        for _ in 0..n {
-            let id = st.order.pop_front()?;
-            if st.inflight.contains(&id) {
-                // Still running: keep it queued behind; it runs again after.
-                st.order.push_back(id);
-                continue;
-            }
-            if let Some(job) = st.pending.remove(&id) {
-                st.inflight.insert(id);
-                return Some((id, job));
-            }
-        }
-        None
-    }
-
-    fn done(&self, id: Uuid) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.inflight.remove(&id);
-        let empty = st.pending.is_empty() && st.inflight.is_empty();
-        drop(st);
-        self.wake.notify_one();
-        if empty {
-            self.idle.notify_waiters();
-        }
-    }
-
-    /// Run the queue until `stop` fires: up to `parallelism` reconciles at once.
-    pub async fn run(
-        self: Arc<Self>,
-        reconciler: Arc<Reconciler>,
-        parallelism: usize,
-        stop: tokio_util_cancel::Token,
-    ) {
-        let permits = Arc::new(Semaphore::new(parallelism.max(1)));
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let next = loop {
-                let notified = self.wake.notified();
-                if let Some(job) = self.take_next() {
-                    break Some(job);
-                }
-                tokio::select! {
-                    _ = notified => {}
-                    _ = stop.cancelled() => break None,
-                }
-            };
-            let Some((id, job)) = next else {
-                return;
-            };
-            let queue = self.clone();
-            let reconciler = reconciler.clone();
-            tokio::spawn(async move {
-                let result = if job.trigger == Trigger::RestartRequest {
-                    reconciler.honour_restart_request(id).await
-                } else {
-                    reconciler
-                        .reconcile_instance(id, &job.trigger, job.force_restart, false)
-                        .await
-                };
-                drop(permit);
-                if let Err(e) = result {
-                    let attempt = job.attempt + 1;
-                    let delay = retry_delay(attempt);
-                    tracing::warn!(instance_id = %id, attempt, retry_in_ms = delay.as_millis() as u64,
-                        error = %e, "reconcile failed; will retry");
-                    let q = queue.clone();
-                    queue.done(id);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let mut st = q.state.lock().unwrap_or_else(|p| p.into_inner());
-                        if let std::collections::hash_map::Entry::Vacant(e) = st.pending.entry(id) {
-                            e.insert(Job { attempt, ..job });
-                            st.order.push_back(id);
-                        }
-                        drop(st);
-                        q.wake.notify_one();
-                    });
-                } else {
-                    queue.done(id);
-                }
-            });
-        }
-    }
-}
-
-/// Retry delay of a failed reconcile: 100 ms doubling to 30 s.
-fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_millis(100)
-        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(12)))
-        .min(Duration::from_secs(30))
-}
-
-/// A tiny cancellation token (a watch channel), so the crate needs no tokio-util.
-pub mod tokio_util_cancel {
-    use tokio::sync::watch;
-
-    #[derive(Clone)]
-    pub struct Token {
-        rx: watch::Receiver<bool>,
-    }
-
-    pub struct Source {
-        tx: watch::Sender<bool>,
-    }
-
-    pub fn new() -> (Source, Token) {
-        let (tx, rx) = watch::channel(false);
-        (Source { tx }, Token { rx })
-    }
-
-    impl Source {
-        pub fn cancel(&self) {
-            let _ = self.tx.send(true);
-        }
-        pub fn token(&self) -> Token {
-            Token {
-                rx: self.tx.subscribe(),
-            }
-        }
-    }
-
-    impl Token {
-        pub fn is_cancelled(&self) -> bool {
-            *self.rx.borrow()
-        }
-        pub async fn cancelled(&self) {
-            let mut rx = self.rx.clone();
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_grow_and_cap() {
-        assert_eq!(retry_delay(1), Duration::from_millis(100));
-        assert_eq!(retry_delay(2), Duration::from_millis(200));
-        assert_eq!(retry_delay(40), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn queue_coalesces_requests_for_one_instance() {
-        let q = ReconcileQueue::new();
-        let a = Uuid::new_v4();
-        let b = Uuid::new_v4();
-        q.enqueue(a, Trigger::Resync, false, None);
-        q.enqueue(b, Trigger::Resync, false, None);
-        q.enqueue(a, Trigger::RestartRequest, true, None);
-        assert_eq!(q.len(), 2);
-        let (first, job) = q.take_next().unwrap();
-        assert_eq!(first, a);
-        assert!(job.force_restart);
-        assert_eq!(job.trigger, Trigger::RestartRequest);
-        // `a` is in flight: a new request for it queues, but `b` goes first.
-        q.enqueue(a, Trigger::Resync, false, None);
-        let (second, _) = q.take_next().unwrap();
-        assert_eq!(second, b);
-        assert!(q.take_next().is_none(), "a is still in flight");
-        q.done(a);
-        let (third, _) = q.take_next().unwrap();
-        assert_eq!(third, a);
     }
 }

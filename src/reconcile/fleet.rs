@@ -1,0 +1,190 @@
+//! The whole fleet in two queries: every instance observed and decided at once, and the
+//! full reconcile that queues (or carries out) whatever needs healing.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Outcome, ReconcileQueue, Reconciler, Trigger};
+use crate::actor_state::ActorState;
+use crate::cms::InstanceRow;
+use crate::config;
+use crate::duro::{self, DuroError};
+use crate::metrics;
+use crate::sql;
+use crate::verdict::{self, Action, Decision, Observed};
+
+impl Reconciler {
+    /// Every instance with its observation and decision, from two queries (fleet + live
+    /// actors), plus synthetic entries for live actors whose row is gone.
+    pub async fn fleet(&self) -> Result<Fleet, DuroError> {
+        let schema = &self.control.schema;
+        let rows: Vec<FleetRow> = sqlx::query_as(&sql::with_duroxide_schema(sql::FLEET, schema))
+            .fetch_all(self.pool())
+            .await?;
+        let live: Vec<String> =
+            sqlx::query_scalar(&sql::with_duroxide_schema(sql::LIVE_ACTORS, schema))
+                .bind(config::ACTOR_ORCHESTRATION)
+                .fetch_all(self.pool())
+                .await?;
+        let mut live_by_instance: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for a in live {
+            if let Some(id) = duro::instance_of_actor(&a) {
+                live_by_instance.entry(id).or_default().push(a);
+            }
+        }
+        let now = Utc::now();
+        let mut instances = Vec::with_capacity(rows.len());
+        for r in rows {
+            let live = live_by_instance.remove(&r.id).unwrap_or_default();
+            let observed = r.into_observed(live);
+            let decision = verdict::decide(&observed, &self.rules, now);
+            instances.push((observed, decision));
+        }
+        Ok(Fleet {
+            instances,
+            deleted_with_live_actors: live_by_instance.into_iter().collect(),
+        })
+    }
+
+    /// One full pass: classify everything; queue (or, with `direct`, carry out) whatever
+    /// needs healing; honour durable restart requests. Returns what it found and did.
+    pub async fn full_reconcile(
+        &self,
+        queue: Option<&ReconcileQueue>,
+        dry_run: bool,
+    ) -> Result<Vec<Outcome>, DuroError> {
+        let fleet = self.fleet().await?;
+        let mut outcomes = Vec::new();
+        for (obs, decision) in fleet.instances {
+            if decision.action == Action::Noop {
+                self.settle_backoff(&obs.row, decision.verdict);
+                continue;
+            }
+            match queue {
+                Some(q) if !dry_run => {
+                    q.enqueue(obs.row.id, Trigger::Resync, false, None);
+                    outcomes.push(Outcome {
+                        instance_id: obs.row.id,
+                        k8s_name: obs.row.k8s_name.clone(),
+                        verdict: decision.verdict,
+                        reason: decision.reason.clone(),
+                        action: decision.action.label(),
+                        old_actor_id: obs.row.actor_id.clone(),
+                        new_actor_id: None,
+                        skipped: Some("queued".into()),
+                    });
+                }
+                _ => match self
+                    .act(&obs.row, decision, &Trigger::Resync, false, dry_run)
+                    .await
+                {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => {
+                        tracing::warn!(instance = %obs.row.k8s_name, error = %e, "heal failed")
+                    }
+                },
+            }
+        }
+        for (id, _) in fleet.deleted_with_live_actors {
+            match queue {
+                Some(q) if !dry_run => q.enqueue(id, Trigger::Resync, false, None),
+                _ => match self.reconcile_deleted(id, &Trigger::Resync, dry_run).await {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => {
+                        tracing::warn!(instance_id = %id, error = %e, "cancelling orphan failed")
+                    }
+                },
+            }
+        }
+        if !dry_run {
+            let pending: Vec<(i64, Uuid)> = sqlx::query_as(sql::PENDING_RESTART_REQUESTS)
+                .fetch_all(self.pool())
+                .await?;
+            let mut seen = HashSet::new();
+            for (_, instance) in pending {
+                if seen.insert(instance) {
+                    match queue {
+                        Some(q) => q.enqueue(instance, Trigger::RestartRequest, true, None),
+                        None => match self.honour_restart_request(instance).await {
+                            Ok(o) => outcomes.push(o),
+                            Err(e) => {
+                                tracing::warn!(instance_id = %instance, error = %e, "restart request failed")
+                            }
+                        },
+                    }
+                }
+            }
+        }
+        metrics::resync_done();
+        Ok(outcomes)
+    }
+}
+
+/// The whole fleet as observed and decided.
+pub struct Fleet {
+    pub instances: Vec<(Observed, Decision)>,
+    /// Live actors whose CMS row no longer exists (by instance id).
+    pub deleted_with_live_actors: Vec<(Uuid, Vec<String>)>,
+}
+
+/// One row of `sql/fleet.sql`.
+#[derive(Debug, sqlx::FromRow)]
+struct FleetRow {
+    id: Uuid,
+    k8s_name: String,
+    dns_name: Option<String>,
+    state: String,
+    health_status: String,
+    actor_id: Option<String>,
+    last_health_check: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    has_target: bool,
+    actor_status: Option<String>,
+    actor_created_at: Option<DateTime<Utc>>,
+    actor_pending: bool,
+    actor_last_progress: Option<DateTime<Utc>>,
+    actor_has_work: bool,
+    actor_execution_id: Option<i64>,
+}
+
+impl FleetRow {
+    fn into_observed(self, live: Vec<String>) -> Observed {
+        let actor =
+            self.actor_id
+                .as_ref()
+                .map(|_| match (&self.actor_status, self.actor_pending) {
+                    (None, true) => ActorState::Pending,
+                    (None, false) => ActorState::Absent,
+                    (Some(s), _) if s == "Running" => ActorState::Running {
+                        last_progress: self.actor_last_progress.unwrap_or_else(Utc::now),
+                        has_work: self.actor_has_work,
+                        execution_id: self.actor_execution_id.unwrap_or(1),
+                    },
+                    (Some(s), _) => ActorState::Finished { status: s.clone() },
+                });
+        let other_live = live
+            .into_iter()
+            .filter(|a| Some(a) != self.actor_id.as_ref())
+            .collect();
+        Observed {
+            row: InstanceRow {
+                id: self.id,
+                k8s_name: self.k8s_name,
+                dns_name: self.dns_name,
+                state: self.state,
+                health_status: self.health_status,
+                actor_id: self.actor_id,
+                last_health_check: self.last_health_check,
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+                has_target: self.has_target,
+            },
+            actor,
+            actor_created_at: self.actor_created_at,
+            other_live,
+        }
+    }
+}

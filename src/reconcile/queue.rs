@@ -1,0 +1,234 @@
+//! Delivery around the reconciler (as in kube-rs' controller): requests for the same
+//! instance coalesce while one is queued or running, different instances run concurrently
+//! up to a bound, and a failed reconcile is retried with backoff without holding up others.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use uuid::Uuid;
+
+use super::{Reconciler, Trigger};
+
+/// One queued request.
+#[derive(Debug, Clone)]
+struct Job {
+    trigger: Trigger,
+    force_restart: bool,
+    /// Retries so far (errors).
+    attempt: u32,
+    /// The earliest notification clock merged into this job (for the latency histogram).
+    _first_at: Option<f64>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    pending: HashMap<Uuid, Job>,
+    order: VecDeque<Uuid>,
+    inflight: HashSet<Uuid>,
+}
+
+/// Coalescing, bounded-parallel delivery of per-instance reconciles.
+pub struct ReconcileQueue {
+    state: Mutex<QueueState>,
+    wake: Notify,
+    /// Signalled whenever the queue becomes empty with nothing in flight (tests, benches).
+    idle: Notify,
+}
+
+impl Default for ReconcileQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReconcileQueue {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            wake: Notify::new(),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Ask for a reconcile of `id`. Merges with a queued request for the same instance
+    /// (a restart request wins; the notification clock kept is the earliest).
+    pub fn enqueue(&self, id: Uuid, trigger: Trigger, force_restart: bool, at: Option<f64>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.pending.get_mut(&id) {
+            Some(job) => {
+                job.force_restart |= force_restart;
+                if force_restart {
+                    job.trigger = trigger;
+                }
+            }
+            None => {
+                st.pending.insert(
+                    id,
+                    Job {
+                        trigger,
+                        force_restart,
+                        attempt: 0,
+                        _first_at: at,
+                    },
+                );
+                st.order.push_back(id);
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Requests queued or running.
+    pub fn len(&self) -> usize {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.pending.len() + st.inflight.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Wait until nothing is queued or running.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn take_next(&self) -> Option<(Uuid, Job)> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let n = st.order.len();
+        for _ in 0..n {
+            let id = st.order.pop_front()?;
+            if st.inflight.contains(&id) {
+                // Still running: keep it queued behind; it runs again after.
+                st.order.push_back(id);
+                continue;
+            }
+            if let Some(job) = st.pending.remove(&id) {
+                st.inflight.insert(id);
+                return Some((id, job));
+            }
+        }
+        None
+    }
+
+    fn done(&self, id: Uuid) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.inflight.remove(&id);
+        let empty = st.pending.is_empty() && st.inflight.is_empty();
+        drop(st);
+        self.wake.notify_one();
+        if empty {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Run the queue until `stop` fires: up to `parallelism` reconciles at once.
+    pub async fn run(
+        self: Arc<Self>,
+        reconciler: Arc<Reconciler>,
+        parallelism: usize,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let permits = Arc::new(Semaphore::new(parallelism.max(1)));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let next = loop {
+                let notified = self.wake.notified();
+                if let Some(job) = self.take_next() {
+                    break Some(job);
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = stop.cancelled() => break None,
+                }
+            };
+            let Some((id, job)) = next else {
+                return;
+            };
+            let queue = self.clone();
+            let reconciler = reconciler.clone();
+            tokio::spawn(async move {
+                let result = if job.trigger == Trigger::RestartRequest {
+                    reconciler.honour_restart_request(id).await
+                } else {
+                    reconciler
+                        .reconcile_instance(id, &job.trigger, job.force_restart, false)
+                        .await
+                };
+                drop(permit);
+                if let Err(e) = result {
+                    let attempt = job.attempt + 1;
+                    let delay = retry_delay(attempt);
+                    tracing::warn!(instance_id = %id, attempt, retry_in_ms = delay.as_millis() as u64,
+                        error = %e, "reconcile failed; will retry");
+                    let q = queue.clone();
+                    queue.done(id);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let mut st = q.state.lock().unwrap_or_else(|p| p.into_inner());
+                        if let std::collections::hash_map::Entry::Vacant(e) = st.pending.entry(id) {
+                            e.insert(Job { attempt, ..job });
+                            st.order.push_back(id);
+                        }
+                        drop(st);
+                        q.wake.notify_one();
+                    });
+                } else {
+                    queue.done(id);
+                }
+            });
+        }
+    }
+}
+
+/// Retry delay of a failed reconcile: 100 ms doubling to 30 s.
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(12)))
+        .min(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_cap() {
+        assert_eq!(retry_delay(1), Duration::from_millis(100));
+        assert_eq!(retry_delay(2), Duration::from_millis(200));
+        assert_eq!(retry_delay(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn queue_coalesces_requests_for_one_instance() {
+        let q = ReconcileQueue::new();
+        let a = Uuid::new_v4();
+        let b = Uuid::new_v4();
+        q.enqueue(a, Trigger::Resync, false, None);
+        q.enqueue(b, Trigger::Resync, false, None);
+        q.enqueue(a, Trigger::RestartRequest, true, None);
+        assert_eq!(q.len(), 2);
+        let (first, job) = q.take_next().unwrap();
+        assert_eq!(first, a);
+        assert!(job.force_restart);
+        assert_eq!(job.trigger, Trigger::RestartRequest);
+        // `a` is in flight: a new request for it queues, but `b` goes first.
+        q.enqueue(a, Trigger::Resync, false, None);
+        let (second, _) = q.take_next().unwrap();
+        assert_eq!(second, b);
+        assert!(q.take_next().is_none(), "a is still in flight");
+        q.done(a);
+        let (third, _) = q.take_next().unwrap();
+        assert_eq!(third, a);
+    }
+}

@@ -1,0 +1,270 @@
+//! The service's settings as flags (every flag also reads an environment variable), parsed
+//! and validated: the shared vocabulary between the command line, the service and the demo.
+//! See [`crate::config`] for the reasons behind the defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::config;
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The CMS database. Without it, `run`, `demo` and `migrate` start a private PostgreSQL
+    /// under --data-dir, and the other commands connect to the one a running service started.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Where the private PostgreSQL cluster lives.
+    #[arg(
+        long,
+        env = "TOYGRES_ACTORS_DATA_DIR",
+        default_value = ".toygres-actors",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// Schema of the Duroxide store in the CMS database.
+    #[arg(long, env = "TOYGRES_ACTORS_DUROXIDE_SCHEMA", default_value = config::DEFAULT_DUROXIDE_SCHEMA, global = true)]
+    pub duroxide_schema: String,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
+    #[arg(
+        long,
+        env = "TOYGRES_ACTORS_LOG",
+        default_value = "info,sqlx::postgres::notice=warn",
+        global = true
+    )]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "TOYGRES_ACTORS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Seconds between health checks in the demo (short, so health moves on screen).
+    #[arg(long, env = "TOYGRES_ACTORS_DEMO_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Keep the service running after the walkthrough until Ctrl-C.
+    #[arg(long, env = "TOYGRES_ACTORS_DEMO_STAY")]
+    pub stay: bool,
+}
+
+/// Settings of the service; see `config.rs` for the reasons behind the defaults.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// HTTP listen address (metrics, health, API).
+    #[arg(
+        long = "http",
+        env = "TOYGRES_ACTORS_HTTP",
+        default_value = "127.0.0.1:9321"
+    )]
+    pub http: SocketAddr,
+    /// Bearer token required by POST endpoints.
+    #[arg(long, env = "TOYGRES_ACTORS_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Time between an actor's health checks.
+    #[arg(long, env = "TOYGRES_ACTORS_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub check_interval: Duration,
+    /// Age of last_health_check after which an actor is stale.
+    #[arg(long, env = "TOYGRES_ACTORS_STALE_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub stale_after: Duration,
+    /// Period of the full reconcile.
+    #[arg(long, env = "TOYGRES_ACTORS_RESYNC_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// Instance states that call for an actor (comma-separated).
+    #[arg(
+        long,
+        env = "TOYGRES_ACTORS_ACTOR_STATES",
+        value_delimiter = ',',
+        default_value = "creating,running"
+    )]
+    pub actor_states: Vec<String>,
+    /// Consecutive failed probes before an instance is marked unhealthy.
+    #[arg(long, env = "TOYGRES_ACTORS_UNHEALTHY_AFTER", default_value_t = config::DEFAULT_UNHEALTHY_AFTER)]
+    pub unhealthy_after: u32,
+    /// Probe connect timeout.
+    #[arg(long, env = "TOYGRES_ACTORS_PROBE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub probe_connect_timeout: Duration,
+    /// Probe query timeout.
+    #[arg(long, env = "TOYGRES_ACTORS_PROBE_QUERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub probe_query_timeout: Duration,
+    /// Keep probe connections open between checks (at most this many; 0 = reconnect every time).
+    #[arg(
+        long,
+        env = "TOYGRES_ACTORS_PROBE_KEEP_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub probe_keep_connections: usize,
+    /// How often an actor renews its probe lease (the durable loop's period; checks run
+    /// every --check-interval in between). Shorter = faster take-over after a replica dies,
+    /// more Duroxide work.
+    #[arg(long, env = "TOYGRES_ACTORS_LEASE_RENEW_INTERVAL", default_value = "4m", value_parser = parse_duration)]
+    pub lease_renew_interval: Duration,
+    /// Probes running at once.
+    #[arg(long, env = "TOYGRES_ACTORS_PROBE_CONCURRENCY", default_value_t = 256)]
+    pub probe_concurrency: usize,
+    /// Run a started actor's first health check at once, in-process, instead of waiting for
+    /// Duroxide's dispatcher to pick it up (fenced like any check).
+    #[arg(long, env = "TOYGRES_ACTORS_EAGER_FIRST_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub eager_first_check: bool,
+    /// How long health history rows are kept.
+    #[arg(long, env = "TOYGRES_ACTORS_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub history_retention: Duration,
+    /// Actor iterations per Duroxide execution (continue-as-new after that many).
+    #[arg(long, env = "TOYGRES_ACTORS_ITERATIONS_PER_EXECUTION", default_value_t = config::DEFAULT_ITERATIONS_PER_EXECUTION)]
+    pub iterations_per_execution: u32,
+    /// Instances reconciled at once.
+    #[arg(long, env = "TOYGRES_ACTORS_RECONCILE_PARALLELISM", default_value_t = config::DEFAULT_RECONCILE_PARALLELISM)]
+    pub reconcile_parallelism: usize,
+    /// Duroxide orchestration dispatcher slots.
+    #[arg(
+        long,
+        env = "TOYGRES_ACTORS_ORCHESTRATION_CONCURRENCY",
+        default_value_t = 2
+    )]
+    pub orchestration_concurrency: usize,
+    /// Duroxide activity worker slots.
+    #[arg(long, env = "TOYGRES_ACTORS_WORKER_CONCURRENCY", default_value_t = 2)]
+    pub worker_concurrency: usize,
+    /// Duroxide dispatcher idle poll interval.
+    #[arg(long, env = "TOYGRES_ACTORS_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Duroxide connection pool size (sets DUROXIDE_PG_POOL_MAX for duroxide-pg).
+    #[arg(long, env = "TOYGRES_ACTORS_DUROXIDE_POOL_MAX", default_value_t = 10)]
+    pub duroxide_pool_max: u32,
+    /// CMS pool size.
+    #[arg(long, env = "TOYGRES_ACTORS_CMS_POOL_MAX", default_value_t = 16)]
+    pub cms_pool_max: u32,
+    /// Duroxide commits with synchronous_commit=off (faster; a PostgreSQL crash may lose
+    /// ~0.6 s of Duroxide progress, which is then re-run).
+    #[arg(long, env = "TOYGRES_ACTORS_DUROXIDE_ASYNC_COMMIT")]
+    pub duroxide_async_commit: bool,
+    /// Export per-instance series (one per instance and metric); turn off for huge fleets.
+    #[arg(long, env = "TOYGRES_ACTORS_PER_INSTANCE_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub per_instance_metrics: bool,
+    /// Period of the fleet gauges' database query.
+    #[arg(long, env = "TOYGRES_ACTORS_FLEET_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub fleet_poll_interval: Duration,
+    /// Listener liveness ping period.
+    #[arg(long, env = "TOYGRES_ACTORS_PING_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// Run Duroxide workers only; never lead (no listener, no reconciler).
+    #[arg(long, env = "TOYGRES_ACTORS_WORKER_ONLY")]
+    pub worker_only: bool,
+    /// Name of this replica in logs and decisions (default: hostname-pid).
+    #[arg(long, env = "TOYGRES_ACTORS_REPLICA")]
+    pub replica: Option<String>,
+}
+
+impl RunArgs {
+    /// Reject settings that cannot work together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_run_args(self)
+    }
+
+    /// The run settings with every default (environment variables still apply).
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        Only::try_parse_from(["toygres-actors"]).map(|o| o.args)
+    }
+}
+
+/// `30s`, `5m`, `2h`, `7d`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 5m, 250ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn validate_run_args(args: &RunArgs) -> anyhow::Result<()> {
+    if args.check_interval.is_zero() {
+        anyhow::bail!("--check-interval must be greater than zero");
+    }
+    if args.stale_after <= args.check_interval {
+        anyhow::bail!("--stale-after must be longer than --check-interval");
+    }
+    if args.resync_interval.is_zero()
+        || args.fleet_poll_interval.is_zero()
+        || args.ping_interval.is_zero()
+    {
+        anyhow::bail!("intervals must be greater than zero");
+    }
+    if args.lease_renew_interval.is_zero() || args.lease_renew_interval >= args.stale_after {
+        anyhow::bail!(
+            "--lease-renew-interval must be greater than zero and shorter than --stale-after"
+        );
+    }
+    if args.actor_states.is_empty() {
+        anyhow::bail!("--actor-states must name at least one state");
+    }
+    const STATES: [&str; 6] = [
+        "creating", "running", "stopped", "deleting", "deleted", "failed",
+    ];
+    for s in &args.actor_states {
+        if !STATES.contains(&s.as_str()) {
+            anyhow::bail!(
+                "--actor-states: unknown state `{s}` (one of {})",
+                STATES.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn run_defaults_parse() {
+        let args = RunArgs::from_env().unwrap();
+        assert_eq!(args.actor_states, vec!["creating", "running"]);
+        args.validate().unwrap();
+    }
+}
