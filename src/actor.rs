@@ -1,7 +1,7 @@
 //! The instance actor: a detached, durable Duroxide orchestration per monitored instance.
 //!
 //! **Version 2 (current): the actor owns a probe lease.** One iteration is one short
-//! activity ([`lease`]) and one durable timer of `lease_renew_ms` (default 2 min): the
+//! activity ([`lease`]) and one durable timer of `lease_renew_ms` (default 4 min): the
 //! activity checks the row (fencing, below), records in the database that this replica holds
 //! the instance's probe lease, and hands the instance to the replica's in-process
 //! [`crate::lease::Scheduler`], which runs the health check ([`health_check`]: read → probe →
@@ -50,7 +50,7 @@ pub struct ActorInput {
     /// Executions completed before this one (0 for a fresh actor).
     #[serde(default)]
     pub executions: u64,
-    /// v2: how often the actor renews its probe lease (default when absent: 2 min).
+    /// v2: how often the actor renews its probe lease (default when absent: [`DEFAULT_LEASE_RENEW`]).
     #[serde(default)]
     pub lease_renew_ms: Option<u64>,
     /// The service ran this incarnation's first check itself, right after starting it
@@ -195,7 +195,9 @@ pub async fn lease(
     let exit = |reason: String| {
         scheduler.release(id, actor_id);
         deps.prober.forget(id);
-        tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
+        if crate::quiet::ACTOR_EXITS.admit() {
+            tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
+        }
         Ok(CheckOutcome::Exit { reason })
     };
     let row = match fence(row, actor_id, &input.actor_states) {

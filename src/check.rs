@@ -83,7 +83,9 @@ pub async fn health_check(
         .map_err(|e| e.to_string())?;
     let exit = |reason: String| {
         deps.prober.forget(id);
-        tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
+        if crate::quiet::ACTOR_EXITS.admit() {
+            tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
+        }
         Ok(CheckOutcome::Exit { reason })
     };
     let row = match fence(row, actor_id, &input.actor_states) {
@@ -137,7 +139,7 @@ pub async fn health_check(
     match recorded {
         Recorded::Superseded => exit("superseded while probing".into()),
         Recorded::Written { previous } => {
-            if previous != observed && !keep_status {
+            if previous != observed && !keep_status && crate::quiet::HEALTH_CHANGES.admit() {
                 tracing::info!(instance_id = %id, actor_id, from = %previous, to = observed,
                     error = error.as_deref().unwrap_or(""), "health changed");
             }

@@ -137,6 +137,18 @@ pub async fn start_runtime(
     Runtime::start_with_options(store, activities, orchestrations, options).await
 }
 
+/// How many actors still run orchestration version 1 (exported as a gauge at start: v1
+/// can be retired only by a release that proves this is zero everywhere).
+pub async fn count_v1_actors(pool: &PgPool, schema: &str) -> Result<i64, DuroError> {
+    Ok(
+        sqlx::query_scalar(&sql::with_duroxide_schema(sql::ACTORS_V1_RUNNING, schema))
+            .bind(config::ACTOR_ORCHESTRATION)
+            .bind(config::ACTOR_VERSION_V1)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// An actor orchestration id for a new incarnation.
 pub fn new_actor_id(instance: Uuid) -> String {
     let suffix = Uuid::new_v4().simple().to_string();

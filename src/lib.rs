@@ -47,6 +47,7 @@ pub mod lease;
 pub mod listener;
 pub mod metrics;
 pub mod ops;
+pub mod quiet;
 pub mod reconcile;
 pub mod redact;
 pub mod service;

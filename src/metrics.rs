@@ -29,6 +29,7 @@ pub const EVENT_TO_ACTION: &str = "toygres_actors_event_to_action_seconds";
 pub const LISTENER_CONNECTED: &str = "toygres_actors_listener_connected";
 pub const LISTENER_RECONNECTS_TOTAL: &str = "toygres_actors_listener_reconnects_total";
 pub const LEADER: &str = "toygres_actors_leader";
+pub const ACTORS_V1_RUNNING: &str = "toygres_actors_actors_v1_running";
 pub const LAST_RESYNC: &str = "toygres_actors_last_resync_timestamp_seconds";
 pub const NOTIFY_ROUNDTRIP: &str = "toygres_actors_notify_roundtrip_seconds";
 
@@ -98,6 +99,10 @@ fn describe() {
     describe_counter!(LISTENER_RECONNECTS_TOTAL, "Listener reconnects.");
     describe_gauge!(LEADER, "1 on the replica that holds leadership.");
     describe_gauge!(
+        ACTORS_V1_RUNNING,
+        "Actors still running orchestration version 1 (counted at start): v1 stays registered while this is above zero."
+    );
+    describe_gauge!(
         LAST_RESYNC,
         Unit::Seconds,
         "Unix time of the last completed full reconcile."
@@ -146,6 +151,10 @@ pub fn listener_reconnect() {
 
 pub fn leader(is_leader: bool) {
     metrics::gauge!(LEADER).set(if is_leader { 1.0 } else { 0.0 });
+}
+
+pub fn actors_v1_running(n: i64) {
+    metrics::gauge!(ACTORS_V1_RUNNING).set(n as f64);
 }
 
 pub fn resync_done() {

@@ -71,6 +71,18 @@ pub async fn start(
     )
     .await?;
 
+    match duro::count_v1_actors(&pool, &global.duroxide_schema).await {
+        Ok(n) => {
+            metrics::actors_v1_running(n);
+            if n > 0 {
+                tracing::info!(
+                    actors = n,
+                    "actors still run orchestration version 1; it stays registered"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not count version-1 actors"),
+    }
     let prober = Arc::new(Prober::new(ProbeSettings {
         connect_timeout: args.probe_connect_timeout,
         query_timeout: args.probe_query_timeout,
@@ -524,10 +536,18 @@ async fn poll_fleet(
 }
 
 async fn sweep_probes(prober: Arc<Prober>, idle: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(crate::quiet::BURST_WINDOW);
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
-            _ = tick.tick() => prober.sweep(idle),
+            _ = tick.tick() => {
+                // Summaries of per-instance log lines every window; the probe sweep every minute.
+                crate::quiet::flush_all();
+                ticks = ticks.wrapping_add(1);
+                if ticks % 6 == 0 {
+                    prober.sweep(idle);
+                }
+            }
             _ = stop.cancelled() => return,
         }
     }

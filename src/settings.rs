@@ -31,7 +31,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         env = "TOYGRES_ACTORS_LOG",
-        default_value = "info,sqlx::postgres::notice=warn",
+        default_value = crate::quiet::DEFAULT_LOG_FILTER,
         global = true
     )]
     pub log: String,

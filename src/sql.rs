@@ -15,6 +15,7 @@ sql! {
     ACTOR_CREATED_AT => "actor_created_at.sql",
     ACTOR_HISTORY_SUMMARY => "actor_history_summary.sql",
     ACTOR_STATE => "actor_state.sql",
+    ACTORS_V1_RUNNING => "actors_v1_running.sql",
     ACTORS_WITH_OLD_EXECUTIONS => "actors_with_old_executions.sql",
     DUROXIDE_EXTRA_INDEX => "duroxide_extra_index.sql",
     FINISHED_ACTORS => "finished_actors.sql",

@@ -239,7 +239,9 @@ impl Reconciler {
             None,
         )
         .await;
-        tracing::info!(instance_id = %id, actors = ?live, trigger = %trigger.label(), "cancelled actors of a deleted instance");
+        if crate::quiet::RECONCILED.admit() {
+            tracing::info!(instance_id = %id, actors = ?live, trigger = %trigger.label(), "cancelled actors of a deleted instance");
+        }
         Ok(outcome)
     }
 
@@ -320,13 +322,16 @@ impl Reconciler {
                     let now = Utc::now().timestamp_micros() as f64 / 1e6;
                     metrics::event_to_action(now - at);
                 }
-                tracing::info!(
+                let explicit = forced || matches!(trigger, Trigger::Operator(_));
+                if explicit || crate::quiet::RECONCILED.admit() {
+                    tracing::info!(
                     instance = %row.k8s_name, instance_id = %row.id, verdict = %decision.verdict,
                     action = decision.action.label(), reason = %decision.reason,
                     old_actor = old.as_deref().unwrap_or(""), new_actor = new.as_deref().unwrap_or(""),
                     trigger = %trigger.label(), took_ms = started.elapsed().as_millis() as u64,
                     "reconciled"
-                );
+                    );
+                }
                 self.log_decision(
                     row.id,
                     &row.k8s_name,
