@@ -180,8 +180,9 @@ pub async fn instance_actor(
     ctx.continue_as_new_typed(&input).await
 }
 
-/// The lease renewal activity: fence on the row, take the lease in the database, hand the
-/// instance to this replica's scheduler.
+/// The lease renewal activity: fence on the row, record this actor as the owner of the
+/// instance's probe lease (a live holder keeps probing it; a dead or missing one is replaced
+/// by this replica), and hand the instance to this replica's scheduler when it is ours.
 pub async fn lease(
     deps: &ActorDeps,
     scheduler: &crate::lease::Scheduler,
@@ -192,43 +193,57 @@ pub async fn lease(
     let row = cms::instance_for_check(&deps.pool, id)
         .await
         .map_err(|e| e.to_string())?;
-    let exit = |reason: String| {
-        scheduler.release(id, actor_id);
-        deps.prober.forget(id);
-        if crate::quiet::ACTOR_EXITS.admit() {
-            tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
-        }
-        Ok(CheckOutcome::Exit { reason })
-    };
     let row = match fence(row, actor_id, &input.actor_states) {
         Ok(row) => row,
-        Err(reason) => return exit(reason),
+        Err(reason) => return actor_exits(deps, scheduler, id, actor_id, reason).await,
     };
-    let lease_for = Duration::from_millis(input.lease_ms);
-    cms::upsert_probe_lease(&deps.pool, id, actor_id, scheduler.holder(), lease_for)
+    let me = (scheduler.id().name(), scheduler.id().epoch());
+    let owner_ttl = Duration::from_millis(input.lease_ms);
+    let holder = cms::lease_for_actor(&deps.pool, id, actor_id, me, owner_ttl, false)
         .await
         .map_err(|e| e.to_string())?;
-    // Keep the rhythm of earlier checks (the eager first check, or another replica's).
-    let interval = Duration::from_millis(input.interval_ms.max(1));
-    let since_last = row
-        .last_health_check
-        .and_then(|t| (chrono::Utc::now() - t).to_std().ok());
-    let first_in = match since_last {
-        Some(age) if age < interval => interval - age,
-        _ => Duration::ZERO,
+    let Some(holder) = holder else {
+        return actor_exits(
+            deps,
+            scheduler,
+            id,
+            actor_id,
+            "superseded while renewing".into(),
+        )
+        .await;
     };
-    scheduler.lease(crate::lease::Lease {
-        instance_id: id,
-        actor_id: actor_id.to_string(),
-        interval,
-        lease_for,
-        first_in,
-        unhealthy_after: input.unhealthy_after,
-        actor_states: input.actor_states,
-    });
+    if holder.name == me.0 && holder.epoch == me.1 {
+        let interval = Duration::from_millis(input.interval_ms.max(1));
+        scheduler.lease(crate::lease::Lease {
+            instance_id: id,
+            actor_id: actor_id.to_string(),
+            interval,
+            first_in: crate::lease::first_due(row.last_health_check, interval),
+            unhealthy_after: input.unhealthy_after,
+            actor_states: input.actor_states,
+        });
+    }
     Ok(CheckOutcome::Leased {
-        holder: scheduler.holder().to_string(),
+        holder: holder.name,
     })
+}
+
+async fn actor_exits(
+    deps: &ActorDeps,
+    scheduler: &crate::lease::Scheduler,
+    id: Uuid,
+    actor_id: &str,
+    reason: String,
+) -> Result<CheckOutcome, String> {
+    scheduler.release(id, actor_id);
+    deps.prober.forget(id);
+    if let Err(e) = cms::release_lease(&deps.pool, id, actor_id).await {
+        tracing::debug!(instance_id = %id, actor_id, error = %e, "could not drop the lease row");
+    }
+    if crate::quiet::ACTOR_EXITS.admit() {
+        tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
+    }
+    Ok(CheckOutcome::Exit { reason })
 }
 
 /// The activities as registered with Duroxide.

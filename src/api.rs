@@ -42,7 +42,8 @@ pub struct Shared {
     pub fleet: FleetGauges,
     pub prometheus: PrometheusHandle,
     pub api_token: Option<String>,
-    pub leading: watch::Receiver<bool>,
+    pub leading: watch::Receiver<Option<crate::identity::Term>>,
+    pub liveness: watch::Receiver<crate::replica::Liveness>,
     pub listener: watch::Receiver<ListenerStatus>,
     pub worker_only: bool,
 }
@@ -53,6 +54,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/actors", get(list_actors))
+        .route("/api/replicas", get(list_replicas))
         .route("/api/instances/{name}/actor", get(actor_status))
         .route("/api/instances/{name}/actor/{action}", post(actor_action))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -101,7 +103,9 @@ async fn readyz(State(s): State<Shared>) -> Response {
         )
             .into_response();
     }
-    let leader = *s.leading.borrow();
+    let term = s.leading.borrow().as_ref().map(|t| t.term);
+    let leader = term.is_some();
+    let liveness = *s.liveness.borrow();
     let listener = s.listener.borrow().connected;
     if leader && !listener {
         return (
@@ -113,10 +117,20 @@ async fn readyz(State(s): State<Shared>) -> Response {
     Json(json!({
         "status": "ready",
         "leader": leader,
+        "term": term,
+        "replica": liveness,
         "listener_connected": listener,
         "worker_only": s.worker_only,
     }))
     .into_response()
+}
+
+/// Every replica: name, epoch, heartbeat age, leases held, leader or not.
+async fn list_replicas(State(s): State<Shared>) -> Response {
+    match crate::replica::list(&s.pool).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => OpsError::Internal(e.to_string()).into_response(),
+    }
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {

@@ -74,7 +74,7 @@ pub(crate) fn fence(
 pub async fn health_check(
     deps: &ActorDeps,
     actor_id: &str,
-    holder: Option<&str>,
+    holder: Option<(&str, i64)>,
     input: CheckInput,
 ) -> Result<CheckOutcome, String> {
     let id = input.instance_id;

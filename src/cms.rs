@@ -63,8 +63,9 @@ pub async fn instance_for_check(pool: &PgPool, id: Uuid) -> Result<Option<CheckR
 pub struct HealthRecord<'a> {
     pub instance_id: Uuid,
     pub actor_id: &'a str,
-    /// The replica writing under a probe lease (`None`: fenced by the actor id alone).
-    pub holder: Option<&'a str>,
+    /// The replica (name, epoch) writing under a probe lease (`None`: a version-1 actor's
+    /// activity, fenced by the actor id alone).
+    pub holder: Option<(&'a str, i64)>,
     /// What the probe observed: healthy, unhealthy or unknown.
     pub observed: &'a str,
     /// Leave health_status as it is (a failure below the consecutive-failure threshold).
@@ -85,10 +86,18 @@ pub enum Recorded {
 }
 
 pub async fn record_health(pool: &PgPool, rec: &HealthRecord<'_>) -> Result<Recorded, DbError> {
-    let previous: Option<String> = sqlx::query_scalar(sql::RECORD_HEALTH)
-        .bind(rec.instance_id)
-        .bind(rec.actor_id)
-        .bind(rec.holder)
+    let query = match rec.holder {
+        Some((name, epoch)) => sqlx::query_scalar(sql::RECORD_CHECK)
+            .bind(rec.instance_id)
+            .bind(rec.actor_id)
+            .bind(name)
+            .bind(epoch),
+        None => sqlx::query_scalar(sql::RECORD_HEALTH)
+            .bind(rec.instance_id)
+            .bind(rec.actor_id)
+            .bind(None::<String>),
+    };
+    let previous: Option<String> = query
         .bind(rec.observed)
         .bind(rec.keep_status)
         .bind(rec.postgres_version)
@@ -134,19 +143,45 @@ pub async fn prune_health_history(
         .rows_affected())
 }
 
-/// Take or renew the probe lease of an instance for this replica.
-pub async fn upsert_probe_lease(
+/// Who holds an instance's probe lease after [`lease_for_actor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub name: String,
+    pub epoch: i64,
+}
+
+/// Record `actor_id` as the owner of the instance's probe lease — only while the row names
+/// that actor. `take`: a new actor's first lease goes to this replica; otherwise (a renewal)
+/// a live holder keeps it and a dead or missing one is replaced by this replica. Returns the
+/// holder afterwards, or `None` when the row no longer names the actor.
+pub async fn lease_for_actor(
     pool: &PgPool,
     instance: Uuid,
     actor_id: &str,
-    holder: &str,
-    lease_for: std::time::Duration,
-) -> Result<(), DbError> {
-    sqlx::query(sql::UPSERT_PROBE_LEASE)
+    me: (&str, i64),
+    owner_ttl: std::time::Duration,
+    take: bool,
+) -> Result<Option<LeaseHolder>, DbError> {
+    let row: (Option<String>, Option<i64>) = sqlx::query_as(sql::LEASE_FOR_ACTOR)
         .bind(instance)
         .bind(actor_id)
-        .bind(holder)
-        .bind(lease_for.as_secs_f64())
+        .bind(me.0)
+        .bind(me.1)
+        .bind(owner_ttl.as_secs_f64())
+        .bind(take)
+        .fetch_one(pool)
+        .await?;
+    Ok(match row {
+        (Some(name), Some(epoch)) => Some(LeaseHolder { name, epoch }),
+        _ => None,
+    })
+}
+
+/// Drop the probe lease row of `instance` if it still names `actor_id` (the actor exited).
+pub async fn release_lease(pool: &PgPool, instance: Uuid, actor_id: &str) -> Result<(), DbError> {
+    sqlx::query(sql::RELEASE_LEASE)
+        .bind(instance)
+        .bind(actor_id)
         .execute(pool)
         .await?;
     Ok(())

@@ -77,10 +77,31 @@ pub const HEAL_BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// How long a restart waits for the old incarnation to be terminal before starting the new
 /// one (fencing makes proceeding safe; waiting keeps "one live actor" true in Duroxide too).
 pub const RESTART_CANCEL_WAIT: Duration = Duration::from_secs(5);
-/// Leader election: how often a follower tries the advisory lock. Takeover must happen
-/// within 10 s of a leader's death (spec), so this plus connection loss detection stays well under.
-pub const LEADER_RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// Advisory lock key (the ASCII bytes of "toygres" + "A").
+/// Replica liveness: each replica heartbeats its row this often, and in the same tick
+/// claims its share of orphaned probe leases, takes a bounded number from the most loaded
+/// replica while it holds less than its fair share, and picks up leases newly assigned to it.
+pub const REPLICA_TICK: Duration = Duration::from_millis(2500);
+/// A replica whose heartbeat is older than this is gone: its probe leases are claimed by
+/// the live ones and its writes are refused. Six ticks: a stall of a few seconds (a GC-like
+/// pause, a slow statement) does not cost a takeover; a dead replica costs at most this.
+pub const REPLICA_TTL: Duration = Duration::from_secs(15);
+/// Leases one replica takes from another per tick while balancing: a new replica reaches its
+/// share of 10,000 in about a minute, without a reshuffle storm.
+pub const LEASE_MOVES_PER_TICK: i32 = 250;
+/// The time within which a stopped, dead, frozen or partitioned replica's instances are
+/// checked again (README, "handoff bound"): one check interval (the last check may have been
+/// just before it died) + the heartbeat TTL + one tick to claim, rounded up.
+pub const HANDOFF_BOUND: Duration = Duration::from_secs(50);
+/// Leadership: the leader renews its term row this often…
+pub const LEADER_TICK: Duration = Duration::from_secs(2);
+/// …and the term lapses this long after its last renewal. A frozen or partitioned leader
+/// is replaced within this plus one follower tick (12 s), well inside the 15 s promise.
+pub const LEADER_TTL: Duration = Duration::from_secs(10);
+/// A renewal that has not answered within this is treated as failed.
+pub const LEADER_TICK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Advisory lock key of releases before leader terms (the ASCII bytes of "toygres" + "A"):
+/// still taken by the leader, so an older replica never leads beside a newer one during a
+/// rolling upgrade (see `migrations/0004`).
 pub const LEADER_LOCK_KEY: i64 = 0x746f_7967_7265_7341;
 /// How often the fleet gauges (verdicts, per-instance series) are recomputed from the DB.
 pub const DEFAULT_FLEET_POLL_INTERVAL: Duration = Duration::from_secs(5);

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use duroxide::providers::WorkItem;
 use duroxide::runtime::Runtime;
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::{Client, OrchestrationRegistry, RuntimeOptions};
@@ -31,6 +32,7 @@ pub use crate::actor_state::ActorState;
 use crate::check::ActorDeps;
 use crate::cms::InstanceRow;
 use crate::config;
+use crate::identity::Term;
 use crate::sql;
 
 /// What can go wrong in a lifecycle step.
@@ -48,6 +50,10 @@ pub enum DuroError {
     Conflict { expected: Option<String> },
     #[error("state `{0}` calls for no actor")]
     NotWanted(String),
+    #[error("not done: leader term {0} is over (another replica leads now)")]
+    TermOver(i64),
+    #[error("not done: this replica does not lead")]
+    NotLeader,
 }
 
 impl From<sqlx::Error> for DuroError {
@@ -272,92 +278,197 @@ impl ActorControl {
         }
     }
 
-    /// Start the orchestration of an id the row already names (repairs a crash between
-    /// "swap" and "start", or an id Duroxide lost). A no-op if Duroxide knows the id.
-    pub async fn start_named(&self, row: &InstanceRow, actor_id: &str) -> Result<(), DuroError> {
-        let input = self.input_for(row);
-        let json = serde_json::to_string(&input).map_err(|e| DuroError::Provider(e.to_string()))?;
-        self.client
-            .start_orchestration(actor_id, config::ACTOR_ORCHESTRATION, json)
-            .await?;
-        if let Some((deps, scheduler)) = &self.eager {
-            let (deps, scheduler) = (deps.clone(), scheduler.clone());
-            let actor_id = actor_id.to_string();
-            let lease_for = self.settings.lease_renew * actor::LEASE_OVERLAP;
-            let lease = crate::lease::Lease {
-                instance_id: input.instance_id,
-                actor_id: actor_id.clone(),
-                interval: self.settings.check_interval,
-                lease_for,
-                first_in: Duration::ZERO,
-                unhealthy_after: input.unhealthy_after,
-                actor_states: input.actor_states,
-            };
-            // A provisional lease: the actor's first lease activity confirms it (or moves it
-            // to the replica that ran it). Checks stay fenced on the actor id and the holder.
-            tokio::spawn(async move {
-                match crate::cms::upsert_probe_lease(
-                    &deps.pool,
-                    lease.instance_id,
-                    &actor_id,
-                    scheduler.holder(),
-                    lease_for,
-                )
+    /// Open a transaction for a lifecycle write; with a `fence`, the leader's term is
+    /// checked first and stays locked until commit (see `migrations/0004`).
+    async fn begin(
+        &self,
+        fence: Option<&Term>,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DuroError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(t) = fence {
+            sqlx::query(sql::ASSERT_TERM)
+                .bind(&t.name)
+                .bind(t.epoch)
+                .bind(t.term)
+                .execute(&mut *tx)
                 .await
-                {
-                    Ok(()) => scheduler.lease(lease),
-                    Err(e) => {
-                        tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn")
-                    }
-                }
-            });
+                .map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
+                    Some(code) if code == "TA001" => DuroError::TermOver(t.term),
+                    _ => DuroError::from(e),
+                })?;
         }
+        Ok(tx)
+    }
+
+    /// Enqueue a Duroxide work item inside `tx` (duroxide-pg's own procedure).
+    async fn enqueue(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        instance: &str,
+        item: &WorkItem,
+    ) -> Result<(), DuroError> {
+        let json = serde_json::to_string(item).map_err(|e| DuroError::Provider(e.to_string()))?;
+        sqlx::query(&sql::with_duroxide_schema(
+            sql::ENQUEUE_ORCHESTRATOR_WORK,
+            &self.schema,
+        ))
+        .bind(instance)
+        .bind(json)
+        .bind(Utc::now())
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
+    fn start_item(&self, actor_id: &str, input: &ActorInput) -> Result<WorkItem, DuroError> {
+        Ok(WorkItem::StartOrchestration {
+            instance: actor_id.to_string(),
+            orchestration: config::ACTOR_ORCHESTRATION.to_string(),
+            input: serde_json::to_string(input).map_err(|e| DuroError::Provider(e.to_string()))?,
+            version: None,
+            parent_instance: None,
+            parent_id: None,
+            parent_execution_id: None,
+            execution_id: duroxide::INITIAL_EXECUTION_ID,
+        })
+    }
+
+    /// Start the orchestration of an id the row already names (repairs an id Duroxide
+    /// lost). One transaction: the term (with a fence), the row still naming the id, the
+    /// start. A no-op in Duroxide if it knows the id.
+    pub async fn start_named(
+        &self,
+        row: &InstanceRow,
+        actor_id: &str,
+        fence: Option<&Term>,
+    ) -> Result<(), DuroError> {
+        let input = self.input_for(row);
+        let item = self.start_item(actor_id, &input)?;
+        let mut tx = self.begin(fence).await?;
+        let named: Option<i32> = sqlx::query_scalar(sql::ACTOR_NAMED)
+            .bind(row.id)
+            .bind(actor_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if named.is_none() {
+            return Err(DuroError::Conflict {
+                expected: Some(actor_id.to_string()),
+            });
+        }
+        self.enqueue(&mut tx, actor_id, &item).await?;
+        tx.commit().await?;
+        self.lease_eagerly(&input, actor_id);
+        Ok(())
+    }
+
+    /// The started actor is leased to this replica at once and checked right away, instead
+    /// of after Duroxide's dispatcher has run its first turn (which confirms the owner).
+    fn lease_eagerly(&self, input: &ActorInput, actor_id: &str) {
+        let Some((deps, scheduler)) = &self.eager else {
+            return;
+        };
+        let (deps, scheduler) = (deps.clone(), scheduler.clone());
+        let actor_id = actor_id.to_string();
+        let owner_ttl = self.settings.lease_renew * actor::LEASE_OVERLAP;
+        let lease = crate::lease::Lease {
+            instance_id: input.instance_id,
+            actor_id: actor_id.clone(),
+            interval: self.settings.check_interval,
+            first_in: Duration::ZERO,
+            unhealthy_after: input.unhealthy_after,
+            actor_states: input.actor_states.clone(),
+        };
+        tokio::spawn(async move {
+            let me = (scheduler.id().name(), scheduler.id().epoch());
+            match crate::cms::lease_for_actor(
+                &deps.pool,
+                lease.instance_id,
+                &actor_id,
+                me,
+                owner_ttl,
+                true,
+            )
+            .await
+            {
+                Ok(Some(h)) if h.name == me.0 && h.epoch == me.1 => scheduler.lease(lease),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn")
+                }
+            }
+        });
+    }
+
     /// New incarnation: cancel `row.actor_id` if live (and wait for it to end, bounded),
-    /// swap the column to a new id, start it.
-    pub async fn replace(&self, row: &InstanceRow, reason: &str) -> Result<Transition, DuroError> {
+    /// then in one transaction swap the column to a new id (compare-and-set) and enqueue its
+    /// start — with a fence, under the leader's term.
+    pub async fn replace(
+        &self,
+        row: &InstanceRow,
+        reason: &str,
+        fence: Option<&Term>,
+    ) -> Result<Transition, DuroError> {
         if !self.wants_actor(&row.state) {
             return Err(DuroError::NotWanted(row.state.clone()));
         }
         if let Some(old) = &row.actor_id {
-            self.cancel_and_wait(old, reason).await?;
+            self.cancel_and_wait(old, reason, fence).await?;
         }
         let new_id = new_actor_id(row.id);
-        let swapped = crate::cms::swap_actor_id(
-            &self.pool,
-            row.id,
-            row.actor_id.as_deref(),
-            Some(&new_id),
-            &self.settings.actor_states,
-        )
-        .await?;
-        if !swapped {
+        let input = self.input_for(row);
+        let item = self.start_item(&new_id, &input)?;
+        let mut tx = self.begin(fence).await?;
+        let swapped: Option<Uuid> = sqlx::query_scalar(sql::SWAP_ACTOR_ID)
+            .bind(row.id)
+            .bind(row.actor_id.as_deref())
+            .bind(Some(&new_id))
+            .bind(&self.settings.actor_states)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if swapped.is_none() {
             return Err(DuroError::Conflict {
                 expected: row.actor_id.clone(),
             });
         }
-        self.start_named(row, &new_id).await?;
+        self.enqueue(&mut tx, &new_id, &item).await?;
+        tx.commit().await?;
+        self.lease_eagerly(&input, &new_id);
         Ok(Transition {
             old_actor_id: row.actor_id.clone(),
             new_actor_id: Some(new_id),
         })
     }
 
-    /// Cancel one actor orchestration (no-op when absent or finished).
-    pub async fn cancel(&self, actor_id: &str, reason: &str) -> Result<(), DuroError> {
-        self.client.cancel_instance(actor_id, reason).await?;
+    /// Cancel one actor orchestration (no-op when absent or finished); with a fence, only
+    /// while our term lasts.
+    pub async fn cancel(
+        &self,
+        actor_id: &str,
+        reason: &str,
+        fence: Option<&Term>,
+    ) -> Result<(), DuroError> {
+        let item = WorkItem::CancelInstance {
+            instance: actor_id.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut tx = self.begin(fence).await?;
+        self.enqueue(&mut tx, actor_id, &item).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Cancel and wait (up to [`config::RESTART_CANCEL_WAIT`]) until Duroxide shows it
     /// terminal. Proceeding after the wait is safe: fencing keeps a late actor from writing.
-    pub async fn cancel_and_wait(&self, actor_id: &str, reason: &str) -> Result<(), DuroError> {
+    pub async fn cancel_and_wait(
+        &self,
+        actor_id: &str,
+        reason: &str,
+        fence: Option<&Term>,
+    ) -> Result<(), DuroError> {
         if !self.actor_state(actor_id).await?.is_live() {
             return Ok(());
         }
-        self.cancel(actor_id, reason).await?;
+        self.cancel(actor_id, reason, fence).await?;
         let deadline = Instant::now() + config::RESTART_CANCEL_WAIT;
         let mut delay = Duration::from_millis(5);
         while Instant::now() < deadline {
@@ -389,7 +500,7 @@ impl ActorControl {
             live.push(current.clone());
         }
         for id in &live {
-            self.cancel_and_wait(id, reason).await?;
+            self.cancel_and_wait(id, reason, None).await?;
         }
         Ok(Transition {
             old_actor_id: row.actor_id.clone(),

@@ -1,58 +1,100 @@
-//! Leadership: exactly one replica runs the listener and the reconciler.
+//! Leadership: exactly one replica runs the listener and the reconciler, in a numbered term.
 //!
-//! The leader holds a session-level PostgreSQL advisory lock on a connection of its own.
-//! Losing that connection releases the lock on the server, so a replica that dies (even by
-//! `kill -9`) is replaced by another within about [`config::LEADER_RETRY_INTERVAL`] plus
-//! the time the server takes to notice (immediate for a closed socket; TCP keepalive for
-//! a vanished host). The leader checks its connection every second and steps down the
-//! moment it fails. Actor fencing (see [`crate::actor`]) keeps even a brief overlap from
-//! producing two writing actors.
+//! The leader holds a row (`toygres_actors.leader`) with a TTL of [`config::LEADER_TTL`],
+//! renewed every [`config::LEADER_TICK`] by `toygres_actors.leader_tick` on a session of its
+//! own; any replica takes the row over once it expired, and every takeover starts a new term
+//! (River's elector, with a term number). A frozen or partitioned leader therefore loses
+//! leadership within the TTL whatever the server thinks of its sockets, and its successor
+//! acts within about 12 s.
+//!
+//! The term fences the leader's writes: the reconciler's actor-id swaps and the
+//! transactions that enqueue Duroxide starts and cancels call `toygres_actors.assert_term`
+//! in the same transaction (see [`crate::duro`]). A leader that wakes up after its term
+//! passed writes nothing, even before this module notices: locally it also steps down as
+//! soon as it cannot prove its term within the TTL (measured from before the renewal was
+//! sent, on the monotonic clock).
+//!
+//! Rolling upgrade: releases before terms led by holding a session advisory lock. The tick
+//! takes that lock too when it can and never leads while a session it does not know holds
+//! it (`migrations/0004`), so there are never two reconcilers across versions.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-
-use crate::config;
-use crate::metrics;
 use tokio_util::sync::CancellationToken;
 
-/// Run the election until `stop`; publishes whether we lead on `leading`.
-pub async fn run(url: String, leading: watch::Sender<bool>, stop: CancellationToken) {
+use crate::config;
+use crate::identity::ReplicaId;
+pub use crate::identity::Term;
+use crate::metrics;
+
+/// Run the election until `stop`; publishes the term we lead in (or `None`) on `leading`.
+pub async fn run(
+    url: String,
+    id: Arc<ReplicaId>,
+    leading: watch::Sender<Option<Term>>,
+    stop: CancellationToken,
+) {
+    let mut reported_error = false;
     while !stop.is_cancelled() {
-        if let Err(e) = term(&url, &leading, &stop).await {
-            tracing::warn!(error = %e, "leader election connection failed");
+        match session(&url, &id, &leading, &stop, &mut reported_error).await {
+            Ok(()) => {}
+            Err(e) => {
+                if !reported_error {
+                    tracing::warn!(error = %e, "leader election session failed; retrying");
+                    reported_error = true;
+                } else {
+                    tracing::debug!(error = %e, "leader election session failed again");
+                }
+            }
         }
-        if *leading.borrow() {
-            tracing::warn!("stepped down: leadership connection lost");
-        }
-        leading.send_replace(false);
-        metrics::leader(false);
+        step_down(&leading, "leadership session ended");
         tokio::select! {
-            _ = tokio::time::sleep(config::LEADER_RETRY_INTERVAL) => {}
+            _ = tokio::time::sleep(config::LEADER_TICK) => {}
             _ = stop.cancelled() => break,
         }
     }
-    leading.send_replace(false);
-    metrics::leader(false);
+    step_down(&leading, "shutting down");
 }
 
-/// One connection: try the lock until we get it, then hold it while the connection lives.
-async fn term(
+fn step_down(leading: &watch::Sender<Option<Term>>, why: &str) {
+    if let Some(t) = leading.send_replace(None) {
+        if why == "shutting down" {
+            tracing::info!(term = t.term, why, "stepped down");
+        } else {
+            tracing::warn!(term = t.term, why, "stepped down");
+        }
+    }
+    metrics::leader(false);
+    metrics::leader_term(None);
+}
+
+/// One session: tick until it fails or `stop`; on stop, resign the term we hold.
+async fn session(
     url: &str,
-    leading: &watch::Sender<bool>,
+    id: &ReplicaId,
+    leading: &watch::Sender<Option<Term>>,
     stop: &CancellationToken,
+    reported_error: &mut bool,
 ) -> Result<(), String> {
-    let mut s = crate::db::connect_session(url, "toygres-actors-leader", Duration::from_secs(10))
+    let mut s = crate::db::connect_session(url, "toygres-actors-leader", Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
-    let mut tick = tokio::time::interval(config::LEADER_RETRY_INTERVAL);
+    let mut tick = tokio::time::interval(config::LEADER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Until when our term is proven (monotonic clock): renewal sent at t, TTL from t.
+    let mut proven_until: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
-                if *leading.borrow() {
-                    let _ = s.client.execute(crate::sql::ADVISORY_UNLOCK, &[&config::LEADER_LOCK_KEY]).await;
-                    tracing::info!("leadership released (shutting down)");
+                let held = leading.borrow().clone();
+                if let Some(t) = held {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                        [&t.name, &t.epoch, &t.term];
+                    let resign = s.client.execute(crate::sql::LEADER_RESIGN, &params);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), resign).await;
+                    tracing::info!(term = t.term, "leadership resigned (shutting down)");
                 }
                 return Ok(());
             }
@@ -63,27 +105,41 @@ async fn term(
                 });
             }
             _ = tick.tick() => {
-                let check = async {
-                    if *leading.borrow() {
-                        s.client.query_one(crate::sql::PING, &[]).await.map(|_| true)
-                    } else {
-                        s.client
-                            .query_one(crate::sql::TRY_ADVISORY_LOCK, &[&config::LEADER_LOCK_KEY])
-                            .await
-                            .map(|row| row.get::<_, bool>(0))
-                    }
+                // A term we cannot prove any more is not ours, whatever comes back later.
+                if proven_until.is_some_and(|u| Instant::now() >= u) {
+                    step_down(leading, "could not renew the term within its TTL");
+                }
+                let sent = Instant::now();
+                let epoch = id.epoch();
+                let ttl = config::LEADER_TTL.as_secs_f64();
+                let name = id.name();
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                    [&name, &epoch, &ttl, &config::LEADER_LOCK_KEY];
+                let call = s.client.query_one(crate::sql::LEADER_TICK, &params);
+                let term: Option<i64> = match tokio::time::timeout(config::LEADER_TICK_TIMEOUT, call).await {
+                    Ok(Ok(row)) => row.get(0),
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err("leader tick timed out".into()),
                 };
-                match tokio::time::timeout(Duration::from_secs(3), check).await {
-                    Ok(Ok(true)) => {
-                        if !*leading.borrow() {
-                            tracing::info!("became leader");
-                            leading.send_replace(true);
+                *reported_error = false;
+                match term {
+                    Some(term) => {
+                        proven_until = Some(sent + config::LEADER_TTL);
+                        let next = Term { name: id.name().to_string(), epoch, term };
+                        if leading.borrow().as_ref() != Some(&next) {
+                            if let Some(old) = leading.borrow().as_ref() {
+                                tracing::warn!(old_term = old.term, term, "our term lapsed; leading in a new term");
+                            }
+                            tracing::info!(term, epoch, "became leader");
+                            leading.send_replace(Some(next));
                             metrics::leader(true);
+                            metrics::leader_term(Some(term));
                         }
                     }
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("leadership check timed out".into()),
+                    None => {
+                        proven_until = None;
+                        step_down(leading, "another replica leads");
+                    }
                 }
             }
         }

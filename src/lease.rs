@@ -1,12 +1,14 @@
 //! The probe scheduler: health checks on the interval, in-process, for every instance whose
-//! actor leased it to this replica (see [`crate::actor`], version 2).
+//! probe lease this replica holds (see [`crate::replica`] for how leases are held, claimed,
+//! balanced and handed over, and [`crate::actor`] for the durable owner of each instance).
 //!
-//! An entry lives as long as its lease: the actor's renewal (every few minutes) extends it;
-//! without renewals it expires after [`crate::actor::LEASE_OVERLAP`] renewal periods and the
-//! instance is dropped. Each due entry runs [`crate::check::health_check`] — the same read →
-//! probe → fenced write as a v1 iteration, fenced additionally on this replica holding the
-//! lease. A check that finds the actor superseded, the row gone, the state no longer calling
-//! for an actor, or the lease taken by another replica drops the entry at once.
+//! An entry lives while the lease does: the replica's tick adds the leases assigned to it,
+//! and a check whose fenced write is refused — the actor was superseded, the row is gone,
+//! the state no longer calls for an actor, the lease moved to another replica, or this
+//! replica's heartbeat lapsed — drops the entry at once. When the heartbeat finds our epoch
+//! gone, [`Scheduler::clear`] drops everything. Each due entry runs
+//! [`crate::check::health_check`]: read → probe → one write fenced on actor id, holder,
+//! epoch and liveness.
 //!
 //! Timing: entries sit in a min-heap by due time; a check's next due time is its previous due
 //! time plus the interval (no drift), or now if it ran late. Checks run concurrently up to a
@@ -21,15 +23,25 @@ use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use crate::check::{self, ActorDeps, CheckInput, CheckOutcome};
+use crate::identity::ReplicaId;
 use tokio_util::sync::CancellationToken;
 
-/// What a renewal hands to the scheduler.
+/// When the next check of an instance last checked at `last` is due, from now: keep the
+/// rhythm of earlier checks (made here or on another replica), at once if overdue.
+pub fn first_due(last: Option<chrono::DateTime<chrono::Utc>>, interval: Duration) -> Duration {
+    let since = last.and_then(|t| (chrono::Utc::now() - t).to_std().ok());
+    match since {
+        Some(age) if age < interval => interval - age,
+        _ => Duration::ZERO,
+    }
+}
+
+/// A probe lease this replica holds, as handed to the scheduler.
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub instance_id: Uuid,
     pub actor_id: String,
     pub interval: Duration,
-    pub lease_for: Duration,
     /// When the first check of a new entry is due, from now.
     pub first_in: Duration,
     pub unhealthy_after: u32,
@@ -38,7 +50,6 @@ pub struct Lease {
 
 struct Entry {
     lease: Lease,
-    expires: Instant,
     due: Instant,
     /// Bumped on every (re)schedule; heap items with an older generation are stale.
     generation: u64,
@@ -55,7 +66,7 @@ struct State {
 
 /// Per-replica scheduler of leased health checks.
 pub struct Scheduler {
-    holder: String,
+    id: Arc<ReplicaId>,
     deps: Arc<ActorDeps>,
     state: Mutex<State>,
     wake: Notify,
@@ -63,10 +74,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// `holder` names this replica in the lease table; `max_concurrent` bounds checks at once.
-    pub fn new(holder: String, deps: Arc<ActorDeps>, max_concurrent: usize) -> Self {
+    /// `id` names this replica in the lease table; `max_concurrent` bounds checks at once.
+    pub fn new(id: Arc<ReplicaId>, deps: Arc<ActorDeps>, max_concurrent: usize) -> Self {
         Self {
-            holder,
+            id,
             deps,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
@@ -75,7 +86,25 @@ impl Scheduler {
     }
 
     pub fn holder(&self) -> &str {
-        &self.holder
+        self.id.name()
+    }
+
+    pub fn id(&self) -> &Arc<ReplicaId> {
+        &self.id
+    }
+
+    /// Drop every entry (our epoch is gone, or we hand our leases over).
+    pub fn clear(&self) -> usize {
+        let mut st = self.lock();
+        let n = st.entries.len();
+        st.entries.clear();
+        st.heap.clear();
+        n
+    }
+
+    /// Whether this replica probes `instance` right now.
+    pub fn holds(&self, instance: Uuid) -> bool {
+        self.lock().entries.contains_key(&instance)
     }
 
     /// Instances this replica probes right now.
@@ -91,8 +120,8 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Take or renew a lease. A renewal by the same actor only extends it; a new actor
-    /// replaces the entry (new rhythm, failures reset).
+    /// Probe an instance whose lease we hold. The same actor again changes nothing (the
+    /// rhythm stays); a new actor replaces the entry (new rhythm, failures reset).
     pub fn lease(&self, lease: Lease) {
         let now = Instant::now();
         let mut guard = self.lock();
@@ -100,8 +129,6 @@ impl Scheduler {
         if let Some(e) = st.entries.get_mut(&lease.instance_id)
             && e.lease.actor_id == lease.actor_id
         {
-            e.expires = now + lease.lease_for;
-            e.lease = lease;
             return;
         }
         st.next_generation += 1;
@@ -111,7 +138,6 @@ impl Scheduler {
         st.entries.insert(
             id,
             Entry {
-                expires: now + lease.lease_for,
                 due,
                 generation,
                 running: false,
@@ -180,14 +206,6 @@ impl Scheduler {
                 return Some(Err(due));
             }
             st.heap.pop();
-            let expired = st.entries.get(&id).is_some_and(|e| e.expires <= now);
-            if expired {
-                if let Some(e) = st.entries.remove(&id) {
-                    tracing::info!(instance_id = %id, actor_id = %e.lease.actor_id, "probe lease expired without renewal");
-                    self.deps.prober.forget(id);
-                }
-                continue;
-            }
             if let Some(e) = st.entries.get_mut(&id) {
                 e.running = true;
             }
@@ -215,8 +233,8 @@ impl Scheduler {
             )
         };
         tokio::spawn(async move {
-            let outcome =
-                check::health_check(&self.deps, &actor_id, Some(&self.holder), input).await;
+            let holder = (self.id.name(), self.id.epoch());
+            let outcome = check::health_check(&self.deps, &actor_id, Some(holder), input).await;
             drop(permit);
             let now = Instant::now();
             let mut guard = self.lock();

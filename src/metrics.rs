@@ -30,6 +30,9 @@ pub const LISTENER_CONNECTED: &str = "toygres_actors_listener_connected";
 pub const LISTENER_RECONNECTS_TOTAL: &str = "toygres_actors_listener_reconnects_total";
 pub const LEADER: &str = "toygres_actors_leader";
 pub const ACTORS_V1_RUNNING: &str = "toygres_actors_actors_v1_running";
+pub const LEASES_HELD: &str = "toygres_actors_probe_leases_held";
+pub const LEASES_MOVED: &str = "toygres_actors_probe_leases_moved_total";
+pub const LEADER_TERM: &str = "toygres_actors_leader_term";
 pub const LAST_RESYNC: &str = "toygres_actors_last_resync_timestamp_seconds";
 pub const NOTIFY_ROUNDTRIP: &str = "toygres_actors_notify_roundtrip_seconds";
 
@@ -99,6 +102,18 @@ fn describe() {
     describe_counter!(LISTENER_RECONNECTS_TOTAL, "Listener reconnects.");
     describe_gauge!(LEADER, "1 on the replica that holds leadership.");
     describe_gauge!(
+        LEASES_HELD,
+        "Probe leases this replica holds (instances it checks)."
+    );
+    describe_counter!(
+        LEASES_MOVED,
+        "Probe leases this replica took over: claimed from a replica that is gone, or taken to balance the fleet."
+    );
+    describe_gauge!(
+        LEADER_TERM,
+        "The leader term this replica leads in (0 when it does not lead)."
+    );
+    describe_gauge!(
         ACTORS_V1_RUNNING,
         "Actors still running orchestration version 1 (counted at start): v1 stays registered while this is above zero."
     );
@@ -153,6 +168,20 @@ pub fn leader(is_leader: bool) {
     metrics::gauge!(LEADER).set(if is_leader { 1.0 } else { 0.0 });
 }
 
+pub fn leases_held(n: usize) {
+    metrics::gauge!(LEASES_HELD).set(n as f64);
+}
+
+pub fn leases_moved(how: &'static str, n: i32) {
+    if n > 0 {
+        metrics::counter!(LEASES_MOVED, "how" => how).increment(n as u64);
+    }
+}
+
+pub fn leader_term(term: Option<i64>) {
+    metrics::gauge!(LEADER_TERM).set(term.unwrap_or(0) as f64);
+}
+
 pub fn actors_v1_running(n: i64) {
     metrics::gauge!(ACTORS_V1_RUNNING).set(n as f64);
 }
@@ -168,6 +197,10 @@ pub fn notify_roundtrip(seconds: f64) {
 /// Zero every labelled counter we export, so the series exist before the first event
 /// (alerts on `rate()` and dashboards need them).
 pub fn initialise_series() {
+    for how in ["claimed", "balanced"] {
+        metrics::counter!(LEASES_MOVED, "how" => how).increment(0);
+    }
+    metrics::gauge!(LEASES_HELD).set(0.0);
     for status in ["healthy", "unhealthy", "unknown"] {
         metrics::counter!(HEALTH_CHECKS_TOTAL, "status" => status).absolute(0);
     }
@@ -203,6 +236,9 @@ pub struct FleetEntry {
     pub verdict: Verdict,
     pub last_health_check: Option<f64>,
     pub up: bool,
+    /// Since when the instance has been waiting for a check (Unix time: its last check, or
+    /// its creation), when it should be checked at all (its state calls for an actor).
+    pub awaiting_check_since: Option<f64>,
 }
 
 /// The latest fleet snapshot, rendered after the recorder's output at `/metrics`.
@@ -210,6 +246,8 @@ pub struct FleetEntry {
 pub struct FleetGauges {
     inner: Arc<RwLock<Option<Vec<FleetEntry>>>>,
     per_instance: bool,
+    /// The check interval, for the overdue and lagging counts.
+    interval: f64,
 }
 
 fn escape_label(v: &str) -> String {
@@ -219,10 +257,11 @@ fn escape_label(v: &str) -> String {
 }
 
 impl FleetGauges {
-    pub fn new(per_instance: bool) -> Self {
+    pub fn new(per_instance: bool, check_interval: Duration) -> Self {
         Self {
             inner: Arc::default(),
             per_instance,
+            interval: check_interval.as_secs_f64(),
         }
     }
 
@@ -243,6 +282,29 @@ impl FleetGauges {
             let n = entries.iter().filter(|e| e.verdict == v).count();
             let _ = writeln!(out, "toygres_actors_instances{{verdict=\"{v}\"}} {n}");
         }
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let ages: Vec<f64> = entries
+            .iter()
+            .filter_map(|e| e.awaiting_check_since.map(|t| (now - t).max(0.0)))
+            .collect();
+        let oldest = ages.iter().copied().fold(0.0, f64::max);
+        let over = |factor: f64| ages.iter().filter(|a| **a > factor * self.interval).count();
+        out.push_str("# HELP toygres_actors_check_interval_seconds The configured time between two checks of an instance.\n");
+        out.push_str("# TYPE toygres_actors_check_interval_seconds gauge\n");
+        let _ = writeln!(
+            out,
+            "toygres_actors_check_interval_seconds {}",
+            self.interval
+        );
+        out.push_str("# HELP toygres_actors_oldest_check_age_seconds Age of the oldest last check among instances that should be checked (from the database).\n");
+        out.push_str("# TYPE toygres_actors_oldest_check_age_seconds gauge\n");
+        let _ = writeln!(out, "toygres_actors_oldest_check_age_seconds {oldest:.3}");
+        out.push_str("# HELP toygres_actors_checks_overdue Instances that should be checked and were not for more than 2x the check interval.\n");
+        out.push_str("# TYPE toygres_actors_checks_overdue gauge\n");
+        let _ = writeln!(out, "toygres_actors_checks_overdue {}", over(2.0));
+        out.push_str("# HELP toygres_actors_checks_lagging Instances that should be checked and were not for more than 3x the check interval (ToygresChecksLagging).\n");
+        out.push_str("# TYPE toygres_actors_checks_lagging gauge\n");
+        let _ = writeln!(out, "toygres_actors_checks_lagging {}", over(3.0));
         if !self.per_instance {
             return out;
         }
@@ -287,7 +349,7 @@ mod tests {
 
     #[test]
     fn fleet_render_escapes_and_counts() {
-        let g = FleetGauges::new(true);
+        let g = FleetGauges::new(true, Duration::from_secs(30));
         assert_eq!(g.render(), "");
         g.set(vec![
             FleetEntry {
@@ -295,12 +357,14 @@ mod tests {
                 verdict: Verdict::Ok,
                 last_health_check: Some(1.5),
                 up: true,
+                awaiting_check_since: Some(1.5),
             },
             FleetEntry {
                 k8s_name: "c".into(),
                 verdict: Verdict::Stale,
                 last_health_check: None,
                 up: false,
+                awaiting_check_since: None,
             },
         ]);
         let text = g.render();
@@ -310,12 +374,16 @@ mod tests {
             text.contains("toygres_actors_instance_verdict{k8s_name=\"a\\\"b\",verdict=\"ok\"} 1")
         );
         assert!(!text.contains("last_health_check_timestamp_seconds{k8s_name=\"c\"}"));
-        let off = FleetGauges::new(false);
+        // "a" was last checked in 1970: overdue and lagging; "c" is not expected to be checked.
+        assert!(text.contains("toygres_actors_checks_lagging 1\n"), "{text}");
+        assert!(text.contains("toygres_actors_checks_overdue 1\n"), "{text}");
+        let off = FleetGauges::new(false, Duration::from_secs(30));
         off.set(vec![FleetEntry {
             k8s_name: "x".into(),
             verdict: Verdict::Idle,
             last_health_check: None,
             up: false,
+            awaiting_check_since: None,
         }]);
         assert!(!off.render().contains("k8s_name"));
     }

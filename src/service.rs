@@ -6,15 +6,18 @@
 //! reconcile queue, the resync timer and the pruner. Losing leadership stops those duties;
 //! winning it again starts them afresh (with a full reconcile, as after any reconnect).
 //!
-//! Shutdown (SIGTERM, SIGINT/Ctrl-C): leader duties stop first (no new Duroxide calls), then
-//! the election releases its lock, then the Duroxide runtime drains, then HTTP, then the
-//! private PostgreSQL (if we started one).
+//! Every replica also runs its liveness service ([`crate::replica`]): heartbeat, claiming
+//! the probe leases of replicas that are gone, balancing, picking up its own leases.
+//!
+//! Shutdown (SIGTERM, SIGINT/Ctrl-C): leader duties stop and the term is resigned first (no
+//! new Duroxide calls; a follower leads at its next tick), then the probe leases are handed
+//! to the live replicas, then the Duroxide runtime drains, then HTTP, then the private
+//! PostgreSQL (if we started one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,18 +27,25 @@ use crate::check::ActorDeps;
 use crate::config;
 use crate::db::Database;
 use crate::duro::{self, ActorControl, ActorSettings, RuntimeSettings};
+use crate::duties::{LeaderDuties, lead_when_elected, poll_fleet, sweep_probes};
 use crate::health::{ProbeSettings, Prober};
-use crate::listener::{self, ListenerSettings, ListenerStatus};
-use crate::metrics::{self, FleetEntry, FleetGauges};
-use crate::reconcile::{ReconcileQueue, Reconciler};
+use crate::identity::ReplicaId;
+use crate::listener::{ListenerSettings, ListenerStatus};
+use crate::metrics::{self, FleetGauges};
+use crate::reconcile::Reconciler;
+use crate::replica::{ProbeRules, Replica};
 use crate::settings::{GlobalArgs, RunArgs};
-use crate::verdict::Verdict;
 
 /// A started service.
 pub struct RunningService {
     pub shared: Shared,
     pub http_addr: SocketAddr,
     stop: CancellationToken,
+    /// Stops the election and the leader duties (first, on shutdown).
+    lead_stop: CancellationToken,
+    lead_tasks: Vec<JoinHandle<()>>,
+    /// Hands the probe leases over on shutdown.
+    replica: Arc<Replica>,
     tasks: Vec<JoinHandle<()>>,
     runtime: Arc<duroxide::runtime::Runtime>,
     /// Held to keep a private cluster alive until the very end.
@@ -50,15 +60,10 @@ pub async fn start(
 ) -> anyhow::Result<RunningService> {
     let prometheus = metrics::install();
     metrics::initialise_series();
-    // Stable across restarts of the same replica (same host, same port), so a restarted
-    // process adopts the probe leases its previous incarnation held (see below).
-    let replica = args
-        .replica
-        .clone()
-        .unwrap_or_else(|| match args.http.port() {
-            0 => format!("{}-{}", hostname(), std::process::id()),
-            port => format!("{}:{port}", hostname()),
-        });
+    // The name (a pod's name, a host's name) plus a random epoch per process: see
+    // `crate::identity`. Two processes with one name: the newest wins.
+    let replica = args.replica.clone().unwrap_or_else(hostname);
+    let id = Arc::new(ReplicaId::new(replica.clone()));
     let url = database.url.clone();
 
     let pool = crate::db::cms_pool(&url, args.cms_pool_max).await?;
@@ -94,7 +99,7 @@ pub async fn start(
         prober: prober.clone(),
     });
     let scheduler = Arc::new(crate::lease::Scheduler::new(
-        replica.clone(),
+        id.clone(),
         deps.clone(),
         args.probe_concurrency,
     ));
@@ -127,35 +132,49 @@ pub async fn start(
     } else {
         control
     };
-    let reconciler = Arc::new(Reconciler::new(control, args.stale_after, replica.clone()));
+    let reconciler = Arc::new(Reconciler::new(control, args.stale_after, replica.clone()).fenced());
+    let liveness = Arc::new(Replica::new(
+        pool.clone(),
+        scheduler.clone(),
+        ProbeRules {
+            interval: args.check_interval,
+            unhealthy_after: args.unhealthy_after,
+            actor_states: args.actor_states.clone(),
+        },
+    ));
+    liveness.register().await?;
 
     let stop = CancellationToken::new();
     let token = stop.clone();
+    // Leader duties and the election stop first on shutdown.
+    let lead_stop = CancellationToken::new();
     let mut tasks = Vec::new();
-    let fleet = FleetGauges::new(args.per_instance_metrics);
+    let mut lead_tasks = Vec::new();
+    let fleet = FleetGauges::new(args.per_instance_metrics, args.check_interval);
     tasks.push(tokio::spawn(poll_fleet(
         reconciler.clone(),
         fleet.clone(),
         args.fleet_poll_interval,
         token.clone(),
     )));
-    adopt_own_leases(&pool, &scheduler, args).await;
     tasks.push(tokio::spawn(scheduler.clone().run(token.clone())));
+    tasks.push(tokio::spawn(liveness.clone().run(token.clone())));
     tasks.push(tokio::spawn(sweep_probes(
         prober,
         args.check_interval * 3,
         token.clone(),
     )));
 
-    let (leading_tx, leading_rx) = watch::channel(false);
+    let (leading_tx, leading_rx) = watch::channel(None);
     let (listener_tx, listener_rx) = watch::channel(ListenerStatus::default());
     if !args.worker_only {
-        tasks.push(tokio::spawn(crate::leader::run(
+        lead_tasks.push(tokio::spawn(crate::leader::run(
             url.clone(),
+            id.clone(),
             leading_tx,
-            token.clone(),
+            lead_stop.clone(),
         )));
-        tasks.push(tokio::spawn(lead_when_elected(
+        lead_tasks.push(tokio::spawn(lead_when_elected(
             LeaderDuties {
                 reconciler: reconciler.clone(),
                 listener: ListenerSettings {
@@ -169,7 +188,7 @@ pub async fn start(
                 history_retention: args.history_retention,
             },
             leading_rx.clone(),
-            token.clone(),
+            lead_stop.clone(),
         )));
     }
 
@@ -180,6 +199,7 @@ pub async fn start(
         prometheus,
         api_token: args.api_token.clone().filter(|t| !t.is_empty()),
         leading: leading_rx,
+        liveness: liveness.liveness(),
         listener: listener_rx,
         worker_only: args.worker_only,
     };
@@ -202,6 +222,9 @@ pub async fn start(
         shared,
         http_addr,
         stop,
+        lead_stop,
+        lead_tasks,
+        replica: liveness,
         tasks,
         runtime,
         database: Some(database),
@@ -212,6 +235,21 @@ impl RunningService {
     /// Stop everything in order.
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
+        // 1. No new decisions: leader duties stop, the term is resigned.
+        self.lead_stop.cancel();
+        for t in self.lead_tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a leader task did not stop within 10 s");
+            }
+        }
+        // 2. Probe leases to the live replicas, before anything drains.
+        if let Err(e) = self.replica.hand_over().await {
+            tracing::warn!(error = %e, "could not hand the probe leases over; the live replicas claim them after the heartbeat TTL");
+        }
+        // 3. Everything else, then Duroxide drains.
         self.stop.cancel();
         for t in self.tasks.drain(..) {
             if tokio::time::timeout(Duration::from_secs(10), t)
@@ -265,290 +303,9 @@ pub async fn wait_for_signal() {
     }
 }
 
-/// After a restart, resume probing the instances our previous incarnation held leases on,
-/// without waiting for each actor's next renewal (or for Duroxide's lock on an in-flight
-/// renewal to expire).
-async fn adopt_own_leases(pool: &PgPool, scheduler: &crate::lease::Scheduler, args: &RunArgs) {
-    type Row = (
-        uuid::Uuid,
-        String,
-        Option<chrono::DateTime<chrono::Utc>>,
-        f64,
-    );
-    let rows: Vec<Row> = match sqlx::query_as(crate::sql::OWN_LEASES)
-        .bind(scheduler.holder())
-        .fetch_all(pool)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read our probe leases; actors re-lease at their next renewal");
-            return;
-        }
-    };
-    let n = rows.len();
-    for (instance_id, actor_id, last, remaining) in rows {
-        let since = last.and_then(|t| (chrono::Utc::now() - t).to_std().ok());
-        let first_in = match since {
-            Some(age) if age < args.check_interval => args.check_interval - age,
-            _ => Duration::ZERO,
-        };
-        scheduler.lease(crate::lease::Lease {
-            instance_id,
-            actor_id,
-            interval: args.check_interval,
-            lease_for: Duration::from_secs_f64(remaining.max(0.0)),
-            first_in,
-            unhealthy_after: args.unhealthy_after,
-            actor_states: args.actor_states.clone(),
-        });
-    }
-    if n > 0 {
-        tracing::info!(
-            leases = n,
-            holder = scheduler.holder(),
-            "adopted the probe leases of our previous run"
-        );
-    }
-}
-
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "replica".into())
-}
-
-struct LeaderDuties {
-    reconciler: Arc<Reconciler>,
-    listener: ListenerSettings,
-    listener_status: watch::Sender<ListenerStatus>,
-    parallelism: usize,
-    resync_interval: Duration,
-    history_retention: Duration,
-}
-
-/// Start the leader duties whenever we are elected; stop them when we are not.
-async fn lead_when_elected(
-    duties: LeaderDuties,
-    mut leading: watch::Receiver<bool>,
-    stop: CancellationToken,
-) {
-    let duties = Arc::new(duties);
-    loop {
-        // Wait to be elected.
-        tokio::select! {
-            r = leading.wait_for(|l| *l) => if r.is_err() { return },
-            _ = stop.cancelled() => return,
-        }
-        let term_stop = stop.child_token();
-        let term = term_stop.clone();
-        let queue = Arc::new(ReconcileQueue::new());
-        let mut handles = vec![
-            tokio::spawn(queue.clone().run(
-                duties.reconciler.clone(),
-                duties.parallelism,
-                term.clone(),
-            )),
-            tokio::spawn(listener::run(
-                duties.listener.clone(),
-                duties.reconciler.clone(),
-                queue.clone(),
-                duties.listener_status.clone(),
-                term.clone(),
-            )),
-        ];
-        handles.push(tokio::spawn(resync_timer(
-            duties.reconciler.clone(),
-            queue.clone(),
-            duties.resync_interval,
-            term.clone(),
-        )));
-        handles.push(tokio::spawn(prune_timer(
-            duties.reconciler.clone(),
-            duties.history_retention,
-            term.clone(),
-        )));
-        // Lead until we lose the election or shut down.
-        tokio::select! {
-            _ = leading.wait_for(|l| !*l) => tracing::warn!("leadership lost: stopping listener and reconciler"),
-            _ = stop.cancelled() => {}
-        }
-        term_stop.cancel();
-        for h in handles {
-            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
-        }
-        if stop.is_cancelled() {
-            return;
-        }
-    }
-}
-
-async fn resync_timer(
-    reconciler: Arc<Reconciler>,
-    queue: Arc<ReconcileQueue>,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the listener's connect-time reconcile covers the start
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        match reconciler.full_reconcile(Some(&queue), false).await {
-            Ok(found) if !found.is_empty() => {
-                tracing::info!(queued = found.len(), "resync queued heals")
-            }
-            Ok(_) => tracing::debug!("resync: nothing to heal"),
-            Err(e) => {
-                metrics::reconcile_error();
-                tracing::warn!(error = %e, "resync failed");
-            }
-        }
-    }
-}
-
-/// Old health history, old decisions, Duroxide's finished executions and actors.
-async fn prune_timer(reconciler: Arc<Reconciler>, retention: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(config::PRUNE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        if let Err(e) = prune_once(&reconciler, retention).await {
-            tracing::warn!(error = %e, "pruning failed");
-        }
-    }
-}
-
-/// One pruning pass (also used by tests and benchmarks).
-pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow::Result<()> {
-    let control = &reconciler.control;
-    let history = crate::cms::prune_health_history(&control.pool, retention).await?;
-    let decisions = sqlx::query(crate::sql::PRUNE_DECISIONS)
-        .bind(retention.as_secs_f64())
-        .execute(&control.pool)
-        .await?
-        .rows_affected();
-    let with_old: Vec<String> = sqlx::query_scalar(&crate::sql::with_duroxide_schema(
-        crate::sql::ACTORS_WITH_OLD_EXECUTIONS,
-        &control.schema,
-    ))
-    .bind(config::ACTOR_ORCHESTRATION)
-    .fetch_all(&control.pool)
-    .await?;
-    let mut executions = 0;
-    if !with_old.is_empty() {
-        let r = control
-            .client
-            .prune_executions_bulk(
-                duroxide::InstanceFilter {
-                    instance_ids: Some(with_old),
-                    ..Default::default()
-                },
-                duroxide::PruneOptions {
-                    keep_last: Some(1),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        executions = r.executions_deleted;
-    }
-    // Finished actors are kept a day for `explain`, then deleted.
-    let finished: Vec<String> = sqlx::query_scalar(&crate::sql::with_duroxide_schema(
-        crate::sql::FINISHED_ACTORS,
-        &control.schema,
-    ))
-    .bind(config::ACTOR_ORCHESTRATION)
-    .bind(86_400f64)
-    .fetch_all(&control.pool)
-    .await?;
-    let mut deleted = 0;
-    if !finished.is_empty() {
-        let r = control
-            .client
-            .delete_instance_bulk(duroxide::InstanceFilter {
-                instance_ids: Some(finished),
-                ..Default::default()
-            })
-            .await?;
-        deleted = r.instances_deleted;
-    }
-    tracing::info!(
-        history,
-        decisions,
-        executions,
-        finished_actors = deleted,
-        "pruned"
-    );
-    Ok(())
-}
-
-async fn poll_fleet(
-    reconciler: Arc<Reconciler>,
-    gauges: FleetGauges,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        match reconciler.fleet().await {
-            Ok(fleet) => {
-                let mut entries: Vec<FleetEntry> = fleet
-                    .instances
-                    .iter()
-                    .map(|(obs, d)| FleetEntry {
-                        k8s_name: obs.row.k8s_name.clone(),
-                        verdict: d.verdict,
-                        last_health_check: obs
-                            .row
-                            .last_health_check
-                            .map(|t| t.timestamp_millis() as f64 / 1000.0),
-                        up: obs.row.health_status == "healthy",
-                    })
-                    .collect();
-                entries.extend(
-                    fleet
-                        .deleted_with_live_actors
-                        .iter()
-                        .map(|(id, _)| FleetEntry {
-                            k8s_name: format!("(deleted {id})"),
-                            verdict: Verdict::Orphan,
-                            last_health_check: None,
-                            up: false,
-                        }),
-                );
-                gauges.set(entries);
-            }
-            Err(e) => tracing::warn!(error = %e, "fleet gauges: query failed"),
-        }
-    }
-}
-
-async fn sweep_probes(prober: Arc<Prober>, idle: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(crate::quiet::BURST_WINDOW);
-    let mut ticks = 0u32;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                // Summaries of per-instance log lines every window; the probe sweep every minute.
-                crate::quiet::flush_all();
-                ticks = ticks.wrapping_add(1);
-                if ticks % 6 == 0 {
-                    prober.sweep(idle);
-                }
-            }
-            _ = stop.cancelled() => return,
-        }
-    }
 }

@@ -21,7 +21,11 @@ async fn reachable_instance_is_recorded_healthy_with_history_and_notification() 
     db.insert_instance("pg-ok", "running", Some(&support::reachable_target()))
         .await;
     let row = stack.row("pg-ok").await;
-    let t = stack.control.replace(&row, "test start").await.unwrap();
+    let t = stack
+        .control
+        .replace(&row, "test start", None)
+        .await
+        .unwrap();
     let actor = t.new_actor_id.unwrap();
     assert_eq!(db.actor_id("pg-ok").await.as_deref(), Some(actor.as_str()));
 
@@ -62,7 +66,7 @@ async fn closed_port_is_unhealthy_and_the_error_has_no_password() {
         .await;
     stack
         .control
-        .replace(&stack.row("pg-down").await, "test")
+        .replace(&stack.row("pg-down").await, "test", None)
         .await
         .unwrap();
     wait_until("unhealthy recorded", T, || async {
@@ -102,7 +106,7 @@ async fn unhealthy_only_after_the_configured_consecutive_failures() {
     .unwrap();
     stack
         .control
-        .replace(&stack.row("pg-flaky").await, "test")
+        .replace(&stack.row("pg-flaky").await, "test", None)
         .await
         .unwrap();
     // The change notification is sent in the transaction of the check that flipped the
@@ -134,7 +138,7 @@ async fn instance_without_connection_string_reports_unknown_and_waits() {
     db.insert_instance("pg-new", "creating", None).await;
     stack
         .control
-        .replace(&stack.row("pg-new").await, "test")
+        .replace(&stack.row("pg-new").await, "test", None)
         .await
         .unwrap();
     wait_until("two checks", T, || async {
@@ -167,7 +171,7 @@ async fn superseded_actor_stops_without_writing() {
         .await;
     let t = stack
         .control
-        .replace(&stack.row("pg-fence").await, "test")
+        .replace(&stack.row("pg-fence").await, "test", None)
         .await
         .unwrap();
     let old = t.new_actor_id.unwrap();
@@ -209,7 +213,7 @@ async fn deleting_the_row_ends_the_actor() {
         .await;
     let actor = stack
         .control
-        .replace(&stack.row("pg-gone").await, "test")
+        .replace(&stack.row("pg-gone").await, "test", None)
         .await
         .unwrap()
         .new_actor_id
@@ -241,7 +245,7 @@ async fn restart_gives_a_new_id_and_exactly_one_live_actor() {
         .await;
     let first = stack
         .control
-        .replace(&stack.row("pg-re").await, "start")
+        .replace(&stack.row("pg-re").await, "start", None)
         .await
         .unwrap()
         .new_actor_id
@@ -252,7 +256,7 @@ async fn restart_gives_a_new_id_and_exactly_one_live_actor() {
     .await;
     let t = stack
         .control
-        .replace(&stack.row("pg-re").await, "restart")
+        .replace(&stack.row("pg-re").await, "restart", None)
         .await
         .unwrap();
     let second = t.new_actor_id.unwrap();
@@ -285,7 +289,7 @@ async fn actor_history_stays_bounded_and_pruning_removes_old_executions() {
         .await;
     let actor = stack
         .control
-        .replace(&stack.row("pg-long").await, "start")
+        .replace(&stack.row("pg-long").await, "start", None)
         .await
         .unwrap()
         .new_actor_id
@@ -319,7 +323,7 @@ async fn actor_history_stays_bounded_and_pruning_removes_old_executions() {
         max_events <= 20,
         "one execution's history is bounded: {max_events} events"
     );
-    toygres_actors::service::prune_once(&stack.reconciler, Duration::from_secs(7 * 86400))
+    toygres_actors::duties::prune_once(&stack.reconciler, Duration::from_secs(7 * 86400))
         .await
         .unwrap();
     let left: i64 = sqlx::query_scalar(

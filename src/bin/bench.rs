@@ -1236,7 +1236,7 @@ mod naive {
             deps.clone(),
             // The naive loop uses only the v1 health-check activity.
             Arc::new(toygres_actors::lease::Scheduler::new(
-                "naive".into(),
+                Arc::new(toygres_actors::identity::ReplicaId::new("naive")),
                 deps,
                 1,
             )),

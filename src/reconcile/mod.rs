@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::cms::{self, InstanceRow};
 use crate::config;
 use crate::duro::{ActorControl, DuroError};
+use crate::identity::Term;
 use crate::metrics;
 use crate::sql;
 use crate::verdict::{self, Action, Decision, Observed, Rules, Verdict};
@@ -97,6 +98,11 @@ pub struct Reconciler {
     pub replica: String,
     /// Per-instance heal backoff (stale / zombie / finished → restart).
     backoff: Mutex<HashMap<Uuid, HealBackoff>>,
+    /// In the service, what the reconciler does on its own (everything but operator
+    /// requests) is fenced by the leader's term: `None` until elected (and after stepping
+    /// down), so a replica that does not lead writes nothing. The CLI is not fenced.
+    term: std::sync::RwLock<Option<Term>>,
+    fenced: bool,
 }
 
 impl Reconciler {
@@ -110,7 +116,33 @@ impl Reconciler {
             rules,
             replica,
             backoff: Mutex::new(HashMap::new()),
+            term: std::sync::RwLock::new(None),
+            fenced: false,
         }
+    }
+
+    /// Fence automatic actions with the leader's term (the service).
+    pub fn fenced(mut self) -> Self {
+        self.fenced = true;
+        self
+    }
+
+    /// The term this replica leads in (set by the leader duties).
+    pub fn set_term(&self, term: Option<Term>) {
+        *self.term.write().unwrap_or_else(|p| p.into_inner()) = term;
+    }
+
+    pub fn term(&self) -> Option<Term> {
+        self.term.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The fence for an action with this trigger: operator requests are explicit and go
+    /// through on any replica; everything else needs the current term.
+    pub(crate) fn fence_for(&self, trigger: &Trigger) -> Result<Option<Term>, DuroError> {
+        if !self.fenced || matches!(trigger, Trigger::Operator(_)) {
+            return Ok(None);
+        }
+        self.term().map(Some).ok_or(DuroError::NotLeader)
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -223,8 +255,11 @@ impl Reconciler {
             outcome.skipped = Some("dry run".into());
             return Ok(outcome);
         }
+        let fence = self.fence_for(trigger)?;
         for a in &live {
-            self.control.cancel(a, "instance row deleted").await?;
+            self.control
+                .cancel(a, "instance row deleted", fence.as_ref())
+                .await?;
         }
         self.forget_backoff(id);
         metrics::reconcile_action("cancel");
@@ -285,24 +320,26 @@ impl Reconciler {
             return Ok(outcome);
         }
         let started = Instant::now();
+        let fence = self.fence_for(trigger)?;
+        let fence = fence.as_ref();
         let result = match &decision.action {
             Action::Noop => unreachable!("handled above"),
             Action::Start { named: Some(id) } => self
                 .control
-                .start_named(row, id)
+                .start_named(row, id, fence)
                 .await
                 .map(|_| (row.actor_id.clone(), Some(id.clone()))),
             Action::Start { named: None } | Action::Restart => {
                 let reason = format!("{}: {}", decision.verdict, decision.reason);
                 self.control
-                    .replace(row, &reason)
+                    .replace(row, &reason, fence)
                     .await
                     .map(|t| (t.old_actor_id, t.new_actor_id))
             }
             Action::Cancel { actor_ids } => {
                 let mut r = Ok(());
                 for a in actor_ids {
-                    if let Err(e) = self.control.cancel(a, &decision.reason).await {
+                    if let Err(e) = self.control.cancel(a, &decision.reason, fence).await {
                         r = Err(e);
                         break;
                     }

@@ -313,10 +313,16 @@ impl ServiceProc {
             .append(true)
             .open(&self.log)
             .unwrap();
+        // A replica name of its own unless the test names it (several replicas share a host).
+        let mut named = Vec::new();
+        if !self.args.iter().any(|a| a == "--replica") {
+            named = vec!["--replica".to_string(), format!("svc-{port}")];
+        }
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_toygres-actors"))
             .arg("run")
             .arg("--http")
             .arg(format!("127.0.0.1:{port}"))
+            .args(&named)
             .args(&self.args)
             .env("DATABASE_URL", &self.url)
             .env(
@@ -444,11 +450,18 @@ impl Stack {
             pool: db.pool.clone(),
             prober: prober.clone(),
         });
-        let scheduler = Arc::new(toygres_actors::lease::Scheduler::new(
-            "test".into(),
-            deps.clone(),
-            16,
+        let id = Arc::new(toygres_actors::identity::ReplicaId::new("test"));
+        let scheduler = Arc::new(toygres_actors::lease::Scheduler::new(id, deps.clone(), 16));
+        let replica = Arc::new(toygres_actors::replica::Replica::new(
+            db.pool.clone(),
+            scheduler.clone(),
+            toygres_actors::replica::ProbeRules {
+                interval,
+                unhealthy_after,
+                actor_states: vec!["creating".into(), "running".into()],
+            },
         ));
+        replica.register().await.expect("register the test replica");
         let runtime = duro::start_runtime(
             store.clone(),
             deps,
@@ -475,7 +488,8 @@ impl Stack {
         );
         let stop = tokio_util::sync::CancellationToken::new();
         let stop_source = stop.clone().drop_guard();
-        tokio::spawn(scheduler.clone().run(stop));
+        tokio::spawn(scheduler.clone().run(stop.clone()));
+        tokio::spawn(replica.run(stop));
         let reconciler = Arc::new(reconcile::Reconciler::new(
             control.clone(),
             Duration::from_secs(300),

@@ -1,0 +1,266 @@
+//! The leader's duties and the periodic work every replica does, each a small loop with a
+//! stop token: the listener, the reconcile queue, the resync timer and the pruner run while
+//! this replica leads in a term ([`lead_when_elected`]); the fleet gauges and the probe
+//! connection sweep run everywhere.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+use crate::health::Prober;
+use crate::identity::Term;
+use crate::listener::{self, ListenerSettings, ListenerStatus};
+use crate::metrics::{self, FleetEntry, FleetGauges};
+use crate::reconcile::{ReconcileQueue, Reconciler};
+use crate::verdict::Verdict;
+
+pub struct LeaderDuties {
+    pub reconciler: Arc<Reconciler>,
+    pub listener: ListenerSettings,
+    pub listener_status: watch::Sender<ListenerStatus>,
+    pub parallelism: usize,
+    pub resync_interval: Duration,
+    pub history_retention: Duration,
+}
+
+/// Start the leader duties whenever we are elected; stop them when we are not.
+pub async fn lead_when_elected(
+    duties: LeaderDuties,
+    mut leading: watch::Receiver<Option<Term>>,
+    stop: CancellationToken,
+) {
+    let duties = Arc::new(duties);
+    loop {
+        // Wait to be elected.
+        let term = tokio::select! {
+            r = leading.wait_for(|l| l.is_some()) => match r {
+                Ok(t) => t.clone(),
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let Some(term) = term else { continue };
+        duties.reconciler.set_term(Some(term.clone()));
+        let term_stop = stop.child_token();
+        let queue = Arc::new(ReconcileQueue::new());
+        let handles = vec![
+            tokio::spawn(queue.clone().run(
+                duties.reconciler.clone(),
+                duties.parallelism,
+                term_stop.clone(),
+            )),
+            tokio::spawn(listener::run(
+                duties.listener.clone(),
+                duties.reconciler.clone(),
+                queue.clone(),
+                duties.listener_status.clone(),
+                term_stop.clone(),
+            )),
+            tokio::spawn(resync_timer(
+                duties.reconciler.clone(),
+                queue.clone(),
+                duties.resync_interval,
+                term_stop.clone(),
+            )),
+            tokio::spawn(prune_timer(
+                duties.reconciler.clone(),
+                duties.history_retention,
+                term_stop.clone(),
+            )),
+        ];
+        // Lead until this term ends (stepped down, or a new term after a lapse) or shutdown.
+        let current = term.clone();
+        tokio::select! {
+            _ = leading.wait_for(|l| l.as_ref() != Some(&current)) => {
+                tracing::warn!(term = current.term, "term over: stopping listener and reconciler")
+            }
+            _ = stop.cancelled() => {}
+        }
+        duties.reconciler.set_term(None);
+        term_stop.cancel();
+        for h in handles {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn resync_timer(
+    reconciler: Arc<Reconciler>,
+    queue: Arc<ReconcileQueue>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the listener's connect-time reconcile covers the start
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match reconciler.full_reconcile(Some(&queue), false).await {
+            Ok(found) if !found.is_empty() => {
+                tracing::info!(queued = found.len(), "resync queued heals")
+            }
+            Ok(_) => tracing::debug!("resync: nothing to heal"),
+            Err(e) => {
+                metrics::reconcile_error();
+                tracing::warn!(error = %e, "resync failed");
+            }
+        }
+    }
+}
+
+/// Old health history, old decisions, Duroxide's finished executions and actors.
+async fn prune_timer(reconciler: Arc<Reconciler>, retention: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(config::PRUNE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = prune_once(&reconciler, retention).await {
+            tracing::warn!(error = %e, "pruning failed");
+        }
+    }
+}
+
+/// One pruning pass (also used by tests and benchmarks).
+pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow::Result<()> {
+    let control = &reconciler.control;
+    let history = crate::cms::prune_health_history(&control.pool, retention).await?;
+    let decisions = sqlx::query(crate::sql::PRUNE_DECISIONS)
+        .bind(retention.as_secs_f64())
+        .execute(&control.pool)
+        .await?
+        .rows_affected();
+    let with_old: Vec<String> = sqlx::query_scalar(&crate::sql::with_duroxide_schema(
+        crate::sql::ACTORS_WITH_OLD_EXECUTIONS,
+        &control.schema,
+    ))
+    .bind(config::ACTOR_ORCHESTRATION)
+    .fetch_all(&control.pool)
+    .await?;
+    let mut executions = 0;
+    if !with_old.is_empty() {
+        let r = control
+            .client
+            .prune_executions_bulk(
+                duroxide::InstanceFilter {
+                    instance_ids: Some(with_old),
+                    ..Default::default()
+                },
+                duroxide::PruneOptions {
+                    keep_last: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        executions = r.executions_deleted;
+    }
+    // Finished actors are kept a day for `explain`, then deleted.
+    let finished: Vec<String> = sqlx::query_scalar(&crate::sql::with_duroxide_schema(
+        crate::sql::FINISHED_ACTORS,
+        &control.schema,
+    ))
+    .bind(config::ACTOR_ORCHESTRATION)
+    .bind(86_400f64)
+    .fetch_all(&control.pool)
+    .await?;
+    let mut deleted = 0;
+    if !finished.is_empty() {
+        let r = control
+            .client
+            .delete_instance_bulk(duroxide::InstanceFilter {
+                instance_ids: Some(finished),
+                ..Default::default()
+            })
+            .await?;
+        deleted = r.instances_deleted;
+    }
+    tracing::info!(
+        history,
+        decisions,
+        executions,
+        finished_actors = deleted,
+        "pruned"
+    );
+    Ok(())
+}
+
+pub async fn poll_fleet(
+    reconciler: Arc<Reconciler>,
+    gauges: FleetGauges,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match reconciler.fleet().await {
+            Ok(fleet) => {
+                let mut entries: Vec<FleetEntry> = fleet
+                    .instances
+                    .iter()
+                    .map(|(obs, d)| FleetEntry {
+                        k8s_name: obs.row.k8s_name.clone(),
+                        verdict: d.verdict,
+                        last_health_check: obs
+                            .row
+                            .last_health_check
+                            .map(|t| t.timestamp_millis() as f64 / 1000.0),
+                        up: obs.row.health_status == "healthy",
+                        awaiting_check_since: reconciler
+                            .control
+                            .wants_actor(&obs.row.state)
+                            .then(|| obs.row.last_health_check.unwrap_or(obs.row.created_at))
+                            .map(|t| t.timestamp_millis() as f64 / 1000.0),
+                    })
+                    .collect();
+                entries.extend(
+                    fleet
+                        .deleted_with_live_actors
+                        .iter()
+                        .map(|(id, _)| FleetEntry {
+                            k8s_name: format!("(deleted {id})"),
+                            verdict: Verdict::Orphan,
+                            last_health_check: None,
+                            up: false,
+                            awaiting_check_since: None,
+                        }),
+                );
+                gauges.set(entries);
+            }
+            Err(e) => tracing::warn!(error = %e, "fleet gauges: query failed"),
+        }
+    }
+}
+
+pub async fn sweep_probes(prober: Arc<Prober>, idle: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::quiet::BURST_WINDOW);
+    let mut ticks = 0u32;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                // Summaries of per-instance log lines every window; the probe sweep every minute.
+                crate::quiet::flush_all();
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(6) {
+                    prober.sweep(idle);
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
