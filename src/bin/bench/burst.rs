@@ -1,0 +1,188 @@
+//! The burst scenario: N instances inserted in one transaction → all actors running and all
+//! with a first health row; then all deleted in one statement → all actors gone. The same
+//! transaction's NOTIFYs to a plain LISTEN connection are the baseline.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::harness::{
+    Baseline, Cpu, CpuWindow, DASH, Env, Service, checked_count, delete_all, header, insert_many,
+    pct, row, running_any, running_current, secs,
+};
+
+/// How long the scenario waits for each figure before it reports "not reached".
+const PATIENCE: Duration = Duration::from_secs(600);
+
+/// What one burst measured (seconds after the commit; `None` = not reached).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub instances: usize,
+    /// Commit → a plain LISTEN connection has all N notifications.
+    pub notify_all_s: f64,
+    pub all_running_s: Option<f64>,
+    pub all_checked_s: Option<f64>,
+    /// Rows whose current actor ran, at the last look after the insert.
+    pub actors_running: i64,
+    /// Rows with a first health row, at the last look after the insert.
+    pub actors_checked: i64,
+    /// Commit of the DELETE → no actor runs.
+    pub all_gone_s: Option<f64>,
+    /// Actors still running at the last look after the DELETE.
+    pub actors_left: i64,
+    pub cpu_insert: Cpu,
+    pub cpu_delete: Cpu,
+}
+
+pub async fn run(n: usize) -> Result<Report> {
+    let env = Env::start().await?;
+    let notify_all_s = notify_baseline(&env, n).await?;
+
+    let svc = Service::start(
+        &env.url,
+        &[
+            "--check-interval",
+            "30s",
+            "--probe-keep-connections",
+            "0",
+            "--probe-concurrency",
+            "64",
+        ],
+    )
+    .await?;
+    let w = CpuWindow::start(&env, Some(svc.pid()));
+    let target = env.target();
+    let t0 = Instant::now();
+    insert_many(&env.pool, "burst", n, "running", Some(&target)).await?;
+    let committed = t0.elapsed();
+    let (mut all_running_s, mut all_checked_s) = (None, None);
+    let (mut actors_running, mut actors_checked) = (0, 0);
+    let deadline = Instant::now() + PATIENCE;
+    while (all_running_s.is_none() || all_checked_s.is_none()) && Instant::now() < deadline {
+        if all_running_s.is_none() {
+            actors_running = running_current(&env.pool).await?;
+            if actors_running as usize >= n {
+                all_running_s = Some((t0.elapsed() - committed).as_secs_f64());
+            }
+        }
+        if all_checked_s.is_none() {
+            actors_checked = checked_count(&env.pool).await?;
+            if actors_checked as usize >= n {
+                all_checked_s = Some((t0.elapsed() - committed).as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cpu_insert = w.finish(&env);
+
+    let w = CpuWindow::start(&env, Some(svc.pid()));
+    let t1 = Instant::now();
+    delete_all(&env.pool).await?;
+    let deleted = t1.elapsed();
+    let mut all_gone_s = None;
+    let mut actors_left = -1;
+    let deadline = Instant::now() + PATIENCE;
+    while all_gone_s.is_none() && Instant::now() < deadline {
+        actors_left = running_any(&env.pool, "toygres_duroxide").await?;
+        if actors_left == 0 {
+            all_gone_s = Some((t1.elapsed() - deleted).as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cpu_delete = w.finish(&env);
+    drop(svc);
+
+    let report = Report {
+        instances: n,
+        notify_all_s,
+        all_running_s,
+        all_checked_s,
+        actors_running,
+        actors_checked,
+        all_gone_s,
+        actors_left,
+        cpu_insert,
+        cpu_delete,
+    };
+    report.print();
+    Ok(report)
+}
+
+/// The same transaction's notifications to a plain LISTEN connection: commit → all
+/// delivered, in seconds (rows in state `stopped`, deleted afterwards).
+async fn notify_baseline(env: &Env, n: usize) -> Result<f64> {
+    let mut s = env.listen("bench-listen", &["toygres_instances"]).await?;
+    let t0 = Instant::now();
+    insert_many(&env.pool, "base", n, "stopped", None).await?;
+    let commit = t0.elapsed();
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(60), s.notifications.recv())
+            .await?
+            .context("closed")?;
+    }
+    let all = t0.elapsed() - commit;
+    delete_all(&env.pool).await?;
+    Ok(all.as_secs_f64())
+}
+
+impl Report {
+    fn print(&self) {
+        let n = self.instances;
+        header(&format!(
+            "Burst — {n} instances in one transaction (all probe the benchmark's own PostgreSQL)"
+        ));
+        let base = self.notify_all_s;
+        let reached = |s: Option<f64>, what: String| {
+            s.map(|s| secs(Some(s), 2))
+                .unwrap_or(format!("not reached in {} s ({what})", PATIENCE.as_secs()))
+        };
+        let vs_notify = |s: Option<f64>| match s {
+            Some(_) => Baseline::Ratio {
+                text: secs(Some(base), 2),
+                value: s,
+                base: Some(base),
+            },
+            None => Baseline::Text(format!("{} (all NOTIFYs delivered)", secs(Some(base), 2))),
+        };
+        let within_5s = |s: Option<f64>| Some(s.is_some_and(|s| s <= 5.0));
+        row(
+            &format!("commit → all {n} actors running"),
+            reached(
+                self.all_running_s,
+                format!("{} running", self.actors_running),
+            ),
+            vs_notify(self.all_running_s),
+            "≤ 5 s",
+            within_5s(self.all_running_s),
+        );
+        row(
+            &format!("commit → all {n} with a first health row"),
+            reached(
+                self.all_checked_s,
+                format!("{} checked", self.actors_checked),
+            ),
+            vs_notify(self.all_checked_s),
+            "≤ 5 s",
+            within_5s(self.all_checked_s),
+        );
+        row(
+            &format!("commit of DELETE → all {n} actors gone"),
+            reached(self.all_gone_s, format!("{} left", self.actors_left)),
+            vs_notify(self.all_gone_s),
+            "≤ 5 s",
+            within_5s(self.all_gone_s),
+        );
+        row(
+            "CPU during insert burst / delete burst (service + PostgreSQL, % of one core)",
+            format!(
+                "{} / {}",
+                pct(self.cpu_insert.total(), 0),
+                pct(self.cpu_delete.total(), 0)
+            ),
+            Baseline::None,
+            DASH,
+            None,
+        );
+    }
+}

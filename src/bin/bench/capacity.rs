@@ -1,0 +1,366 @@
+//! The capacity scenario: N actors checking at an interval, measured over a window after
+//! warm-up — checks achieved, staleness (every gap between two checks of one instance),
+//! CPU of the service and of PostgreSQL, statements per check from pg_stat_statements.
+//! The naive Duroxide loop ([`crate::naive`]) runs the same measurement as the baseline.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::harness::{
+    Baseline, Cpu, CpuWindow, DASH, Env, Quantiles, Service, checked_count, header, insert_many,
+    now_epoch, num, pct, row, running_current_in, secs, secs_target,
+};
+use crate::naive;
+
+/// What one run (ours or the naive loop) measured over the window.
+#[derive(Debug, Serialize)]
+pub struct Run {
+    pub actors: usize,
+    /// Health rows written inside the window.
+    pub checks: i64,
+    /// actors × window ÷ interval.
+    pub ideal: f64,
+    /// Gaps between consecutive checks of one instance (seconds), see [`staleness`].
+    pub staleness: Quantiles,
+    /// Rows whose current actor was running at the end of the window.
+    pub actors_running: i64,
+    pub cpu: Cpu,
+    /// CPU of the probe target cluster (% of one core).
+    pub target_cpu_pct: Option<f64>,
+    /// `None` without pg_stat_statements or without a check.
+    pub statements_per_check: Option<f64>,
+    #[serde(skip)]
+    pub top: Vec<(String, i64, f64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub interval_s: f64,
+    pub window_s: f64,
+    pub ours: Run,
+    /// `None` when the baseline was skipped (`--baseline-actors 0`).
+    pub naive: Option<Run>,
+}
+
+pub async fn run(
+    n: usize,
+    interval: Duration,
+    window: Duration,
+    baseline_n: usize,
+    flags: &str,
+) -> Result<Report> {
+    let naive = if baseline_n > 0 {
+        let env = Env::start().await?;
+        Some(run_naive(&env, baseline_n, interval, window).await?)
+    } else {
+        None
+    };
+    let env = Env::start().await?;
+    let ours = run_ours(&env, n, interval, window, flags).await?;
+    let report = Report {
+        interval_s: interval.as_secs_f64(),
+        window_s: window.as_secs_f64(),
+        ours,
+        naive,
+    };
+    report.print();
+    Ok(report)
+}
+
+impl Report {
+    fn print(&self) {
+        header(&format!(
+            "Capacity — actors at a {}s interval, measured over {}s after warm-up (all probe one separate PostgreSQL, a new connection per probe)",
+            self.interval_s, self.window_s
+        ));
+        if let Some(b) = &self.naive {
+            self.print_run(&format!("naive loop, {} actors", b.actors), b, None);
+        }
+        let ours = &self.ours;
+        self.print_run(
+            &format!("toygres-actors, {} actors", ours.actors),
+            ours,
+            self.naive.as_ref(),
+        );
+        print_top("toygres-actors run, pg_stat_statements", &ours.top);
+        if let Some(b) = &self.naive {
+            print_top("naive loop", &b.top);
+        }
+    }
+
+    fn print_run(&self, label: &str, r: &Run, base: Option<&Run>) {
+        let target_p99 = self.interval_s * 35.0 / 30.0;
+        let ratio = |text: String, value: Option<f64>, base: Option<f64>| Baseline::Ratio {
+            text,
+            value,
+            base,
+        };
+        row(
+            &format!("{label}: checks achieved / ideal"),
+            format!(
+                "{} / {:.0} ({:.0} %)",
+                r.checks,
+                r.ideal,
+                100.0 * r.checks as f64 / r.ideal.max(1.0)
+            ),
+            Baseline::None,
+            DASH,
+            None,
+        );
+        row(
+            &format!("{label}: actors running at the end of the window"),
+            format!("{} of {}", r.actors_running, r.actors),
+            Baseline::None,
+            &format!("{}", r.actors),
+            Some(r.actors_running == r.actors as i64),
+        );
+        let s = &r.staleness;
+        row(
+            &format!("{label}: staleness p50 / p99 / max"),
+            format!(
+                "{} / {} / {}",
+                secs(s.p50, 1),
+                secs(s.p99, 1),
+                secs(s.max, 1)
+            ),
+            match base {
+                Some(b) => ratio(
+                    format!("p99 {}", secs(b.staleness.p99, 1)),
+                    s.p99,
+                    b.staleness.p99,
+                ),
+                None => Baseline::None,
+            },
+            &format!("p99 ≤ {}", secs_target(target_p99)),
+            s.p99.map(|p99| p99 <= target_p99),
+        );
+        let cpu_text = |c: &Cpu| format!("{} + {}", pct(c.service_pct, 0), pct(c.pg_pct, 0));
+        row(
+            &format!("{label}: CPU service + PostgreSQL (% of one core; 200 % = the machine)"),
+            cpu_text(&r.cpu),
+            match base {
+                Some(b) => ratio(cpu_text(&b.cpu), r.cpu.total(), b.cpu.total()),
+                None => Baseline::None,
+            },
+            DASH,
+            None,
+        );
+        row(
+            &format!(
+                "{label}: probe target cluster CPU (a separate PostgreSQL all instances share)"
+            ),
+            pct(r.target_cpu_pct, 0),
+            Baseline::None,
+            DASH,
+            None,
+        );
+        row(
+            &format!("{label}: PostgreSQL statements per check"),
+            num(r.statements_per_check, 1),
+            match base {
+                Some(b) => ratio(
+                    num(b.statements_per_check, 1),
+                    r.statements_per_check,
+                    b.statements_per_check,
+                ),
+                None => Baseline::None,
+            },
+            DASH,
+            None,
+        );
+    }
+}
+
+/// A `pg_stat_statements` top list as a Markdown table.
+fn print_top(title: &str, top: &[(String, i64, f64)]) {
+    println!("\nTop statements ({title}):\n");
+    if top.is_empty() {
+        println!("(pg_stat_statements not available)");
+        return;
+    }
+    println!("| calls | total ms | statement |");
+    println!("|---|---|---|");
+    for (q, calls, total) in top {
+        let q: String = q
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(90)
+            .collect();
+        println!("| {calls} | {total:.0} | `{}` |", q.replace('|', "\\|"));
+    }
+}
+
+async fn run_ours(
+    env: &Env,
+    n: usize,
+    interval: Duration,
+    window: Duration,
+    flags: &str,
+) -> Result<Run> {
+    let interval_s = format!("{}ms", interval.as_millis());
+    let mut all = vec![
+        "--check-interval",
+        interval_s.as_str(),
+        "--probe-keep-connections",
+        "0",
+        "--probe-concurrency",
+        "64",
+        "--stale-after",
+        "600s",
+    ];
+    all.extend(flags.split_whitespace());
+    let svc = Service::start(&env.url, &all).await?;
+    let target_env = Env::start().await?;
+    let target = target_env.target();
+    for start in (0..n).step_by(1000) {
+        let k = (n - start).min(1000);
+        insert_many(
+            &env.pool,
+            &format!("cap{start}"),
+            k,
+            "running",
+            Some(&target),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    warm_up(env, n, interval).await?;
+    let probe = Probe {
+        env,
+        target: &target_env,
+        pid: Some(svc.pid()),
+        schema: "toygres_duroxide",
+    };
+    probe.measure(n, interval, window).await
+}
+
+async fn run_naive(env: &Env, n: usize, interval: Duration, window: Duration) -> Result<Run> {
+    let worker = naive::Worker::spawn(&env.url)?;
+    let target_env = Env::start().await?;
+    insert_many(&env.pool, "naive", n, "running", Some(&target_env.target())).await?;
+    naive::start_actors(&env.url, &env.pool, interval).await?;
+    warm_up(env, n, interval).await?;
+    let probe = Probe {
+        env,
+        target: &target_env,
+        pid: Some(worker.pid()),
+        schema: naive::SCHEMA,
+    };
+    probe.measure(n, interval, window).await
+}
+
+/// Waits until every row has a first health check (at most 15 min), then one and a half
+/// intervals more so first timers (spread over the first interval) have fired.
+async fn warm_up(env: &Env, n: usize, interval: Duration) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while (checked_count(&env.pool).await? as usize) < n && Instant::now() <= deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(interval + interval / 2).await;
+    Ok(())
+}
+
+/// Where a run's figures are read: the CMS database, the probe target cluster, the process
+/// that runs the actors and the Duroxide schema they live in.
+struct Probe<'a> {
+    env: &'a Env,
+    target: &'a Env,
+    pid: Option<i32>,
+    schema: &'a str,
+}
+
+impl Probe<'_> {
+    async fn measure(&self, n: usize, interval: Duration, window: Duration) -> Result<Run> {
+        let env = self.env;
+        let _ = sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&env.pool)
+            .await;
+        let from = now_epoch();
+        let w = CpuWindow::start(env, self.pid);
+        let wt = CpuWindow::start(self.target, None);
+        tokio::time::sleep(window).await;
+        let cpu = w.finish(env);
+        let target_cpu_pct = wt.finish(self.target).pg_pct;
+        let to = now_epoch();
+        let actors_running = running_current_in(&env.pool, self.schema).await?;
+        let (statements, top) = profile(env).await;
+        let (checks, staleness) = staleness(env, from, to, n).await?;
+        Ok(Run {
+            actors: n,
+            checks,
+            ideal: n as f64 * window.as_secs_f64() / interval.as_secs_f64(),
+            staleness,
+            actors_running,
+            cpu,
+            target_cpu_pct,
+            statements_per_check: statements.filter(|_| checks > 0).map(|s| s / checks as f64),
+            top,
+        })
+    }
+}
+
+/// Checks inside the window, and the staleness gaps: every gap between consecutive checks
+/// of one instance inside the window, plus the open gap from each instance's last check to
+/// the window's end (a stuck actor counts).
+async fn staleness(env: &Env, from: f64, to: f64, n: usize) -> Result<(i64, Quantiles)> {
+    let rows: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
+        "SELECT instance_id, extract(epoch FROM checked_at)::float8 FROM toygres_cms.instance_health_checks
+          WHERE checked_at >= to_timestamp($1) - interval '120 seconds' AND checked_at <= to_timestamp($2)
+          ORDER BY instance_id, checked_at",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&env.pool)
+    .await?;
+    let mut by: HashMap<uuid::Uuid, Vec<f64>> = HashMap::new();
+    for (id, t) in rows {
+        by.entry(id).or_default().push(t);
+    }
+    let mut gaps = Vec::new();
+    let mut checks = 0;
+    for ts in by.values() {
+        let mut prev: Option<f64> = None;
+        for &t in ts {
+            if t >= from {
+                checks += 1;
+                if let Some(p) = prev {
+                    gaps.push(t - p);
+                }
+            }
+            prev = Some(t);
+        }
+        if let Some(p) = prev {
+            gaps.push(to - p);
+        }
+    }
+    // Instances with no check at all in the window are as stale as the window is long.
+    for _ in by.len()..n {
+        gaps.push(to - from + 120.0);
+    }
+    Ok((checks, Quantiles::of(gaps)))
+}
+
+/// Statements executed in the bench database since the reset, and the top 8 by time;
+/// `None` and an empty list without pg_stat_statements.
+async fn profile(env: &Env) -> (Option<f64>, Vec<(String, i64, f64)>) {
+    let total: Option<i64> = sqlx::query_scalar(
+        "SELECT sum(calls)::int8 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap_or(None);
+    let top: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT query, calls, total_exec_time FROM pg_stat_statements
+          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench')
+          ORDER BY total_exec_time DESC LIMIT 8",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap_or_default();
+    (total.map(|t| t as f64), top)
+}

@@ -1,0 +1,331 @@
+//! The latency scenario: single inserts on an idle service, each timed from the trigger's
+//! commit clock to the first probe (a local TCP recorder accepts it) and to the first health
+//! row; the same NOTIFYs to a plain LISTEN connection are the physical floor. Then idle CPU,
+//! and the poll-interval trade-off with the eager first check turned off.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::harness::{
+    Baseline, Cpu, CpuWindow, DASH, Env, Quantiles, Service, delete_all, header, insert_instance,
+    ms, now_epoch, pct, row, running_any,
+};
+
+/// What one latency run measured (seconds; `None` = not measured).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub inserts: usize,
+    /// Trigger commit → a plain LISTEN connection has the notification.
+    pub notify: Quantiles,
+    /// Commit → first probe started (connection accepted by the recorder).
+    pub first_probe: Quantiles,
+    /// Commit → the first health row's `checked_at`.
+    pub first_row: Quantiles,
+    /// `event_to_action_seconds`: (p50, p99) upper bucket bounds, if it has observations.
+    pub event_to_action: Option<(f64, f64)>,
+    pub idle_cpu: Cpu,
+    pub poll_tradeoff: Vec<PollRun>,
+}
+
+/// One run with the eager first check off and a given Duroxide poll interval.
+#[derive(Debug, Serialize)]
+pub struct PollRun {
+    pub poll_interval: String,
+    pub inserts: usize,
+    pub first_probe: Quantiles,
+    pub idle_cpu: Cpu,
+}
+
+/// Measures everything, then prints the table.
+pub async fn run(
+    inserts: usize,
+    poll_intervals: &[String],
+    idle_window: Duration,
+) -> Result<Report> {
+    let env = Env::start().await?;
+    let notify = notify_floor(&env, inserts).await?;
+
+    // The service, default settings (eager first check on).
+    let svc = measure(&env, inserts, &[], idle_window, "svc").await?;
+
+    // Trade-off: without the eager first check, the first probe waits for Duroxide's poll.
+    let n = (inserts / 5).max(10);
+    let mut poll_tradeoff = Vec::new();
+    for p in poll_intervals {
+        let flags = [
+            "--eager-first-check",
+            "false",
+            "--poll-interval",
+            p.as_str(),
+        ];
+        let r = measure(&env, n, &flags, idle_window, &format!("poll{p}")).await?;
+        poll_tradeoff.push(PollRun {
+            poll_interval: p.clone(),
+            inserts: n,
+            first_probe: r.first_probe,
+            idle_cpu: r.idle_cpu,
+        });
+    }
+    let report = Report {
+        inserts,
+        notify,
+        first_probe: svc.first_probe,
+        first_row: svc.first_row,
+        event_to_action: svc.event_to_action,
+        idle_cpu: svc.idle_cpu,
+        poll_tradeoff,
+    };
+    report.print();
+    Ok(report)
+}
+
+impl Report {
+    fn print(&self) {
+        header(&format!(
+            "Latency — {} single inserts on an idle service (probe target: a local TCP recorder)",
+            self.inserts
+        ));
+        let (b50, b99) = (self.notify.p50, self.notify.p99);
+        let vs_floor = |text: Option<f64>, value: Option<f64>, base: Option<f64>| Baseline::Ratio {
+            text: ms(text),
+            value,
+            base,
+        };
+        row(
+            "NOTIFY delivery p50 / p99 (physical floor)",
+            format!("{} / {}", ms(b50), ms(b99)),
+            Baseline::None,
+            DASH,
+            None,
+        );
+        let p50 = self.first_probe.p50;
+        let p99 = self.first_probe.p99;
+        row(
+            "commit → first probe started, p50",
+            ms(p50),
+            vs_floor(b50, p50, b50),
+            "≤ 5 ms",
+            p50.map(|v| v <= 0.005),
+        );
+        row(
+            "commit → first probe started, p99",
+            ms(p99),
+            vs_floor(b99, p99, b99),
+            "≤ 20 ms",
+            p99.map(|v| v <= 0.020),
+        );
+        row(
+            "commit → first health row, p50 / p99",
+            format!("{} / {}", ms(self.first_row.p50), ms(self.first_row.p99)),
+            vs_floor(b50, self.first_row.p50, b50),
+            DASH,
+            None,
+        );
+        row(
+            "commit → Duroxide call done (event_to_action_seconds), p50 / p99 from buckets",
+            match self.event_to_action {
+                Some((p50, p99)) => format!("{} / {}", bucket(p50), bucket(p99)),
+                None => DASH.into(),
+            },
+            Baseline::None,
+            "p99 ≤ 10 ms",
+            self.event_to_action.map(|(_, p99)| p99 <= 0.010),
+        );
+        let cpu = self.idle_cpu;
+        row(
+            "idle CPU, service + PostgreSQL (% of one core)",
+            format!(
+                "{} + {} = {}",
+                pct(cpu.service_pct, 2),
+                pct(cpu.pg_pct, 2),
+                pct(cpu.total(), 2)
+            ),
+            Baseline::None,
+            "≤ 3 %",
+            cpu.total().map(|t| t <= 3.0),
+        );
+        for r in &self.poll_tradeoff {
+            row(
+                &format!(
+                    "no eager check, poll {}: first probe p50 / p99; idle CPU",
+                    r.poll_interval
+                ),
+                format!(
+                    "{} / {}; {}",
+                    ms(r.first_probe.p50),
+                    ms(r.first_probe.p99),
+                    pct(r.idle_cpu.total(), 2)
+                ),
+                vs_floor(b50, r.first_probe.p50, b50),
+                "trade-off",
+                None,
+            );
+        }
+    }
+}
+
+/// Trigger NOTIFY → a plain LISTEN connection, over single inserts (rows in state
+/// `stopped`, deleted afterwards).
+async fn notify_floor(env: &Env, inserts: usize) -> Result<Quantiles> {
+    let mut s = env.listen("bench-listen", &["toygres_instances"]).await?;
+    let mut base = Vec::new();
+    for i in 0..inserts {
+        insert_instance(&env.pool, &format!("base-{i}"), "stopped", None).await?;
+        let n = tokio::time::timeout(Duration::from_secs(5), s.notifications.recv())
+            .await?
+            .context("listener closed")?;
+        let got = now_epoch();
+        let v: serde_json::Value = serde_json::from_str(n.payload())?;
+        let at = v["at"]
+            .as_f64()
+            .context("toygres_instances payload has no `at` clock")?;
+        base.push(got - at);
+    }
+    delete_all(&env.pool).await?;
+    Ok(Quantiles::of(base))
+}
+
+/// Accepts TCP connections and reports each accept's time; the probe then fails (not
+/// PostgreSQL), which is fine: we measure when it started.
+async fn accept_recorder() -> Result<(u16, tokio::sync::mpsc::UnboundedReceiver<f64>)> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            let _ = tx.send(now_epoch());
+            drop(sock);
+        }
+    });
+    Ok((port, rx))
+}
+
+struct Measured {
+    first_probe: Quantiles,
+    first_row: Quantiles,
+    event_to_action: Option<(f64, f64)>,
+    idle_cpu: Cpu,
+}
+
+/// One service with `flags`: `inserts` single inserts timed one at a time, then everything
+/// deleted and the idle CPU measured over `idle`.
+async fn measure(
+    env: &Env,
+    inserts: usize,
+    flags: &[&str],
+    idle: Duration,
+    tag: &str,
+) -> Result<Measured> {
+    let mut all = vec!["--check-interval", "30s"];
+    all.extend_from_slice(flags);
+    let svc = Service::start(&env.url, &all).await?;
+    let (port, mut accepts) = accept_recorder().await?;
+    let target = format!("postgres://bench:pw@127.0.0.1:{port}/postgres?connect_timeout=2");
+    let mut health = env
+        .listen("bench-health", &["toygres_health", "toygres_instances"])
+        .await?;
+    // Let the service settle (its start-up reconcile, first pruning) before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut probe = Vec::new();
+    let mut first_row = Vec::new();
+    for i in 0..inserts {
+        let name = format!("{tag}-{i}");
+        insert_instance(&env.pool, &name, "running", Some(&target)).await?;
+        // The trigger's clock and the health row's, from our own LISTEN.
+        let mut at = None;
+        let mut row_at = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while at.is_none() || row_at.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, health.notifications.recv())
+                .await
+                .context("no notification within 30 s")?
+                .context("closed")?;
+            let v: serde_json::Value = serde_json::from_str(n.payload())?;
+            if v["k8s_name"] != name.as_str() {
+                continue;
+            }
+            if n.channel() == "toygres_instances" {
+                at = v["at"].as_f64();
+            } else {
+                let checked = v["checked_at"].as_str().unwrap_or("");
+                let t = chrono::DateTime::parse_from_rfc3339(checked)
+                    .with_context(|| format!("toygres_health checked_at {checked:?}"))?;
+                row_at = Some(t.timestamp_micros() as f64 / 1e6);
+            }
+        }
+        let (Some(at), Some(row_at)) = (at, row_at) else {
+            unreachable!("the loop above runs until both are known")
+        };
+        let accept = tokio::time::timeout(Duration::from_secs(30), accepts.recv())
+            .await?
+            .context("recorder closed")?;
+        probe.push(accept - at);
+        first_row.push(row_at - at);
+        while accepts.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let event_to_action = histogram_quantiles(
+        &svc.metrics().await,
+        "toygres_actors_event_to_action_seconds",
+    );
+    delete_all(&env.pool).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_any(&env.pool, "toygres_duroxide").await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle: nothing to do for the service but its timers and polls.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let w = CpuWindow::start(env, Some(svc.pid()));
+    tokio::time::sleep(idle).await;
+    let idle_cpu = w.finish(env);
+    drop(svc);
+    Ok(Measured {
+        first_probe: Quantiles::of(probe),
+        first_row: Quantiles::of(first_row),
+        event_to_action,
+        idle_cpu,
+    })
+}
+
+/// A histogram quantile's upper bound: "≤ 2.00 ms", or "> the largest bucket" (+Inf).
+fn bucket(le: f64) -> String {
+    if le.is_finite() {
+        format!("≤ {}", ms(Some(le)))
+    } else {
+        "> largest bucket".into()
+    }
+}
+
+/// (p50, p99) upper bounds from a Prometheus histogram's cumulative buckets; `None` if it
+/// has no observations.
+fn histogram_quantiles(text: &str, name: &str) -> Option<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let q = |p: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= p * total)
+            .map(|(le, _)| *le)
+    };
+    Some((q(0.5)?, q(0.99)?))
+}

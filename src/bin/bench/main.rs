@@ -1,0 +1,135 @@
+//! Benchmarks against the limits, one command per figure (this file: arguments and
+//! dispatch only):
+//!
+//!     cargo build --release --bins
+//!     target/release/bench latency    # commit → first probe / first health row; idle CPU; poll trade-off
+//!     target/release/bench burst      # 10,000 inserts in one transaction → all running and checked; then deleted
+//!     target/release/bench capacity   # N actors at 30 s: staleness p50/p99, CPU; the naive Duroxide loop as baseline
+//!     target/release/bench recovery   # listener cut for 60 s while 1,000 rows change; stale → healed
+//!     target/release/bench smoke      # every scenario at a tiny size (the test suite runs this)
+//!
+//! Every scenario starts its own private PostgreSQL and the real `toygres-actors` binary (a
+//! separate process, found next to this one), and prints Markdown table rows: figure, value,
+//! the baseline measured in the same run, the ratio, and the target. A cell that was not
+//! measured reads "–". Many instances share one probe target (the benchmark's own
+//! PostgreSQL, or a local TCP recorder) — the rows say which. CPU is read from /proc
+//! (utime+stime) for the service and for every PostgreSQL process of the cluster.
+//!
+//! The rooms: [`harness`] (what every scenario shares), one module per scenario —
+//! [`latency`], [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`] — and
+//! [`smoke`] (all of them at a tiny size, plus a JSON summary for the test suite).
+
+mod burst;
+mod capacity;
+mod harness;
+mod latency;
+mod naive;
+mod recovery;
+mod smoke;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+// The library call of the dispatcher, in one place.
+use toygres_actors::settings::parse_duration;
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "toygres-actors benchmarks (see the README's benchmark table)"
+)]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Commit → first probe started / first health row, over single inserts; idle CPU.
+    Latency {
+        #[arg(long, default_value_t = 500)]
+        inserts: usize,
+        /// Duroxide poll intervals for the trade-off rows (eager first check off).
+        #[arg(long, value_delimiter = ',', default_value = "10ms,50ms,100ms")]
+        poll_intervals: Vec<String>,
+        #[arg(long, default_value = "30s")]
+        idle_window: String,
+    },
+    /// N instances inserted in one transaction → all actors running and checked; then deleted.
+    Burst {
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
+    },
+    /// N actors at an interval for a duration: staleness, CPU; naive loop as the baseline.
+    Capacity {
+        #[arg(long, default_value_t = 5000)]
+        actors: usize,
+        #[arg(long, default_value = "30s")]
+        interval: String,
+        #[arg(long, default_value = "300s")]
+        duration: String,
+        /// Actors for the naive-loop baseline (0 = skip it).
+        #[arg(long, default_value_t = 1000)]
+        baseline_actors: usize,
+        /// Extra flags for the service, e.g. "--duroxide-async-commit".
+        #[arg(long, allow_hyphen_values = true, default_value = "")]
+        service_flags: String,
+    },
+    /// Listener cut off while rows change; stale actor → healed.
+    Recovery {
+        #[arg(long, default_value_t = 1000)]
+        rows: usize,
+        #[arg(long, default_value = "60s")]
+        outage: String,
+    },
+    /// All scenarios at a tiny size (keeps the harness from rotting), then a JSON summary.
+    Smoke,
+    /// (internal) run the naive Duroxide loop's workers against DATABASE_URL until killed.
+    #[command(hide = true)]
+    NaiveWorker { url: String, schema: String },
+}
+
+fn dur(s: &str) -> Result<Duration> {
+    parse_duration(s).map_err(|e| anyhow::anyhow!(e))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match args.scenario {
+            Scenario::Latency {
+                inserts,
+                poll_intervals,
+                idle_window,
+            } => latency::run(inserts, &poll_intervals, dur(&idle_window)?)
+                .await
+                .map(drop),
+            Scenario::Burst { instances } => burst::run(instances).await.map(drop),
+            Scenario::Capacity {
+                actors,
+                interval,
+                duration,
+                baseline_actors,
+                service_flags,
+            } => capacity::run(
+                actors,
+                dur(&interval)?,
+                dur(&duration)?,
+                baseline_actors,
+                &service_flags,
+            )
+            .await
+            .map(drop),
+            Scenario::Recovery { rows, outage } => {
+                recovery::run(rows, dur(&outage)?).await.map(drop)
+            }
+            Scenario::Smoke => smoke::run().await,
+            Scenario::NaiveWorker { url, schema } => naive::worker(&url, &schema).await,
+        }
+    })
+}

@@ -1,0 +1,299 @@
+//! The recovery scenario, in two parts. First the listener is cut off from the database (a
+//! proxy whose door is shut, its backend terminated) while every row changes; after the door
+//! opens we time the reconnect and the reconcile that puts every instance right. Then an
+//! actor whose probe hangs goes stale, and we time how long after `stale_after` the
+//! reconciler restarts it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::harness::{
+    Baseline, DASH, Env, Service, header, insert_instance, insert_many, row, secs,
+};
+
+/// How long after the door opens the scenario waits for reconnect and convergence.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// What the recovery scenario measured (seconds; `None` = not reached).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub rows: usize,
+    pub outage_s: f64,
+    /// Door open → a new listener backend exists.
+    pub reconnected_s: Option<f64>,
+    /// Reconnect → no instance wrong (`None` if some still were when patience ran out).
+    pub converged_s: Option<f64>,
+    /// Instances wrong (missing or orphaned actors) at the last look.
+    pub wrong_at_end: i64,
+    pub stale_after_s: u64,
+    pub resync_s: u64,
+    /// Stale onset → the reconciler's restart decision.
+    pub healed_after_stale_s: Option<f64>,
+}
+
+pub async fn run(rows: usize, outage: Duration) -> Result<Report> {
+    let (reconnected_s, converged_s, wrong_at_end) = listener_outage(rows, outage).await?;
+    // Stale → healed, with short thresholds.
+    let (stale_after, resync) = if outage >= Duration::from_secs(30) {
+        (30, 10)
+    } else {
+        (3, 1)
+    };
+    let healed_after_stale_s = stale_to_restart(stale_after, resync).await?;
+    let report = Report {
+        rows,
+        outage_s: outage.as_secs_f64(),
+        reconnected_s,
+        converged_s,
+        wrong_at_end,
+        stale_after_s: stale_after,
+        resync_s: resync,
+        healed_after_stale_s,
+    };
+    report.print();
+    Ok(report)
+}
+
+impl Report {
+    fn print(&self) {
+        header(&format!(
+            "Recovery — listener cut off for {}s while {} rows change",
+            self.outage_s, self.rows
+        ));
+        row(
+            "door open → listener reconnected",
+            match self.reconnected_s {
+                Some(s) => secs(Some(s), 2),
+                None => format!("not reconnected in {} s", PATIENCE.as_secs()),
+            },
+            Baseline::None,
+            DASH,
+            None,
+        );
+        row(
+            &format!(
+                "reconnect → all {}+ instances right ({} wrong at the end)",
+                self.rows, self.wrong_at_end
+            ),
+            match self.converged_s {
+                Some(s) => secs(Some(s), 2),
+                None => "not reached".into(),
+            },
+            Baseline::None,
+            "≤ 2 s",
+            Some(self.converged_s.is_some_and(|s| s <= 2.0)),
+        );
+        let resync = self.resync_s;
+        row(
+            &format!(
+                "actor stale → restarted (stale_after {}s, resync {resync}s)",
+                self.stale_after_s
+            ),
+            self.healed_after_stale_s
+                .map(|h| format!("{h:.1} s after it went stale"))
+                .unwrap_or("not healed".into()),
+            Baseline::None,
+            &format!("≤ one resync ({resync} s) after stale_after"),
+            Some(
+                self.healed_after_stale_s
+                    .is_some_and(|h| h <= resync as f64 + 1.0),
+            ),
+        );
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL whose door can be shut: while shut, new connections
+/// are refused (established ones keep working) — a listener cut off from the database.
+async fn door_proxy(upstream: u16) -> Result<(u16, Arc<AtomicBool>)> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    let open = Arc::new(AtomicBool::new(true));
+    let door = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            if !door.load(Ordering::SeqCst) {
+                drop(inbound);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    Ok((port, open))
+}
+
+/// Instances that are wrong: an actor is wanted and the current one does not run, or an
+/// actor runs that no row wants.
+async fn problems(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "WITH live AS (
+            SELECT i.instance_id, substr(i.instance_id, 7, 36) AS inst FROM toygres_duroxide.instances i
+              JOIN toygres_duroxide.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+             WHERE e.status = 'Running')
+         SELECT
+           (SELECT count(*) FROM toygres_cms.instances c
+             WHERE c.state::text IN ('creating', 'running')
+               AND NOT EXISTS (SELECT 1 FROM live WHERE live.instance_id = c.instance_actor_orchestration_id))
+         + (SELECT count(*) FROM live
+             WHERE NOT EXISTS (SELECT 1 FROM toygres_cms.instances c
+                                WHERE c.instance_actor_orchestration_id = live.instance_id
+                                  AND c.state::text IN ('creating', 'running')))",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+async fn listener_backends(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'toygres-actors-listener'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Part one: (door open → reconnected, reconnect → converged, wrong at the end).
+async fn listener_outage(rows: usize, outage: Duration) -> Result<(Option<f64>, Option<f64>, i64)> {
+    let env = Env::start().await?;
+    let (port, door) = door_proxy(env.pg.port()).await?;
+    let via_proxy = env
+        .url
+        .replace(&format!(":{}/", env.pg.port()), &format!(":{port}/"));
+    let _svc = Service::start(
+        &via_proxy,
+        &["--check-interval", "30s", "--resync-interval", "600s"],
+    )
+    .await?;
+    insert_many(&env.pool, "rec", rows, "running", None).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while problems(&env.pool).await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = problems(&env.pool).await?;
+    if before > 0 {
+        bail!("{before} instance(s) still wrong 300 s after the insert, before any outage");
+    }
+    // Cut the listener off: shut the door, kill its backend.
+    door.store(false, Ordering::SeqCst);
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'toygres-actors-listener'")
+        .execute(&env.pool)
+        .await?;
+    let cut = Instant::now();
+    // Change every row during the outage: a third stopped, a third deleted (and a new row
+    // created), a third set to deleting.
+    let ids: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM toygres_cms.instances ORDER BY k8s_name")
+            .fetch_all(&env.pool)
+            .await?;
+    let step = outage / (ids.len().max(1) as u32 + 1);
+    for (i, id) in ids.iter().enumerate() {
+        match i % 3 {
+            0 => {
+                sqlx::query("UPDATE toygres_cms.instances SET state = 'stopped' WHERE id = $1")
+                    .bind(id)
+                    .execute(&env.pool)
+                    .await?;
+            }
+            1 => {
+                sqlx::query("DELETE FROM toygres_cms.instances WHERE id = $1")
+                    .bind(id)
+                    .execute(&env.pool)
+                    .await?;
+                insert_instance(&env.pool, &format!("rec-new-{i}"), "creating", None).await?;
+            }
+            _ => {
+                sqlx::query("UPDATE toygres_cms.instances SET state = 'deleting' WHERE id = $1")
+                    .bind(id)
+                    .execute(&env.pool)
+                    .await?;
+            }
+        }
+        tokio::time::sleep(step).await;
+    }
+    tokio::time::sleep(outage.saturating_sub(cut.elapsed())).await;
+    door.store(true, Ordering::SeqCst);
+    let opened = Instant::now();
+    let deadline = opened + PATIENCE;
+    // Reconnected: a new listener backend.
+    let mut reconnected = None;
+    while reconnected.is_none() && Instant::now() <= deadline {
+        if listener_backends(&env.pool).await? > 0 {
+            reconnected = Some(Instant::now());
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let Some(reconnected) = reconnected else {
+        return Ok((None, None, problems(&env.pool).await?));
+    };
+    let mut wrong = problems(&env.pool).await?;
+    while wrong > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        wrong = problems(&env.pool).await?;
+    }
+    let converged = (wrong == 0).then(|| reconnected.elapsed().as_secs_f64());
+    Ok((Some((reconnected - opened).as_secs_f64()), converged, wrong))
+}
+
+/// Part two: an actor whose probe hangs forever goes stale; seconds from stale onset
+/// (`stale_after` after the actor started) to the reconciler's restart decision.
+async fn stale_to_restart(stale_after: u64, resync: u64) -> Result<Option<f64>> {
+    let env = Env::start().await?;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hang_port = l.local_addr()?.port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let stale_s = format!("{stale_after}s");
+    let resync_s = format!("{resync}s");
+    let check_s = format!("{}s", (stale_after / 3).max(1));
+    let _svc = Service::start(
+        &env.url,
+        &[
+            "--check-interval",
+            &check_s,
+            "--stale-after",
+            &stale_s,
+            "--resync-interval",
+            &resync_s,
+            "--probe-connect-timeout",
+            "600s",
+            "--lease-renew-interval",
+            &check_s,
+        ],
+    )
+    .await?;
+    insert_instance(
+        &env.pool,
+        "hang",
+        "running",
+        Some(&format!("postgres://x:pw@127.0.0.1:{hang_port}/db")),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut heal: Option<f64> = None;
+    while heal.is_none() && Instant::now() < deadline {
+        heal = sqlx::query_scalar(
+            "SELECT extract(epoch FROM d.decided_at - (i.created_at + make_interval(secs => $1)))::float8
+               FROM toygres_actors.decisions d
+               JOIN toygres_duroxide.instances i ON i.instance_id = d.old_actor_id
+              WHERE d.k8s_name = 'hang' AND d.action = 'restart'
+              ORDER BY d.decided_at LIMIT 1",
+        )
+        .bind(stale_after as f64)
+        .fetch_optional(&env.pool)
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(heal)
+}

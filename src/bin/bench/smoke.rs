@@ -1,0 +1,32 @@
+//! `bench smoke`: every scenario at a tiny size, so the harness cannot rot. Prints the same
+//! tables as the full runs, then one machine-readable line, [`SUMMARY_PREFIX`] followed by
+//! every scenario's report as JSON, which `tests/bench_smoke.rs` checks figure by figure.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{burst, capacity, latency, recovery};
+
+/// Starts the JSON summary line.
+pub const SUMMARY_PREFIX: &str = "bench-smoke-summary: ";
+
+#[derive(Serialize)]
+struct Summary {
+    latency: latency::Report,
+    burst: burst::Report,
+    capacity: capacity::Report,
+    recovery: recovery::Report,
+}
+
+pub async fn run() -> Result<()> {
+    let summary = Summary {
+        latency: latency::run(20, &["50ms".into()], Duration::from_secs(2)).await?,
+        burst: burst::run(200).await?,
+        capacity: capacity::run(40, Duration::from_secs(2), Duration::from_secs(8), 20, "").await?,
+        recovery: recovery::run(40, Duration::from_secs(3)).await?,
+    };
+    println!("\n{SUMMARY_PREFIX}{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
