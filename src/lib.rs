@@ -9,26 +9,42 @@
 //!    triggers of `migrations/0002`) and `toygres_actor_control`. A notification is only a
 //!    hint naming an instance.
 //! 2. **[`reconcile`]** — level-triggered: for one instance it compares the row (desired) with
-//!    Duroxide's state (actual) and starts, cancels, restarts or leaves the actor. A full
-//!    reconcile runs after every (re)connect and on a timer, and classifies every instance
-//!    with a [`verdict::Verdict`].
+//!    Duroxide's state (actual) and starts, cancels, restarts or leaves the actor, classifying
+//!    it with a [`verdict::Verdict`]; automatic actions are fenced by the leader's term.
+//!    `reconcile/fleet.rs` observes the whole fleet in two queries (the full reconcile after
+//!    every (re)connect and on a timer); `reconcile/queue.rs` is the delivery around it
+//!    (coalescing per instance, bounded concurrency, retry with backoff).
 //! 3. **[`duro`]** — the Duroxide runtime on duroxide-pg, in schema `toygres_duroxide` of the
-//!    same database, and the start/cancel/restart primitives.
-//! 4. **[`actor`]** — the instance actor orchestration: renew the instance's probe lease →
-//!    durable timer → continue-as-new every few renewals; fenced by
-//!    `instance_actor_orchestration_id`. While the lease lasts, **[`lease`]** (the replica's
-//!    scheduler) runs the health check on the interval: read → probe → one fenced write.
-//! 5. **[`health`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
-//! 6. **[`cms`]** — reads of the CMS and the one fenced write per health check.
-//! 7. **[`metrics`]** — Prometheus metrics; fleet gauges come from the database, so a dead
-//!    actor cannot hide its own death.
+//!    same database, and the start/cancel/restart primitives: the actor-id swap and the
+//!    start or cancel enqueue commit in one transaction with the term check.
+//! 4. **[`actor`]** — the instance actor orchestration, the durable owner of an instance:
+//!    record the owner of its probe lease → durable timer → continue-as-new every few
+//!    renewals; fenced by `instance_actor_orchestration_id`. Version 1 stays registered.
+//! 5. **[`lease`]** — the replica's probe scheduler: for every probe lease this replica
+//!    holds, it runs **[`check`]** on the interval — read the row → probe → one write fenced
+//!    on actor id, holder, epoch and liveness.
+//! 6. **[`health`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
+//! 7. **[`cms`]** — reads of the CMS, the owner record of a lease, and the one fenced write
+//!    per health check.
+//! 8. **[`metrics`]** — Prometheus metrics; fleet gauges come from the database, so a dead
+//!    actor or replica cannot hide its own death.
 //!
-//! Around them: [`leader`] (one replica runs listener and reconciler), [`api`] and [`ops`]
-//! (HTTP and the operator operations the CLI shares), [`demo`],
-//! [`service`] (wires it all and shuts down cleanly), [`cli`], [`embedded_pg`] (a private
-//! PostgreSQL when no `DATABASE_URL` is given), [`db`] and [`sql`] (connections,
-//! migrations, statement texts), [`config`] (names and defaults with their reasons) and
-//! [`redact`] (no password leaves the process).
+//! Who probes and who leads: [`identity`] (this replica's name and random per-process
+//! epoch, and the leader's [`identity::Term`]), [`replica`] (heartbeat; claim, balance and
+//! hand-over of probe leases), [`leader`] (a TTL leader row with numbered terms) and
+//! [`duties`] (the leader's duties while it leads in a term, and the periodic work every
+//! replica does).
+//!
+//! Shared vocabulary: [`settings`] (every flag and its environment variable, parsed and
+//! validated), [`actor_state`] (Duroxide's view of one actor), [`config`] (names and
+//! defaults with their reasons) and [`quiet`] (the default log filter, requested-cancel
+//! suppression, burst summaries).
+//!
+//! Around them: [`service`] (wires it all and shuts down in order), [`cli`] (parses and
+//! calls down), [`api`] and [`ops`] (HTTP and the operator operations the CLI shares),
+//! [`demo`], [`embedded_pg`] (a private PostgreSQL when no `DATABASE_URL` is given), [`db`]
+//! and [`sql`] (connections, migrations, statement texts) and [`redact`] (no password
+//! leaves the process).
 
 pub mod actor;
 pub mod actor_state;
