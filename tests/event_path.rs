@@ -472,10 +472,16 @@ async fn stale_actor_with_a_hanging_probe_is_detected_and_healed() {
     .await;
 }
 
+/// A zombie — Duroxide says Running, but its queued work is gone so it never moves again —
+/// is healed by the zombie rule, not by staleness: the health checks are the replica's probe
+/// scheduler's (it holds the probe lease while it lives), so they keep flowing while the actor
+/// is stuck; `last_health_check` stays fresh (asserted below) and only the zombie verdict can
+/// ask for the restart.
 #[tokio::test]
 async fn zombie_actor_is_detected_and_healed() {
     let db = TestDb::new().await;
-    let svc = ServiceProc::start(&db, &["--check-interval", "500ms", "--stale-after", "3s"]).await;
+    let stale_after = Duration::from_secs(4);
+    let svc = ServiceProc::start(&db, &["--check-interval", "500ms", "--stale-after", "4s"]).await;
     db.insert_instance("pg-zombie", "running", Some(&support::reachable_target()))
         .await;
     wait_until("checks flowing", T, || async {
@@ -485,7 +491,7 @@ async fn zombie_actor_is_detected_and_healed() {
     let actor = db.actor_id("pg-zombie").await.unwrap();
     // Simulate what a botched migration does: Duroxide says Running but its queued work
     // (the pending timer) is gone. Retry until we catch it waiting on its timer.
-    wait_until("queue items of the actor removed", T, || async {
+    let zombie_since = wait_until("queue items of the actor removed", T, || async {
         let mut tx = db.pool.begin().await.ok()?;
         sqlx::query("DELETE FROM toygres_duroxide.orchestrator_queue WHERE instance_id = $1")
             .bind(&actor)
@@ -508,39 +514,91 @@ async fn zombie_actor_is_detected_and_healed() {
         .await
         .ok()?;
         let status = db.orchestration_status(&actor).await?.0;
-        (queued == 0 && status == "Running").then_some(())
+        (queued == 0 && status == "Running").then(chrono::Utc::now)
     })
     .await;
-    wait_until("zombie detected and restarted", T, || async {
-        let reason: Option<String> = sqlx::query_scalar(
-            "SELECT reason FROM toygres_actors.decisions WHERE k8s_name = 'pg-zombie' AND action = 'restart' LIMIT 1",
+
+    // The restart of the zombie: one decision naming the old actor. While waiting, watch the
+    // API: the actor must never be called stale (its checks are fresh).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut verdicts_seen: Vec<String> = Vec::new();
+    let (reason, decided_at) = loop {
+        let decision: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT reason, decided_at FROM toygres_actors.decisions
+              WHERE k8s_name = 'pg-zombie' AND action = 'restart' AND old_actor_id = $1
+              ORDER BY decided_at LIMIT 1",
         )
+        .bind(&actor)
         .fetch_optional(&db.pool)
         .await
-        .ok()?;
-        reason
-    })
-    .await;
-    let (_, body) = svc.get("/api/instances/pg-zombie/actor").await;
+        .unwrap();
+        if let Some(d) = decision {
+            break d;
+        }
+        let (_, body) = svc.get("/api/instances/pg-zombie/actor").await;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
+            && v["actor_id"] == actor.as_str()
+            && let Some(verdict) = v["verdict"].as_str()
+            && verdicts_seen.last().map(String::as_str) != Some(verdict)
+        {
+            verdicts_seen.push(verdict.to_string());
+        }
+        if Instant::now() > deadline {
+            let (health, last_check) = db.health_of("pg-zombie").await;
+            panic!(
+                "the zombie {actor} was not restarted within 30 s (verdicts seen {verdicts_seen:?}; \
+                 health {health}, last check {last_check:?}, now {}); API says: {body}",
+                chrono::Utc::now()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
-        !body.contains(&actor) || body.contains("\"verdict\":\"zombie\""),
-        "{body}"
+        reason.starts_with(&format!(
+            "Duroxide says Running, but {actor} has made no progress"
+        )),
+        "the restart was not the zombie rule's: {reason:?} (verdicts seen {verdicts_seen:?})"
+    );
+    assert!(
+        !verdicts_seen.iter().any(|v| v == "stale"),
+        "the actor was called stale before the zombie rule acted: {verdicts_seen:?}"
+    );
+    // Health checks kept flowing between the zombie's making and its restart: staleness could
+    // not have been the cause.
+    let (checks_while_zombie, last_check_before): (i64, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as(
+            "SELECT count(*), max(h.checked_at) FROM toygres_cms.instance_health_checks h
+               JOIN toygres_cms.instances i ON i.id = h.instance_id
+              WHERE i.k8s_name = 'pg-zombie' AND h.checked_at > $1 AND h.checked_at <= $2",
+        )
+        .bind(zombie_since)
+        .bind(decided_at)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let check_age = last_check_before
+        .map(|t| (decided_at - t).to_std().unwrap_or_default())
+        .unwrap_or(Duration::MAX);
+    assert!(
+        checks_while_zombie >= 2 && check_age < stale_after / 2,
+        "health checks were not flowing while the actor was a zombie: {checks_while_zombie} \
+         check(s) between {zombie_since} and the decision at {decided_at}, the last {check_age:?} before it"
     );
     wait_until("healed: a new actor checks again", T, || async {
         let a = db.actor_id("pg-zombie").await?;
         (a != actor && db.live_actors("pg-zombie").await == vec![a.clone()]).then_some(())
     })
     .await;
-    let decisions: Vec<String> = sqlx::query_scalar(
-        "SELECT reason FROM toygres_actors.decisions WHERE k8s_name = 'pg-zombie'",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert!(
-        decisions
-            .iter()
-            .any(|r| r.contains("no progress") || r.contains("health check")),
-        "{decisions:?}"
-    );
+    let new_actor = db.actor_id("pg-zombie").await.unwrap();
+    wait_until("the new actor checked and ok", T, || async {
+        let (code, body) = svc.get("/api/instances/pg-zombie/actor").await;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200
+            && v["actor_id"] == new_actor.as_str()
+            && v["verdict"] == "ok"
+            && chrono::DateTime::parse_from_rfc3339(v["last_health_check"].as_str()?).ok()?
+                > decided_at)
+            .then_some(())
+    })
+    .await;
 }

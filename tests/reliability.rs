@@ -28,20 +28,36 @@ fn trials(quick: usize, soak_n: usize) -> usize {
     if soak() { soak_n } else { quick }
 }
 
-/// One summary row: fault, trials, lost, doubled, max convergence time.
+/// One summary row: fault, trials, lost, doubled, max convergence time. A figure the trial
+/// did not measure is `None` and reads "–".
 fn report(
     fault: &str,
     trials: usize,
-    lost: usize,
-    doubled: i64,
-    max_converge: Duration,
+    lost: Option<usize>,
+    doubled: Option<i64>,
+    max_converge: Option<Duration>,
     extra: &str,
 ) {
+    fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map_or_else(|| "–".to_string(), |v| v.to_string())
+    }
     let line = format!(
-        "| {fault} | {trials} | {lost} | {doubled} | {:.2} s | {extra} |",
-        max_converge.as_secs_f64()
+        "| {fault} | {trials} | {} | {} | {} | {extra} |",
+        cell(lost),
+        cell(doubled),
+        cell(max_converge.map(|d| format!("{:.2} s", d.as_secs_f64())))
     );
     support::append_reliability_row(&line);
+}
+
+/// The sum of the service's /metrics series `name` that carry every label of `labels`
+/// (`key="value"`); 0 when there is none.
+async fn metric(svc: &ServiceProc, name: &str, labels: &[&str]) -> f64 {
+    let (_, m) = svc.get("/metrics").await;
+    m.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Instances whose actor situation is wrong right now: (lost, doubled-now, wrong-in-other-ways).
@@ -230,9 +246,9 @@ async fn listener_killed_at_random_moments() {
     report(
         "listener backend killed (pg_terminate_backend) mid-stream",
         n,
-        lost,
-        doubled,
-        worst,
+        Some(lost),
+        Some(doubled),
+        Some(worst),
         "",
     );
     assert_eq!(lost, 0);
@@ -263,9 +279,9 @@ async fn service_killed_with_sigkill_mid_stream() {
     report(
         "service killed (SIGKILL) mid-stream, restarted",
         n,
-        lost,
-        doubled,
-        worst,
+        Some(lost),
+        Some(doubled),
+        Some(worst),
         "restart to converged",
     );
     assert_eq!(lost, 0);
@@ -312,9 +328,9 @@ async fn leader_killed_repeatedly_between_two_replicas() {
     report(
         "leader killed (SIGKILL), two replicas",
         n,
-        lost,
-        doubled,
-        worst,
+        Some(lost),
+        Some(doubled),
+        Some(worst),
         &format!(
             "failover p50 {:.2} s, max {:.2} s",
             p50.as_secs_f64(),
@@ -382,6 +398,7 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
         ],
     )
     .await;
+    let sampler = DoubleSampler::start(&db);
     for (name, target) in &targets {
         db.insert_instance(name, "running", Some(target)).await;
     }
@@ -435,12 +452,50 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
             "secret in error: {e}"
         );
     }
+    const CONTROL: &str = r#"channel="toygres_actor_control""#;
+    let restarts_before = metric(
+        &svc,
+        "toygres_actors_notifications_total",
+        &[CONTROL, r#"op="restart""#],
+    )
+    .await;
+    let mut restarted = Vec::new();
     for name in odd {
+        // Each odd-named instance has its one live actor; a raw NOTIFY restarts it: a new
+        // actor named by the row, and the decision log says restart, from the old to the new.
+        let before = wait_until(
+            &format!("{name}: a live actor"),
+            Duration::from_secs(30),
+            || async {
+                let a = db.actor_id(name).await?;
+                (db.live_actors(name).await == vec![a.clone()]).then_some(a)
+            },
+        )
+        .await;
         sqlx::query("SELECT pg_notify('toygres_actor_control', $1)")
             .bind(format!("restart {name}"))
             .execute(&db.pool)
             .await
             .unwrap();
+        let after = wait_until(
+            &format!("{name}: restarted by its NOTIFY (a new actor, logged as a restart)"),
+            Duration::from_secs(30),
+            || async {
+                let a = db.actor_id(name).await.filter(|a| *a != before)?;
+                let logged: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM toygres_actors.decisions
+                      WHERE k8s_name = $1 AND action = 'restart' AND old_actor_id = $2 AND new_actor_id = $3",
+                )
+                .bind(name)
+                .bind(&before)
+                .bind(&a)
+                .fetch_one(&db.pool)
+                .await
+                .ok()?;
+                (logged == 1 && db.live_actors(name).await == vec![a.clone()]).then_some(a)
+            },
+        )
+        .await;
         let encoded: String = name
             .bytes()
             .map(|b| {
@@ -453,30 +508,117 @@ async fn bad_targets_and_names_get_clear_outcomes_and_nothing_crashes() {
             .collect();
         let (code, body) = svc.get(&format!("/api/instances/{encoded}/actor")).await;
         assert_eq!(code, 200, "{name}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (v["k8s_name"].as_str(), v["actor_id"].as_str()),
+            (Some(name), Some(after.as_str())),
+            "{name}: the API shows the restarted actor: {body}"
+        );
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_toygres-actors"))
             .args(["explain", name])
             .env("DATABASE_URL", &db.url)
             .output()
             .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success(),
-            "{name}: {}",
+            out.status.success() && stdout.contains(&after),
+            "{name}: explain shows the restarted actor {after}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        restarted.push((name, after));
     }
-    // Every odd-named instance ends with exactly one actor; the service is still up.
+    // Bad ones: a name over the 255-character limit, and an odd name no row has. Each is
+    // counted invalid and changes nothing. `reconcile *` after them is a barrier: the listener
+    // handles one channel's notifications in order.
+    let bad = [
+        format!("restart {}", "n".repeat(256)),
+        "restart q'uote-no such;row".to_string(),
+    ];
+    let invalid_before = metric(
+        &svc,
+        "toygres_actors_notifications_invalid_total",
+        &[CONTROL],
+    )
+    .await;
+    let reconciles_before = metric(
+        &svc,
+        "toygres_actors_notifications_total",
+        &[CONTROL, r#"op="reconcile""#],
+    )
+    .await;
+    for payload in bad.iter().map(String::as_str).chain(["reconcile *"]) {
+        sqlx::query("SELECT pg_notify('toygres_actor_control', $1)")
+            .bind(payload)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    wait_until(
+        "the barrier `reconcile *` handled",
+        Duration::from_secs(30),
+        || async {
+            (metric(
+                &svc,
+                "toygres_actors_notifications_total",
+                &[CONTROL, r#"op="reconcile""#],
+            )
+            .await
+                > reconciles_before)
+                .then_some(())
+        },
+    )
+    .await;
+    let invalid = metric(
+        &svc,
+        "toygres_actors_notifications_invalid_total",
+        &[CONTROL],
+    )
+    .await
+        - invalid_before;
+    let restarts = metric(
+        &svc,
+        "toygres_actors_notifications_total",
+        &[CONTROL, r#"op="restart""#],
+    )
+    .await
+        - restarts_before;
+    assert_eq!(
+        (invalid, restarts),
+        (bad.len() as f64, odd.len() as f64),
+        "(invalid, valid restart) control notifications counted"
+    );
+    let log = svc.log_text();
+    assert!(
+        log.contains("name longer than 255 characters") && log.contains("unknown instance"),
+        "the reasons are logged"
+    );
+    // Every odd-named instance ends with exactly one actor (the one its restart made); the
+    // service is still up.
     let (took, lost) = converge(&db, Duration::from_secs(30)).await;
+    for (name, after) in &restarted {
+        assert_eq!(
+            db.actor_id(name).await.as_deref(),
+            Some(after.as_str()),
+            "{name}"
+        );
+    }
+    let doubled = sampler.finish().await.max(1) - 1;
     let (code, _) = svc.get("/healthz").await;
     assert_eq!(code, 200, "service alive");
     report(
         "bad targets (garbage, hangs, never accepts, unparsable) and odd names",
         targets.len() + odd.len(),
-        lost,
-        0,
-        took,
-        "each target: unhealthy with a timeout/parse error",
+        Some(lost),
+        Some(doubled),
+        Some(took),
+        &format!(
+            "each target: unhealthy with a timeout/parse error; {} odd-name restarts done, {} bad ones counted invalid",
+            restarted.len(),
+            invalid
+        ),
     );
     assert_eq!(lost, 0);
+    assert_eq!(doubled, 0);
 }
 
 /// A password in every connection string of the run; none in logs, metrics, API or CLI.
@@ -536,12 +678,13 @@ async fn secrets_never_leave_the_process() {
     }
     seen.push_str(&svc.log_text());
     let hits = seen.matches(pw).count() + seen.matches("tok-Secret-123").count();
+    // Not a fault trial: nothing here counts lost or doubled actors or convergence.
     report(
         "secrets: password in every connection string",
         1,
-        0,
-        0,
-        Duration::ZERO,
+        None,
+        None,
+        None,
         &format!("{hits} hits in logs, /metrics, API, CLI"),
     );
     assert_eq!(hits, 0, "a secret leaked");
