@@ -138,6 +138,7 @@ BEGIN
                 WITH pick AS (
                     SELECT instance_id FROM toygres_actors.probe_leases
                      WHERE holder = v_top.holder AND holder_epoch = v_top.holder_epoch
+                     ORDER BY random()
                      LIMIT least(p_max_move, v_share - v_mine, v_top.n - v_share)
                        FOR UPDATE SKIP LOCKED)
                 UPDATE toygres_actors.probe_leases l

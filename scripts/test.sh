@@ -35,4 +35,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The previous release's binary, for the rolling-upgrade test (tests/upgrade.rs): built
+# once from git history into target/, sharing the dependency builds, under its own binary
+# name so it never replaces this release's `toygres-actors`.
+PREV_RELEASE=e663728
+prev_bin="target/debug/toygres-actors-prev-$PREV_RELEASE"
+if [ ! -x "$prev_bin" ]; then
+  echo "building the previous release ($PREV_RELEASE) for the upgrade test" >&2
+  prev_src="$(mktemp -d)"
+  git archive "$PREV_RELEASE" | tar -x -C "$prev_src"
+  sed -i -e "s/^default-run = \"toygres-actors\"$/default-run = \"toygres-actors-prev-$PREV_RELEASE\"/" \
+         -e "0,/^name = \"toygres-actors\"$/! s/^name = \"toygres-actors\"$/name = \"toygres-actors-prev-$PREV_RELEASE\"/" \
+         "$prev_src/Cargo.toml"
+  (root="$PWD" && cd "$prev_src" && CARGO_TARGET_DIR="$root/target" cargo build --locked --bin "toygres-actors-prev-$PREV_RELEASE")
+  rm -rf "$prev_src"
+fi
+export TOYGRES_ACTORS_PREV_BIN="$PWD/$prev_bin"
+
 cargo test --all-targets "$@"

@@ -1,15 +1,16 @@
 //! The instance actor: a detached, durable Duroxide orchestration per monitored instance.
 //!
-//! **Version 2 (current): the actor owns a probe lease.** One iteration is one short
-//! activity ([`lease`]) and one durable timer of `lease_renew_ms` (default 4 min): the
-//! activity checks the row (fencing, below), records in the database that this replica holds
-//! the instance's probe lease, and hands the instance to the replica's in-process
-//! [`crate::lease::Scheduler`], which runs the health check ([`health_check`]: read → probe →
-//! one fenced write) every `interval_ms` while the lease lasts. A health check thus costs one
-//! read and one write instead of two Duroxide turns; the durable loop turns only once per
-//! renewal. If the replica dies, its leases lapse and the next renewal (on any replica)
-//! resumes probing; the write is fenced on the lease holder, so probing never doubles when a
-//! lease moves. After `iterations_per_execution` renewals the actor continues as new.
+//! **Version 2 (current): the actor owns its instance's probe lease.** One iteration is one
+//! short activity ([`lease`]) and one durable timer of `lease_renew_ms` (default 4 min): the
+//! activity checks the row (fencing, below) and records this actor as the owner of the
+//! instance's probe lease — conditional on the row naming it, and never taking the lease from
+//! a live holder. Which replica probes follows replica liveness, not this renewal (see
+//! [`crate::replica`]): the holder's in-process [`crate::lease::Scheduler`] runs the health
+//! check ([`health_check`]: read → probe → one fenced write) every `interval_ms`. A health
+//! check thus costs one read and one write instead of two Duroxide turns; the durable loop
+//! turns only once per renewal. The write is fenced on the actor id, the holder and its
+//! epoch and liveness, so probing never doubles when a lease moves. After
+//! `iterations_per_execution` renewals the actor continues as new.
 //!
 //! **Version 1** (kept registered so actors started by it replay, and upgraded to v2 at
 //! their next continue-as-new) ran the health check as its activity on every iteration:
@@ -162,7 +163,7 @@ pub async fn instance_actor(
                 consecutive_failures,
                 ..
             }) => input.consecutive_failures = consecutive_failures,
-            Ok(CheckOutcome::Leased { .. }) => {}
+            Ok(CheckOutcome::Leased { .. }) | Ok(CheckOutcome::LeaseLost) => {}
             // The check could not run (e.g. the CMS was unreachable): try again next tick.
             Err(e) => ctx.trace_warn(format!(
                 "health check of {} failed to run: {e}",

@@ -4,6 +4,7 @@
 //!     GET  /readyz                                  database reachable; on the leader, listener connected
 //!     GET  /metrics                                 Prometheus text (ours, Duroxide's, fleet gauges)
 //!     GET  /api/actors[?verdict=V]                  every instance with its verdict
+//!     GET  /api/replicas                            replicas: epoch, heartbeat age, leases, leader
 //!     GET  /api/instances/{name}/actor              one actor: status, verdict, id, last check
 //!     POST /api/instances/{name}/actor/start|restart|cancel
 //!

@@ -40,6 +40,10 @@ pub enum CheckOutcome {
     Exit { reason: String },
     /// v2: the probe lease is held by this replica until the next renewal (and a bit).
     Leased { holder: String },
+    /// Under a probe lease: the write was refused (the lease moved, the actor was
+    /// superseded, or this replica's liveness lapsed). The replica stops probing the
+    /// instance; the actor itself is not told to end.
+    LeaseLost,
 }
 
 /// What the health check activity needs from the process.
@@ -137,6 +141,12 @@ pub async fn health_check(
     .await
     .map_err(|e| e.to_string())?;
     match recorded {
+        // Under a probe lease a refused write may also mean the lease moved to another
+        // replica or our heartbeat lapsed: this replica stops probing, the actor goes on.
+        Recorded::Superseded if holder.is_some() => {
+            tracing::debug!(instance_id = %id, actor_id, "write refused: probe lease moved, actor superseded, or our liveness lapsed");
+            Ok(CheckOutcome::LeaseLost)
+        }
         Recorded::Superseded => exit("superseded while probing".into()),
         Recorded::Written { previous } => {
             if previous != observed && !keep_status && crate::quiet::HEALTH_CHANGES.admit() {

@@ -78,7 +78,7 @@ pub fn init_tracing(global: &GlobalArgs) {
     let _ = match global.log_format {
         LogFormat::Json => tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(crate::logging::writer)
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(crate::quiet::Expected(
                 tracing_subscriber::fmt::format().json().flatten_event(true),
@@ -86,7 +86,7 @@ pub fn init_tracing(global: &GlobalArgs) {
             .try_init(),
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(crate::logging::writer)
             .event_format(crate::quiet::Expected(tracing_subscriber::fmt::format()))
             .try_init(),
     };
@@ -133,6 +133,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print!("{}", crate::ops::render_table(&list));
+                match crate::replica::list(&reconciler.control.pool).await {
+                    Ok(replicas) => print!("{}", crate::ops::render_replicas(&replicas)),
+                    Err(e) => eprintln!("replicas: {e}"),
+                }
             }
             Ok(if list.iter().any(|a| a.verdict.needs_healing()) {
                 1

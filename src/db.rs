@@ -60,7 +60,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     let result = async {
         conn.execute(crate::sql::ENSURE_ACTORS_SCHEMA).await?;
         conn.execute(crate::sql::SEARCH_PATH_ACTORS).await?;
-        MIGRATOR.run(&mut *conn).await?;
+        // A later release's migrations (applied first in a rolling upgrade, see README
+        // "Upgrade order") are not an error: this release keeps running beside them.
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.set_ignore_missing(true);
+        migrator.run(&mut *conn).await?;
         Ok::<_, DbError>(())
     }
     .await;

@@ -25,6 +25,11 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<i32> {
         println!("note: `demo` always runs on a private cluster; DATABASE_URL is ignored.");
     }
     let started = Instant::now();
+    // The story goes to stdout; log lines would interleave with it, so they go to a file.
+    let log = log_file(global);
+    crate::logging::to_file(&log)
+        .map_err(|e| anyhow::anyhow!("cannot write the demo log {}: {e}", log.display()))?;
+    println!("(log lines of this run go to {})", log.display());
     say("Starting a private PostgreSQL", "");
     let opts = EmbeddedOptions::persistent(global.data_dir.join("pg"));
     let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;

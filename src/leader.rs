@@ -49,6 +49,9 @@ pub async fn run(
                 }
             }
         }
+        if stop.is_cancelled() {
+            break;
+        }
         step_down(&leading, "leadership session ended");
         tokio::select! {
             _ = tokio::time::sleep(config::LEADER_TICK) => {}

@@ -247,6 +247,10 @@ impl Scheduler {
                 return;
             }
             match outcome {
+                Ok(CheckOutcome::LeaseLost) => {
+                    st.entries.remove(&id);
+                    return;
+                }
                 Ok(CheckOutcome::Exit { reason }) => {
                     tracing::debug!(instance_id = %id, reason = %reason, "probing stopped");
                     st.entries.remove(&id);

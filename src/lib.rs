@@ -63,6 +63,7 @@ pub mod identity;
 pub mod leader;
 pub mod lease;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod quiet;

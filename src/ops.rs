@@ -497,3 +497,34 @@ pub fn render_explanation(e: &Explanation) -> String {
     }
     out
 }
+
+/// The replicas table `status` prints under the instances.
+pub fn render_replicas(replicas: &[crate::replica::ReplicaRow]) -> String {
+    let mut out = String::from("\nreplicas:\n");
+    if replicas.is_empty() {
+        out.push_str("  (none registered)\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "  {:<28} {:>20} {:>9} {:>8} {:<8} {}\n",
+        "NAME", "EPOCH", "HEARTBEAT", "LEASES", "STATE", "LEADER"
+    ));
+    for r in replicas {
+        let state = if r.draining {
+            "draining"
+        } else if r.live {
+            "live"
+        } else {
+            "gone"
+        };
+        let leader = match (r.leader, r.term) {
+            (true, Some(t)) => format!("yes (term {t})"),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "  {:<28} {:>20} {:>8.1}s {:>8} {:<8} {}\n",
+            r.name, r.epoch, r.heartbeat_age_seconds, r.leases, state, leader
+        ));
+    }
+    out
+}

@@ -102,9 +102,10 @@ pub struct RunArgs {
         default_value_t = 1024
     )]
     pub probe_keep_connections: usize,
-    /// How often an actor renews its probe lease (the durable loop's period; checks run
-    /// every --check-interval in between). Shorter = faster take-over after a replica dies,
-    /// more Duroxide work.
+    /// How often an actor records itself as its instance's owner (the durable loop's
+    /// period; checks run every --check-interval in between, on whichever replica holds the
+    /// probe lease). Take-over after a replica dies does not wait for it: it follows the
+    /// replica heartbeat. Shorter = more Duroxide work.
     #[arg(long, env = "TOYGRES_ACTORS_LEASE_RENEW_INTERVAL", default_value = "4m", value_parser = parse_duration)]
     pub lease_renew_interval: Duration,
     /// Probes running at once.
@@ -158,7 +159,9 @@ pub struct RunArgs {
     /// Run Duroxide workers only; never lead (no listener, no reconciler).
     #[arg(long, env = "TOYGRES_ACTORS_WORKER_ONLY")]
     pub worker_only: bool,
-    /// Name of this replica in logs and decisions (default: hostname-pid).
+    /// Name of this replica (default: the host name; on Kubernetes, the pod name). Its
+    /// identity is this name plus a random per-process epoch: of two processes started with
+    /// one name, the newest wins and the other stops probing.
     #[arg(long, env = "TOYGRES_ACTORS_REPLICA")]
     pub replica: Option<String>,
 }

@@ -243,6 +243,8 @@ pub struct ServiceProc {
     pub log: std::path::PathBuf,
     pub url: String,
     pub args: Vec<String>,
+    /// Another build of the service (the previous release, for the upgrade test).
+    pub bin: Option<std::path::PathBuf>,
 }
 
 /// Settings short enough for tests.
@@ -290,9 +292,51 @@ impl ServiceProc {
             )),
             url: db.url.clone(),
             args,
+            bin: None,
         };
         s.spawn().await;
         s
+    }
+
+    /// Start `toygres-actors run` against `url` with the shipped defaults (every timer at its
+    /// production value) plus `extra`, and wait until it is ready.
+    pub async fn start_production(url: &str, extra: &[&str]) -> ServiceProc {
+        let mut s = ServiceProc {
+            child: None,
+            http: String::new(),
+            log: std::env::temp_dir().join(format!(
+                "toygres-actors-svc-{}.log",
+                uuid::Uuid::new_v4().simple()
+            )),
+            url: url.to_string(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            bin: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// Like [`ServiceProc::start_production`], with another build of the service.
+    pub async fn start_binary(bin: &std::path::Path, url: &str, extra: &[&str]) -> ServiceProc {
+        let mut s = ServiceProc {
+            child: None,
+            http: String::new(),
+            log: std::env::temp_dir().join(format!(
+                "toygres-actors-svc-{}.log",
+                uuid::Uuid::new_v4().simple()
+            )),
+            url: url.to_string(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            bin: Some(bin.to_path_buf()),
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// Send a signal (SIGSTOP, SIGCONT, …) to the running process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let c = self.child.as_ref().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).expect("signal");
     }
 
     async fn spawn(&mut self) {
@@ -318,7 +362,11 @@ impl ServiceProc {
         if !self.args.iter().any(|a| a == "--replica") {
             named = vec!["--replica".to_string(), format!("svc-{port}")];
         }
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_toygres-actors"))
+        let bin = self
+            .bin
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_toygres-actors").into());
+        let child = std::process::Command::new(bin)
             .arg("run")
             .arg("--http")
             .arg(format!("127.0.0.1:{port}"))

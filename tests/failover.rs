@@ -1,0 +1,537 @@
+//! Failover at production timings: replicas stop, die, freeze and get cut off, and every
+//! instance keeps being checked within the documented bounds.
+//!
+//! Every timer these scenarios depend on runs at its shipped default (check interval 30 s,
+//! lease renewal 4 min, replica heartbeat 2.5 s / TTL 15 s, leader tick 2 s / TTL 10 s,
+//! balancing 250 leases per tick): the services are started with no timing flag at all.
+//! Probes hit a real PostgreSQL (a cluster of its own, sized for the kept probe
+//! connections) and every check counted must be `healthy`.
+//!
+//! "Lost", here and in the reliability table: an instance that should be checked and had no
+//! check for more than 2x the interval.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::{ServiceProc, TestDb, wait_until};
+use toygres_actors::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+
+const INTERVAL: f64 = 30.0;
+
+/// A PostgreSQL cluster the probes connect to: 1,000 instances keep 1,000 connections.
+fn targets() -> &'static EmbeddedPostgres {
+    static PG: OnceLock<EmbeddedPostgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        let mut opts = EmbeddedOptions::ephemeral_temp("targets");
+        opts.max_connections = 1500;
+        EmbeddedPostgres::start(&opts).expect("start the probe target cluster")
+    })
+}
+
+fn target_url() -> String {
+    targets().url("postgres")
+}
+
+/// Insert `n` running instances spread over one check interval (a batch a second), so their
+/// checks are spread over the interval as in a real fleet: whenever a fault hits, some
+/// instance is just about due.
+async fn insert_fleet(db: &TestDb, prefix: &str, n: i64) {
+    const BATCHES: i64 = 30;
+    let mut pace = tokio::time::interval(Duration::from_secs(1));
+    for b in 0..BATCHES {
+        pace.tick().await;
+        let (lo, hi) = (b * n / BATCHES + 1, (b + 1) * n / BATCHES);
+        sqlx::query(
+            "INSERT INTO toygres_cms.instances
+                 (user_name, k8s_name, postgres_version, storage_size_gb, state,
+                  create_orchestration_id, dns_connection_string)
+             SELECT 'tester', $1 || g, '16', 10, 'running', 'create-1', $4
+               FROM generate_series($2::bigint, $3::bigint) g",
+        )
+        .bind(prefix)
+        .bind(lo)
+        .bind(hi)
+        .bind(target_url())
+        .execute(&db.pool)
+        .await
+        .expect("insert fleet");
+    }
+}
+
+/// Leases held by each live replica.
+async fn lease_shares(db: &TestDb) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT l.holder, count(*)
+           FROM toygres_actors.probe_leases l
+           JOIN toygres_actors.replicas r ON r.name = l.holder AND r.epoch = l.holder_epoch
+          WHERE r.expires_at > now() AND NOT r.draining
+          GROUP BY l.holder ORDER BY l.holder",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_default()
+}
+
+/// Wait until `total` leases are spread over exactly `replicas` live replicas, each holding
+/// 40–60 % of them; returns the shares.
+async fn wait_balanced(db: &TestDb, replicas: usize, total: i64) -> Vec<(String, i64)> {
+    wait_until("leases balanced", Duration::from_secs(120), || async {
+        let shares = lease_shares(db).await;
+        let sum: i64 = shares.iter().map(|s| s.1).sum();
+        let fair = total as f64 / replicas as f64;
+        (shares.len() == replicas
+            && sum == total
+            && shares
+                .iter()
+                .all(|s| (s.1 as f64) >= 0.8 * fair && (s.1 as f64) <= 1.2 * fair))
+        .then_some(shares)
+    })
+    .await
+}
+
+/// The longest time any instance that should be checked went without a check since `from`
+/// (database clock), counting the open gap up to now.
+async fn max_gap(db: &TestDb, from: chrono::DateTime<chrono::Utc>) -> (f64, String) {
+    let top: Vec<(f64, String)> = sqlx::query_as(
+        "WITH c AS (
+             SELECT h.instance_id, h.checked_at,
+                    lag(h.checked_at) OVER (PARTITION BY h.instance_id ORDER BY h.checked_at) AS prev
+               FROM toygres_cms.instance_health_checks h
+              WHERE h.checked_at >= $1 - interval '90 seconds'),
+         gaps AS (
+             SELECT instance_id, extract(epoch FROM checked_at - prev)::float8 AS gap
+               FROM c WHERE prev IS NOT NULL AND checked_at >= $1
+             UNION ALL
+             SELECT id, extract(epoch FROM now() - last_health_check)::float8
+               FROM toygres_cms.instances WHERE state = 'running')
+         SELECT g.gap, i.k8s_name FROM gaps g JOIN toygres_cms.instances i ON i.id = g.instance_id
+          WHERE g.gap IS NOT NULL ORDER BY g.gap DESC LIMIT 5",
+    )
+    .bind(from)
+    .fetch_all(&db.pool)
+    .await
+    .expect("max gap");
+    eprintln!("longest gaps since {from}: {top:?}");
+    top.into_iter().next().expect("some gap")
+}
+
+async fn db_now(db: &TestDb) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Checks since `from` that were not healthy (must be none: the targets answer).
+async fn not_healthy_since(db: &TestDb, from: chrono::DateTime<chrono::Utc>) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_cms.instance_health_checks
+          WHERE checked_at >= $1 AND status::text <> 'healthy'",
+    )
+    .bind(from)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Every running instance checked at or after `t`.
+async fn wait_all_checked_after(db: &TestDb, t: chrono::DateTime<chrono::Utc>, within: Duration) {
+    wait_until("every instance checked again", within, || async {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM toygres_cms.instances
+              WHERE state = 'running' AND (last_health_check IS NULL OR last_health_check < $1)",
+        )
+        .bind(t)
+        .fetch_one(&db.pool)
+        .await
+        .ok()?;
+        (behind == 0).then_some(())
+    })
+    .await;
+}
+
+/// Instances with more than one live actor orchestration (must be none).
+async fn doubled(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (
+             SELECT substr(i.instance_id, 7, 36)
+               FROM toygres_duroxide.instances i
+               JOIN toygres_duroxide.executions e
+                 ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+              WHERE i.orchestration_name = 'toygres::InstanceActor' AND e.status = 'Running'
+              GROUP BY 1 HAVING count(*) > 1) d",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+fn row(fault: &str, trials: usize, max_gap: f64, bound: f64) {
+    support::append_reliability_row(&format!(
+        "| {fault} | {trials} | 0 | 0 | max gap {max_gap:.1} s (bound {bound:.0} s) | production timers |"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
+    let db = TestDb::new().await;
+    const N: i64 = 1000;
+    let mut a = ServiceProc::start_production(&db.url, &["--replica", "replica-a"]).await;
+    let mut b = ServiceProc::start_production(&db.url, &["--replica", "replica-b"]).await;
+    insert_fleet(&db, "pg-f", N).await;
+    // Balanced first: each of the two holds 40–60 % (asserted by wait_balanced).
+    let shares = wait_balanced(&db, 2, N).await;
+    eprintln!("balanced: {shares:?}");
+    let steady = db_now(&db).await;
+    wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
+    let from = db_now(&db).await;
+
+    // Rolling restart: every replica stopped (SIGTERM) and replaced under a new name.
+    let t0 = Instant::now();
+    assert!(a.stop().success(), "replica-a exited uncleanly");
+    let c = ServiceProc::start_production(&db.url, &["--replica", "replica-c"]).await;
+    wait_balanced(&db, 2, N).await;
+    assert!(b.stop().success(), "replica-b exited uncleanly");
+    let mut d = ServiceProc::start_production(&db.url, &["--replica", "replica-d"]).await;
+    wait_balanced(&db, 2, N).await;
+    let after_rolling = db_now(&db).await;
+    wait_all_checked_after(&db, after_rolling, Duration::from_secs(60)).await;
+    let (gap, worst) = max_gap(&db, from).await;
+    eprintln!(
+        "rolling restart (2 x SIGTERM + new names) took {:?}; max gap {gap:.1} s ({worst})",
+        t0.elapsed()
+    );
+    assert!(
+        gap <= 40.0,
+        "rolling restart: {worst} went {gap:.1} s without a check (bound 40 s)"
+    );
+    row(
+        "rolling restart, replica SIGTERM (2 replicas, 1,000 instances)",
+        2,
+        gap,
+        40.0,
+    );
+
+    // SIGKILL one replica: its instances are checked again within 60 s of their last check.
+    let from_kill = db_now(&db).await;
+    d.kill();
+    let killed_at = db_now(&db).await;
+    wait_all_checked_after(&db, killed_at, Duration::from_secs(90)).await;
+    let (gap, worst) = max_gap(&db, from_kill).await;
+    eprintln!("SIGKILL: max gap {gap:.1} s ({worst})");
+    assert!(
+        gap <= 60.0,
+        "SIGKILL: {worst} went {gap:.1} s without a check (bound 60 s)"
+    );
+    row(
+        "replica SIGKILL (2 replicas, 1,000 instances)",
+        1,
+        gap,
+        60.0,
+    );
+    assert_eq!(
+        not_healthy_since(&db, from).await,
+        0,
+        "every check counted is healthy"
+    );
+    assert_eq!(doubled(&db).await, 0);
+    // No gap above 2x the interval anywhere: nothing lost.
+    let (gap_all, _) = max_gap(&db, from).await;
+    assert!(gap_all <= 2.0 * INTERVAL);
+    drop(c);
+}
+
+/// The leader of the two replicas, and the other one.
+async fn leader_and_follower(x: ServiceProc, y: ServiceProc) -> (ServiceProc, ServiceProc) {
+    let mut pair = Some((x, y));
+    wait_until("one leader", Duration::from_secs(30), || {
+        let p = pair.as_ref().unwrap();
+        let (x, y) = (&p.0, &p.1);
+        async move {
+            let (lx, ly) = (x.is_leader().await, y.is_leader().await);
+            (lx != ly).then_some(())
+        }
+    })
+    .await;
+    let (x, y) = pair.take().unwrap();
+    if x.is_leader().await { (x, y) } else { (y, x) }
+}
+
+async fn replica_row(db: &TestDb, name: &str) -> (i64, chrono::DateTime<chrono::Utc>) {
+    sqlx::query_as("SELECT epoch, expires_at FROM toygres_actors.replicas WHERE name = $1")
+        .bind(name)
+        .fetch_one(&db.pool)
+        .await
+        .expect("replica row")
+}
+
+async fn live_actor_of(db: &TestDb, name: &str) -> bool {
+    let Some(actor) = db.actor_id(name).await else {
+        return false;
+    };
+    db.orchestration_status(&actor)
+        .await
+        .is_some_and(|(s, _)| s == "Running")
+}
+
+/// What a frozen or cut-off leader must not have done, checked after it is back.
+async fn assert_fenced(
+    db: &TestDb,
+    name: &str,
+    old_epoch: i64,
+    lost_at: chrono::DateTime<chrono::Utc>,
+    since: chrono::DateTime<chrono::Utc>,
+) {
+    let late: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_cms.instance_health_checks
+          WHERE replica = $1 AND replica_epoch = $2 AND checked_at > $3",
+    )
+    .bind(name)
+    .bind(old_epoch)
+    .bind(lost_at)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        late, 0,
+        "{name} wrote health under its old epoch after losing it"
+    );
+    // No start or cancel it decided after the fault took effect was applied.
+    let applied: Vec<(String, String)> = sqlx::query_as(
+        "SELECT k8s_name, action FROM toygres_actors.decisions
+          WHERE replica = $1 AND decided_at > $2 AND error IS NULL
+            AND action IN ('start', 'restart', 'cancel')",
+    )
+    .bind(name)
+    .bind(since)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        applied.is_empty(),
+        "{name} applied {applied:?} after its term was taken"
+    );
+    assert_eq!(doubled(db).await, 0, "an instance has two live actors");
+    let leaders: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM toygres_actors.leader WHERE expires_at > now()")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(leaders, 1, "exactly one leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
+    let db = TestDb::new().await;
+    let x = ServiceProc::start_production(&db.url, &["--replica", "frozen-x"]).await;
+    let y = ServiceProc::start_production(&db.url, &["--replica", "frozen-y"]).await;
+    insert_fleet(&db, "pg-z", 100).await;
+    wait_balanced(&db, 2, 100).await;
+    let steady = db_now(&db).await;
+    wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
+    let (leader, follower) = leader_and_follower(x, y).await;
+    let name = if leader.args.contains(&"frozen-x".to_string()) {
+        "frozen-x"
+    } else {
+        "frozen-y"
+    };
+    let (old_epoch, _) = replica_row(&db, name).await;
+    let from = db_now(&db).await;
+
+    leader.signal(Signal::SIGSTOP);
+    let stopped_at = db_now(&db).await;
+    let t = Instant::now();
+    db.insert_instance("pg-during-freeze", "running", Some(&target_url()))
+        .await;
+    wait_until(
+        "a live actor for the row inserted during the freeze",
+        Duration::from_secs(20),
+        || async { live_actor_of(&db, "pg-during-freeze").await.then_some(()) },
+    )
+    .await;
+    let took = t.elapsed();
+    eprintln!("frozen leader: new row had a live actor after {took:?}");
+    assert!(follower.is_leader().await);
+    // Its instances move to the follower once its heartbeat lapsed; checks go on.
+    wait_all_checked_after(&db, stopped_at, Duration::from_secs(70)).await;
+    let (gap, worst) = max_gap(&db, from).await;
+    let (_, lost_at) = replica_row(&db, name).await;
+
+    leader.signal(Signal::SIGCONT);
+    // It notices: a new epoch (its old one lapsed) and no leadership.
+    wait_until(
+        "the woken replica re-registered under a new epoch",
+        Duration::from_secs(30),
+        || async { (replica_row(&db, name).await.0 != old_epoch).then_some(()) },
+    )
+    .await;
+    wait_until(
+        "the woken replica is not leader",
+        Duration::from_secs(30),
+        || async { (!leader.is_leader().await).then_some(()) },
+    )
+    .await;
+    // Give it every chance to act on what it queued while frozen.
+    let woke = Instant::now();
+    wait_until(
+        "a few ticks after waking",
+        Duration::from_secs(10),
+        || async { (woke.elapsed() >= Duration::from_secs(6)).then_some(()) },
+    )
+    .await;
+    assert_fenced(&db, name, old_epoch, lost_at, stopped_at).await;
+    eprintln!("frozen leader: max gap {gap:.1} s ({worst})");
+    assert!(gap <= 60.0, "{worst} went {gap:.1} s without a check");
+    assert_eq!(not_healthy_since(&db, from).await, 0);
+    support::append_reliability_row(&format!(
+        "| leader SIGSTOP (2 replicas, 100 instances) | 1 | 0 | 0 | new row's actor live after {:.1} s (bound 20 s); max gap {gap:.1} s | production timers; no write under the old epoch, no start/cancel from the old term |",
+        took.as_secs_f64()
+    ));
+    assert!(took <= Duration::from_secs(20));
+}
+
+/// A TCP proxy that can stop forwarding while keeping every socket open (a partition the
+/// server does not see).
+struct Partition {
+    port: u16,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Partition {
+    async fn start(upstream: u16) -> Partition {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let blocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = blocked.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    async fn pump(
+                        r: &mut tokio::net::tcp::OwnedReadHalf,
+                        w: &mut tokio::net::tcp::OwnedWriteHalf,
+                        flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+                    ) {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            while flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            // Bytes read while the partition began are held, not delivered.
+                            while flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    let f2 = flag.clone();
+                    tokio::join!(pump(&mut cr, &mut sw, flag), pump(&mut sr, &mut cw, f2));
+                });
+            }
+        });
+        Partition { port, blocked }
+    }
+
+    fn set(&self, blocked: bool) {
+        self.blocked
+            .store(blocked, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
+    let db = TestDb::new().await;
+    let server_port: u16 = db
+        .url
+        .rsplit_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .and_then(|(hostport, _)| hostport.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port in the test database URL");
+    let proxy = Partition::start(server_port).await;
+    let proxied = db
+        .url
+        .replacen(&format!(":{server_port}/"), &format!(":{}/", proxy.port), 1);
+    // The leader-to-be reaches the database only through the proxy.
+    let p = ServiceProc::start_production(&proxied, &["--replica", "cut-p"]).await;
+    wait_until("cut-p leads", Duration::from_secs(30), || async {
+        p.is_leader().await.then_some(())
+    })
+    .await;
+    let q = ServiceProc::start_production(&db.url, &["--replica", "cut-q"]).await;
+    insert_fleet(&db, "pg-p", 100).await;
+    wait_balanced(&db, 2, 100).await;
+    let steady = db_now(&db).await;
+    wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
+    let (old_epoch, _) = replica_row(&db, "cut-p").await;
+    let from = db_now(&db).await;
+
+    proxy.set(true);
+    let cut_at = db_now(&db).await;
+    let t = Instant::now();
+    db.insert_instance("pg-during-partition", "running", Some(&target_url()))
+        .await;
+    wait_until(
+        "a live actor for the row inserted during the partition",
+        Duration::from_secs(20),
+        || async {
+            live_actor_of(&db, "pg-during-partition")
+                .await
+                .then_some(())
+        },
+    )
+    .await;
+    let took = t.elapsed();
+    eprintln!("partitioned leader: new row had a live actor after {took:?}");
+    assert!(q.is_leader().await);
+    wait_all_checked_after(&db, cut_at, Duration::from_secs(70)).await;
+    let (gap, worst) = max_gap(&db, from).await;
+    let (_, lost_at) = replica_row(&db, "cut-p").await;
+
+    proxy.set(false);
+    wait_until(
+        "the healed replica re-registered under a new epoch",
+        Duration::from_secs(60),
+        || async { (replica_row(&db, "cut-p").await.0 != old_epoch).then_some(()) },
+    )
+    .await;
+    let healed = Instant::now();
+    wait_until(
+        "a few ticks after healing",
+        Duration::from_secs(10),
+        || async { (healed.elapsed() >= Duration::from_secs(6)).then_some(()) },
+    )
+    .await;
+    assert!(
+        !p.is_leader().await,
+        "the healed replica must not lead beside the new leader"
+    );
+    assert_fenced(&db, "cut-p", old_epoch, lost_at, cut_at).await;
+    assert!(gap <= 60.0, "{worst} went {gap:.1} s without a check");
+    assert_eq!(not_healthy_since(&db, from).await, 0);
+    support::append_reliability_row(&format!(
+        "| leader partition (TCP proxy holds sockets open; 2 replicas, 100 instances) | 1 | 0 | 0 | new row's actor live after {:.1} s (bound 20 s); max gap {gap:.1} s | production timers; no write under the old epoch, no start/cancel from the old term |",
+        took.as_secs_f64()
+    ));
+    assert!(took <= Duration::from_secs(20));
+}
