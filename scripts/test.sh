@@ -4,9 +4,9 @@
 #   scripts/test.sh            # the whole suite
 #   scripts/test.sh schema     # extra arguments go to `cargo test`
 #
-# Needs PostgreSQL server binaries (initdb, pg_ctl, postgres), promtool and systemd-analyze.
-# As root with apt-get they are installed from Debian's `postgresql`, `prometheus` and
-# `systemd` packages; otherwise the script stops and names the package to install.
+# Needs PostgreSQL server binaries (initdb, pg_ctl, postgres), promtool, systemd-analyze, strace.
+# As root with apt-get they are installed from Debian's `postgresql`, `prometheus`, `systemd` and
+# `strace` packages; otherwise the script stops and names the package to install.
 #
 # The deploy/ validators (tests/deploy.rs) are pinned in deploy/tools/ and installed under
 # target/deploy-tools (or $TOYGRES_DEPLOY_TOOLS): a Python venv from PyPI and npm packages,
@@ -25,6 +25,7 @@ missing=()
 have_pg || missing+=(postgresql)
 have_promtool || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then

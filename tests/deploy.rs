@@ -10,7 +10,8 @@
 //! * the PrometheusRule's groups equal `dashboards/alerts.yml`'s and pass `promtool check
 //!   rules`; the dashboard ConfigMap holds `dashboards/toygres-actors.json`;
 //! * the systemd unit passes `systemd-analyze verify` with `ExecStart` at the built binary,
-//!   and `systemd-analyze security --offline` rates its exposure at most 2.0;
+//!   and `systemd-analyze security --offline` rates its exposure at most 2.0; every system
+//!   call the service makes (traced with strace) passes the unit's `SystemCallFilter`;
 //! * the README's database grants are enough to run the service (a real PostgreSQL).
 //!
 //! The validators are installed by `scripts/test.sh` (pins in `deploy/tools/`) under
@@ -624,6 +625,168 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         text(&out)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The system calls of a `systemd-analyze syscall-filter` group, groups expanded.
+fn syscall_group(group: &str) -> BTreeSet<String> {
+    let out = run(
+        Path::new("systemd-analyze"),
+        &["syscall-filter", group],
+        "install Debian package `systemd` (scripts/test.sh does)",
+    );
+    assert!(
+        out.status.success(),
+        "syscall-filter {group}: {}",
+        text(&out)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut calls = BTreeSet::new();
+    for token in listing
+        .lines()
+        .skip(1) // the group's own name
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(str::split_whitespace)
+    {
+        if token.starts_with('@') {
+            calls.extend(syscall_group(token));
+        } else {
+            calls.insert(token.to_string());
+        }
+    }
+    calls
+}
+
+/// The unit's `SystemCallFilter=` lines as (allowed, denied) system calls.
+fn unit_syscall_filter(settings: &[(String, String)]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut allowed, mut denied) = (BTreeSet::new(), BTreeSet::new());
+    for (_, v) in settings.iter().filter(|(k, _)| k == "SystemCallFilter") {
+        let (set, list) = match v.strip_prefix('~') {
+            Some(rest) => (&mut denied, rest),
+            None => (&mut allowed, v.as_str()),
+        };
+        for item in list.split_whitespace() {
+            if item.starts_with('@') {
+                set.extend(syscall_group(item));
+            } else {
+                set.insert(item.to_string());
+            }
+        }
+    }
+    (allowed, denied)
+}
+
+/// The service cannot run under the unit's sandbox here (no systemd as PID 1), so this
+/// checks the part most likely to break it: every system call the service makes, from
+/// start through health checks to a SIGTERM stop, traced with strace, passes the unit's
+/// SystemCallFilter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_syscall_filter_allows_every_call_the_service_makes() {
+    let settings = unit_settings(&read("deploy/systemd/toygres-actors.service"));
+    let (allowed, denied) = unit_syscall_filter(&settings);
+    assert!(
+        !allowed.is_empty() && denied.contains("setuid"),
+        "the unit filters system calls"
+    );
+
+    let db = support::TestDb::new().await;
+    let name = "pg-syscalls";
+    db.insert_instance(name, "running", Some(&support::reachable_target()))
+        .await;
+    let summary = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("strace-{}.txt", uuid::Uuid::new_v4().simple()));
+    let port = support::free_port();
+    let strace = match Command::new("strace")
+        .args(["-f", "-qq", "-c", "-o"])
+        .arg(&summary)
+        .args(["--", BIN, "run", "--http", &format!("127.0.0.1:{port}")])
+        .args(support::FAST_ARGS)
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(summary.with_extension("log")).unwrap())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => panic!(
+            "cannot run strace ({e}): install Debian package `strace` (scripts/test.sh does)"
+        ),
+    };
+    let mut strace = Guard(strace);
+    support::wait_until(
+        "a health check by the traced service",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(status)) = strace.0.try_wait() {
+                let log =
+                    std::fs::read_to_string(summary.with_extension("log")).unwrap_or_default();
+                panic!("strace (or the service under it) exited early with {status}:\n{log}");
+            }
+            async {
+                let (status, at) = db.health_of(name).await;
+                (status == "healthy" && at.is_some()).then_some(())
+            }
+        },
+    )
+    .await;
+    // SIGTERM to the service (strace's child), then strace writes its summary and exits.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.0.id())).unwrap();
+    let service: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(service),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::block_in_place(|| strace.0.wait()).unwrap();
+    assert!(status.success(), "the traced service stopped with {status}");
+
+    let report = std::fs::read_to_string(&summary).unwrap();
+    let used: BTreeSet<String> = report
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('-') && !l.trim_start().starts_with('%'))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|c| *c != "total")
+        .map(str::to_string)
+        .collect();
+    assert!(
+        used.contains("epoll_wait") && used.contains("connect"),
+        "strace traced the service:\n{report}"
+    );
+    let refused: Vec<&String> = used
+        .iter()
+        .filter(|c| !allowed.contains(*c) || denied.contains(*c))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the unit's SystemCallFilter refuses system calls the service makes: {refused:?}"
+    );
+    let _ = std::fs::remove_file(summary.with_extension("log"));
+    let _ = std::fs::remove_file(&summary);
+}
+
+/// strace and the service it traces: both are killed if the test fails before the service
+/// stopped (a killed tracer would leave its tracee running).
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = self.0.id();
+            if let Ok(children) =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            {
+                for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(child),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
