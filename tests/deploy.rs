@@ -245,6 +245,15 @@ fn kustomize_base_renders_the_documented_objects() {
         job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"], "toygres-actors",
         "the migration pod must not match the Service, PDB or anti-affinity selectors"
     );
+    // It runs before the base on a first install: it may not need the base's objects.
+    if let Some(account) = job["spec"]["template"]["spec"]["serviceAccountName"].as_str() {
+        assert!(
+            migrate
+                .iter()
+                .any(|d| d["kind"] == "ServiceAccount" && d["metadata"]["name"] == account),
+            "the migration Job uses ServiceAccount {account}, which migrate/ does not create"
+        );
+    }
 }
 
 #[test]
