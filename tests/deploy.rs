@@ -35,8 +35,8 @@ const INSTALL_TOOLS: &str = "run scripts/test.sh: it installs the pinned deploy 
      (deploy/tools/requirements.txt into a venv with pip, deploy/tools/package-lock.json with \
      npm ci) under target/deploy-tools, or $TOYGRES_DEPLOY_TOOLS";
 
-/// The Kubernetes versions whose schemas the core objects must satisfy: an old one still
-/// in support on managed clusters and the newest that kubernetes-validate ships.
+/// The Kubernetes versions whose schemas the core objects must satisfy: an older one and
+/// the newest that kubernetes-validate ships.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 // ---------------------------------------------------------------------------------------
