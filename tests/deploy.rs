@@ -480,10 +480,29 @@ fn prometheus_rule_groups_equal_alerts_yml_and_pass_promtool() {
     let rule = find(&docs, "PrometheusRule");
     let alerts = yaml_docs(&read("dashboards/alerts.yml"), "dashboards/alerts.yml");
     assert_eq!(alerts.len(), 1);
-    assert_eq!(
-        rule["spec"]["groups"], alerts[0]["groups"],
-        "deploy/kubernetes/prometheusrule.yaml is out of date: run deploy/sync.sh"
-    );
+    if rule["spec"]["groups"] != alerts[0]["groups"] {
+        let names = |groups: &Value| -> Vec<String> {
+            groups
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .map(|r| {
+                    r["alert"]
+                        .as_str()
+                        .or(r["record"].as_str())
+                        .unwrap_or("?")
+                        .to_string()
+                })
+                .collect()
+        };
+        panic!(
+            "deploy/kubernetes/prometheusrule.yaml is out of date: run deploy/sync.sh\n  \
+             PrometheusRule: {:?}\n  alerts.yml:     {:?}",
+            names(&rule["spec"]["groups"]),
+            names(&alerts[0]["groups"])
+        );
+    }
     assert_eq!(
         alerts[0].as_object().unwrap().keys().collect::<Vec<_>>(),
         ["groups"],
@@ -511,12 +530,19 @@ fn prometheus_rule_groups_equal_alerts_yml_and_pass_promtool() {
 #[test]
 fn dashboard_configmap_equals_dashboards_json() {
     let original = read("dashboards/toygres-actors.json");
-    assert_eq!(
-        read("deploy/kubernetes/grafana-dashboard.json"),
-        original,
-        "deploy/kubernetes/grafana-dashboard.json differs from dashboards/toygres-actors.json: \
-         run deploy/sync.sh"
-    );
+    let copy = read("deploy/kubernetes/grafana-dashboard.json");
+    if copy != original {
+        let line = copy
+            .lines()
+            .zip(original.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| copy.lines().count().min(original.lines().count()));
+        panic!(
+            "deploy/kubernetes/grafana-dashboard.json differs from dashboards/toygres-actors.json \
+             from line {}: run deploy/sync.sh",
+            line + 1
+        );
+    }
     let docs = base();
     let map = find(&docs, "ConfigMap");
     assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
