@@ -4,9 +4,13 @@
 #   scripts/test.sh            # the whole suite
 #   scripts/test.sh schema     # extra arguments go to `cargo test`
 #
-# Needs PostgreSQL server binaries (initdb, pg_ctl, postgres) and promtool. As root with
-# apt-get they are installed from Debian's `postgresql` and `prometheus` packages; otherwise
-# the script stops and names the package to install.
+# Needs PostgreSQL server binaries (initdb, pg_ctl, postgres), promtool, systemd-analyze, strace.
+# As root with apt-get they are installed from Debian's `postgresql`, `prometheus`, `systemd` and
+# `strace` packages; otherwise the script stops and names the package to install.
+#
+# The deploy/ validators (tests/deploy.rs) are pinned in deploy/tools/ and installed under
+# target/deploy-tools (or $TOYGRES_DEPLOY_TOOLS): a Python venv from PyPI and npm packages,
+# reinstalled only when deploy/tools/ changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +24,10 @@ have_promtool() { command -v promtool >/dev/null 2>&1; }
 missing=()
 have_pg || missing+=(postgresql)
 have_promtool || missing+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages: ${missing[*]}" >&2
@@ -51,5 +59,20 @@ if [ ! -x "$prev_bin" ]; then
   rm -rf "$prev_src"
 fi
 export TOYGRES_ACTORS_PREV_BIN="$PWD/$prev_bin"
+
+# deploy/ validators: pinned, installed once per version of deploy/tools/.
+deploy_tools="${TOYGRES_DEPLOY_TOOLS:-$PWD/target/deploy-tools}"
+export TOYGRES_DEPLOY_TOOLS="$deploy_tools"
+deploy_pins="$(cat deploy/tools/requirements.txt deploy/tools/package.json deploy/tools/package-lock.json | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$deploy_tools/installed" 2>/dev/null)" != "$deploy_pins" ]; then
+  echo "installing the deploy validators (deploy/tools/) under $deploy_tools" >&2
+  rm -rf "$deploy_tools/venv" "$deploy_tools/node"
+  mkdir -p "$deploy_tools/node"
+  python3 -m venv "$deploy_tools/venv"
+  "$deploy_tools/venv/bin/pip" install --disable-pip-version-check -q -r deploy/tools/requirements.txt
+  cp deploy/tools/package.json deploy/tools/package-lock.json "$deploy_tools/node/"
+  (cd "$deploy_tools/node" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$deploy_pins" > "$deploy_tools/installed"
+fi
 
 cargo test --all-targets "$@"

@@ -197,7 +197,7 @@ pub async fn start(
         reconciler,
         fleet,
         prometheus,
-        api_token: args.api_token.clone().filter(|t| !t.is_empty()),
+        api_token: args.api_token.clone(),
         leading: leading_rx,
         liveness: liveness.liveness(),
         listener: listener_rx,
@@ -217,6 +217,9 @@ pub async fn start(
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
+    if args.insecure_no_auth && args.api_token.is_none() && !http_addr.ip().is_loopback() {
+        tracing::warn!(%http_addr, "serving the API on a non-loopback address without a token (--insecure-no-auth): anyone who reaches this port can restart and cancel actors");
+    }
     tracing::info!(%http_addr, replica = %replica, worker_only = args.worker_only, "toygres-actors running");
     Ok(RunningService {
         shared,

@@ -66,9 +66,13 @@ pub struct RunArgs {
         default_value = "127.0.0.1:9321"
     )]
     pub http: SocketAddr,
-    /// Bearer token required by POST endpoints.
+    /// Bearer token required by POST endpoints (empty is an error, not "no auth").
     #[arg(long, env = "TOYGRES_ACTORS_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Serve a non-loopback --http address without a token (anyone who reaches the port
+    /// can restart and cancel actors). Refused without this flag.
+    #[arg(long, env = "TOYGRES_ACTORS_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     /// Time between an actor's health checks.
     #[arg(long, env = "TOYGRES_ACTORS_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub check_interval: Duration,
@@ -212,6 +216,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn validate_run_args(args: &RunArgs) -> anyhow::Result<()> {
+    if args
+        .api_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        anyhow::bail!("--api-token (TOYGRES_ACTORS_API_TOKEN) is empty: set a token, or unset it");
+    }
+    if !args.http.ip().is_loopback() && args.api_token.is_none() && !args.insecure_no_auth {
+        anyhow::bail!(
+            "--http {} is not a loopback address and no API token is set: set TOYGRES_ACTORS_API_TOKEN, or pass --insecure-no-auth to serve it without authentication",
+            args.http
+        );
+    }
     if args.check_interval.is_zero() {
         anyhow::bail!("--check-interval must be greater than zero");
     }

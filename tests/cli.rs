@@ -52,6 +52,37 @@ fn bad_flags_give_a_clear_error_and_change_nothing() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+
+    // The API: an empty token is an error, and a non-loopback bind needs a token (or the
+    // explicit --insecure-no-auth). Nothing starts (no private cluster under a fresh dir).
+    let dir = std::env::temp_dir().join(format!("ta-cli-{}", uuid::Uuid::new_v4().simple()));
+    for (env_token, args, expect) in [
+        (Some(""), vec!["run"], "is empty"),
+        (
+            None,
+            vec!["run", "--http", "0.0.0.0:0"],
+            "not a loopback address",
+        ),
+    ] {
+        let mut cmd = bin();
+        cmd.env_remove("TOYGRES_ACTORS_API_TOKEN")
+            .env_remove("DATABASE_URL")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(&args);
+        if let Some(t) = env_token {
+            cmd.env("TOYGRES_ACTORS_API_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(
+            !dir.exists(),
+            "{args:?} started something under {}",
+            dir.display()
+        );
+    }
 }
 
 #[test]
