@@ -11,14 +11,17 @@
 //! JSON everywhere; errors are `{"error": "..."}` with 400 (bad input), 401 (token), 404
 //! (unknown name), 409 (the row calls for something else), 500. With
 //! `TOYGRES_ACTORS_API_TOKEN` set, POSTs need `Authorization: Bearer <token>` (compared in
-//! constant time). Responses never contain connection strings.
+//! constant time); with `--api-token-for-reads` as well, so do the reads that show the fleet
+//! (`/metrics` and every `/api/*` GET), while `/healthz` and `/readyz` stay open for the
+//! orchestrator's probes. Responses never contain connection strings.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,6 +46,8 @@ pub struct Shared {
     pub fleet: FleetGauges,
     pub prometheus: PrometheusHandle,
     pub api_token: Option<String>,
+    /// The fleet's reads (`/metrics`, `/api/*` GETs) need the token too.
+    pub api_token_for_reads: bool,
     pub leading: watch::Receiver<Option<crate::identity::Term>>,
     pub liveness: watch::Receiver<crate::replica::Liveness>,
     pub listener: watch::Receiver<ListenerStatus>,
@@ -50,14 +55,20 @@ pub struct Shared {
 }
 
 pub fn router(shared: Shared) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let reads = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/actors", get(list_actors))
         .route("/api/replicas", get(list_replicas))
         .route("/api/instances/{name}/actor", get(actor_status))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            reads_need_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/api/instances/{name}/actor/{action}", post(actor_action))
+        .merge(reads)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -209,6 +220,14 @@ fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
         return false;
     };
     given.as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+/// With `--api-token-for-reads`, a read of the fleet needs the token like a POST does.
+async fn reads_need_token(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    if s.api_token_for_reads && !authorized(&s, req.headers()) {
+        return unauthorized();
+    }
+    next.run(req).await
 }
 
 fn unauthorized() -> Response {

@@ -6,6 +6,11 @@
 //! row exists, still names this actor, and its state still calls for one. The write itself
 //! ([`cms::record_health`]) repeats the fence atomically, so a check that raced a restart or
 //! a lease move writes nothing.
+//!
+//! An instance that answers is healthy only in the role the fleet expects: a primary, or —
+//! with `--expect-standby` — a standby. In the other role it is `unhealthy`, with the reason
+//! [`IN_RECOVERY`] or [`NOT_IN_RECOVERY`]; that counts as a failed probe (so
+//! `--unhealthy-after` applies).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,6 +55,23 @@ pub enum CheckOutcome {
 pub struct ActorDeps {
     pub pool: PgPool,
     pub prober: Arc<Prober>,
+    /// The fleet's instances are standbys (`--expect-standby`).
+    pub expect_standby: bool,
+}
+
+/// The reason recorded for an instance found in recovery where a primary was expected.
+pub const IN_RECOVERY: &str = "in recovery";
+/// The reason recorded for a primary where a standby was expected (`--expect-standby`).
+pub const NOT_IN_RECOVERY: &str = "not in recovery";
+
+/// Why an instance that answered is unhealthy all the same: it is not in the role the fleet
+/// expects. `None` when it is (or when the probe could not tell).
+pub fn wrong_role(in_recovery: Option<bool>, expect_standby: bool) -> Option<&'static str> {
+    match (in_recovery?, expect_standby) {
+        (true, false) => Some(IN_RECOVERY),
+        (false, true) => Some(NOT_IN_RECOVERY),
+        _ => None,
+    }
 }
 
 /// The fence every check and renewal passes first: the row exists, still names this actor,
@@ -108,7 +130,19 @@ pub async fn health_check(
         ),
         Some(target) => {
             let r = deps.prober.probe(id, target).await;
-            if r.ok {
+            if let (true, Some(in_recovery)) = (r.ok, r.in_recovery) {
+                metrics::probe_answered(in_recovery);
+            }
+            let role = wrong_role(r.in_recovery, deps.expect_standby);
+            if let (true, Some(reason)) = (r.ok, role) {
+                (
+                    "unhealthy",
+                    input.consecutive_failures.saturating_add(1),
+                    r.version,
+                    Some(r.response_time_ms),
+                    Some(reason.to_string()),
+                )
+            } else if r.ok {
                 ("healthy", 0, r.version, Some(r.response_time_ms), None)
             } else {
                 let failures = input.consecutive_failures.saturating_add(1);
@@ -158,5 +192,20 @@ pub async fn health_check(
                 consecutive_failures: failures,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_expected_role_is_healthy() {
+        assert_eq!(wrong_role(Some(true), false), Some(IN_RECOVERY));
+        assert_eq!(wrong_role(Some(false), false), None);
+        assert_eq!(wrong_role(Some(true), true), None);
+        assert_eq!(wrong_role(Some(false), true), Some(NOT_IN_RECOVERY));
+        assert_eq!(wrong_role(None, false), None);
+        assert_eq!(wrong_role(None, true), None);
     }
 }

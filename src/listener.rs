@@ -371,7 +371,8 @@ fn op_label(op: &str) -> &'static str {
 
 fn invalid(channel: &'static str, reason: &str, payload: &str) {
     metrics::invalid_notification(channel);
-    tracing::warn!(channel, reason, payload = %truncate(payload, 120), "invalid notification ignored");
+    // Escaped and cut: a payload's newline cannot start a log line of its own.
+    tracing::warn!(channel, reason, payload = %crate::redact::for_log(payload, 120), "invalid notification ignored");
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::verdict::Verdict;
 
 pub const HEALTH_CHECKS_TOTAL: &str = "toygres_actors_health_checks_total";
 pub const HEALTH_CHECK_DURATION: &str = "toygres_actors_health_check_duration_seconds";
+pub const PROBE_ANSWERS_TOTAL: &str = "toygres_actors_probe_answers_total";
 pub const NOTIFICATIONS_TOTAL: &str = "toygres_actors_notifications_total";
 pub const NOTIFICATIONS_INVALID_TOTAL: &str = "toygres_actors_notifications_invalid_total";
 pub const RECONCILE_ACTIONS_TOTAL: &str = "toygres_actors_reconcile_actions_total";
@@ -73,6 +74,10 @@ fn describe() {
         HEALTH_CHECK_DURATION,
         Unit::Seconds,
         "Duration of a health check probe."
+    );
+    describe_counter!(
+        PROBE_ANSWERS_TOTAL,
+        "Probes their instance answered, by pg_is_in_recovery() (in_recovery=\"true\": a standby)."
     );
     describe_counter!(
         NOTIFICATIONS_TOTAL,
@@ -132,6 +137,12 @@ fn describe() {
 pub fn record_health_check(status: &str, duration: Duration) {
     metrics::counter!(HEALTH_CHECKS_TOTAL, "status" => status.to_string()).increment(1);
     metrics::histogram!(HEALTH_CHECK_DURATION).record(duration.as_secs_f64());
+}
+
+/// A probe the instance answered; `in_recovery`: it is a standby.
+pub fn probe_answered(in_recovery: bool) {
+    let label = if in_recovery { "true" } else { "false" };
+    metrics::counter!(PROBE_ANSWERS_TOTAL, "in_recovery" => label).increment(1);
 }
 
 pub fn notification(channel: &'static str, op: &'static str) {
@@ -203,6 +214,9 @@ pub fn initialise_series() {
     metrics::gauge!(LEASES_HELD).set(0.0);
     for status in ["healthy", "unhealthy", "unknown"] {
         metrics::counter!(HEALTH_CHECKS_TOTAL, "status" => status).absolute(0);
+    }
+    for in_recovery in ["true", "false"] {
+        metrics::counter!(PROBE_ANSWERS_TOTAL, "in_recovery" => in_recovery).absolute(0);
     }
     for action in ["start", "cancel", "restart", "noop"] {
         metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).absolute(0);

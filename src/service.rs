@@ -97,6 +97,7 @@ pub async fn start(
     let deps = Arc::new(ActorDeps {
         pool: pool.clone(),
         prober: prober.clone(),
+        expect_standby: args.expect_standby,
     });
     let scheduler = Arc::new(crate::lease::Scheduler::new(
         id.clone(),
@@ -198,6 +199,7 @@ pub async fn start(
         fleet,
         prometheus,
         api_token: args.api_token.clone(),
+        api_token_for_reads: args.api_token_for_reads,
         leading: leading_rx,
         liveness: liveness.liveness(),
         listener: listener_rx,

@@ -73,6 +73,16 @@ pub struct RunArgs {
     /// can restart and cancel actors). Refused without this flag.
     #[arg(long, env = "TOYGRES_ACTORS_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// The reads that show the fleet (/metrics and the /api/* GETs) need the bearer token
+    /// too; /healthz and /readyz stay open for the orchestrator's probes. Needs --api-token.
+    #[arg(long, env = "TOYGRES_ACTORS_API_TOKEN_FOR_READS")]
+    pub api_token_for_reads: bool,
+    /// The fleet's instances are standbys (a fleet that monitors replicas): an instance in
+    /// recovery is then healthy, and one that is not (a promoted or wrong target) is
+    /// unhealthy, "not in recovery". Without it, an instance in recovery is unhealthy, "in
+    /// recovery".
+    #[arg(long, env = "TOYGRES_ACTORS_EXPECT_STANDBY")]
+    pub expect_standby: bool,
     /// Time between an actor's health checks.
     #[arg(long, env = "TOYGRES_ACTORS_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub check_interval: Duration,
@@ -229,6 +239,11 @@ fn validate_run_args(args: &RunArgs) -> anyhow::Result<()> {
             args.http
         );
     }
+    if args.api_token_for_reads && args.api_token.is_none() {
+        anyhow::bail!(
+            "--api-token-for-reads needs a token: set --api-token (TOYGRES_ACTORS_API_TOKEN)"
+        );
+    }
     if args.check_interval.is_zero() {
         anyhow::bail!("--check-interval must be greater than zero");
     }
@@ -279,6 +294,28 @@ mod tests {
         assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        let argv = std::iter::once("toygres-actors").chain(args.iter().copied());
+        Only::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn token_for_reads_needs_a_token() {
+        let e = run_args(&["--api-token-for-reads"]).validate().unwrap_err();
+        assert!(e.to_string().contains("--api-token-for-reads needs"), "{e}");
+        let args = run_args(&["--api-token-for-reads", "--api-token", "t"]);
+        assert!(args.api_token_for_reads);
+        args.validate().unwrap();
+        assert!(!run_args(&[]).api_token_for_reads);
+        assert!(run_args(&["--expect-standby"]).expect_standby);
+        assert!(!run_args(&[]).expect_standby);
     }
 
     #[test]

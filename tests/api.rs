@@ -1,7 +1,7 @@
 //! The operator surface with real processes: every HTTP endpoint of `toygres-actors run`
-//! (success and error cases, the bearer token on POSTs), and the operator CLI on the same
-//! database. No response body, CLI output or service log may contain an instance's
-//! password.
+//! (success and error cases, the bearer token on POSTs, and on reads with
+//! `--api-token-for-reads`), and the operator CLI on the same database. No response body,
+//! CLI output or service log may contain an instance's password.
 
 mod support;
 
@@ -90,6 +90,14 @@ impl Api {
     async fn get(&self, path: &str) -> Reply {
         self.send(self.client.get(format!("{}{path}", self.base)))
             .await
+    }
+
+    async fn get_with(&self, path: &str, authorization: Option<&str>) -> Reply {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(a) = authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        self.send(req).await
     }
 
     async fn post(&self, path: &str, authorization: Option<&str>) -> Reply {
@@ -524,6 +532,71 @@ async fn with_an_api_token_posts_need_it_and_gets_do_not() {
         let r = api.get(path).await;
         assert_eq!(r.status, 200, "{path}: {}", r.body);
     }
+    let log = svc.log_text();
+    assert!(!log.contains(TOKEN), "the token is logged");
+    api.assert_no_secrets(&log);
+}
+
+#[tokio::test]
+async fn with_api_token_for_reads_fleet_reads_need_the_token_and_probes_stay_open() {
+    const TOKEN: &str = "tok-R3a-reads-secret";
+    let db = TestDb::new().await;
+    let svc = ServiceProc::start(&db, &["--api-token", TOKEN, "--api-token-for-reads"]).await;
+    let api = Api::new(&svc);
+    db.insert_instance("pg-reads", "running", Some(&support::reachable_target()))
+        .await;
+    let reads = [
+        "/metrics",
+        "/api/actors",
+        "/api/actors?verdict=ok",
+        "/api/replicas",
+        "/api/instances/pg-reads/actor",
+        "/api/instances/no-such/actor",
+    ];
+    for path in reads {
+        for auth in [
+            None,
+            Some("Bearer wrong-token".to_string()),
+            Some(format!("Basic {TOKEN}")),
+        ] {
+            let r = api.get_with(path, auth.as_deref()).await;
+            let msg = r.error(401);
+            assert!(r.www_authenticate.starts_with("Bearer"), "{path} {auth:?}");
+            assert!(!msg.contains(TOKEN), "{msg}");
+            assert!(
+                !r.body.contains("pg-reads"),
+                "{path}: a refused read shows the fleet: {}",
+                r.body
+            );
+        }
+    }
+    // With the token, every read answers as usual.
+    let bearer = format!("Bearer {TOKEN}");
+    let bearer = Some(bearer.as_str());
+    for path in &reads[..5] {
+        let r = api.get_with(path, bearer).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    api.get_with("/api/instances/no-such/actor", bearer)
+        .await
+        .error(404);
+    let r = api.get_with("/metrics", bearer).await;
+    assert!(
+        r.body.contains("toygres_actors_health_checks_total"),
+        "{}",
+        r.body
+    );
+    let r = api.get_with("/api/actors", bearer).await;
+    assert_eq!(names(r.json()["actors"].as_array().unwrap()), ["pg-reads"]);
+    // The orchestrator's probes need no token.
+    for path in ["/healthz", "/readyz"] {
+        let r = api.get(path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    // POSTs still need it.
+    api.post("/api/instances/pg-reads/actor/restart", None)
+        .await
+        .error(401);
     let log = svc.log_text();
     assert!(!log.contains(TOKEN), "the token is logged");
     api.assert_no_secrets(&log);

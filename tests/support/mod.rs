@@ -497,6 +497,7 @@ impl Stack {
         let deps = Arc::new(check::ActorDeps {
             pool: db.pool.clone(),
             prober: prober.clone(),
+            expect_standby: false,
         });
         let id = Arc::new(toygres_actors::identity::ReplicaId::new("test"));
         let scheduler = Arc::new(toygres_actors::lease::Scheduler::new(id, deps.clone(), 16));

@@ -62,7 +62,11 @@ pub async fn worker(url: &str, schema: &str) -> Result<()> {
         keep_connections: 0,
         max_concurrent: 64,
     }));
-    let deps = Arc::new(ActorDeps { pool, prober });
+    let deps = Arc::new(ActorDeps {
+        pool,
+        prober,
+        expect_standby: false,
+    });
     // The naive loop uses only the v1 health-check activity; the scheduler stays idle.
     let scheduler = Arc::new(Scheduler::new(
         Arc::new(ReplicaId::new("naive")),
