@@ -115,14 +115,30 @@ async fn readyz(State(s): State<Shared>) -> Response {
         )
             .into_response();
     }
+    // A leader session that cannot connect (a certificate that fails verification, say)
+    // would otherwise leave the replica leaderless and "ready".
+    if !s.worker_only
+        && let Some(why) = crate::db::session_fault("toygres-actors-leader")
+    {
+        let reason = format!("the leader election session cannot connect: {why}");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reason": reason })),
+        )
+            .into_response();
+    }
     let term = s.leading.borrow().as_ref().map(|t| t.term);
     let leader = term.is_some();
     let liveness = *s.liveness.borrow();
     let listener = s.listener.borrow().connected;
     if leader && !listener {
+        let reason = match crate::db::session_fault("toygres-actors-listener") {
+            Some(why) => format!("leader, but the listener is not connected: {why}"),
+            None => "leader, but the listener is not connected".to_string(),
+        };
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "reason": "leader, but the listener is not connected" })),
+            Json(json!({ "status": "not ready", "reason": reason })),
         )
             .into_response();
     }

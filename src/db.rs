@@ -5,12 +5,18 @@
 //! - the **Duroxide pool**, owned by duroxide-pg, with planner settings of its own
 //!   (see [`crate::duro`]);
 //! - the **listener** and **leader** connections (tokio-postgres), one each, long-lived.
+//!
+//! All of them (and the probes) read their connection string through [`crate::conn`]:
+//! libpq's keywords and sslmode semantics, one TLS stack (native-tls).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor, PgPool};
 
+use crate::conn::ConnConfig;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 
 /// What can go wrong talking to the database.
@@ -20,8 +26,10 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("invalid database URL: {0}")]
+    #[error("{0}")]
     BadUrl(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
     #[error("session: {0}")]
     Session(String),
 }
@@ -32,16 +40,34 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Serialises concurrent `migrate` runs of several replicas (our schema creation included).
 const MIGRATE_LOCK_KEY: i64 = 0x746f_7967_7265_734d;
 
-/// Parse a URL without ever echoing it (it may hold a password).
+/// sqlx connect options for a connection string (URL or key/value form, libpq keywords
+/// only: see [`crate::conn`]), never echoing it (it may hold a password).
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    let config = ConnConfig::parse(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+    sqlx_options(&config, "toygres-actors")
+}
+
+fn sqlx_options(config: &ConnConfig, application: &str) -> Result<PgConnectOptions, DbError> {
+    let url = config
+        .sqlx_url(application, "")
+        .map_err(|e| DbError::BadUrl(e.to_string()))?;
     url.parse::<PgConnectOptions>()
         .map(|o| o.log_statements(tracing::log::LevelFilter::Trace))
         .map_err(|e| DbError::BadUrl(crate::redact::redact_error(&e.to_string())))
 }
 
-/// The CMS pool.
+/// The CMS pool. With `allow` or a verifying sslmode, one connection of our own goes first
+/// ([`ConnConfig::preflight`]): a certificate problem is then reported in our words, and
+/// only the CAs of `sslrootcert` are trusted for it.
 pub async fn cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    let opts = connect_options(url)?.application_name("toygres-actors");
+    let mut config = ConnConfig::parse(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+    if config.needs_preflight() {
+        config
+            .preflight("toygres-actors-preflight")
+            .await
+            .map_err(|e| DbError::Connect(e.to_string()))?;
+    }
+    let opts = sqlx_options(&config, "toygres-actors")?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -113,68 +139,77 @@ pub struct PgSession {
 }
 
 /// Open a session to a writable server (`target_session_attrs=read-write`: a hot standby
-/// is refused), with TCP keepalives and a bounded connect time.
+/// is refused), with TCP keepalives and a bounded connect time. TLS as the connection
+/// string says ([`crate::conn`]). The outcome is recorded per `application` for `/readyz`
+/// ([`session_fault`]).
 pub async fn connect_session(
     url: &str,
     application: &str,
     timeout: Duration,
 ) -> Result<PgSession, DbError> {
-    use std::str::FromStr;
-    use tokio_postgres::config::{SslMode, TargetSessionAttrs};
-    let mut config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| DbError::BadUrl(crate::redact::redact_error(&e.to_string())))?;
+    let result = open_session(url, application, timeout).await;
+    record_session(application, result.as_ref().err().map(|e| e.to_string()));
+    result
+}
+
+async fn open_session(
+    url: &str,
+    application: &str,
+    timeout: Duration,
+) -> Result<PgSession, DbError> {
+    use tokio_postgres::config::TargetSessionAttrs;
+    let conn = ConnConfig::parse(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+    let mut config = conn.tokio_config();
     config
         .application_name(application)
         .connect_timeout(timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
         .target_session_attrs(TargetSessionAttrs::ReadWrite);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-    let connect = async {
-        if config.get_ssl_mode() == SslMode::Disable {
-            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(drive(conn, tx, closed_tx));
-            Ok::<_, tokio_postgres::Error>(client)
-        } else {
-            let tls = native_tls::TlsConnector::builder()
-                .danger_accept_invalid_certs(true)
-                .danger_accept_invalid_hostnames(true)
-                .build()
-                .map(postgres_native_tls::MakeTlsConnector::new);
-            match tls {
-                Ok(tls) => {
-                    let (client, conn) = config.connect(tls).await?;
-                    tokio::spawn(drive(conn, tx, closed_tx));
-                    Ok(client)
-                }
-                Err(_) => {
-                    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-                    tokio::spawn(drive(conn, tx, closed_tx));
-                    Ok(client)
-                }
-            }
-        }
-    };
-    let client = match tokio::time::timeout(timeout, connect).await {
+    let (client, connection, _) = match tokio::time::timeout(timeout, conn.connect(&config)).await {
         Err(_) => {
             return Err(DbError::Session(format!(
                 "connect timed out after {} ms",
                 timeout.as_millis()
             )));
         }
-        Ok(Err(e)) => {
-            return Err(DbError::Session(crate::redact::redact_error(
-                &e.to_string(),
-            )));
-        }
+        Ok(Err(e)) => return Err(DbError::Session(e.to_string())),
         Ok(Ok(c)) => c,
     };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(drive(connection, tx, closed_tx));
     Ok(PgSession {
         client,
         notifications: rx,
         closed: closed_rx,
     })
+}
+
+/// The last connect failure of each kind of session (by application name), cleared by the
+/// next success: `/readyz` reports it, so a replica whose leader or listener session cannot
+/// connect (a certificate that no longer verifies, say) does not look ready.
+static SESSION_FAULTS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+fn record_session(application: &str, fault: Option<String>) {
+    let mut faults = SESSION_FAULTS.lock().unwrap_or_else(|p| p.into_inner());
+    match fault {
+        Some(f) => {
+            faults.insert(application.to_string(), f);
+        }
+        None => {
+            faults.remove(application);
+        }
+    }
+}
+
+/// Why the last attempt to open the `application` session failed, if it did.
+pub fn session_fault(application: &str) -> Option<String> {
+    SESSION_FAULTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(application)
+        .cloned()
 }
 
 /// Poll a connection: forward notifications, report how it ended.

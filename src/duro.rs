@@ -32,6 +32,7 @@ pub use crate::actor_state::ActorState;
 use crate::check::ActorDeps;
 use crate::cms::InstanceRow;
 use crate::config;
+use crate::conn::ConnConfig;
 use crate::identity::Term;
 use crate::sql;
 
@@ -71,25 +72,19 @@ pub struct RuntimeSettings {
     pub async_commit: bool,
 }
 
-/// The Duroxide store's URL: the CMS URL plus planner settings for this pool only.
-pub fn store_url(url: &str, async_commit: bool) -> String {
+/// The Duroxide store's URL (duroxide-pg takes a URL, which it gives to sqlx): the CMS
+/// connection — TLS settings included, in the sqlx form of [`ConnConfig::sqlx_url`] — plus
+/// planner settings for this pool only.
+pub fn store_url(config: &ConnConfig, async_commit: bool) -> Result<String, DuroError> {
     let mut opts = String::from(
-        "-c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off -c enable_sort=off \
-         -c application_name=toygres-actors-duroxide",
+        "-c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off -c enable_sort=off",
     );
     if async_commit {
         opts.push_str(" -c synchronous_commit=off");
     }
-    let encoded: String = opts
-        .chars()
-        .map(|c| match c {
-            ' ' => "%20".to_string(),
-            '=' => "%3D".to_string(),
-            c => c.to_string(),
-        })
-        .collect();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options={encoded}")
+    config
+        .sqlx_url("toygres-actors-duroxide", &opts)
+        .map_err(|e| DuroError::Db(crate::db::DbError::BadUrl(e.to_string())))
 }
 
 /// Open the store (duroxide-pg applies its own migrations here) and add our index.
@@ -99,7 +94,17 @@ pub async fn open_store(
     async_commit: bool,
     cms: &PgPool,
 ) -> Result<Arc<PostgresProvider>, DuroError> {
-    let provider = PostgresProvider::new_with_schema(&store_url(url, async_commit), Some(schema))
+    let mut config =
+        ConnConfig::parse(url).map_err(|e| crate::db::DbError::BadUrl(e.to_string()))?;
+    if config.needs_preflight() {
+        // As for the CMS pool: sqlx has no `allow`, and trusts the system's roots too.
+        config
+            .preflight("toygres-actors-preflight")
+            .await
+            .map_err(|e| crate::db::DbError::Connect(e.to_string()))?;
+    }
+    let url = store_url(&config, async_commit)?;
+    let provider = PostgresProvider::new_with_schema(&url, Some(schema))
         .await
         .map_err(|e| DuroError::Provider(crate::redact::redact_error(&format!("{e:#}"))))?;
     sqlx::query(&sql::with_duroxide_schema(

@@ -336,6 +336,12 @@ pub fn find_bindir() -> Result<PathBuf, EmbeddedPgError> {
         .ok_or(EmbeddedPgError::BinariesNotFound)
 }
 
+/// The (uid, gid) a private cluster runs as when we are root, `None` otherwise: files the
+/// server must own (a TLS key, say) belong to this user.
+pub fn cluster_user() -> Result<Option<(u32, u32)>, EmbeddedPgError> {
+    Ok(unprivileged_user()?.map(|(u, g)| (u.as_raw(), g.as_raw())))
+}
+
 /// `None` when we are not root; otherwise the user to run PostgreSQL as.
 fn unprivileged_user() -> Result<Option<(Uid, Gid)>, EmbeddedPgError> {
     if !Uid::effective().is_root() {

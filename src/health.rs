@@ -13,14 +13,12 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postgres_native_tls::MakeTlsConnector;
-use tokio_postgres::config::SslMode;
 use uuid::Uuid;
 
+use crate::conn::{ConnConfig, RootCert};
 use crate::redact;
 
 /// Probe timeouts and connection keeping.
@@ -55,7 +53,8 @@ struct Kept {
 /// Probes instances; shared by every health check of the process.
 pub struct Prober {
     settings: ProbeSettings,
-    tls: Option<MakeTlsConnector>,
+    /// `--probe-ssl-root-cert`: the sslrootcert of targets that name none.
+    default_root_cert: Option<RootCert>,
     kept: Mutex<HashMap<Uuid, Kept>>,
     slots: tokio::sync::Semaphore,
 }
@@ -67,29 +66,42 @@ fn hash_target(target: &str) -> u64 {
 }
 
 impl Prober {
+    /// TLS follows each target's connection string with libpq's semantics ([`crate::conn`]).
     pub fn new(settings: ProbeSettings) -> Self {
-        // libpq's `sslmode=require` encrypts without verifying the certificate; we do the
-        // same (tokio-postgres knows disable / prefer / require only).
-        let tls = native_tls::TlsConnector::builder()
-            .danger_accept_invalid_certs(true)
-            .danger_accept_invalid_hostnames(true)
-            .build()
-            .ok()
-            .map(MakeTlsConnector::new);
         let slots = tokio::sync::Semaphore::new(settings.max_concurrent.max(1));
         Self {
             settings,
-            tls,
+            default_root_cert: None,
             kept: Mutex::new(HashMap::new()),
             slots,
         }
+    }
+
+    /// The sslrootcert of targets whose connection string names none (a PEM file, or
+    /// `system`); `--probe-ssl-root-cert`. A file must be readable now.
+    pub fn with_default_root_cert(
+        mut self,
+        root: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
+        self.default_root_cert = match root {
+            None => None,
+            Some(p) => {
+                let root = RootCert::from_setting(&p.to_string_lossy());
+                if let RootCert::File(f) = &root {
+                    std::fs::File::open(f)
+                        .map_err(|e| format!("--probe-ssl-root-cert {}: {e}", f.display()))?;
+                }
+                Some(root)
+            }
+        };
+        Ok(self)
     }
 
     /// Probe `target` (a connection string) for `instance`.
     pub async fn probe(&self, instance: Uuid, target: &str) -> ProbeResult {
         let _slot = self.slots.acquire().await.ok();
         let started = Instant::now();
-        let config = match tokio_postgres::Config::from_str(target) {
+        let mut config = match ConnConfig::parse(target) {
             Ok(c) => c,
             Err(e) => {
                 return ProbeResult {
@@ -97,16 +109,13 @@ impl Prober {
                     version: None,
                     in_recovery: None,
                     response_time_ms: 0,
-                    error: Some(format!(
-                        "invalid connection string: {}",
-                        redact::redact_error(&e.to_string())
-                    )),
+                    // "invalid connection string: unknown parameter `x`" (names, no values)
+                    error: Some(redact::redact_error(&e.to_string())),
                 };
             }
         };
-        let password = config
-            .get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned());
+        config.default_root_cert(self.default_root_cert.as_ref());
+        let password = config.password.clone();
         let target_hash = hash_target(target);
 
         // A kept connection first; if it fails, one fresh attempt before we call it a failure.
@@ -141,28 +150,20 @@ impl Prober {
 
     async fn connect_and_query(
         &self,
-        mut config: tokio_postgres::Config,
+        target: ConnConfig,
     ) -> Result<(tokio_postgres::Client, tokio_postgres::Row), String> {
+        let mut config = target.tokio_config();
         config
             .connect_timeout(self.settings.connect_timeout)
             .application_name("toygres-actors-probe");
+        // TLS per the target's sslmode, libpq's way; a TLS failure is never retried in
+        // plaintext unless the mode allows it (`allow`, `prefer`).
         let connect = async {
-            match (config.get_ssl_mode(), &self.tls) {
-                (SslMode::Disable, _) | (_, None) => {
-                    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    Ok::<_, tokio_postgres::Error>(client)
-                }
-                (_, Some(tls)) => {
-                    let (client, conn) = config.connect(tls.clone()).await?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    Ok(client)
-                }
-            }
+            let (client, conn, _) = target.connect(&config).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok::<_, crate::conn::ConnError>(client)
         };
         let client = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
             Err(_) => {
@@ -171,7 +172,7 @@ impl Prober {
                     self.settings.connect_timeout.as_millis()
                 ));
             }
-            Ok(Err(e)) => return Err(format!("connect failed: {}", error_text(&e))),
+            Ok(Err(e)) => return Err(format!("connect failed: {e}")),
             Ok(Ok(c)) => c,
         };
         match tokio::time::timeout(

@@ -43,8 +43,9 @@
 //! Around them: [`service`] (wires it all and shuts down in order), [`cli`] (parses and
 //! calls down), [`api`] and [`ops`] (HTTP and the operator operations the CLI shares),
 //! [`demo`], [`embedded_pg`] (a private PostgreSQL when no `DATABASE_URL` is given), [`db`]
-//! and [`sql`] (connections, migrations, statement texts) and [`redact`] (no password
-//! leaves the process).
+//! and [`sql`] (connections, migrations, statement texts), [`conn`] (one libpq-style
+//! connection configuration, TLS included, for every connection) and [`redact`] (no
+//! password leaves the process).
 
 pub mod actor;
 pub mod actor_state;
@@ -53,6 +54,7 @@ pub mod check;
 pub mod cli;
 pub mod cms;
 pub mod config;
+pub mod conn;
 pub mod db;
 pub mod demo;
 pub mod duro;

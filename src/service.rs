@@ -88,12 +88,16 @@ pub async fn start(
         }
         Err(e) => tracing::warn!(error = %e, "could not count version-1 actors"),
     }
-    let prober = Arc::new(Prober::new(ProbeSettings {
-        connect_timeout: args.probe_connect_timeout,
-        query_timeout: args.probe_query_timeout,
-        keep_connections: args.probe_keep_connections,
-        max_concurrent: args.probe_concurrency,
-    }));
+    let prober = Arc::new(
+        Prober::new(ProbeSettings {
+            connect_timeout: args.probe_connect_timeout,
+            query_timeout: args.probe_query_timeout,
+            keep_connections: args.probe_keep_connections,
+            max_concurrent: args.probe_concurrency,
+        })
+        .with_default_root_cert(args.probe_ssl_root_cert.as_deref())
+        .map_err(anyhow::Error::msg)?,
+    );
     let deps = Arc::new(ActorDeps {
         pool: pool.clone(),
         prober: prober.clone(),

@@ -109,6 +109,11 @@ pub struct RunArgs {
     /// Probe query timeout.
     #[arg(long, env = "TOYGRES_ACTORS_PROBE_QUERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub probe_query_timeout: Duration,
+    /// CA certificates (a PEM file, or `system`) that probes trust when an instance's
+    /// connection string names no sslrootcert. As in libpq, a root certificate makes
+    /// `sslmode=require` verify the chain; `verify-ca` and `verify-full` need one.
+    #[arg(long, env = "TOYGRES_ACTORS_PROBE_SSL_ROOT_CERT")]
+    pub probe_ssl_root_cert: Option<PathBuf>,
     /// Keep probe connections open between checks (at most this many; 0 = reconnect every time).
     #[arg(
         long,
