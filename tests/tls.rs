@@ -56,10 +56,10 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, a second unrelated CA, a server certificate for `localhost` (and nothing else:
-/// not 127.0.0.1) and a client certificate, both signed by the first CA.
-fn make_pki() -> Pki {
+/// not 127.0.0.1) and a client certificate, both signed by the first CA, in `dir`.
+fn make_pki(dir: &Path) -> Pki {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("toygres-tls-{}", uuid::Uuid::new_v4().simple()));
+    let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let ec = [
@@ -141,17 +141,17 @@ fn make_pki() -> Pki {
     for f in ["ca.crt", "other-ca.crt", "server.crt", "client.crt"] {
         std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    // The server's key: 0600 and owned by the user the cluster runs as.
-    let key = dir.join("server.key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    if let Some((uid, gid)) = toygres_actors::embedded_pg::cluster_user().unwrap() {
-        std::os::unix::fs::chown(&key, Some(uid), Some(gid)).unwrap();
+    // The keys 0600; everything owned by the user the cluster runs as (the server's key
+    // must be; and the cluster's guardian removes the directory with the cluster).
+    for key in ["server.key", "client.key"] {
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    std::fs::set_permissions(
-        dir.join("client.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    if let Some((uid, gid)) = toygres_actors::embedded_pg::cluster_user().unwrap() {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            std::os::unix::fs::chown(f.unwrap().path(), Some(uid), Some(gid)).unwrap();
+        }
+    }
     Pki {
         ca: dir.join("ca.crt"),
         other_ca: dir.join("other-ca.crt"),
@@ -165,7 +165,9 @@ static SERVER: OnceLock<TlsServer> = OnceLock::new();
 
 fn server() -> &'static TlsServer {
     SERVER.get_or_init(|| {
-        let pki = make_pki();
+        let mut opts = EmbeddedOptions::ephemeral_temp("tls");
+        // Inside the cluster's temporary root, which goes when the cluster does.
+        let pki = make_pki(&opts.data_dir.join("pki"));
         let hba = pki.dir.join("pg_hba.conf");
         std::fs::write(
             &hba,
@@ -173,7 +175,6 @@ fn server() -> &'static TlsServer {
              hostssl   all all  127.0.0.1/32 trust\n",
         )
         .unwrap();
-        let mut opts = EmbeddedOptions::ephemeral_temp("tls");
         let path = |p: &Path| p.display().to_string();
         opts.settings = vec![
             ("ssl".into(), "on".into()),
