@@ -42,7 +42,12 @@ CREATE TABLE IF NOT EXISTS toygres_actors.leader (
     expires_at TIMESTAMPTZ NOT NULL,
     -- Backend pid of the session on which a leader of this release holds the legacy
     -- advisory lock (see leader_tick): tells our own stale lock from an older release's.
-    lock_pid INT
+    lock_pid INT,
+    -- Backend pid of the leader's own session, renewed every tick: when that session is gone
+    -- (the process died and the server closed its socket) a follower takes over at once
+    -- instead of waiting out the TTL. A frozen or cut-off leader keeps its session: then
+    -- the TTL decides.
+    session_pid INT
 );
 
 -- Register (or re-register) a replica with a new epoch. Returns the row's expiry.
@@ -328,23 +333,27 @@ BEGIN
     END IF;
 
     IF NOT v_found THEN
-        INSERT INTO toygres_actors.leader (id, holder, epoch, term, elected_at, expires_at, lock_pid)
+        INSERT INTO toygres_actors.leader (id, holder, epoch, term, elected_at, expires_at, lock_pid, session_pid)
         VALUES (1, p_name, p_epoch, 1, v_now, v_now + make_interval(secs => p_ttl),
-                CASE WHEN v_have_lock THEN pg_backend_pid() END);
+                CASE WHEN v_have_lock THEN pg_backend_pid() END, pg_backend_pid());
         RETURN 1;
     END IF;
     IF v_row.holder = p_name AND v_row.epoch = p_epoch AND v_row.expires_at > v_now THEN
         UPDATE toygres_actors.leader
            SET expires_at = v_now + make_interval(secs => p_ttl),
-               lock_pid = CASE WHEN v_have_lock THEN pg_backend_pid() ELSE lock_pid END
+               lock_pid = CASE WHEN v_have_lock THEN pg_backend_pid() ELSE lock_pid END,
+               session_pid = pg_backend_pid()
          WHERE id = 1;
         RETURN v_row.term;
     END IF;
-    IF v_row.expires_at <= v_now THEN
+    IF v_row.expires_at <= v_now
+       OR (v_row.session_pid IS NOT NULL AND v_row.session_pid <> pg_backend_pid()
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = v_row.session_pid)) THEN
         UPDATE toygres_actors.leader
            SET holder = p_name, epoch = p_epoch, term = term + 1, elected_at = v_now,
                expires_at = v_now + make_interval(secs => p_ttl),
-               lock_pid = CASE WHEN v_have_lock THEN pg_backend_pid() ELSE lock_pid END
+               lock_pid = CASE WHEN v_have_lock THEN pg_backend_pid() ELSE lock_pid END,
+               session_pid = pg_backend_pid()
          WHERE id = 1
         RETURNING term INTO v_term;
         RETURN v_term;

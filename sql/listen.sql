@@ -1,1 +1,1 @@
-LISTEN toygres_instances; LISTEN toygres_actor_control; LISTEN toygres_actors_ping;
+LISTEN toygres_instances; LISTEN toygres_actor_restart_requested; LISTEN toygres_actors_ping;

@@ -226,5 +226,6 @@ async fn operator_reconciler(global: &GlobalArgs) -> anyhow::Result<crate::recon
         control,
         args.stale_after,
         format!("cli-{}", std::process::id()),
-    ))
+    )
+    .with_restart_limits(args.restart_min_interval, args.restart_rate))
 }

@@ -22,6 +22,24 @@ const _: () = {
     assert!(CHANNEL_PING.len() <= PG_IDENTIFIER_MAX);
 };
 
+/// Channel `toygres_cms.request_actor_restart()` also notifies (payload: the request id).
+/// The service listens to it even with `--control-notify=off`: a notification there only
+/// makes it read the pending requests, which only that (privileged) function writes.
+pub const CHANNEL_RESTART_REQUESTED: &str = "toygres_actor_restart_requested";
+const _: () = assert!(CHANNEL_RESTART_REQUESTED.len() <= PG_IDENTIFIER_MAX);
+
+/// Named control requests (`restart <name>`, `reconcile <name>`) waiting for the control
+/// worker at most; more are dropped and counted (anyone who can CONNECT can NOTIFY).
+pub const CONTROL_INBOX_MAX: usize = 10_000;
+/// `reconcile *` runs at most this often, however often it is asked for.
+pub const RECONCILE_ALL_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// A restart of one instance (asked for by anyone, or a heal) at most this often.
+pub const DEFAULT_RESTART_MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// Restarts per second across the fleet at most (a token bucket with a burst of twice
+/// this): a flood of restart requests, or a wave of stale actors, cannot restart the fleet
+/// faster than Duroxide and the probes absorb.
+pub const DEFAULT_RESTART_RATE: u32 = 20;
+
 /// NOTIFY payloads are limited to 8000 bytes by PostgreSQL; anything longer we receive on
 /// the control channel cannot have come from a well-behaved sender.
 pub const MAX_CONTROL_PAYLOAD: usize = 8000;

@@ -55,6 +55,8 @@ pub enum DuroError {
     TermOver(i64),
     #[error("not done: this replica does not lead")]
     NotLeader,
+    #[error("restart held back by the restart rate limits: try again in {}s", .0.as_secs().max(1))]
+    RateLimited(Duration),
 }
 
 impl From<sqlx::Error> for DuroError {
@@ -107,12 +109,15 @@ pub async fn open_store(
     let provider = PostgresProvider::new_with_schema(&url, Some(schema))
         .await
         .map_err(|e| DuroError::Provider(crate::redact::redact_error(&format!("{e:#}"))))?;
-    sqlx::query(&sql::with_duroxide_schema(
+    for index in [
         sql::DUROXIDE_EXTRA_INDEX,
-        schema,
-    ))
-    .execute(cms)
-    .await?;
+        sql::DUROXIDE_INSTANCE_ID_INDEX,
+        sql::DUROXIDE_QUEUE_INSTANCE_INDEX,
+    ] {
+        sqlx::query(&sql::with_duroxide_schema(index, schema))
+            .execute(cms)
+            .await?;
+    }
     Ok(Arc::new(provider))
 }
 
@@ -259,11 +264,14 @@ impl ActorControl {
     /// Every live incarnation of an instance (normally at most one).
     pub async fn live_actors(&self, instance: Uuid) -> Result<Vec<String>, DuroError> {
         let prefix = format!("{}{instance}-", config::ACTOR_ID_PREFIX);
+        // '-' + 1 = '.': every id with the prefix sorts below this in the "C" collation.
+        let after = format!("{}{instance}.", config::ACTOR_ID_PREFIX);
         Ok(sqlx::query_scalar(&sql::with_duroxide_schema(
             sql::LIVE_ACTORS_OF_INSTANCE,
             &self.schema,
         ))
         .bind(prefix)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?)
     }

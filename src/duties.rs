@@ -14,7 +14,7 @@ use crate::health::Prober;
 use crate::identity::Term;
 use crate::listener::{self, ListenerSettings, ListenerStatus};
 use crate::metrics::{self, FleetEntry, FleetGauges};
-use crate::reconcile::{ReconcileQueue, Reconciler};
+use crate::reconcile::{ControlInbox, ReconcileQueue, Reconciler};
 use crate::verdict::Verdict;
 
 pub struct LeaderDuties {
@@ -46,7 +46,13 @@ pub async fn lead_when_elected(
         duties.reconciler.set_term(Some(term.clone()));
         let term_stop = stop.child_token();
         let queue = Arc::new(ReconcileQueue::new());
+        let inbox = ControlInbox::new();
         let handles = vec![
+            tokio::spawn(inbox.clone().run(
+                duties.reconciler.clone(),
+                queue.clone(),
+                term_stop.clone(),
+            )),
             tokio::spawn(queue.clone().run(
                 duties.reconciler.clone(),
                 duties.parallelism,
@@ -56,6 +62,7 @@ pub async fn lead_when_elected(
                 duties.listener.clone(),
                 duties.reconciler.clone(),
                 queue.clone(),
+                inbox.clone(),
                 duties.listener_status.clone(),
                 term_stop.clone(),
             )),

@@ -6,8 +6,10 @@
 //! An event travels through the modules in this order:
 //!
 //! 1. **[`listener`]** — a dedicated connection LISTENs on `toygres_instances` (the CMS
-//!    triggers of `migrations/0002`) and `toygres_actor_control`. A notification is only a
-//!    hint naming an instance.
+//!    triggers of `migrations/0002`), `toygres_actor_control` and
+//!    `toygres_actor_restart_requested`. A notification is only a hint naming an instance;
+//!    the listener only receives and hands over (to the reconcile queue, or the control
+//!    inbox, `reconcile/inbox.rs`, whose worker does the database work).
 //! 2. **[`reconcile`]** — level-triggered: for one instance it compares the row (desired) with
 //!    Duroxide's state (actual) and starts, cancels, restarts or leaves the actor, classifying
 //!    it with a [`verdict::Verdict`]; automatic actions are fenced by the leader's term.
@@ -37,8 +39,8 @@
 //!
 //! Shared vocabulary: [`settings`] (every flag and its environment variable, parsed and
 //! validated), [`actor_state`] (Duroxide's view of one actor), [`config`] (names and
-//! defaults with their reasons) and [`quiet`] (the default log filter, requested-cancel
-//! suppression, burst summaries).
+//! defaults with their reasons), [`quiet`] (the default log filter, requested-cancel
+//! suppression, burst summaries) and [`logging`] (where log lines go).
 //!
 //! Around them: [`service`] (wires it all and shuts down in order), [`cli`] (parses and
 //! calls down), [`api`] and [`ops`] (HTTP and the operator operations the CLI shares),

@@ -1,7 +1,10 @@
 //! The listener: the start of an event's path.
 //!
 //! A dedicated connection LISTENs on `toygres_instances` (the CMS triggers),
-//! `toygres_actor_control` (people and scripts) and a private ping channel. Order on every
+//! `toygres_actor_control` (people and scripts; off with `--control-notify=off`),
+//! `toygres_actor_restart_requested` (durable requests) and a private ping channel. It only
+//! receives: instance events go to the reconcile queue, control requests to the control
+//! inbox ([`crate::reconcile::ControlInbox`]), and neither waits on the database. Order on every
 //! (re)connect: LISTEN → full reconcile → handle notifications, so anything committed
 //! while we were away is caught by the reconcile and anything after it by a notification.
 //! Notifications only *name* instances; [`crate::reconcile`] decides from the row.
@@ -20,9 +23,11 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{self, CHANNEL_CONTROL, CHANNEL_INSTANCES, CHANNEL_PING};
+use crate::config::{
+    self, CHANNEL_CONTROL, CHANNEL_INSTANCES, CHANNEL_PING, CHANNEL_RESTART_REQUESTED,
+};
 use crate::metrics;
-use crate::reconcile::{ReconcileQueue, Reconciler, Trigger};
+use crate::reconcile::{Ask, ControlInbox, ReconcileQueue, Reconciler, Trigger};
 use tokio_util::sync::CancellationToken;
 
 /// A `toygres_instances` payload (only what we use of it).
@@ -139,6 +144,9 @@ pub struct ListenerSettings {
     pub url: String,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+    /// Honour the raw control channel (`--control-notify`); durable restart requests are
+    /// honoured either way.
+    pub control_notify: bool,
 }
 
 /// Run the listener until `stop`.
@@ -146,6 +154,7 @@ pub async fn run(
     settings: ListenerSettings,
     reconciler: Arc<Reconciler>,
     queue: Arc<ReconcileQueue>,
+    inbox: Arc<ControlInbox>,
     status: watch::Sender<ListenerStatus>,
     stop: CancellationToken,
 ) {
@@ -162,6 +171,7 @@ pub async fn run(
             &settings,
             &reconciler,
             &queue,
+            &inbox,
             &status,
             &stop,
             &mut connected,
@@ -206,6 +216,7 @@ async fn session(
     settings: &ListenerSettings,
     reconciler: &Arc<Reconciler>,
     queue: &Arc<ReconcileQueue>,
+    inbox: &ControlInbox,
     status: &watch::Sender<ListenerStatus>,
     stop: &CancellationToken,
     connected: &mut bool,
@@ -221,6 +232,12 @@ async fn session(
         .batch_execute(crate::sql::LISTEN)
         .await
         .map_err(|e| e.to_string())?;
+    if settings.control_notify {
+        s.client
+            .batch_execute(crate::sql::LISTEN_CONTROL)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let pid: i32 = s
         .client
         .query_one(crate::sql::BACKEND_PID, &[])
@@ -270,7 +287,7 @@ async fn session(
                     }
                     continue;
                 }
-                handle(n.channel(), n.payload(), reconciler, queue).await;
+                handle(n.channel(), n.payload(), queue, inbox, settings);
             }
             _ = ping.tick() => {
                 if let Some((_, sent)) = &outstanding
@@ -294,12 +311,15 @@ async fn session(
     }
 }
 
-/// Turn one notification into queued work (or count it as invalid).
-async fn handle(
+/// Turn one notification into queued work (or count it as invalid). Never awaits: the
+/// database work (looking names up, `reconcile *`, reading durable restart requests) is the
+/// control worker's ([`ControlInbox`]), so a flood cannot stall the listener or its ping.
+fn handle(
     channel: &str,
     payload: &str,
-    reconciler: &Arc<Reconciler>,
-    queue: &Arc<ReconcileQueue>,
+    queue: &ReconcileQueue,
+    inbox: &ControlInbox,
+    settings: &ListenerSettings,
 ) {
     match channel {
         CHANNEL_INSTANCES => match parse_instance_event(payload) {
@@ -317,43 +337,25 @@ async fn handle(
             }
             Err(reason) => invalid(CHANNEL_INSTANCES, &reason, payload),
         },
+        CHANNEL_RESTART_REQUESTED => inbox.restart_requests(),
+        CHANNEL_CONTROL if !settings.control_notify => {
+            tracing::debug!("control notification ignored (--control-notify=off)")
+        }
         CHANNEL_CONTROL => match parse_control(payload) {
             Ok(Control::ReconcileAll) => {
                 metrics::notification(CHANNEL_CONTROL, "reconcile");
-                if let Err(e) = reconciler.full_reconcile(Some(queue), false).await {
-                    tracing::warn!(error = %e, "reconcile * failed");
-                }
+                inbox.reconcile_all();
             }
             Ok(Control::Reconcile { name }) | Ok(Control::Restart { name, .. })
-                if name.len() > 255 =>
+                if name.chars().count() > 255 =>
             {
                 invalid(CHANNEL_CONTROL, "name longer than 255 characters", payload)
             }
-            Ok(c @ (Control::Reconcile { .. } | Control::Restart { .. })) => {
-                let (name, restart) = match &c {
-                    Control::Restart { name, .. } => (name.as_str(), true),
-                    Control::Reconcile { name } => (name.as_str(), false),
-                    Control::ReconcileAll => unreachable!(),
-                };
-                match crate::cms::instance_by_name(&reconciler.control.pool, name).await {
-                    Ok(Some(row)) => {
-                        metrics::notification(
-                            CHANNEL_CONTROL,
-                            if restart { "restart" } else { "reconcile" },
-                        );
-                        if restart {
-                            queue.enqueue(row.id, Trigger::RestartRequest, true, None);
-                        } else {
-                            queue.enqueue(row.id, Trigger::ControlReconcile, false, None);
-                        }
-                    }
-                    Ok(None) => invalid(
-                        CHANNEL_CONTROL,
-                        &format!("unknown instance `{}`", truncate(name, 80)),
-                        payload,
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "control request: lookup failed"),
-                }
+            Ok(Control::Restart { name, .. }) => {
+                inbox.named(&name, Ask::Restart);
+            }
+            Ok(Control::Reconcile { name }) => {
+                inbox.named(&name, Ask::Reconcile);
             }
             Err(reason) => invalid(CHANNEL_CONTROL, &reason, payload),
         },
@@ -371,8 +373,11 @@ fn op_label(op: &str) -> &'static str {
 
 fn invalid(channel: &'static str, reason: &str, payload: &str) {
     metrics::invalid_notification(channel);
-    // Escaped and cut: a payload's newline cannot start a log line of its own.
-    tracing::warn!(channel, reason, payload = %crate::redact::for_log(payload, 120), "invalid notification ignored");
+    // Escaped and cut: a payload's newline cannot start a log line of its own. A flood is
+    // summarised, not logged line by line.
+    if crate::quiet::INVALID_NOTIFICATIONS.admit() {
+        tracing::warn!(channel, reason, payload = %crate::redact::for_log(payload, 120), "invalid notification ignored");
+    }
 }
 
 #[cfg(test)]
@@ -420,12 +425,13 @@ mod tests {
 
     #[test]
     fn listen_sql_names_every_channel() {
-        for ch in [CHANNEL_INSTANCES, CHANNEL_CONTROL, CHANNEL_PING] {
+        for ch in [CHANNEL_INSTANCES, CHANNEL_RESTART_REQUESTED, CHANNEL_PING] {
             assert!(
                 crate::sql::LISTEN.contains(&format!("LISTEN {ch};")),
                 "{ch}"
             );
         }
+        assert!(crate::sql::LISTEN_CONTROL.contains(&format!("LISTEN {CHANNEL_CONTROL};")));
     }
 
     #[test]

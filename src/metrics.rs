@@ -24,6 +24,9 @@ pub const HEALTH_CHECK_DURATION: &str = "toygres_actors_health_check_duration_se
 pub const PROBE_ANSWERS_TOTAL: &str = "toygres_actors_probe_answers_total";
 pub const NOTIFICATIONS_TOTAL: &str = "toygres_actors_notifications_total";
 pub const NOTIFICATIONS_INVALID_TOTAL: &str = "toygres_actors_notifications_invalid_total";
+pub const NOTIFICATIONS_DROPPED_TOTAL: &str = "toygres_actors_notifications_dropped_total";
+pub const NOTIFICATIONS_UNKNOWN_TOTAL: &str = "toygres_actors_notifications_unknown_total";
+pub const RESTARTS_LIMITED_TOTAL: &str = "toygres_actors_restarts_rate_limited_total";
 pub const RECONCILE_ACTIONS_TOTAL: &str = "toygres_actors_reconcile_actions_total";
 pub const RECONCILE_ERRORS_TOTAL: &str = "toygres_actors_reconcile_errors_total";
 pub const EVENT_TO_ACTION: &str = "toygres_actors_event_to_action_seconds";
@@ -106,6 +109,18 @@ fn describe() {
     );
     describe_counter!(LISTENER_RECONNECTS_TOTAL, "Listener reconnects.");
     describe_gauge!(LEADER, "1 on the replica that holds leadership.");
+    describe_counter!(
+        NOTIFICATIONS_DROPPED_TOTAL,
+        "Control notifications dropped unread because the control inbox was full (a flood)."
+    );
+    describe_counter!(
+        NOTIFICATIONS_UNKNOWN_TOTAL,
+        "toygres_instances notifications naming an instance with neither a row nor an actor (dropped)."
+    );
+    describe_counter!(
+        RESTARTS_LIMITED_TOTAL,
+        "Restarts held back by the per-instance minimum interval or the fleet-wide restart rate."
+    );
     describe_gauge!(
         LEASES_HELD,
         "Probe leases this replica holds (instances it checks)."
@@ -151,6 +166,22 @@ pub fn notification(channel: &'static str, op: &'static str) {
 
 pub fn invalid_notification(channel: &'static str) {
     metrics::counter!(NOTIFICATIONS_INVALID_TOTAL, "channel" => channel).increment(1);
+}
+
+/// A notification dropped unread because the control inbox was full.
+pub fn notification_dropped(channel: &'static str) {
+    metrics::counter!(NOTIFICATIONS_DROPPED_TOTAL, "channel" => channel).increment(1);
+}
+
+/// A `toygres_instances` notification naming an instance that has neither a row nor an actor.
+pub fn notification_unknown() {
+    metrics::counter!(NOTIFICATIONS_UNKNOWN_TOTAL).increment(1);
+}
+
+/// A restart held back by the per-instance minimum interval (`why` = "instance") or the
+/// fleet-wide rate (`why` = "fleet").
+pub fn restart_limited(why: &'static str) {
+    metrics::counter!(RESTARTS_LIMITED_TOTAL, "why" => why).increment(1);
 }
 
 pub fn reconcile_action(action: &'static str) {
@@ -208,6 +239,10 @@ pub fn notify_roundtrip(seconds: f64) {
 /// Zero every labelled counter we export, so the series exist before the first event
 /// (alerts on `rate()` and dashboards need them).
 pub fn initialise_series() {
+    metrics::counter!(NOTIFICATIONS_UNKNOWN_TOTAL).increment(0);
+    for why in ["instance", "fleet"] {
+        metrics::counter!(RESTARTS_LIMITED_TOTAL, "why" => why).increment(0);
+    }
     for how in ["claimed", "balanced"] {
         metrics::counter!(LEASES_MOVED, "how" => how).increment(0);
     }

@@ -28,7 +28,7 @@ pub enum OpsError {
 impl From<DuroError> for OpsError {
     fn from(e: DuroError) -> Self {
         match e {
-            DuroError::Conflict { .. } | DuroError::NotWanted(_) => {
+            DuroError::Conflict { .. } | DuroError::NotWanted(_) | DuroError::RateLimited(_) => {
                 OpsError::Conflict(e.to_string())
             }
             other => OpsError::Internal(crate::redact::redact_error(&other.to_string())),

@@ -102,6 +102,8 @@ pub static HEALTH_CHANGES: Burst = Burst::new("health changes");
 pub static RECONCILED: Burst = Burst::new("reconcile actions");
 /// Actors exiting because their row moved on (`check`, `actor`).
 pub static ACTOR_EXITS: Burst = Burst::new("actor exits");
+/// Invalid or unknown notifications (`listener`, the control inbox).
+pub static INVALID_NOTIFICATIONS: Burst = Burst::new("invalid notifications");
 
 impl Burst {
     pub const fn new(what: &'static str) -> Self {
@@ -175,7 +177,12 @@ impl Burst {
 
 /// Summarise every kind whose window ended.
 pub fn flush_all() {
-    for b in [&HEALTH_CHANGES, &RECONCILED, &ACTOR_EXITS] {
+    for b in [
+        &HEALTH_CHANGES,
+        &RECONCILED,
+        &ACTOR_EXITS,
+        &INVALID_NOTIFICATIONS,
+    ] {
         b.flush();
     }
 }

@@ -137,7 +137,11 @@ pub async fn start(
     } else {
         control
     };
-    let reconciler = Arc::new(Reconciler::new(control, args.stale_after, replica.clone()).fenced());
+    let reconciler = Arc::new(
+        Reconciler::new(control, args.stale_after, replica.clone())
+            .fenced()
+            .with_restart_limits(args.restart_min_interval, args.restart_rate),
+    );
     let liveness = Arc::new(Replica::new(
         pool.clone(),
         scheduler.clone(),
@@ -186,6 +190,7 @@ pub async fn start(
                     url: url.clone(),
                     ping_interval: args.ping_interval,
                     ping_timeout: config::DEFAULT_PING_TIMEOUT.min(args.ping_interval),
+                    control_notify: args.control_notify,
                 },
                 listener_status: listener_tx,
                 parallelism: args.reconcile_parallelism,

@@ -175,6 +175,18 @@ pub struct RunArgs {
     /// Listener liveness ping period.
     #[arg(long, env = "TOYGRES_ACTORS_PING_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub ping_interval: Duration,
+    /// Honour raw `NOTIFY toygres_actor_control` requests (on|off). Any role that can
+    /// CONNECT can send them; turn them off where CONNECT cannot be restricted.
+    /// `toygres_cms.request_actor_restart()` works either way.
+    #[arg(long, env = "TOYGRES_ACTORS_CONTROL_NOTIFY", default_value = "on", value_parser = parse_on_off)]
+    pub control_notify: bool,
+    /// A live actor younger than this is not restarted (any path: NOTIFY, SQL, HTTP, CLI,
+    /// healing); the request waits until it may.
+    #[arg(long, env = "TOYGRES_ACTORS_RESTART_MIN_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub restart_min_interval: Duration,
+    /// Restarts per second across the fleet at most (burst: twice this).
+    #[arg(long, env = "TOYGRES_ACTORS_RESTART_RATE", default_value_t = config::DEFAULT_RESTART_RATE)]
+    pub restart_rate: u32,
     /// Run Duroxide workers only; never lead (no listener, no reconciler).
     #[arg(long, env = "TOYGRES_ACTORS_WORKER_ONLY")]
     pub worker_only: bool,
@@ -199,6 +211,15 @@ impl RunArgs {
             args: RunArgs,
         }
         Only::try_parse_from(["toygres-actors"]).map(|o| o.args)
+    }
+}
+
+/// `on`/`off` (also true/false, yes/no, 1/0).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        other => Err(format!("`{other}`: use on or off")),
     }
 }
 

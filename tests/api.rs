@@ -620,6 +620,8 @@ async fn cli(db: &TestDb, args: &[&str]) -> Run {
         .env_remove("TOYGRES_ACTORS_API_TOKEN")
         .env_remove("TOYGRES_ACTORS_STALE_AFTER")
         .env_remove("TOYGRES_ACTORS_STATUS_VERDICT")
+        // The restart limits have tests of their own (tests/hostile.rs).
+        .env("TOYGRES_ACTORS_RESTART_MIN_INTERVAL", "0s")
         .stdin(std::process::Stdio::null())
         .output()
         .await

@@ -60,10 +60,15 @@ async fn metric(svc: &ServiceProc, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Instances whose actor situation is wrong right now: (lost, doubled-now, wrong-in-other-ways).
+/// Instances whose actor situation is wrong right now: (lost — no live actor named by the row,
+/// or no check for more than 2x the interval —, doubled-now, wrong-in-other-ways).
 async fn audit(db: &TestDb) -> (Vec<String>, i64, Vec<String>) {
-    let rows: Vec<(uuid::Uuid, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, k8s_name, state::text, instance_actor_orchestration_id FROM toygres_cms.instances",
+    // `overdue`: should be checked, and no check for more than 2x the suite's 30 s interval
+    // (counted from its creation when it never had one).
+    let rows: Vec<(uuid::Uuid, String, String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT id, k8s_name, state::text, instance_actor_orchestration_id,
+                COALESCE(last_health_check, created_at) < now() - interval '60 seconds'
+           FROM toygres_cms.instances",
     )
     .fetch_all(&db.pool)
     .await
@@ -86,10 +91,10 @@ async fn audit(db: &TestDb) -> (Vec<String>, i64, Vec<String>) {
     let mut lost = Vec::new();
     let mut wrong = Vec::new();
     let doubled = by.values().map(|v| v.len() as i64).max().unwrap_or(0);
-    for (id, name, state, actor) in rows {
+    for (id, name, state, actor, overdue) in rows {
         let live = by.remove(&id.to_string()).unwrap_or_default();
         let wanted = state == "creating" || state == "running";
-        if wanted && !live.iter().any(|a| Some(a) == actor.as_ref()) {
+        if wanted && (overdue || !live.iter().any(|a| Some(a) == actor.as_ref())) {
             lost.push(name);
         } else if !wanted && !live.is_empty() {
             wrong.push(format!("{name} ({state}) still has {live:?}"));

@@ -403,3 +403,77 @@ async fn concurrent_migrations_from_several_replicas_succeed() {
         r.expect("concurrent migrate");
     }
 }
+
+/// `request_actor_restart` is the authenticated path: PUBLIC may not run it, a member of
+/// `toygres_actors_operator` may (and is recorded as the requester).
+#[tokio::test]
+async fn only_operators_may_request_a_restart() {
+    let db = TestDb::new().await;
+    db.insert_instance("pg-priv", "running", None).await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (yes, no) = (
+        format!("op_yes_{}", &tag[..8]),
+        format!("op_no_{}", &tag[..8]),
+    );
+    for role in [&yes, &no] {
+        sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(&format!("GRANT toygres_actors_operator TO {yes}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let as_role = |role: &str| {
+        let url = db.url.clone();
+        let role = role.to_string();
+        async move {
+            let opts = toygres_actors::db::connect_options(&url)
+                .unwrap()
+                .username(&role);
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await
+                .expect("connect as role")
+        }
+    };
+    let denied = sqlx::query("SELECT toygres_cms.request_actor_restart('pg-priv')")
+        .execute(&as_role(&no).await)
+        .await
+        .expect_err("a role without the grant must be refused");
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+    let req: i64 = sqlx::query_scalar("SELECT toygres_cms.request_actor_restart('pg-priv')")
+        .fetch_one(&as_role(&yes).await)
+        .await
+        .expect("an operator may request a restart");
+    let by: String = sqlx::query_scalar(
+        "SELECT requested_by FROM toygres_cms.actor_restart_requests WHERE id = $1",
+    )
+    .bind(req)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        by, yes,
+        "the requester is recorded, not the function's owner"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM toygres_cms.actor_restart_requests")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the refused request recorded nothing");
+    for role in [&yes, &no] {
+        let _ = sqlx::query(&format!(
+            "REVOKE CONNECT ON DATABASE {} FROM {role}",
+            db.name
+        ))
+        .execute(&db.pool)
+        .await;
+    }
+}

@@ -77,12 +77,12 @@ impl Reconciler {
                     });
                 }
                 _ => match self
-                    .act(&obs.row, decision, &Trigger::Resync, false, dry_run)
+                    .act(&obs, decision, &Trigger::Resync, false, dry_run)
                     .await
                 {
                     Ok(o) => outcomes.push(o),
                     Err(e) => {
-                        tracing::warn!(instance = %obs.row.k8s_name, error = %e, "heal failed")
+                        tracing::warn!(instance = %crate::redact::for_log(&obs.row.k8s_name, 255), error = %e, "heal failed")
                     }
                 },
             }
@@ -99,26 +99,33 @@ impl Reconciler {
             }
         }
         if !dry_run {
-            let pending: Vec<(i64, Uuid)> = sqlx::query_as(sql::PENDING_RESTART_REQUESTS)
-                .fetch_all(self.pool())
-                .await?;
-            let mut seen = HashSet::new();
-            for (_, instance) in pending {
-                if seen.insert(instance) {
-                    match queue {
-                        Some(q) => q.enqueue(instance, Trigger::RestartRequest, true, None),
-                        None => match self.honour_restart_request(instance).await {
-                            Ok(o) => outcomes.push(o),
-                            Err(e) => {
-                                tracing::warn!(instance_id = %instance, error = %e, "restart request failed")
-                            }
-                        },
-                    }
+            let pending = self.pending_restart_requests().await?;
+            for instance in pending {
+                match queue {
+                    Some(q) => q.enqueue(instance, Trigger::RestartRequest, true, None),
+                    None => match self.honour_restart_request(instance).await {
+                        Ok(o) => outcomes.push(o),
+                        Err(e) => {
+                            tracing::warn!(instance_id = %instance, error = %e, "restart request failed")
+                        }
+                    },
                 }
             }
         }
         metrics::resync_done();
         Ok(outcomes)
+    }
+
+    /// Instances with durable restart requests not yet honoured (each once, oldest first).
+    pub async fn pending_restart_requests(&self) -> Result<Vec<Uuid>, DuroError> {
+        let pending: Vec<(i64, Uuid)> = sqlx::query_as(sql::PENDING_RESTART_REQUESTS)
+            .fetch_all(self.pool())
+            .await?;
+        let mut seen = HashSet::new();
+        Ok(pending
+            .into_iter()
+            .filter_map(|(_, i)| seen.insert(i).then_some(i))
+            .collect())
     }
 }
 

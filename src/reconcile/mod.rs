@@ -34,9 +34,11 @@ use crate::sql;
 use crate::verdict::{self, Action, Decision, Observed, Rules, Verdict};
 
 mod fleet;
+mod inbox;
 mod queue;
 
 pub use fleet::Fleet;
+pub use inbox::{Ask, ControlInbox};
 pub use queue::ReconcileQueue;
 
 /// Why a reconcile runs (logged, and stored with decisions).
@@ -103,6 +105,42 @@ pub struct Reconciler {
     /// down), so a replica that does not lead writes nothing. The CLI is not fenced.
     term: std::sync::RwLock<Option<Term>>,
     fenced: bool,
+    /// Bounds on restarts (per instance and fleet-wide).
+    pub limits: RestartLimits,
+}
+
+/// How often restarts may happen: a live actor younger than `min_interval` is not replaced,
+/// and a token bucket caps restarts per second across the fleet.
+pub struct RestartLimits {
+    pub min_interval: Duration,
+    rate: f64,
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl RestartLimits {
+    pub fn new(min_interval: Duration, per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        Self {
+            min_interval,
+            rate,
+            bucket: Mutex::new((2.0 * rate, Instant::now())),
+        }
+    }
+
+    /// Take one restart token, or say how long until one is there.
+    pub fn take_token(&self) -> Result<(), Duration> {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(b.1).as_secs_f64() * self.rate;
+        b.0 = (b.0 + refill).min(2.0 * self.rate);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.0) / self.rate))
+        }
+    }
 }
 
 impl Reconciler {
@@ -118,7 +156,17 @@ impl Reconciler {
             backoff: Mutex::new(HashMap::new()),
             term: std::sync::RwLock::new(None),
             fenced: false,
+            limits: RestartLimits::new(
+                config::DEFAULT_RESTART_MIN_INTERVAL,
+                config::DEFAULT_RESTART_RATE,
+            ),
         }
+    }
+
+    /// Restart bounds other than the defaults (the service's flags).
+    pub fn with_restart_limits(mut self, min_interval: Duration, per_second: u32) -> Self {
+        self.limits = RestartLimits::new(min_interval, per_second);
+        self
     }
 
     /// Fence automatic actions with the leader's term (the service).
@@ -216,7 +264,7 @@ impl Reconciler {
                 );
             }
         }
-        self.act(&observed.row, decision, trigger, force_restart, dry_run)
+        self.act(&observed, decision, trigger, force_restart, dry_run)
             .await
     }
 
@@ -248,6 +296,11 @@ impl Reconciler {
             skipped: None,
         };
         if live.is_empty() {
+            if matches!(trigger, Trigger::Notification { .. }) {
+                // Neither a row nor an actor: a forged or stale hint, dropped after two index
+                // lookups.
+                metrics::notification_unknown();
+            }
             metrics::reconcile_action("noop");
             return Ok(outcome);
         }
@@ -282,12 +335,13 @@ impl Reconciler {
 
     pub(crate) async fn act(
         &self,
-        row: &InstanceRow,
+        obs: &Observed,
         decision: Decision,
         trigger: &Trigger,
         forced: bool,
         dry_run: bool,
     ) -> Result<Outcome, DuroError> {
+        let row = &obs.row;
         let mut outcome = Outcome {
             instance_id: row.id,
             k8s_name: row.k8s_name.clone(),
@@ -315,9 +369,43 @@ impl Reconciler {
                 "heal backoff: next attempt in {}s",
                 wait.as_secs().max(1)
             ));
-            tracing::debug!(instance = %row.k8s_name, verdict = %decision.verdict, "heal skipped: backoff");
+            tracing::debug!(instance = %crate::redact::for_log(&row.k8s_name, 255), verdict = %decision.verdict, "heal skipped: backoff");
             metrics::reconcile_action("noop");
             return Ok(outcome);
+        }
+        // Every restart, asked for or healing, is bound: per instance (a live actor younger
+        // than the minimum interval is not replaced; read from Duroxide, so it holds across
+        // replicas and the CLI) and fleet-wide (a token bucket).
+        if matches!(decision.action, Action::Restart) {
+            let live = obs.actor.as_ref().is_some_and(|a| a.is_live());
+            // A live actor Duroxide has not created yet (its start is queued) is brand new.
+            let age = match obs.actor_created_at {
+                Some(t) => (Utc::now() - t).to_std().unwrap_or_default(),
+                None => Duration::ZERO,
+            };
+            if live && age < self.limits.min_interval {
+                metrics::restart_limited("instance");
+                let wait = self.limits.min_interval - age;
+                if forced {
+                    return Err(DuroError::RateLimited(wait));
+                }
+                outcome.skipped = Some(format!(
+                    "restart held back: the actor is {}s old (minimum interval {}s)",
+                    age.as_secs(),
+                    self.limits.min_interval.as_secs()
+                ));
+                metrics::reconcile_action("noop");
+                return Ok(outcome);
+            }
+            if let Err(wait) = self.limits.take_token() {
+                metrics::restart_limited("fleet");
+                if forced {
+                    return Err(DuroError::RateLimited(wait));
+                }
+                outcome.skipped = Some("restart held back: fleet-wide restart rate".into());
+                metrics::reconcile_action("noop");
+                return Ok(outcome);
+            }
         }
         let started = Instant::now();
         let fence = self.fence_for(trigger)?;
@@ -362,7 +450,7 @@ impl Reconciler {
                 let explicit = forced || matches!(trigger, Trigger::Operator(_));
                 if explicit || crate::quiet::RECONCILED.admit() {
                     tracing::info!(
-                    instance = %row.k8s_name, instance_id = %row.id, verdict = %decision.verdict,
+                    instance = %crate::redact::for_log(&row.k8s_name, 255), instance_id = %row.id, verdict = %decision.verdict,
                     action = decision.action.label(), reason = %decision.reason,
                     old_actor = old.as_deref().unwrap_or(""), new_actor = new.as_deref().unwrap_or(""),
                     trigger = %trigger.label(), took_ms = started.elapsed().as_millis() as u64,

@@ -166,11 +166,28 @@ impl ReconcileQueue {
                         .await
                 };
                 drop(permit);
-                if let Err(e) = result {
-                    let attempt = job.attempt + 1;
-                    let delay = retry_delay(attempt);
-                    tracing::warn!(instance_id = %id, attempt, retry_in_ms = delay.as_millis() as u64,
-                        error = %e, "reconcile failed; will retry");
+                if let Err(
+                    crate::duro::DuroError::TermOver(_) | crate::duro::DuroError::NotLeader,
+                ) = result
+                {
+                    // Not ours to do any more: the current leader reconciles everything.
+                    tracing::debug!(instance_id = %id, "reconcile dropped: this replica's term is over");
+                    queue.done(id);
+                } else if let Err(e) = result {
+                    let (attempt, delay) = match &e {
+                        // Held back by the restart limits: try again when allowed, not as a failure.
+                        crate::duro::DuroError::RateLimited(wait) => (job.attempt, *wait),
+                        _ => {
+                            let attempt = job.attempt + 1;
+                            (attempt, retry_delay(attempt))
+                        }
+                    };
+                    if matches!(e, crate::duro::DuroError::RateLimited(_)) {
+                        tracing::debug!(instance_id = %id, retry_in_ms = delay.as_millis() as u64, "restart held back by the rate limits");
+                    } else {
+                        tracing::warn!(instance_id = %id, attempt, retry_in_ms = delay.as_millis() as u64,
+                            error = %e, "reconcile failed; will retry");
+                    }
                     let q = queue.clone();
                     queue.done(id);
                     tokio::spawn(async move {

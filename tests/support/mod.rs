@@ -267,6 +267,8 @@ pub const FAST_ARGS: &[&str] = &[
     "2s",
     "--lease-renew-interval",
     "1s",
+    "--restart-min-interval",
+    "0s",
 ];
 
 impl ServiceProc {

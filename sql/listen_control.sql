@@ -1,0 +1,1 @@
+LISTEN toygres_actor_control;
