@@ -131,16 +131,28 @@ pub async fn swap_actor_id(
     Ok(row.is_some())
 }
 
-/// Delete one batch of health history older than `retention`; returns rows deleted.
+/// Delete health history older than `retention`, batch after batch (10,000 rows each, so no
+/// long lock) until none is left or `budget` is spent; returns rows deleted. One batch per
+/// pruning period could not keep up with a large fleet (10,000 instances at 30 s write
+/// 28.8 M rows a day).
 pub async fn prune_health_history(
     pool: &PgPool,
     retention: std::time::Duration,
+    budget: std::time::Duration,
 ) -> Result<u64, DbError> {
-    Ok(sqlx::query(sql::PRUNE_HEALTH_HISTORY)
-        .bind(retention.as_secs_f64())
-        .execute(pool)
-        .await?
-        .rows_affected())
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(sql::PRUNE_HEALTH_HISTORY)
+            .bind(retention.as_secs_f64())
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += n;
+        if n < 10_000 || started.elapsed() >= budget {
+            return Ok(total);
+        }
+    }
 }
 
 /// Who holds an instance's probe lease after [`lease_for_actor`].

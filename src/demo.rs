@@ -57,6 +57,8 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<i32> {
     run_args.fleet_poll_interval = Duration::from_secs(1);
     run_args.poll_interval = Duration::from_millis(20);
     run_args.lease_renew_interval = args.interval * 5;
+    // The story restarts an actor a few seconds after starting it.
+    run_args.restart_min_interval = args.interval;
     // The default port may be taken by a running service: use any free one then.
     if std::net::TcpListener::bind(run_args.http).is_err() {
         run_args.http = "127.0.0.1:0".parse()?;

@@ -377,6 +377,19 @@ impl ActorControl {
     /// The started actor is leased to this replica at once and checked right away, instead
     /// of after Duroxide's dispatcher has run its first turn (which confirms the owner).
     fn lease_eagerly(&self, input: &ActorInput, actor_id: &str) {
+        self.lease_here_and_check(input, actor_id, false);
+    }
+
+    /// A state change that changes what a probe would see (e.g. toygres' create flow:
+    /// `creating` without a connection string → `running` with one): this replica takes the
+    /// instance's probe lease and checks it at once, instead of the holder waiting out the
+    /// interval (the balancer evens the fleet out again).
+    pub fn check_now(&self, row: &InstanceRow, actor_id: &str) {
+        let input = self.input_for(row);
+        self.lease_here_and_check(&input, actor_id, true);
+    }
+
+    fn lease_here_and_check(&self, input: &ActorInput, actor_id: &str, even_if_held: bool) {
         let Some((deps, scheduler)) = &self.eager else {
             return;
         };
@@ -403,7 +416,13 @@ impl ActorControl {
             )
             .await
             {
-                Ok(Some(h)) if h.name == me.0 && h.epoch == me.1 => scheduler.lease(lease),
+                Ok(Some(h)) if h.name == me.0 && h.epoch == me.1 => {
+                    if even_if_held {
+                        scheduler.check_now(lease)
+                    } else {
+                        scheduler.lease(lease)
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn")

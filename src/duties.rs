@@ -142,7 +142,8 @@ async fn prune_timer(reconciler: Arc<Reconciler>, retention: Duration, stop: Can
 /// One pruning pass (also used by tests and benchmarks).
 pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow::Result<()> {
     let control = &reconciler.control;
-    let history = crate::cms::prune_health_history(&control.pool, retention).await?;
+    let history =
+        crate::cms::prune_health_history(&control.pool, retention, config::PRUNE_BUDGET).await?;
     let decisions = sqlx::query(crate::sql::PRUNE_DECISIONS)
         .bind(retention.as_secs_f64())
         .execute(&control.pool)

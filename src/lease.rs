@@ -150,6 +150,40 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
+    /// Check an instance now: its entry (new or existing) becomes due at once.
+    pub fn check_now(&self, lease: Lease) {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.next_generation += 1;
+        let generation = st.next_generation;
+        let id = lease.instance_id;
+        match st.entries.get_mut(&id) {
+            Some(e) if e.lease.actor_id == lease.actor_id => {
+                if e.running {
+                    return; // a check is under way: it sees the new state
+                }
+                e.due = now;
+                e.generation = generation;
+            }
+            _ => {
+                st.entries.insert(
+                    id,
+                    Entry {
+                        due: now,
+                        generation,
+                        running: false,
+                        failures: 0,
+                        lease,
+                    },
+                );
+            }
+        }
+        st.heap.push(Reverse((now, generation, id)));
+        drop(guard);
+        self.wake.notify_one();
+    }
+
     /// Drop the entry of `instance` if it belongs to `actor_id`.
     pub fn release(&self, instance: Uuid, actor_id: &str) {
         let mut st = self.lock();

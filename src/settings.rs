@@ -178,7 +178,7 @@ pub struct RunArgs {
     /// Honour raw `NOTIFY toygres_actor_control` requests (on|off). Any role that can
     /// CONNECT can send them; turn them off where CONNECT cannot be restricted.
     /// `toygres_cms.request_actor_restart()` works either way.
-    #[arg(long, env = "TOYGRES_ACTORS_CONTROL_NOTIFY", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, env = "TOYGRES_ACTORS_CONTROL_NOTIFY", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub control_notify: bool,
     /// A live actor younger than this is not restarted (any path: NOTIFY, SQL, HTTP, CLI,
     /// healing); the request waits until it may.

@@ -602,3 +602,96 @@ async fn zombie_actor_is_detected_and_healed() {
     })
     .await;
 }
+
+/// `--control-notify=off`: a raw `NOTIFY toygres_actor_control` restarts nothing, while a
+/// restart requested through `toygres_cms.request_actor_restart()` is still honoured at once
+/// (its own channel, `toygres_actor_restart_requested`, only makes the service read the
+/// durable requests).
+#[tokio::test]
+async fn control_notify_off_ignores_raw_requests_but_not_durable_ones() {
+    let db = TestDb::new().await;
+    // A long resync: only the notification path can make the durable restart prompt.
+    let svc = ServiceProc::start(
+        &db,
+        &["--control-notify", "off", "--resync-interval", "60s"],
+    )
+    .await;
+    db.insert_instance("pg-off", "running", None).await;
+    converged(&db, T).await;
+    let before = db.actor_id("pg-off").await.unwrap();
+
+    sqlx::query("NOTIFY toygres_actor_control, 'restart pg-off'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // A durable request after it, on the same connection: once it is honoured, the raw one
+    // (delivered first) has been seen and ignored.
+    let raw_seen_by = Instant::now();
+    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-off')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let after = wait_until("the durable restart is honoured", T, || async {
+        db.actor_id("pg-off").await.filter(|a| *a != before)
+    })
+    .await;
+    assert!(
+        raw_seen_by.elapsed() < Duration::from_secs(5),
+        "the durable request waited for a resync instead of its notification"
+    );
+    let restarts: i64 = db
+        .scalar_i64(
+            "SELECT count(*) FROM toygres_actors.decisions WHERE k8s_name = 'pg-off' AND action = 'restart'",
+        )
+        .await;
+    assert_eq!(restarts, 1, "only the durable request restarted pg-off");
+    let handled: i64 = db
+        .scalar_i64(
+            "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE k8s_name = 'pg-off' AND handled_at IS NOT NULL",
+        )
+        .await;
+    assert_eq!(handled, 1);
+    assert_ne!(after, before);
+    let (_, metrics) = svc.get("/metrics").await;
+    assert!(
+        !metrics.contains(
+            "toygres_actors_notifications_total{channel=\"toygres_actor_control\",op=\"restart\"} 1"
+        ),
+        "the raw restart was counted as handled"
+    );
+}
+
+/// toygres' own create flow: the row is inserted `creating` with no connection string (the
+/// actor reports `unknown`), then set `running` with one. The state change checks the
+/// instance at once — not at its next interval (30 s here, the default).
+#[tokio::test]
+async fn create_flow_is_healthy_within_a_second_of_running() {
+    let db = TestDb::new().await;
+    let _svc = ServiceProc::start(&db, &["--check-interval", "30s", "--stale-after", "5m"]).await;
+    db.insert_instance("pg-create", "creating", None).await;
+    wait_until("the creating instance reports unknown", T, || async {
+        let (health, last) = db.health_of("pg-create").await;
+        (health == "unknown" && last.is_some()).then_some(())
+    })
+    .await;
+    let t = Instant::now();
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET state = 'running', dns_connection_string = $1 WHERE k8s_name = 'pg-create'",
+    )
+    .bind(support::reachable_target())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    wait_until(
+        "healthy after the update",
+        Duration::from_secs(20),
+        || async { (db.health_of("pg-create").await.0 == "healthy").then_some(()) },
+    )
+    .await;
+    let took = t.elapsed();
+    eprintln!("creating → running with a connection string: healthy after {took:?}");
+    assert!(
+        took <= Duration::from_secs(1),
+        "healthy only after {took:?}"
+    );
+}

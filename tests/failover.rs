@@ -383,6 +383,27 @@ async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     )
     .await;
     assert_fenced(&db, name, old_epoch, lost_at, stopped_at).await;
+    // What an operator sees: both replicas, their epochs and leases, one leader.
+    let (code, body) = follower.get("/api/replicas").await;
+    assert_eq!(code, 200, "{body}");
+    let replicas: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let live: Vec<&serde_json::Value> = replicas.iter().filter(|r| r["live"] == true).collect();
+    assert_eq!(live.len(), 2, "{body}");
+    assert_eq!(
+        live.iter().filter(|r| r["leader"] == true).count(),
+        1,
+        "{body}"
+    );
+    let woken = live
+        .iter()
+        .find(|r| r["name"] == name)
+        .expect("the woken replica is listed");
+    assert_ne!(woken["epoch"].as_i64(), Some(old_epoch), "{body}");
+    assert!(
+        live.iter()
+            .all(|r| r["heartbeat_age_seconds"].as_f64().unwrap() < 15.0),
+        "{body}"
+    );
     eprintln!("frozen leader: max gap {gap:.1} s ({worst})");
     assert!(gap <= 60.0, "{worst} went {gap:.1} s without a check");
     assert_eq!(not_healthy_since(&db, from).await, 0);

@@ -355,6 +355,18 @@ impl Reconciler {
         if decision.action == Action::Noop {
             self.settle_backoff(row, decision.verdict);
             metrics::reconcile_action("noop");
+            // A state change of a live actor's row may change what its probe sees (a
+            // connection string arrived with `running`): check it now, not next interval.
+            if let Trigger::Notification { op, .. } = trigger
+                && op == "state"
+                && !dry_run
+                && row.has_target
+                && obs.actor.as_ref().is_some_and(|a| a.is_live())
+                && let Some(actor_id) = &row.actor_id
+                && self.term().is_some()
+            {
+                self.control.check_now(row, actor_id);
+            }
             return Ok(outcome);
         }
         if dry_run {

@@ -56,11 +56,19 @@ impl ReconcileQueue {
     /// (a restart request wins; the notification clock kept is the earliest).
     pub fn enqueue(&self, id: Uuid, trigger: Trigger, force_restart: bool, at: Option<f64>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Explicit requests (a restart someone asked for, an operator's action) take the
+        // priority lane: the front of the queue, never behind a storm of hints.
+        let explicit = force_restart || matches!(trigger, Trigger::Operator(_));
         match st.pending.get_mut(&id) {
             Some(job) => {
+                let promote = explicit && !job.force_restart;
                 job.force_restart |= force_restart;
                 if force_restart {
                     job.trigger = trigger;
+                }
+                if promote && let Some(pos) = st.order.iter().position(|x| *x == id) {
+                    st.order.remove(pos);
+                    st.order.push_front(id);
                 }
             }
             None => {
@@ -73,7 +81,11 @@ impl ReconcileQueue {
                         _first_at: at,
                     },
                 );
-                st.order.push_back(id);
+                if explicit {
+                    st.order.push_front(id);
+                } else {
+                    st.order.push_back(id);
+                }
             }
         }
         drop(st);
@@ -220,6 +232,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn explicit_requests_never_wait_behind_a_storm() {
+        let q = ReconcileQueue::new();
+        for _ in 0..10_000 {
+            q.enqueue(Uuid::new_v4(), Trigger::Resync, false, None);
+        }
+        let asked = Uuid::new_v4();
+        q.enqueue(asked, Trigger::RestartRequest, true, None);
+        let (first, job) = q.take_next().unwrap();
+        assert_eq!(first, asked);
+        assert!(job.force_restart);
+        // A hint already queued that becomes a restart request is promoted too.
+        let hinted = Uuid::new_v4();
+        q.enqueue(hinted, Trigger::Resync, false, None);
+        q.enqueue(hinted, Trigger::Operator("api"), true, None);
+        assert_eq!(q.take_next().unwrap().0, hinted);
+    }
+
+    #[test]
     fn retry_delays_grow_and_cap() {
         assert_eq!(retry_delay(1), Duration::from_millis(100));
         assert_eq!(retry_delay(2), Duration::from_millis(200));
@@ -236,7 +266,7 @@ mod tests {
         q.enqueue(a, Trigger::RestartRequest, true, None);
         assert_eq!(q.len(), 2);
         let (first, job) = q.take_next().unwrap();
-        assert_eq!(first, a);
+        assert_eq!(first, a, "a restart request jumps the queue");
         assert!(job.force_restart);
         assert_eq!(job.trigger, Trigger::RestartRequest);
         // `a` is in flight: a new request for it queues, but `b` goes first.
