@@ -67,6 +67,8 @@ pub struct Replica {
     scheduler: Arc<Scheduler>,
     rules: ProbeRules,
     liveness: watch::Sender<Liveness>,
+    /// Cancelled when a newer process took our name: the election stops too.
+    superseded: CancellationToken,
 }
 
 #[derive(sqlx::FromRow)]
@@ -92,7 +94,13 @@ impl Replica {
             scheduler,
             rules,
             liveness: watch::channel(Liveness::Starting).0,
+            superseded: CancellationToken::new(),
         }
+    }
+
+    /// Fires when a newer process registered our name.
+    pub fn superseded(&self) -> CancellationToken {
+        self.superseded.clone()
     }
 
     pub fn liveness(&self) -> watch::Receiver<Liveness> {
@@ -185,11 +193,12 @@ impl Replica {
             _ => {
                 let dropped = self.scheduler.clear();
                 self.liveness.send_replace(Liveness::Superseded);
+                self.superseded.cancel();
                 tracing::error!(
                     replica = self.id.name(),
                     epoch,
                     dropped,
-                    "another process registered the replica name `{}`: the newest wins, so this one stops probing. Give every replica its own --replica name.",
+                    "another process registered the replica name `{}`: the newest wins, so this one stops probing and leading. Give every replica its own --replica name.",
                     self.id.name()
                 );
                 return Ok(());

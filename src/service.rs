@@ -177,11 +177,21 @@ pub async fn start(
     let (leading_tx, leading_rx) = watch::channel(None);
     let (listener_tx, listener_rx) = watch::channel(ListenerStatus::default());
     if !args.worker_only {
+        // The election stops on shutdown, and when a newer process took our name.
+        let elect_stop = lead_stop.child_token();
+        let (superseded, elect, done) =
+            (liveness.superseded(), elect_stop.clone(), lead_stop.clone());
+        lead_tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = superseded.cancelled() => elect.cancel(),
+                _ = done.cancelled() => {}
+            }
+        }));
         lead_tasks.push(tokio::spawn(crate::leader::run(
             url.clone(),
             id.clone(),
             leading_tx,
-            lead_stop.clone(),
+            elect_stop,
         )));
         lead_tasks.push(tokio::spawn(lead_when_elected(
             LeaderDuties {

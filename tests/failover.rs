@@ -556,3 +556,56 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
     ));
     assert!(took <= Duration::from_secs(20));
 }
+
+/// Two processes started with one replica name: the newest epoch wins; the older one stops
+/// probing (and says so), and nothing is written under its epoch after the newer registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_processes_with_one_name_only_the_newest_probes() {
+    let db = TestDb::new().await;
+    let first = ServiceProc::start_production(&db.url, &["--replica", "twin"]).await;
+    insert_fleet(&db, "pg-t", 30).await;
+    let steady = db_now(&db).await;
+    wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
+    let (old_epoch, _) = replica_row(&db, "twin").await;
+
+    let second = ServiceProc::start_production(&db.url, &["--replica", "twin"]).await;
+    let (new_epoch, _) = replica_row(&db, "twin").await;
+    assert_ne!(new_epoch, old_epoch);
+    let registered = db_now(&db).await;
+    wait_until(
+        "the older process says it stopped probing",
+        Duration::from_secs(30),
+        || async {
+            first
+                .log_text()
+                .contains("another process registered the replica name")
+                .then_some(())
+        },
+    )
+    .await;
+    // Every instance is checked again — by the newest process only.
+    wait_all_checked_after(&db, registered, Duration::from_secs(70)).await;
+    let by_old: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_cms.instance_health_checks
+          WHERE replica = 'twin' AND replica_epoch = $1 AND checked_at > $2",
+    )
+    .bind(old_epoch)
+    .bind(registered)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        by_old, 0,
+        "the superseded process wrote after the newer one registered"
+    );
+    let by_new: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT instance_id) FROM toygres_cms.instance_health_checks
+          WHERE replica = 'twin' AND replica_epoch = $1",
+    )
+    .bind(new_epoch)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(by_new, 30, "the newest process probes every instance");
+    drop(second);
+}
