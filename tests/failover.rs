@@ -153,20 +153,8 @@ async fn wait_all_checked_after(db: &TestDb, t: chrono::DateTime<chrono::Utc>, w
     .await;
 }
 
-/// Instances with more than one live actor orchestration (must be none).
 async fn doubled(db: &TestDb) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM (
-             SELECT substr(i.instance_id, 7, 36)
-               FROM toygres_duroxide.instances i
-               JOIN toygres_duroxide.executions e
-                 ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
-              WHERE i.orchestration_name = 'toygres::InstanceActor' AND e.status = 'Running'
-              GROUP BY 1 HAVING count(*) > 1) d",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
+    support::doubled_live_actors(db).await
 }
 
 fn row(fault: &str, trials: usize, max_gap: f64, bound: f64) {

@@ -184,18 +184,7 @@ async fn rolling_upgrade_from_the_previous_release_never_runs_two_reconcilers() 
         },
     )
     .await;
-    let doubled: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (
-             SELECT substr(i.instance_id, 7, 36)
-               FROM toygres_duroxide.instances i
-               JOIN toygres_duroxide.executions e
-                 ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
-              WHERE i.orchestration_name = 'toygres::InstanceActor' AND e.status = 'Running'
-              GROUP BY 1 HAVING count(*) > 1) d",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let doubled = support::doubled_live_actors(&db).await;
     assert_eq!(doubled, 0, "an instance has two live actors");
 
     stop.store(true, Ordering::SeqCst);

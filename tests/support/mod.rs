@@ -285,41 +285,22 @@ impl ServiceProc {
             i += 2;
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut s = ServiceProc {
-            child: None,
-            http: String::new(),
-            log: std::env::temp_dir().join(format!(
-                "toygres-actors-svc-{}.log",
-                uuid::Uuid::new_v4().simple()
-            )),
-            url: db.url.clone(),
-            args,
-            bin: None,
-        };
-        s.spawn().await;
-        s
+        Self::launch(&db.url, args, None).await
     }
 
     /// Start `toygres-actors run` against `url` with the shipped defaults (every timer at its
     /// production value) plus `extra`, and wait until it is ready.
     pub async fn start_production(url: &str, extra: &[&str]) -> ServiceProc {
-        let mut s = ServiceProc {
-            child: None,
-            http: String::new(),
-            log: std::env::temp_dir().join(format!(
-                "toygres-actors-svc-{}.log",
-                uuid::Uuid::new_v4().simple()
-            )),
-            url: url.to_string(),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            bin: None,
-        };
-        s.spawn().await;
-        s
+        Self::launch(url, extra.iter().map(|s| s.to_string()).collect(), None).await
     }
 
     /// Like [`ServiceProc::start_production`], with another build of the service.
     pub async fn start_binary(bin: &std::path::Path, url: &str, extra: &[&str]) -> ServiceProc {
+        let args = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(url, args, Some(bin.to_path_buf())).await
+    }
+
+    async fn launch(url: &str, args: Vec<String>, bin: Option<std::path::PathBuf>) -> ServiceProc {
         let mut s = ServiceProc {
             child: None,
             http: String::new(),
@@ -328,8 +309,8 @@ impl ServiceProc {
                 uuid::Uuid::new_v4().simple()
             )),
             url: url.to_string(),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            bin: Some(bin.to_path_buf()),
+            args,
+            bin,
         };
         s.spawn().await;
         s
@@ -593,4 +574,20 @@ pub fn append_reliability_row(line: &str) {
         .append(true)
         .open(path)
         .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+}
+
+/// Instances with more than one live actor orchestration right now (must be none).
+pub async fn doubled_live_actors(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (
+             SELECT substr(i.instance_id, 7, 36)
+               FROM toygres_duroxide.instances i
+               JOIN toygres_duroxide.executions e
+                 ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+              WHERE i.orchestration_name = 'toygres::InstanceActor' AND e.status = 'Running'
+              GROUP BY 1 HAVING count(*) > 1) d",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count doubled actors")
 }
