@@ -40,6 +40,12 @@ pub const DEFAULT_RESTART_MIN_INTERVAL: Duration = Duration::from_secs(30);
 /// faster than Duroxide and the probes absorb.
 pub const DEFAULT_RESTART_RATE: u32 = 20;
 
+/// Healing pauses when more than this share of the instances that should have an actor are
+/// stale at once (a CMS outage, a saturated store: restarting the fleet would not help)…
+pub const DEFAULT_HEAL_PAUSE_SHARE: f64 = 0.2;
+/// …and at least this many (a few stale actors in a small fleet are just stale actors).
+pub const HEAL_PAUSE_MIN_STALE: usize = 5;
+
 /// NOTIFY payloads are limited to 8000 bytes by PostgreSQL; anything longer we receive on
 /// the control channel cannot have come from a well-behaved sender.
 pub const MAX_CONTROL_PAYLOAD: usize = 8000;

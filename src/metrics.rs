@@ -37,6 +37,7 @@ pub const ACTORS_V1_RUNNING: &str = "toygres_actors_actors_v1_running";
 pub const LEASES_HELD: &str = "toygres_actors_probe_leases_held";
 pub const LEASES_MOVED: &str = "toygres_actors_probe_leases_moved_total";
 pub const LEADER_TERM: &str = "toygres_actors_leader_term";
+pub const HEALING_PAUSED: &str = "toygres_actors_healing_paused";
 pub const LAST_RESYNC: &str = "toygres_actors_last_resync_timestamp_seconds";
 pub const NOTIFY_ROUNDTRIP: &str = "toygres_actors_notify_roundtrip_seconds";
 
@@ -109,6 +110,10 @@ fn describe() {
     );
     describe_counter!(LISTENER_RECONNECTS_TOTAL, "Listener reconnects.");
     describe_gauge!(LEADER, "1 on the replica that holds leadership.");
+    describe_gauge!(
+        HEALING_PAUSED,
+        "1 while the healing breaker holds back restarts of stale actors (too much of the fleet stale at once)."
+    );
     describe_counter!(
         NOTIFICATIONS_DROPPED_TOTAL,
         "Control notifications dropped unread because the control inbox was full (a flood)."
@@ -220,6 +225,10 @@ pub fn leases_moved(how: &'static str, n: i32) {
     }
 }
 
+pub fn healing_paused(paused: bool) {
+    metrics::gauge!(HEALING_PAUSED).set(if paused { 1.0 } else { 0.0 });
+}
+
 pub fn leader_term(term: Option<i64>) {
     metrics::gauge!(LEADER_TERM).set(term.unwrap_or(0) as f64);
 }
@@ -239,6 +248,7 @@ pub fn notify_roundtrip(seconds: f64) {
 /// Zero every labelled counter we export, so the series exist before the first event
 /// (alerts on `rate()` and dashboards need them).
 pub fn initialise_series() {
+    metrics::gauge!(HEALING_PAUSED).set(0.0);
     metrics::counter!(NOTIFICATIONS_UNKNOWN_TOTAL).increment(0);
     for why in ["instance", "fleet"] {
         metrics::counter!(RESTARTS_LIMITED_TOTAL, "why" => why).increment(0);

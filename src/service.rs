@@ -140,7 +140,8 @@ pub async fn start(
     let reconciler = Arc::new(
         Reconciler::new(control, args.stale_after, replica.clone())
             .fenced()
-            .with_restart_limits(args.restart_min_interval, args.restart_rate),
+            .with_restart_limits(args.restart_min_interval, args.restart_rate)
+            .with_heal_pause_share(args.heal_pause_share),
     );
     let liveness = Arc::new(Replica::new(
         pool.clone(),

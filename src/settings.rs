@@ -184,6 +184,10 @@ pub struct RunArgs {
     /// healing); the request waits until it may.
     #[arg(long, env = "TOYGRES_ACTORS_RESTART_MIN_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub restart_min_interval: Duration,
+    /// Healing pauses (and ToygresActorsHealingPaused alerts) while more than this share of
+    /// the instances that should have an actor are stale at once (and at least 5).
+    #[arg(long, env = "TOYGRES_ACTORS_HEAL_PAUSE_SHARE", default_value_t = config::DEFAULT_HEAL_PAUSE_SHARE)]
+    pub heal_pause_share: f64,
     /// Restarts per second across the fleet at most (burst: twice this).
     #[arg(long, env = "TOYGRES_ACTORS_RESTART_RATE", default_value_t = config::DEFAULT_RESTART_RATE)]
     pub restart_rate: u32,
@@ -252,6 +256,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn validate_run_args(args: &RunArgs) -> anyhow::Result<()> {
+    if !(args.heal_pause_share > 0.0 && args.heal_pause_share <= 1.0) {
+        anyhow::bail!("--heal-pause-share must be in (0, 1]");
+    }
     if args
         .api_token
         .as_deref()

@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 
 const INSTALL_HINT: &str = "install Debian package `prometheus` (apt-get install -y prometheus)";
 
-const ALERTS: [&str; 8] = [
+const ALERTS: [&str; 9] = [
     "ToygresActorStale",
     "ToygresActorMissing",
     "ToygresActorZombie",
@@ -27,6 +27,7 @@ const ALERTS: [&str; 8] = [
     "ToygresInstanceUnhealthy",
     "ToygresActorsNoLeader",
     "ToygresChecksLagging",
+    "ToygresActorsHealingPaused",
 ];
 
 /// The crate root. Cargo always sets `CARGO_MANIFEST_DIR`; a standalone

@@ -695,3 +695,88 @@ async fn create_flow_is_healthy_within_a_second_of_running() {
         "healthy only after {took:?}"
     );
 }
+
+/// The healing breaker: when the whole fleet turns stale at once (here: every
+/// `last_health_check` pushed 10 minutes back, as after a CMS outage), the service restarts
+/// nothing and says so (`toygres_actors_healing_paused` 1); once checks flow again through the
+/// existing actors it closes by itself. No actor is replaced at any point.
+#[tokio::test]
+async fn a_fleet_gone_stale_at_once_pauses_healing_instead_of_restarting_it() {
+    let db = TestDb::new().await;
+    let svc = ServiceProc::start(
+        &db,
+        &[
+            "--check-interval",
+            "15s",
+            "--stale-after",
+            "20s",
+            "--resync-interval",
+            "2s",
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    for i in 0..10 {
+        db.insert_instance(
+            &format!("pg-wave-{i}"),
+            "running",
+            Some(&support::reachable_target()),
+        )
+        .await;
+    }
+    wait_until("every instance checked", T, || async {
+        (db.scalar_i64(
+            "SELECT count(*) FROM toygres_cms.instances WHERE last_health_check IS NOT NULL",
+        )
+        .await
+            == 10)
+            .then_some(())
+    })
+    .await;
+    let actors_before: Vec<(String, String)> = sqlx::query_as(
+        "SELECT k8s_name, instance_actor_orchestration_id FROM toygres_cms.instances ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    async fn paused(svc: &ServiceProc) -> Option<f64> {
+        let (_, m) = svc.get("/metrics").await;
+        m.lines()
+            .find(|l| l.starts_with("toygres_actors_healing_paused "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    }
+    assert_eq!(paused(&svc).await, Some(0.0));
+    // Past the actors' grace period (a fresh actor is not stale before stale_after).
+    wait_until("actors past their grace period", T, || async {
+        (started.elapsed() > Duration::from_secs(22)).then_some(())
+    })
+    .await;
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET last_health_check = now() - interval '10 minutes'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    wait_until("healing paused", T, || async {
+        (paused(&svc).await == Some(1.0)).then_some(())
+    })
+    .await;
+    // Checks flow again through the same actors (within one 15 s interval); the breaker closes.
+    wait_until("healing resumed", Duration::from_secs(90), || async {
+        (paused(&svc).await == Some(0.0)).then_some(())
+    })
+    .await;
+    let actors_after: Vec<(String, String)> = sqlx::query_as(
+        "SELECT k8s_name, instance_actor_orchestration_id FROM toygres_cms.instances ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(actors_before, actors_after, "no actor was replaced");
+    let restarts = db
+        .scalar_i64(
+            "SELECT count(*) FROM toygres_actors.decisions WHERE action IN ('restart', 're-lease')",
+        )
+        .await;
+    assert_eq!(restarts, 0, "the breaker let heals through");
+}

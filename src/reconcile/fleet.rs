@@ -13,7 +13,7 @@ use crate::config;
 use crate::duro::{self, DuroError};
 use crate::metrics;
 use crate::sql;
-use crate::verdict::{self, Action, Decision, Observed};
+use crate::verdict::{self, Action, Decision, Observed, Verdict};
 
 impl Reconciler {
     /// Every instance with its observation and decision, from two queries (fleet + live
@@ -56,6 +56,19 @@ impl Reconciler {
         dry_run: bool,
     ) -> Result<Vec<Outcome>, DuroError> {
         let fleet = self.fleet().await?;
+        let expected = fleet
+            .instances
+            .iter()
+            .filter(|(o, _)| self.control.wants_actor(&o.row.state))
+            .count();
+        let stale = fleet
+            .instances
+            .iter()
+            .filter(|(_, d)| d.verdict == Verdict::Stale)
+            .count();
+        if !dry_run {
+            self.breaker.observe(stale, expected);
+        }
         let mut outcomes = Vec::new();
         for (obs, decision) in fleet.instances {
             if decision.action == Action::Noop {

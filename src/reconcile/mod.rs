@@ -33,12 +33,17 @@ use crate::metrics;
 use crate::sql;
 use crate::verdict::{self, Action, Decision, Observed, Rules, Verdict};
 
+mod breaker;
 mod fleet;
 mod inbox;
+mod limits;
 mod queue;
 
+pub use breaker::HealingBreaker;
 pub use fleet::Fleet;
 pub use inbox::{Ask, ControlInbox};
+use limits::HealBackoff;
+pub use limits::RestartLimits;
 pub use queue::ReconcileQueue;
 
 /// Why a reconcile runs (logged, and stored with decisions).
@@ -83,15 +88,6 @@ pub struct Outcome {
     pub skipped: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct HealBackoff {
-    attempts: u32,
-    next_at: Instant,
-    /// When we last healed: the backoff resets only once a check is written after it (a
-    /// fresh incarnation counts as `ok` during its grace period before it has proved anything).
-    healed_at: DateTime<Utc>,
-}
-
 /// Decides and acts for single instances and the whole fleet.
 pub struct Reconciler {
     pub control: ActorControl,
@@ -107,40 +103,10 @@ pub struct Reconciler {
     fenced: bool,
     /// Bounds on restarts (per instance and fleet-wide).
     pub limits: RestartLimits,
-}
-
-/// How often restarts may happen: a live actor younger than `min_interval` is not replaced,
-/// and a token bucket caps restarts per second across the fleet.
-pub struct RestartLimits {
-    pub min_interval: Duration,
-    rate: f64,
-    bucket: Mutex<(f64, Instant)>,
-}
-
-impl RestartLimits {
-    pub fn new(min_interval: Duration, per_second: u32) -> Self {
-        let rate = f64::from(per_second.max(1));
-        Self {
-            min_interval,
-            rate,
-            bucket: Mutex::new((2.0 * rate, Instant::now())),
-        }
-    }
-
-    /// Take one restart token, or say how long until one is there.
-    pub fn take_token(&self) -> Result<(), Duration> {
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let refill = now.duration_since(b.1).as_secs_f64() * self.rate;
-        b.0 = (b.0 + refill).min(2.0 * self.rate);
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.0) / self.rate))
-        }
-    }
+    /// Stops healing stale actors when too much of the fleet is stale at once.
+    pub breaker: HealingBreaker,
+    /// Stale instances whose live actor was re-leased here (instead of restarted), and when.
+    released: Mutex<HashMap<Uuid, Instant>>,
 }
 
 impl Reconciler {
@@ -160,7 +126,15 @@ impl Reconciler {
                 config::DEFAULT_RESTART_MIN_INTERVAL,
                 config::DEFAULT_RESTART_RATE,
             ),
+            breaker: HealingBreaker::new(config::DEFAULT_HEAL_PAUSE_SHARE),
+            released: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The share of the fleet stale at once above which healing pauses.
+    pub fn with_heal_pause_share(mut self, share: f64) -> Self {
+        self.breaker = HealingBreaker::new(share);
+        self
     }
 
     /// Restart bounds other than the defaults (the service's flags).
@@ -385,6 +359,54 @@ impl Reconciler {
             metrics::reconcile_action("noop");
             return Ok(outcome);
         }
+        // Stale, not asked for: when much of the fleet is stale at once the cause is not the
+        // actors — alert (the breaker's gauge) instead of restarting them. And a stale actor
+        // that is alive is first re-leased here and checked at once; only if that does not
+        // help within one stale period is it restarted.
+        if decision.verdict == Verdict::Stale && !forced {
+            if self.breaker.is_open() {
+                outcome.skipped =
+                    Some("healing paused: too much of the fleet is stale at once".into());
+                metrics::reconcile_action("noop");
+                return Ok(outcome);
+            }
+            let live = obs.actor.as_ref().is_some_and(|a| a.is_live());
+            if live
+                && self.term().is_some()
+                && let Some(actor_id) = &row.actor_id
+            {
+                let recently = {
+                    let mut map = self.released.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = Instant::now();
+                    map.retain(|_, t| now.duration_since(*t) < self.rules.stale_after * 2);
+                    let recent = map
+                        .get(&row.id)
+                        .is_some_and(|t| now.duration_since(*t) < self.rules.stale_after);
+                    if !recent {
+                        map.insert(row.id, now);
+                    }
+                    recent
+                };
+                if !recently {
+                    self.control.check_now(row, actor_id);
+                    outcome.action = "re-lease";
+                    outcome.skipped = Some("the live actor was re-leased to this replica and checked at once; a restart follows only if it stays stale".into());
+                    metrics::reconcile_action("noop");
+                    self.log_decision(
+                        row.id,
+                        &row.k8s_name,
+                        "re-lease",
+                        &decision.reason,
+                        row.actor_id.as_deref(),
+                        row.actor_id.as_deref(),
+                        trigger,
+                        None,
+                    )
+                    .await;
+                    return Ok(outcome);
+                }
+            }
+        }
         // Every restart, asked for or healing, is bound: per instance (a live actor younger
         // than the minimum interval is not replaced; read from Duroxide, so it holds across
         // replicas and the CLI) and fleet-wide (a token bucket).
@@ -498,53 +520,6 @@ impl Reconciler {
                 Err(e)
             }
         }
-    }
-
-    fn backoff_remaining(&self, id: Uuid) -> Option<Duration> {
-        let map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-        let b = map.get(&id)?;
-        let now = Instant::now();
-        (b.next_at > now).then(|| b.next_at - now)
-    }
-
-    fn note_heal(&self, id: Uuid) {
-        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(id).or_insert(HealBackoff {
-            attempts: 0,
-            next_at: Instant::now(),
-            healed_at: Utc::now(),
-        });
-        entry.healed_at = Utc::now();
-        entry.attempts = entry.attempts.saturating_add(1);
-        let factor = 2u32.saturating_pow(entry.attempts.saturating_sub(1).min(16));
-        let delay = config::HEAL_BACKOFF_MIN
-            .saturating_mul(factor)
-            .min(config::HEAL_BACKOFF_MAX);
-        entry.next_at = Instant::now() + delay;
-    }
-
-    /// Reset an instance's heal backoff once it has proved healthy again: idle, or a health
-    /// check written after the last heal.
-    pub(crate) fn settle_backoff(&self, row: &InstanceRow, verdict: Verdict) {
-        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(b) = map.get(&row.id) else { return };
-        let proved = match verdict {
-            Verdict::Idle => true,
-            Verdict::Ok | Verdict::Unhealthy => {
-                row.last_health_check.is_some_and(|t| t > b.healed_at)
-            }
-            _ => false,
-        };
-        if proved {
-            map.remove(&row.id);
-        }
-    }
-
-    fn forget_backoff(&self, id: Uuid) {
-        self.backoff
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
     }
 
     #[allow(clippy::too_many_arguments)]
