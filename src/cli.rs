@@ -92,6 +92,15 @@ pub fn init_tracing(global: &GlobalArgs) {
     };
 }
 
+/// The Duroxide pool size the command runs with (`run`, the default command, `demo`).
+pub fn duroxide_pool_max(cli: &Cli) -> Option<u32> {
+    match &cli.command {
+        Some(Command::Run(args)) => Some(args.duroxide_pool_max),
+        None | Some(Command::Demo(_)) => RunArgs::from_env().ok().map(|a| a.duroxide_pool_max),
+        _ => None,
+    }
+}
+
 /// Execute a parsed command line; returns the process exit code.
 pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     if !config::valid_schema_name(&cli.global.duroxide_schema) {

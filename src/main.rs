@@ -4,6 +4,13 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = toygres_actors::cli::Cli::parse();
+    // duroxide-pg sizes its pool from DUROXIDE_PG_POOL_MAX when it connects; set it from
+    // --duroxide-pool-max here, while the process has a single thread (setting the
+    // environment is only sound then).
+    if let Some(n) = toygres_actors::cli::duroxide_pool_max(&cli) {
+        // SAFETY: no other thread exists yet: the async runtime is built below.
+        unsafe { std::env::set_var("DUROXIDE_PG_POOL_MAX", n.to_string()) };
+    }
     toygres_actors::cli::init_tracing(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

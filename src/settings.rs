@@ -156,7 +156,7 @@ pub struct RunArgs {
     /// Duroxide dispatcher idle poll interval.
     #[arg(long, env = "TOYGRES_ACTORS_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// Duroxide connection pool size (sets DUROXIDE_PG_POOL_MAX for duroxide-pg).
+    /// Duroxide connection pool size (handed to duroxide-pg as DUROXIDE_PG_POOL_MAX).
     #[arg(long, env = "TOYGRES_ACTORS_DUROXIDE_POOL_MAX", default_value_t = 10)]
     pub duroxide_pool_max: u32,
     /// CMS pool size.

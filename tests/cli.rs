@@ -1,5 +1,7 @@
 //! The real binary, as a user runs it.
 
+mod support;
+
 use std::process::Command;
 
 fn bin() -> Command {
@@ -97,4 +99,38 @@ fn help_never_shows_secret_env_values() {
     assert!(out.status.success());
     assert!(text.contains("--api-token"));
     assert!(!text.contains("very-secret"), "{text}");
+}
+
+/// `--duroxide-pool-max` takes effect: duroxide-pg's pool never holds more connections
+/// than asked, even while the dispatchers and workers are busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duroxide_pool_max_bounds_the_store_pool() {
+    let db = support::TestDb::new().await;
+    let svc = support::ServiceProc::start(&db, &["--duroxide-pool-max", "2"]).await;
+    for i in 0..40 {
+        db.insert_instance(&format!("pg-pool-{i}"), "running", None)
+            .await;
+    }
+    let most = std::sync::atomic::AtomicI64::new(0);
+    support::wait_until("every actor started", std::time::Duration::from_secs(60), || async {
+        let n = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'toygres-actors-duroxide'",
+                db.name
+            ))
+            .await;
+        most.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+        let started = db
+            .scalar_i64("SELECT count(*) FROM toygres_duroxide.instances")
+            .await;
+        (started >= 40).then_some(())
+    })
+    .await;
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most >= 1, "no Duroxide connection seen");
+    assert!(
+        most <= 2,
+        "the Duroxide pool held {most} connections (max 2)"
+    );
+    drop(svc);
 }
