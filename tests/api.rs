@@ -588,11 +588,20 @@ async fn with_api_token_for_reads_fleet_reads_need_the_token_and_probes_stay_ope
     );
     let r = api.get_with("/api/actors", bearer).await;
     assert_eq!(names(r.json()["actors"].as_array().unwrap()), ["pg-reads"]);
-    // The orchestrator's probes need no token.
-    for path in ["/healthz", "/readyz"] {
-        let r = api.get(path).await;
-        assert_eq!(r.status, 200, "{path}: {}", r.body);
-    }
+    // The orchestrator's probes need no token. (`/readyz` may briefly answer 503 right
+    // after the election, while the new leader's listener connects: wait for its 200.)
+    let r = api.get("/healthz").await;
+    assert_eq!(r.status, 200, "/healthz: {}", r.body);
+    support::wait_until(
+        "/readyz answers 200 without a token",
+        Duration::from_secs(30),
+        || async {
+            let r = api.get("/readyz").await;
+            assert_ne!(r.status, 401, "/readyz asked for the token: {}", r.body);
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
     // POSTs still need it.
     api.post("/api/instances/pg-reads/actor/restart", None)
         .await
