@@ -251,6 +251,16 @@ async fn rows_written_while_the_service_is_down_are_reconciled_at_start() {
         .unwrap();
     svc.restart().await;
     converged(&db, T).await;
+    // The fleet can look converged before the queued restart request is worked off.
+    wait_until("the durable restart request handled", T, || async {
+        (db.scalar_i64(
+            "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE handled_at IS NULL",
+        )
+        .await
+            == 0)
+            .then_some(())
+    })
+    .await;
     assert_eq!(db.live_actors("pg-d").await.len(), 1);
     let c_after = db.actor_id("pg-c").await.unwrap();
     assert_ne!(
