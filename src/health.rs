@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::conn::{ConnConfig, RootCert};
+use crate::conn::{ConnConfig, RootCert, error_text};
 use crate::redact;
 
 /// Probe timeouts and connection keeping.
@@ -253,18 +253,4 @@ fn ok_result(row: &tokio_postgres::Row, started: Instant) -> ProbeResult {
         response_time_ms: started.elapsed().as_millis() as u64,
         error: None,
     }
-}
-
-/// A tokio-postgres error with its cause (the Display of the top error alone is often just
-/// "error connecting to server").
-fn error_text(e: &tokio_postgres::Error) -> String {
-    use std::error::Error;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    redact::redact_error(&text)
 }

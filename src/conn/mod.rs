@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use tls::{Connected, PgConnection};
+pub use tls::{Connected, PgConnection, error_text};
 
 /// libpq's sslmode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -147,15 +147,7 @@ impl ConnConfig {
 
     /// Describe a failed attempt: which TLS check failed, or the server's/transport's words.
     fn describe(&self, e: &tokio_postgres::Error) -> ConnError {
-        use std::error::Error;
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        let text = crate::redact::redact_error(&text);
+        let text = error_text(e);
         let is_tls = text.starts_with("error performing TLS handshake");
         if !is_tls {
             return ConnError::Connect(text);
@@ -260,4 +252,18 @@ pub(super) async fn connect(
             Ok((c, conn, Some(true)))
         }
     }
+}
+
+/// A tokio-postgres error with its causes, redacted (the Display of the top error alone is
+/// often just "error connecting to server").
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    crate::redact::redact_error(&text)
 }
