@@ -12,6 +12,15 @@ pub const CHANNEL_HEALTH: &str = "toygres_health";
 /// Private channel for the listener's liveness round trip (self-NOTIFY).
 pub const CHANNEL_PING: &str = "toygres_actors_ping";
 
+/// Channel the Duroxide queue tables' statement trigger notifies when a transaction inserted
+/// visible work (`sql/duroxide_wake.sql`; payload `<schema> orch|work`): the wake-up of
+/// another process's waiting fetches (`crate::store`).
+pub const CHANNEL_STORE_WAKE: &str = "toygres_actors_store_wake";
+/// The longest a Duroxide queue goes unfetched in a process with no wake-up: the whole cost
+/// of a lost wake-up (a notification missed during a reconnect, another process's timer, a
+/// lock whose holder died). Idle, it is also the period of the one fetch per queue.
+pub const STORE_MAX_WAIT: Duration = Duration::from_secs(5);
+
 /// PostgreSQL truncates identifiers (channel names included) to 63 bytes: a longer name
 /// would silently LISTEN on something else.
 pub const PG_IDENTIFIER_MAX: usize = 63;
@@ -20,6 +29,7 @@ const _: () = {
     assert!(CHANNEL_CONTROL.len() <= PG_IDENTIFIER_MAX);
     assert!(CHANNEL_HEALTH.len() <= PG_IDENTIFIER_MAX);
     assert!(CHANNEL_PING.len() <= PG_IDENTIFIER_MAX);
+    assert!(CHANNEL_STORE_WAKE.len() <= PG_IDENTIFIER_MAX);
 };
 
 /// Channel `toygres_cms.request_actor_restart()` also notifies (payload: the request id).

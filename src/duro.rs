@@ -35,6 +35,7 @@ use crate::config;
 use crate::conn::ConnConfig;
 use crate::identity::Term;
 use crate::sql;
+use crate::store::Store;
 
 /// What can go wrong in a lifecycle step.
 #[derive(Debug, thiserror::Error)]
@@ -89,13 +90,14 @@ pub fn store_url(config: &ConnConfig, async_commit: bool) -> Result<String, Duro
         .map_err(|e| DuroError::Db(crate::db::DbError::BadUrl(e.to_string())))
 }
 
-/// Open the store (duroxide-pg applies its own migrations here) and add our index.
+/// Open the store (duroxide-pg applies its own migrations here), add our indexes, the
+/// wake-up triggers and queue autovacuum settings, and wrap it ([`Store`]).
 pub async fn open_store(
     url: &str,
     schema: &str,
     async_commit: bool,
     cms: &PgPool,
-) -> Result<Arc<PostgresProvider>, DuroError> {
+) -> Result<Arc<Store>, DuroError> {
     let mut config =
         ConnConfig::parse(url).map_err(|e| crate::db::DbError::BadUrl(e.to_string()))?;
     if config.needs_preflight() {
@@ -114,16 +116,17 @@ pub async fn open_store(
         sql::DUROXIDE_INSTANCE_ID_INDEX,
         sql::DUROXIDE_QUEUE_INSTANCE_INDEX,
     ] {
-        sqlx::query(&sql::with_duroxide_schema(index, schema))
-            .execute(cms)
-            .await?;
+        let text = sql::with_duroxide_schema(index, schema);
+        sqlx::query(&text).execute(cms).await?;
     }
-    Ok(Arc::new(provider))
+    let wake = sql::with_duroxide_schema(sql::DUROXIDE_WAKE, schema);
+    sqlx::raw_sql(&wake).execute(cms).await?;
+    Ok(Arc::new(Store::new(Arc::new(provider), schema)))
 }
 
 /// Start the Duroxide runtime with the actor orchestration and its activity registered.
 pub async fn start_runtime(
-    store: Arc<PostgresProvider>,
+    store: Arc<Store>,
     deps: Arc<ActorDeps>,
     scheduler: Arc<crate::lease::Scheduler>,
     settings: &RuntimeSettings,
@@ -193,6 +196,8 @@ pub struct ActorSettings {
 pub struct ActorControl {
     pub pool: PgPool,
     pub client: Client,
+    /// The store the client uses: our own SQL enqueues wake its waiting fetches.
+    pub store: Arc<Store>,
     pub schema: String,
     pub settings: ActorSettings,
     /// When set (the service, not the CLI), a started actor is leased to this replica's
@@ -210,15 +215,11 @@ pub struct Transition {
 }
 
 impl ActorControl {
-    pub fn new(
-        pool: PgPool,
-        store: Arc<PostgresProvider>,
-        schema: &str,
-        settings: ActorSettings,
-    ) -> Self {
+    pub fn new(pool: PgPool, store: Arc<Store>, schema: &str, settings: ActorSettings) -> Self {
         Self {
             pool,
-            client: Client::new(store),
+            client: Client::new(store.clone()),
+            store,
             schema: schema.to_string(),
             settings,
             eager: None,
@@ -370,6 +371,7 @@ impl ActorControl {
         }
         self.enqueue(&mut tx, actor_id, &item).await?;
         tx.commit().await?;
+        self.store.enqueued_orchestrator_work();
         self.lease_eagerly(&input, actor_id);
         Ok(())
     }
@@ -464,6 +466,7 @@ impl ActorControl {
         }
         self.enqueue(&mut tx, &new_id, &item).await?;
         tx.commit().await?;
+        self.store.enqueued_orchestrator_work();
         self.lease_eagerly(&input, &new_id);
         Ok(Transition {
             old_actor_id: row.actor_id.clone(),
@@ -486,6 +489,7 @@ impl ActorControl {
         let mut tx = self.begin(fence).await?;
         self.enqueue(&mut tx, actor_id, &item).await?;
         tx.commit().await?;
+        self.store.enqueued_orchestrator_work();
         Ok(())
     }
 

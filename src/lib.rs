@@ -18,7 +18,9 @@
 //!    (coalescing per instance, bounded concurrency, retry with backoff).
 //! 3. **[`duro`]** — the Duroxide runtime on duroxide-pg, in schema `toygres_duroxide` of the
 //!    same database, and the start/cancel/restart primitives: the actor-id swap and the
-//!    start or cancel enqueue commit in one transaction with the term check.
+//!    start or cancel enqueue commit in one transaction with the term check. The runtime
+//!    and client use [`store`]: duroxide-pg behind a wrapper whose fetches wait for a
+//!    wake-up instead of polling, one in flight per queue.
 //! 4. **[`actor`]** — the instance actor orchestration, the durable owner of an instance:
 //!    record the owner of its probe lease → durable timer → continue-as-new every few
 //!    renewals; fenced by `instance_actor_orchestration_id`. Version 1 stays registered.
@@ -77,4 +79,5 @@ pub mod replica;
 pub mod service;
 pub mod settings;
 pub mod sql;
+pub mod store;
 pub mod verdict;

@@ -40,6 +40,9 @@ pub const LEADER_TERM: &str = "toygres_actors_leader_term";
 pub const HEALING_PAUSED: &str = "toygres_actors_healing_paused";
 pub const LAST_RESYNC: &str = "toygres_actors_last_resync_timestamp_seconds";
 pub const NOTIFY_ROUNDTRIP: &str = "toygres_actors_notify_roundtrip_seconds";
+pub const DUROXIDE_TURNS: &str = "toygres_actors_duroxide_turns_total";
+pub const DUROXIDE_FETCHES: &str = "toygres_actors_duroxide_fetches_total";
+pub const DUROXIDE_WAKEUPS: &str = "toygres_actors_duroxide_wakeups_total";
 
 /// Latency buckets (seconds) for the sub-millisecond-to-seconds histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -147,6 +150,18 @@ fn describe() {
         Unit::Seconds,
         "Unix time of the last completed full reconcile."
     );
+    describe_counter!(
+        DUROXIDE_TURNS,
+        "Duroxide turns acknowledged by this process, by queue (orchestrator: one orchestration turn; worker: one activity)."
+    );
+    describe_counter!(
+        DUROXIDE_FETCHES,
+        "Fetches from a Duroxide queue, by queue and result (item, empty, or skipped: another slot had just found the queue empty)."
+    );
+    describe_counter!(
+        DUROXIDE_WAKEUPS,
+        "Wake-ups of waiting Duroxide fetches, by queue and source (enqueue, ack, completion, abandon, notify, reconnect)."
+    );
     describe_histogram!(
         NOTIFY_ROUNDTRIP,
         Unit::Seconds,
@@ -245,10 +260,28 @@ pub fn notify_roundtrip(seconds: f64) {
     metrics::histogram!(NOTIFY_ROUNDTRIP).record(seconds);
 }
 
+/// A Duroxide turn acknowledged (`queue`: orchestrator or worker).
+pub fn store_turn(queue: &'static str) {
+    metrics::counter!(DUROXIDE_TURNS, "queue" => queue).increment(1);
+}
+
+/// A fetch from a Duroxide queue: `result` is item, empty or skipped.
+pub fn store_fetch(queue: &'static str, result: &'static str) {
+    metrics::counter!(DUROXIDE_FETCHES, "queue" => queue, "result" => result).increment(1);
+}
+
+/// A wake-up of the waiting fetches of a queue, by source.
+pub fn store_wakeup(queue: &'static str, source: &'static str) {
+    metrics::counter!(DUROXIDE_WAKEUPS, "queue" => queue, "source" => source).increment(1);
+}
+
 /// Zero every labelled counter we export, so the series exist before the first event
 /// (alerts on `rate()` and dashboards need them).
 pub fn initialise_series() {
     metrics::gauge!(HEALING_PAUSED).set(0.0);
+    for queue in ["orchestrator", "worker"] {
+        metrics::counter!(DUROXIDE_TURNS, "queue" => queue).increment(0);
+    }
     metrics::counter!(NOTIFICATIONS_UNKNOWN_TOTAL).increment(0);
     for why in ["instance", "fleet"] {
         metrics::counter!(RESTARTS_LIMITED_TOTAL, "why" => why).increment(0);

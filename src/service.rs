@@ -122,7 +122,7 @@ pub async fn start(
     .await;
     let control = ActorControl::new(
         pool.clone(),
-        store,
+        store.clone(),
         &global.duroxide_schema,
         ActorSettings {
             check_interval: args.check_interval,
@@ -168,6 +168,11 @@ pub async fn start(
         token.clone(),
     )));
     tasks.push(tokio::spawn(scheduler.clone().run(token.clone())));
+    tasks.push(tokio::spawn(crate::store::listen(
+        store,
+        pool.clone(),
+        token.clone(),
+    )));
     tasks.push(tokio::spawn(liveness.clone().run(token.clone())));
     tasks.push(tokio::spawn(sweep_probes(
         prober,

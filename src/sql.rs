@@ -27,6 +27,7 @@ sql! {
     DUROXIDE_EXTRA_INDEX => "duroxide_extra_index.sql",
     DUROXIDE_INSTANCE_ID_INDEX => "duroxide_instance_id_index.sql",
     DUROXIDE_QUEUE_INSTANCE_INDEX => "duroxide_queue_instance_index.sql",
+    DUROXIDE_WAKE => "duroxide_wake.sql",
     ENSURE_ACTORS_SCHEMA => "ensure_actors_schema.sql",
     ENQUEUE_ORCHESTRATOR_WORK => "enqueue_orchestrator_work.sql",
     FINISHED_ACTORS => "finished_actors.sql",

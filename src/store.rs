@@ -1,0 +1,611 @@
+//! The Duroxide store: duroxide-pg's provider behind a wrapper of ours that makes an idle
+//! dispatcher cheap and a busy one free of herding. Everything but the two fetches (and the
+//! wake-ups that enqueues and acks give) delegates to duroxide-pg, management included.
+//!
+//! **Waiting instead of polling.** duroxide-pg answers a fetch at once, work or not, and the
+//! runtime's dispatcher slots poll again every `--poll-interval`: an idle service spends a
+//! write transaction per slot per poll. Duroxide's provider contract lets a fetch wait up to
+//! the `poll_timeout` the runtime passes (30 s). Here, a fetch that finds nothing waits for a
+//! wake-up, then fetches again. Wake-ups come from
+//!
+//! - this process: an enqueue, the enqueues of an ack (worker items, orchestrator items),
+//!   an ack or abandon (an ack releases the instance lock, which may make queued messages of
+//!   that instance fetchable), a completion;
+//! - other processes (the CLI, other replicas, our own fenced SQL enqueues in `duro`): a
+//!   statement trigger on the queue tables (`sql/duroxide_wake.sql`) notifies
+//!   [`CHANNEL_STORE_WAKE`](crate::config::CHANNEL_STORE_WAKE) when a transaction inserted
+//!   visible work, and [`Store::listen`] turns the notification into a wake-up;
+//! - the clock: the due time of every delayed item enqueued here (durable timers, delayed
+//!   retries), with two follow-ups for clock skew.
+//!
+//! Whatever else makes work visible without a wake-up (another process's timer, a lock
+//! that expired because its holder died, a notification lost while the listener
+//! reconnects) waits at most [`MAX_WAIT`](crate::config::STORE_MAX_WAIT) (5 s): each lane
+//! fetches at least that often. That bound is the whole cost of a lost wake-up.
+//!
+//! **No herding.** duroxide-pg's orchestration fetch picks the head row without `SKIP
+//! LOCKED` and then blocks on an advisory lock, so concurrent fetches of one process queue
+//! up behind each other on the same row. Here one fetch per queue (a *lane*) is in flight
+//! per process; a waiting slot that gets the lane right after another slot's fetch found
+//! nothing, with no wake-up since that fetch began, does not fetch again but waits (a
+//! call's first fetch is never skipped: the contract's "what is there now" holds).
+//!
+//! Turns are counted on acks (an empty fetch is not a turn):
+//! `toygres_actors_duroxide_turns_total{queue}`; fetches by outcome and wake-ups by source
+//! are exported beside them (see [`crate::metrics`]).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use duroxide::Event;
+use duroxide::providers::{
+    DispatcherCapabilityFilter, ExecutionMetadata, OrchestrationItem, Provider, ProviderAdmin,
+    ProviderError, ScheduledActivityIdentifier, SessionFetchConfig, TagFilter, WorkItem,
+};
+use duroxide_pg::PostgresProvider;
+use tokio::sync::Notify;
+
+use crate::config;
+use crate::metrics;
+
+/// Follow-up fetches after a known due time, in case the database's idea of "visible" is a
+/// little behind ours (the fetch compares `visible_at` with the time we pass it, but a row
+/// written by a turn may carry a time computed a moment later).
+const DUE_FOLLOW_UPS: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
+/// Due times remembered per lane at most (beyond that, the bound covers them).
+const MAX_DUES: usize = 200_000;
+
+/// One queue's waiting room.
+struct Lane {
+    name: &'static str,
+    wake: Notify,
+    /// Held while a fetch is in flight: one per lane per process.
+    fetch: tokio::sync::Mutex<LastFetch>,
+    /// Bumped by every wake-up.
+    generation: std::sync::atomic::AtomicU64,
+    /// Known due times (and which follow-up each is).
+    dues: Mutex<BinaryHeap<Reverse<(Instant, u8)>>>,
+}
+
+/// What the lane's last fetch found.
+#[derive(Default)]
+struct LastFetch {
+    /// The wake-up generation and time at which the last fetch that found nothing began.
+    empty: Option<(u64, Instant)>,
+}
+
+impl Lane {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            wake: Notify::new(),
+            fetch: tokio::sync::Mutex::new(LastFetch::default()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            dues: Mutex::new(BinaryHeap::new()),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Work may be there: let waiting slots fetch.
+    fn wake(&self, source: &'static str) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_waiters();
+        metrics::store_wakeup(self.name, source);
+    }
+
+    /// Work becomes visible at `at` (a durable timer, a delayed retry).
+    fn due_at(&self, at: Instant) {
+        let mut dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
+        if dues.len() < MAX_DUES {
+            dues.push(Reverse((at, 0)));
+        }
+        drop(dues);
+        // A waiting slot must re-plan its wait around the new due time.
+        self.wake.notify_waiters();
+    }
+
+    fn peek_due(&self) -> Option<Instant> {
+        let dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
+        dues.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Whether a known due time has passed; if so it is taken (several at once need one
+    /// fetch, not one each) and its follow-up is scheduled.
+    fn take_due(&self, now: Instant) -> bool {
+        let mut dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(&Reverse((at, follow_up))) = dues.peek() else {
+            return false;
+        };
+        if at > now {
+            return false;
+        }
+        dues.pop();
+        while dues
+            .peek()
+            .is_some_and(|Reverse((t, f))| *t <= now && *f == 0)
+        {
+            dues.pop();
+        }
+        if let Some(after) = DUE_FOLLOW_UPS.get(follow_up as usize) {
+            dues.push(Reverse((at + *after, follow_up + 1)));
+        }
+        true
+    }
+}
+
+/// duroxide-pg's provider with waiting fetches, single-flight per queue and wake-ups.
+pub struct Store {
+    inner: Arc<PostgresProvider>,
+    schema: String,
+    orch: Lane,
+    work: Lane,
+    max_wait: Duration,
+    /// Fetches that reached duroxide-pg (both queues), for tests and the bench.
+    fetches: std::sync::atomic::AtomicU64,
+    /// Set by tests: wake-ups from this process's own enqueues and acks are dropped, as if
+    /// lost, so the bound on a lost wake-up can be measured.
+    drop_local_wakeups: std::sync::atomic::AtomicBool,
+}
+
+impl Store {
+    pub fn new(inner: Arc<PostgresProvider>, schema: &str) -> Self {
+        Self::with_max_wait(inner, schema, config::STORE_MAX_WAIT)
+    }
+
+    pub fn with_max_wait(inner: Arc<PostgresProvider>, schema: &str, max_wait: Duration) -> Self {
+        Self {
+            inner,
+            schema: schema.to_string(),
+            orch: Lane::new("orchestrator"),
+            work: Lane::new("worker"),
+            max_wait,
+            fetches: std::sync::atomic::AtomicU64::new(0),
+            drop_local_wakeups: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// duroxide-pg's provider itself (its management capability, its own methods).
+    pub fn inner(&self) -> &Arc<PostgresProvider> {
+        &self.inner
+    }
+
+    /// The longest a lane goes without fetching (the cost of a lost wake-up).
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// How many fetches reached duroxide-pg so far (both queues; skipped ones not counted).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tests: drop (or stop dropping) the wake-ups this process gives itself.
+    pub fn drop_local_wakeups(&self, on: bool) {
+        self.drop_local_wakeups
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn local_wake(&self, lane: &Lane, source: &'static str) {
+        if !self
+            .drop_local_wakeups
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            lane.wake(source);
+        }
+    }
+
+    /// Work was enqueued for the orchestrator queue by SQL of ours (a fenced transaction).
+    pub fn enqueued_orchestrator_work(&self) {
+        self.local_wake(&self.orch, "enqueue");
+    }
+
+    /// Wake both lanes (the listener reconnected: notifications may have been missed).
+    pub fn wake_all(&self, source: &'static str) {
+        self.orch.wake(source);
+        self.work.wake(source);
+    }
+
+    /// A notification on the wake channel: payload `<schema> orch|work`.
+    pub fn on_notification(&self, payload: &str) {
+        let Some((schema, queue)) = payload.split_once(' ') else {
+            return;
+        };
+        if schema != self.schema {
+            return;
+        }
+        match queue {
+            "orch" => self.orch.wake("notify"),
+            "work" => self.work.wake("notify"),
+            _ => {}
+        }
+    }
+
+    fn orchestrator_items(&self, items: &[WorkItem], source: &'static str) {
+        let mut wake = false;
+        for item in items {
+            match item {
+                WorkItem::TimerFired { fire_at_ms, .. } => match due_instant(*fire_at_ms) {
+                    Some(at) => self.orch.due_at(at),
+                    None => wake = true,
+                },
+                _ => wake = true,
+            }
+        }
+        if wake {
+            self.local_wake(&self.orch, source);
+        }
+    }
+
+    /// Fetch from `lane`, waiting up to `poll_timeout` for work when there is none.
+    async fn waiting_fetch<T, F, Fut>(
+        &self,
+        lane: &Lane,
+        poll_timeout: Duration,
+        fetch: F,
+    ) -> Result<Option<T>, ProviderError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, ProviderError>>,
+    {
+        let deadline = Instant::now() + poll_timeout;
+        // Every call fetches at least once (a caller that passes no timeout gets what is
+        // there now); after waiting, a due time that has passed forces a fetch too.
+        let mut first = true;
+        loop {
+            let force = lane.take_due(Instant::now()) || std::mem::take(&mut first);
+            // Registered before the fetch: a wake-up during the fetch is not lost.
+            let notified = lane.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let generation = lane.generation();
+            {
+                let mut last = lane.fetch.lock().await;
+                let fresh_empty = last.empty.is_some_and(|(g, at)| {
+                    g == generation
+                        && lane.generation() == generation
+                        && at.elapsed() < self.max_wait
+                });
+                if force || !fresh_empty {
+                    let started = Instant::now();
+                    self.fetches
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let found = fetch().await?;
+                    match found {
+                        Some(item) => {
+                            last.empty = None;
+                            metrics::store_fetch(lane.name, "item");
+                            return Ok(Some(item));
+                        }
+                        None => {
+                            last.empty = Some((generation, started));
+                            metrics::store_fetch(lane.name, "empty");
+                        }
+                    }
+                } else {
+                    metrics::store_fetch(lane.name, "skipped");
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            // Until a wake-up, the next due time, or the bound; after the bound, the fetch
+            // is skipped if another slot fetched (and found nothing) less than the bound ago.
+            let mut until = (now + self.max_wait).min(deadline);
+            if let Some(at) = lane.peek_due() {
+                until = until.min(at);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+    }
+}
+
+/// The `Instant` of a wall-clock time in milliseconds since the epoch (`None`: now or past).
+fn due_instant(at_ms: u64) -> Option<Instant> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    let ahead = at_ms.checked_sub(now_ms).filter(|ms| *ms > 0)?;
+    Some(Instant::now() + Duration::from_millis(ahead))
+}
+
+fn delay_instant(delay: Option<Duration>) -> Option<Instant> {
+    delay.filter(|d| !d.is_zero()).map(|d| Instant::now() + d)
+}
+
+#[async_trait::async_trait]
+impl Provider for Store {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn version(&self) -> &str {
+        self.inner.version()
+    }
+
+    async fn fetch_orchestration_item(
+        &self,
+        lock_timeout: Duration,
+        poll_timeout: Duration,
+        filter: Option<&DispatcherCapabilityFilter>,
+    ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
+        self.waiting_fetch(&self.orch, poll_timeout, || {
+            self.inner
+                .fetch_orchestration_item(lock_timeout, Duration::ZERO, filter)
+        })
+        .await
+    }
+
+    async fn ack_orchestration_item(
+        &self,
+        lock_token: &str,
+        execution_id: u64,
+        history_delta: Vec<Event>,
+        worker_items: Vec<WorkItem>,
+        orchestrator_items: Vec<WorkItem>,
+        metadata: ExecutionMetadata,
+        cancelled_activities: Vec<ScheduledActivityIdentifier>,
+    ) -> Result<(), ProviderError> {
+        let has_worker_items = !worker_items.is_empty();
+        let timers: Vec<WorkItem> = orchestrator_items
+            .iter()
+            .filter(|i| matches!(i, WorkItem::TimerFired { .. }))
+            .cloned()
+            .collect();
+        self.inner
+            .ack_orchestration_item(
+                lock_token,
+                execution_id,
+                history_delta,
+                worker_items,
+                orchestrator_items,
+                metadata,
+                cancelled_activities,
+            )
+            .await?;
+        metrics::store_turn("orchestrator");
+        if has_worker_items {
+            self.local_wake(&self.work, "ack");
+        }
+        self.orchestrator_items(&timers, "ack");
+        // The instance lock is released: messages that arrived for it meanwhile (and the
+        // items just enqueued) are fetchable now.
+        self.local_wake(&self.orch, "ack");
+        Ok(())
+    }
+
+    async fn abandon_orchestration_item(
+        &self,
+        lock_token: &str,
+        delay: Option<Duration>,
+        ignore_attempt: bool,
+    ) -> Result<(), ProviderError> {
+        self.inner
+            .abandon_orchestration_item(lock_token, delay, ignore_attempt)
+            .await?;
+        match delay_instant(delay) {
+            Some(at) => self.orch.due_at(at),
+            None => self.local_wake(&self.orch, "abandon"),
+        }
+        Ok(())
+    }
+
+    async fn read(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
+        self.inner.read(instance).await
+    }
+
+    async fn read_with_execution(
+        &self,
+        instance: &str,
+        execution_id: u64,
+    ) -> Result<Vec<Event>, ProviderError> {
+        self.inner.read_with_execution(instance, execution_id).await
+    }
+
+    async fn append_with_execution(
+        &self,
+        instance: &str,
+        execution_id: u64,
+        new_events: Vec<Event>,
+    ) -> Result<(), ProviderError> {
+        self.inner
+            .append_with_execution(instance, execution_id, new_events)
+            .await
+    }
+
+    async fn enqueue_for_worker(&self, item: WorkItem) -> Result<(), ProviderError> {
+        self.inner.enqueue_for_worker(item).await?;
+        self.local_wake(&self.work, "enqueue");
+        Ok(())
+    }
+
+    async fn fetch_work_item(
+        &self,
+        lock_timeout: Duration,
+        poll_timeout: Duration,
+        session: Option<&SessionFetchConfig>,
+        tag_filter: &TagFilter,
+    ) -> Result<Option<(WorkItem, String, u32)>, ProviderError> {
+        self.waiting_fetch(&self.work, poll_timeout, || {
+            self.inner
+                .fetch_work_item(lock_timeout, Duration::ZERO, session, tag_filter)
+        })
+        .await
+    }
+
+    async fn ack_work_item(
+        &self,
+        token: &str,
+        completion: Option<WorkItem>,
+    ) -> Result<(), ProviderError> {
+        let completes = completion.is_some();
+        self.inner.ack_work_item(token, completion).await?;
+        metrics::store_turn("worker");
+        if completes {
+            self.local_wake(&self.orch, "completion");
+        }
+        Ok(())
+    }
+
+    async fn renew_work_item_lock(
+        &self,
+        token: &str,
+        extend_for: Duration,
+    ) -> Result<(), ProviderError> {
+        self.inner.renew_work_item_lock(token, extend_for).await
+    }
+
+    async fn renew_session_lock(
+        &self,
+        owner_ids: &[&str],
+        extend_for: Duration,
+        idle_timeout: Duration,
+    ) -> Result<usize, ProviderError> {
+        self.inner
+            .renew_session_lock(owner_ids, extend_for, idle_timeout)
+            .await
+    }
+
+    async fn cleanup_orphaned_sessions(
+        &self,
+        idle_timeout: Duration,
+    ) -> Result<usize, ProviderError> {
+        self.inner.cleanup_orphaned_sessions(idle_timeout).await
+    }
+
+    async fn abandon_work_item(
+        &self,
+        token: &str,
+        delay: Option<Duration>,
+        ignore_attempt: bool,
+    ) -> Result<(), ProviderError> {
+        self.inner
+            .abandon_work_item(token, delay, ignore_attempt)
+            .await?;
+        match delay_instant(delay) {
+            Some(at) => self.work.due_at(at),
+            None => self.local_wake(&self.work, "abandon"),
+        }
+        Ok(())
+    }
+
+    async fn renew_orchestration_item_lock(
+        &self,
+        token: &str,
+        extend_for: Duration,
+    ) -> Result<(), ProviderError> {
+        self.inner
+            .renew_orchestration_item_lock(token, extend_for)
+            .await
+    }
+
+    async fn enqueue_for_orchestrator(
+        &self,
+        item: WorkItem,
+        delay: Option<Duration>,
+    ) -> Result<(), ProviderError> {
+        let due = match &item {
+            WorkItem::TimerFired { fire_at_ms, .. } => due_instant(*fire_at_ms),
+            _ => None,
+        }
+        .max(delay_instant(delay));
+        self.inner.enqueue_for_orchestrator(item, delay).await?;
+        match due {
+            Some(at) => self.orch.due_at(at),
+            None => self.local_wake(&self.orch, "enqueue"),
+        }
+        Ok(())
+    }
+
+    fn as_management_capability(&self) -> Option<&dyn ProviderAdmin> {
+        self.inner.as_management_capability()
+    }
+
+    async fn get_custom_status(
+        &self,
+        instance: &str,
+        last_seen_version: u64,
+    ) -> Result<Option<(Option<String>, u64)>, ProviderError> {
+        self.inner
+            .get_custom_status(instance, last_seen_version)
+            .await
+    }
+
+    async fn get_kv_value(
+        &self,
+        instance: &str,
+        key: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        self.inner.get_kv_value(instance, key).await
+    }
+
+    async fn get_kv_all_values(
+        &self,
+        instance: &str,
+    ) -> Result<std::collections::HashMap<String, String>, ProviderError> {
+        self.inner.get_kv_all_values(instance).await
+    }
+
+    async fn get_instance_stats(
+        &self,
+        instance: &str,
+    ) -> Result<Option<duroxide::SystemStats>, ProviderError> {
+        self.inner.get_instance_stats(instance).await
+    }
+}
+
+/// LISTEN for wake-ups from other processes until `cancel`; every (re)connect wakes both
+/// lanes (what was notified while we were away is not lost, only late).
+pub async fn listen(
+    store: Arc<Store>,
+    pool: sqlx::PgPool,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut delay = config::RECONNECT_MIN_DELAY;
+    while !cancel.is_cancelled() {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener: connect failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(config::RECONNECT_MAX_DELAY);
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(config::CHANNEL_STORE_WAKE).await {
+            tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener: LISTEN failed");
+            continue;
+        }
+        delay = config::RECONNECT_MIN_DELAY;
+        store.wake_all("reconnect");
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return,
+                n = listener.try_recv() => n,
+            };
+            match next {
+                Ok(Some(n)) => store.on_notification(n.payload()),
+                // The connection was lost: notifications may have been missed.
+                Ok(None) => store.wake_all("reconnect"),
+                Err(e) => {
+                    tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener lost its connection");
+                    break;
+                }
+            }
+        }
+    }
+}
