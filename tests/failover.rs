@@ -126,13 +126,19 @@ async fn db_now(db: &TestDb) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Checks since `from` that were not healthy (must be none: the targets answer).
-async fn not_healthy_since(db: &TestDb, from: chrono::DateTime<chrono::Utc>) -> i64 {
+/// Check rows written since `from` that are not `healthy`, one line each (instance, status,
+/// error, writer, time), so a failure says which replica wrote what.
+async fn not_healthy_since(db: &TestDb, from: chrono::DateTime<chrono::Utc>) -> Vec<String> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM toygres_cms.instance_health_checks
-          WHERE checked_at >= $1 AND status::text <> 'healthy'",
+        "SELECT format('%s %s %s by %s/%s at %s', i.k8s_name, h.status, coalesce(h.error_message, '-'),
+                       coalesce(h.replica, '?'), coalesce(h.replica_epoch::text, '?'), h.checked_at)
+           FROM toygres_cms.instance_health_checks h
+           JOIN toygres_cms.instances i ON i.id = h.instance_id
+          WHERE h.checked_at >= $1 AND h.status::text <> 'healthy'
+          ORDER BY h.checked_at",
     )
     .bind(from)
-    .fetch_one(&db.pool)
+    .fetch_all(&db.pool)
     .await
     .unwrap()
 }
@@ -220,10 +226,10 @@ async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
         gap,
         60.0,
     );
-    assert_eq!(
-        not_healthy_since(&db, from).await,
-        0,
-        "every check counted is healthy"
+    let not_healthy = not_healthy_since(&db, from).await;
+    assert!(
+        not_healthy.is_empty(),
+        "checks that were not healthy: {not_healthy:#?}"
     );
     assert_eq!(doubled(&db).await, 0);
     // No gap above 2x the interval anywhere: nothing lost.
@@ -394,7 +400,11 @@ async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     );
     eprintln!("frozen leader: max gap {gap:.1} s ({worst})");
     assert!(gap <= 60.0, "{worst} went {gap:.1} s without a check");
-    assert_eq!(not_healthy_since(&db, from).await, 0);
+    let not_healthy = not_healthy_since(&db, from).await;
+    assert!(
+        not_healthy.is_empty(),
+        "checks that were not healthy: {not_healthy:#?}"
+    );
     support::append_reliability_row(&format!(
         "| leader SIGSTOP (2 replicas, 100 instances) | 1 | 0 | 0 | new row's actor live after {:.1} s (bound 20 s); max gap {gap:.1} s | production timers; no write under the old epoch, no start/cancel from the old term |",
         took.as_secs_f64()
@@ -537,7 +547,11 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
     );
     assert_fenced(&db, "cut-p", old_epoch, lost_at, cut_at).await;
     assert!(gap <= 60.0, "{worst} went {gap:.1} s without a check");
-    assert_eq!(not_healthy_since(&db, from).await, 0);
+    let not_healthy = not_healthy_since(&db, from).await;
+    assert!(
+        not_healthy.is_empty(),
+        "checks that were not healthy: {not_healthy:#?}"
+    );
     support::append_reliability_row(&format!(
         "| leader partition (TCP proxy holds sockets open; 2 replicas, 100 instances) | 1 | 0 | 0 | new row's actor live after {:.1} s (bound 20 s); max gap {gap:.1} s | production timers; no write under the old epoch, no start/cancel from the old term |",
         took.as_secs_f64()

@@ -145,12 +145,15 @@ pub async fn running_current(pool: &PgPool) -> Result<i64> {
 }
 
 /// Rows whose current actor (`instance_actor_orchestration_id`) runs in a Duroxide schema.
+/// An actor between two executions (continue-as-new: the old one closed as
+/// `ContinuedAsNew`, the next one queued) is running: counting only `Running` misses the
+/// actors caught mid-turn at the instant of the count.
 pub async fn running_current_in(pool: &PgPool, schema: &str) -> Result<i64> {
     Ok(sqlx::query_scalar(&format!(
         "SELECT count(*) FROM toygres_cms.instances c
            JOIN {schema}.instances i ON i.instance_id = c.instance_actor_orchestration_id
            JOIN {schema}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
-          WHERE e.status = 'Running'"
+          WHERE e.status IN ('Running', 'ContinuedAsNew')"
     ))
     .fetch_one(pool)
     .await?)
