@@ -200,9 +200,13 @@ pub async fn lease(
     };
     let me = (scheduler.id().name(), scheduler.id().epoch());
     let owner_ttl = Duration::from_millis(input.lease_ms);
-    let holder = cms::lease_for_actor(&deps.pool, id, actor_id, me, owner_ttl, false)
+    let renew_every = owner_ttl / LEASE_OVERLAP;
+    let (holder, lag) = cms::renew_lease(&deps.pool, id, actor_id, me, owner_ttl, renew_every)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(lag) = lag {
+        crate::metrics::lease_renewal_lag(lag);
+    }
     let Some(holder) = holder else {
         return actor_exits(
             deps,

@@ -189,6 +189,33 @@ pub async fn lease_for_actor(
     })
 }
 
+/// The actor's own renewal: [`lease_for_actor`] (never taking a live holder's lease) plus
+/// how late the renewal ran against its due time (`renew_every` after the previous one;
+/// `None` on an actor's first renewal).
+pub async fn renew_lease(
+    pool: &PgPool,
+    instance: Uuid,
+    actor_id: &str,
+    me: (&str, i64),
+    owner_ttl: std::time::Duration,
+    renew_every: std::time::Duration,
+) -> Result<(Option<LeaseHolder>, Option<f64>), DbError> {
+    let row: (Option<String>, Option<i64>, Option<f64>) = sqlx::query_as(sql::RENEW_LEASE)
+        .bind(instance)
+        .bind(actor_id)
+        .bind(me.0)
+        .bind(me.1)
+        .bind(owner_ttl.as_secs_f64())
+        .bind(false)
+        .bind(renew_every.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+    Ok(match row {
+        (Some(name), Some(epoch), lag) => (Some(LeaseHolder { name, epoch }), lag),
+        _ => (None, None),
+    })
+}
+
 /// Drop the probe lease row of `instance` if it still names `actor_id` (the actor exited).
 pub async fn release_lease(pool: &PgPool, instance: Uuid, actor_id: &str) -> Result<(), DbError> {
     sqlx::query(sql::RELEASE_LEASE)

@@ -40,6 +40,7 @@ pub const LEADER_TERM: &str = "toygres_actors_leader_term";
 pub const HEALING_PAUSED: &str = "toygres_actors_healing_paused";
 pub const LAST_RESYNC: &str = "toygres_actors_last_resync_timestamp_seconds";
 pub const NOTIFY_ROUNDTRIP: &str = "toygres_actors_notify_roundtrip_seconds";
+pub const LEASE_RENEWAL_LAG: &str = "toygres_actors_lease_renewal_lag_seconds";
 pub const DUROXIDE_TURNS: &str = "toygres_actors_duroxide_turns_total";
 pub const DUROXIDE_FETCHES: &str = "toygres_actors_duroxide_fetches_total";
 pub const DUROXIDE_WAKEUPS: &str = "toygres_actors_duroxide_wakeups_total";
@@ -47,6 +48,12 @@ pub const DUROXIDE_WAKEUPS: &str = "toygres_actors_duroxide_wakeups_total";
 /// Latency buckets (seconds) for the sub-millisecond-to-seconds histograms.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// Renewal lag buckets (seconds): on time is under a second; the lease overlap gives an
+/// actor 2 renewal periods (8 min by default) of lag before its owner record expires.
+const LAG_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0,
 ];
 
 /// Install the global recorder (once per process; later calls reuse it).
@@ -58,6 +65,9 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Prefix("duroxide_".into()), LATENCY_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(LEASE_RENEWAL_LAG.into()), LAG_BUCKETS)
                 })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
@@ -149,6 +159,11 @@ fn describe() {
         LAST_RESYNC,
         Unit::Seconds,
         "Unix time of the last completed full reconcile."
+    );
+    describe_histogram!(
+        LEASE_RENEWAL_LAG,
+        Unit::Seconds,
+        "How late an actor's probe-lease renewal ran against its due time (the previous renewal + the renewal period), from database timestamps; negative lags count as 0."
     );
     describe_counter!(
         DUROXIDE_TURNS,
@@ -260,6 +275,13 @@ pub fn notify_roundtrip(seconds: f64) {
     metrics::histogram!(NOTIFY_ROUNDTRIP).record(seconds);
 }
 
+/// How late a lease renewal ran (seconds; early counts as 0).
+pub fn lease_renewal_lag(seconds: f64) {
+    if seconds.is_finite() {
+        metrics::histogram!(LEASE_RENEWAL_LAG).record(seconds.max(0.0));
+    }
+}
+
 /// A Duroxide turn acknowledged (`queue`: orchestrator or worker).
 pub fn store_turn(queue: &'static str) {
     metrics::counter!(DUROXIDE_TURNS, "queue" => queue).increment(1);
@@ -340,7 +362,12 @@ pub struct FleetGauges {
     per_instance: bool,
     /// The check interval, for the overdue and lagging counts.
     interval: f64,
+    /// The actors' lease renewal period, for the turn demand (0: not exported).
+    renew: f64,
 }
+
+/// Orchestration turns per lease renewal: the lease activity's completion and the timer's.
+pub const TURNS_PER_RENEWAL: f64 = 2.0;
 
 fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -354,7 +381,14 @@ impl FleetGauges {
             inner: Arc::default(),
             per_instance,
             interval: check_interval.as_secs_f64(),
+            renew: 0.0,
         }
+    }
+
+    /// Export the fleet's turn demand for actors renewing every `renew`.
+    pub fn with_lease_renew(mut self, renew: Duration) -> Self {
+        self.renew = renew.as_secs_f64();
+        self
     }
 
     pub fn set(&self, entries: Vec<FleetEntry>) {
@@ -381,6 +415,16 @@ impl FleetGauges {
             .collect();
         let oldest = ages.iter().copied().fold(0.0, f64::max);
         let over = |factor: f64| ages.iter().filter(|a| **a > factor * self.interval).count();
+        if self.renew > 0.0 {
+            // Every instance that should be checked has an actor renewing its lease.
+            let demand = ages.len() as f64 / self.renew * TURNS_PER_RENEWAL;
+            out.push_str("# HELP toygres_actors_duroxide_turn_demand_per_second Orchestration turns per second the fleet's actors need (instances that should be checked / lease renewal period x 2); compare with rate(toygres_actors_duroxide_turns_total{queue=\"orchestrator\"}) summed over replicas.\n");
+            out.push_str("# TYPE toygres_actors_duroxide_turn_demand_per_second gauge\n");
+            let _ = writeln!(
+                out,
+                "toygres_actors_duroxide_turn_demand_per_second {demand:.3}"
+            );
+        }
         out.push_str("# HELP toygres_actors_check_interval_seconds The configured time between two checks of an instance.\n");
         out.push_str("# TYPE toygres_actors_check_interval_seconds gauge\n");
         let _ = writeln!(

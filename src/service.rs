@@ -160,7 +160,8 @@ pub async fn start(
     let lead_stop = CancellationToken::new();
     let mut tasks = Vec::new();
     let mut lead_tasks = Vec::new();
-    let fleet = FleetGauges::new(args.per_instance_metrics, args.check_interval);
+    let fleet = FleetGauges::new(args.per_instance_metrics, args.check_interval)
+        .with_lease_renew(args.lease_renew_interval);
     tasks.push(tokio::spawn(poll_fleet(
         reconciler.clone(),
         fleet.clone(),

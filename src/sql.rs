@@ -40,6 +40,7 @@ sql! {
     LEADER_RESIGN => "leader_resign.sql",
     LEADER_TICK => "leader_tick.sql",
     LEASE_FOR_ACTOR => "lease_for_actor.sql",
+    RENEW_LEASE => "renew_lease.sql",
     LISTEN => "listen.sql",
     LISTEN_CONTROL => "listen_control.sql",
     LIVE_ACTORS => "live_actors.sql",

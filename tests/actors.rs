@@ -366,3 +366,35 @@ async fn actors_survive_a_service_crash_and_resume_with_the_same_id() {
     );
     assert_eq!(db.live_actors("pg-durable").await, vec![actor]);
 }
+
+/// Every renewal of an actor's probe lease records when it ran and how late it was against
+/// its due time (the previous renewal + the renewal period), from database timestamps.
+#[tokio::test]
+async fn lease_renewals_record_their_lag_from_database_timestamps() {
+    let db = TestDb::new().await;
+    // Stack: renewals every 500 ms.
+    let stack = Stack::start(&db, Duration::from_millis(200), 1).await;
+    db.insert_instance("pg-lag", "running", Some(&support::reachable_target()))
+        .await;
+    let row = stack.row("pg-lag").await;
+    stack
+        .control
+        .replace(&row, "test start", None)
+        .await
+        .unwrap();
+    let lag: f64 = wait_until("a renewal with a lag", T, || async {
+        sqlx::query_scalar::<_, Option<f64>>(
+            "SELECT l.renewal_lag_seconds FROM toygres_actors.probe_leases l
+               JOIN toygres_cms.instances i ON i.id = l.instance_id
+              WHERE i.k8s_name = 'pg-lag' AND l.renewed_at IS NOT NULL",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .ok()
+        .flatten()
+        .flatten()
+    })
+    .await;
+    // On time on an idle machine: well under the renewal period itself.
+    assert!(lag > -0.5 && lag < 2.0, "renewal lag {lag} s");
+}

@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 
 const INSTALL_HINT: &str = "install Debian package `prometheus` (apt-get install -y prometheus)";
 
-const ALERTS: [&str; 9] = [
+const ALERTS: [&str; 10] = [
     "ToygresActorStale",
     "ToygresActorMissing",
     "ToygresActorZombie",
@@ -28,6 +28,7 @@ const ALERTS: [&str; 9] = [
     "ToygresActorsNoLeader",
     "ToygresChecksLagging",
     "ToygresActorsHealingPaused",
+    "ToygresActorsRenewalsLate",
 ];
 
 /// The crate root. Cargo always sets `CARGO_MANIFEST_DIR`; a standalone

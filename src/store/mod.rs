@@ -14,7 +14,7 @@
 //! - other processes (the CLI, other replicas, our own fenced SQL enqueues in `duro`): a
 //!   statement trigger on the queue tables (`sql/duroxide_wake.sql`) notifies
 //!   [`CHANNEL_STORE_WAKE`](crate::config::CHANNEL_STORE_WAKE) when a transaction inserted
-//!   visible work, and [`Store::listen`] turns the notification into a wake-up;
+//!   visible work, and [`listen`] turns the notification into a wake-up;
 //! - the clock: the due time of every delayed item enqueued here (durable timers, delayed
 //!   retries), with two follow-ups for clock skew.
 //!
@@ -34,10 +34,7 @@
 //! `toygres_actors_duroxide_turns_total{queue}`; fetches by outcome and wake-ups by source
 //! are exported beside them (see [`crate::metrics`]).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use duroxide::Event;
@@ -46,99 +43,15 @@ use duroxide::providers::{
     ProviderError, ScheduledActivityIdentifier, SessionFetchConfig, TagFilter, WorkItem,
 };
 use duroxide_pg::PostgresProvider;
-use tokio::sync::Notify;
 
 use crate::config;
 use crate::metrics;
 
-/// Follow-up fetches after a known due time, in case the database's idea of "visible" is a
-/// little behind ours (the fetch compares `visible_at` with the time we pass it, but a row
-/// written by a turn may carry a time computed a moment later).
-const DUE_FOLLOW_UPS: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
-/// Due times remembered per lane at most (beyond that, the bound covers them).
-const MAX_DUES: usize = 200_000;
+mod lane;
+mod listen;
 
-/// One queue's waiting room.
-struct Lane {
-    name: &'static str,
-    wake: Notify,
-    /// Held while a fetch is in flight: one per lane per process.
-    fetch: tokio::sync::Mutex<LastFetch>,
-    /// Bumped by every wake-up.
-    generation: std::sync::atomic::AtomicU64,
-    /// Known due times (and which follow-up each is).
-    dues: Mutex<BinaryHeap<Reverse<(Instant, u8)>>>,
-}
-
-/// What the lane's last fetch found.
-#[derive(Default)]
-struct LastFetch {
-    /// The wake-up generation and time at which the last fetch that found nothing began.
-    empty: Option<(u64, Instant)>,
-}
-
-impl Lane {
-    fn new(name: &'static str) -> Self {
-        Self {
-            name,
-            wake: Notify::new(),
-            fetch: tokio::sync::Mutex::new(LastFetch::default()),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            dues: Mutex::new(BinaryHeap::new()),
-        }
-    }
-
-    fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Work may be there: let waiting slots fetch.
-    fn wake(&self, source: &'static str) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.wake.notify_waiters();
-        metrics::store_wakeup(self.name, source);
-    }
-
-    /// Work becomes visible at `at` (a durable timer, a delayed retry).
-    fn due_at(&self, at: Instant) {
-        let mut dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
-        if dues.len() < MAX_DUES {
-            dues.push(Reverse((at, 0)));
-        }
-        drop(dues);
-        // A waiting slot must re-plan its wait around the new due time.
-        self.wake.notify_waiters();
-    }
-
-    fn peek_due(&self) -> Option<Instant> {
-        let dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
-        dues.peek().map(|Reverse((at, _))| *at)
-    }
-
-    /// Whether a known due time has passed; if so it is taken (several at once need one
-    /// fetch, not one each) and its follow-up is scheduled.
-    fn take_due(&self, now: Instant) -> bool {
-        let mut dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(&Reverse((at, follow_up))) = dues.peek() else {
-            return false;
-        };
-        if at > now {
-            return false;
-        }
-        dues.pop();
-        while dues
-            .peek()
-            .is_some_and(|Reverse((t, f))| *t <= now && *f == 0)
-        {
-            dues.pop();
-        }
-        if let Some(after) = DUE_FOLLOW_UPS.get(follow_up as usize) {
-            dues.push(Reverse((at + *after, follow_up + 1)));
-        }
-        true
-    }
-}
+use lane::Lane;
+pub use listen::listen;
 
 /// duroxide-pg's provider with waiting fetches, single-flight per queue and wake-ups.
 pub struct Store {
@@ -562,50 +475,5 @@ impl Provider for Store {
         instance: &str,
     ) -> Result<Option<duroxide::SystemStats>, ProviderError> {
         self.inner.get_instance_stats(instance).await
-    }
-}
-
-/// LISTEN for wake-ups from other processes until `cancel`; every (re)connect wakes both
-/// lanes (what was notified while we were away is not lost, only late).
-pub async fn listen(
-    store: Arc<Store>,
-    pool: sqlx::PgPool,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let mut delay = config::RECONNECT_MIN_DELAY;
-    while !cancel.is_cancelled() {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener: connect failed");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(config::RECONNECT_MAX_DELAY);
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(config::CHANNEL_STORE_WAKE).await {
-            tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener: LISTEN failed");
-            continue;
-        }
-        delay = config::RECONNECT_MIN_DELAY;
-        store.wake_all("reconnect");
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => return,
-                n = listener.try_recv() => n,
-            };
-            match next {
-                Ok(Some(n)) => store.on_notification(n.payload()),
-                // The connection was lost: notifications may have been missed.
-                Ok(None) => store.wake_all("reconnect"),
-                Err(e) => {
-                    tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener lost its connection");
-                    break;
-                }
-            }
-        }
     }
 }
