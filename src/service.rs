@@ -76,6 +76,7 @@ pub async fn start(
     )
     .await?;
 
+    store.set_waiting(args.duroxide_wait);
     match duro::count_v1_actors(&pool, &global.duroxide_schema).await {
         Ok(n) => {
             metrics::actors_v1_running(n);

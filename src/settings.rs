@@ -153,6 +153,10 @@ pub struct RunArgs {
     /// Duroxide activity worker slots.
     #[arg(long, env = "TOYGRES_ACTORS_WORKER_CONCURRENCY", default_value_t = 2)]
     pub worker_concurrency: usize,
+    /// Duroxide fetches wait for a wake-up instead of polling (`off`: duroxide-pg's own
+    /// behaviour, an immediate answer and a poll every --poll-interval; for comparisons).
+    #[arg(long, env = "TOYGRES_ACTORS_DUROXIDE_WAIT", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub duroxide_wait: bool,
     /// Duroxide dispatcher idle poll interval.
     #[arg(long, env = "TOYGRES_ACTORS_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub poll_interval: Duration,

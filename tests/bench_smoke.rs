@@ -53,6 +53,21 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
     c.ordered("latency.poll_tradeoff.0.first_probe", 0.0, 10.0);
     c.cpu("latency.poll_tradeoff.0.idle_cpu", false);
 
+    // Idle: 5 actors; machine-level CPU over PostgreSQL alone, waiting and polling.
+    c.eq("idle.actors", 5);
+    c.between("idle.baseline_pct", -0.001, 200.0);
+    for run in ["waiting", "polling"] {
+        c.between(&format!("idle.{run}.machine_pct"), -0.001, 200.0);
+        c.between(&format!("idle.{run}.added_pct"), -200.0, 200.0);
+        c.cpu(&format!("idle.{run}.cpu"), false);
+        c.between(&format!("idle.{run}.fetches_per_s"), -0.001, 10_000.0);
+    }
+    // Polling fetches every 250 ms per dispatcher slot; waiting fetches about every 5 s.
+    assert!(
+        c.num("idle.polling.fetches_per_s") > c.num("idle.waiting.fetches_per_s"),
+        "waiting fetches must be fewer than polling ones\n{stdout}"
+    );
+
     // Burst: 200 in one transaction; all ran, all were checked, all went away.
     c.eq("burst.instances", 200);
     c.eq("burst.actors_running", 200);
@@ -96,13 +111,21 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
 
     // The tables print those figures, one per row, nothing left unmeasured.
     let rows = table_rows(&stdout);
-    for section in ["### Latency", "### Burst", "### Capacity", "### Recovery"] {
+    for section in [
+        "### Latency",
+        "### Idle",
+        "### Burst",
+        "### Capacity",
+        "### Recovery",
+    ] {
         assert!(stdout.contains(section), "missing {section}:\n{stdout}");
     }
     for figure in [
         "commit → first probe started, p50",
         "commit → Duroxide call done",
         "idle CPU",
+        "machine, PostgreSQL alone",
+        "toygres-actors (fetches wait for wake-ups): added over the baseline",
         "commit → all 200 actors running",
         "toygres-actors, 40 actors: staleness p50 / p99 / max",
         "naive loop, 20 actors: staleness p50 / p99 / max",

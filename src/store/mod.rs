@@ -60,6 +60,8 @@ pub struct Store {
     orch: Lane,
     work: Lane,
     max_wait: Duration,
+    /// Off: fetches pass straight through (duroxide-pg's own polling; `--duroxide-wait off`).
+    waiting: std::sync::atomic::AtomicBool,
     /// Fetches that reached duroxide-pg (both queues), for tests and the bench.
     fetches: std::sync::atomic::AtomicU64,
     /// Set by tests: wake-ups from this process's own enqueues and acks are dropped, as if
@@ -79,6 +81,7 @@ impl Store {
             orch: Lane::new("orchestrator"),
             work: Lane::new("worker"),
             max_wait,
+            waiting: std::sync::atomic::AtomicBool::new(true),
             fetches: std::sync::atomic::AtomicU64::new(0),
             drop_local_wakeups: std::sync::atomic::AtomicBool::new(false),
         }
@@ -92,6 +95,11 @@ impl Store {
     /// The longest a lane goes without fetching (the cost of a lost wake-up).
     pub fn max_wait(&self) -> Duration {
         self.max_wait
+    }
+
+    /// Wait for wake-ups (the default), or pass fetches straight through to duroxide-pg.
+    pub fn set_waiting(&self, on: bool) {
+        self.waiting.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How many fetches reached duroxide-pg so far (both queues; skipped ones not counted).
@@ -167,6 +175,13 @@ impl Store {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, ProviderError>>,
     {
+        if !self.waiting.load(std::sync::atomic::Ordering::Relaxed) {
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let found = fetch().await?;
+            metrics::store_fetch(lane.name, if found.is_some() { "item" } else { "empty" });
+            return Ok(found);
+        }
         let deadline = Instant::now() + poll_timeout;
         // Every call fetches at least once (a caller that passes no timeout gets what is
         // there now); after waiting, a due time that has passed forces a fetch too.

@@ -3,6 +3,7 @@
 //!
 //!     cargo build --release --bins
 //!     target/release/bench latency    # commit → first probe / first health row; idle CPU; poll trade-off
+//!     target/release/bench idle       # 100 idle actors: machine-level CPU over PostgreSQL alone; vs polling
 //!     target/release/bench burst      # 10,000 inserts in one transaction → all running and checked; then deleted
 //!     target/release/bench capacity   # N actors at 30 s: staleness p50/p99, CPU; the naive Duroxide loop as baseline
 //!     target/release/bench recovery   # listener cut for 60 s while 1,000 rows change; stale → healed
@@ -16,12 +17,13 @@
 //! (utime+stime) for the service and for every PostgreSQL process of the cluster.
 //!
 //! The rooms: [`harness`] (what every scenario shares), one module per scenario —
-//! [`latency`], [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`] — and
+//! [`latency`], [`idle`], [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`] — and
 //! [`smoke`] (all of them at a tiny size, plus a JSON summary for the test suite).
 
 mod burst;
 mod capacity;
 mod harness;
+mod idle;
 mod latency;
 mod naive;
 mod recovery;
@@ -56,6 +58,16 @@ enum Scenario {
         poll_intervals: Vec<String>,
         #[arg(long, default_value = "30s")]
         idle_window: String,
+    },
+    /// N idle actors at default settings: machine-level CPU over PostgreSQL alone, and the
+    /// same with duroxide-pg's own polling.
+    Idle {
+        #[arg(long, default_value_t = 100)]
+        actors: usize,
+        #[arg(long, default_value = "120s")]
+        window: String,
+        #[arg(long, default_value = "60s")]
+        warmup: String,
     },
     /// N instances inserted in one transaction → all actors running and checked; then deleted.
     Burst {
@@ -107,6 +119,13 @@ fn main() -> Result<()> {
                 poll_intervals,
                 idle_window,
             } => latency::run(inserts, &poll_intervals, dur(&idle_window)?)
+                .await
+                .map(drop),
+            Scenario::Idle {
+                actors,
+                window,
+                warmup,
+            } => idle::run(actors, dur(&window)?, dur(&warmup)?)
                 .await
                 .map(drop),
             Scenario::Burst { instances } => burst::run(instances).await.map(drop),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{burst, capacity, latency, recovery};
+use crate::{burst, capacity, idle, latency, recovery};
 
 /// Starts the JSON summary line.
 pub const SUMMARY_PREFIX: &str = "bench-smoke-summary: ";
@@ -15,6 +15,7 @@ pub const SUMMARY_PREFIX: &str = "bench-smoke-summary: ";
 #[derive(Serialize)]
 struct Summary {
     latency: latency::Report,
+    idle: idle::Report,
     burst: burst::Report,
     capacity: capacity::Report,
     recovery: recovery::Report,
@@ -23,6 +24,7 @@ struct Summary {
 pub async fn run() -> Result<()> {
     let summary = Summary {
         latency: latency::run(20, &["50ms".into()], Duration::from_secs(2)).await?,
+        idle: idle::run(5, Duration::from_secs(2), Duration::from_secs(1)).await?,
         burst: burst::run(200).await?,
         capacity: capacity::run(40, Duration::from_secs(2), Duration::from_secs(8), 20, "").await?,
         recovery: recovery::run(40, Duration::from_secs(3)).await?,
