@@ -35,6 +35,20 @@ fn target_url() -> String {
     targets().url("postgres")
 }
 
+/// Probe connections a replica keeps open here. The four tests of this binary run at once and
+/// every instance probes the one target cluster: with the default (1,024 per replica) the
+/// 1,000-instance fleet's kept connections, while a restarted replica's backends linger, can
+/// exhaust the cluster's 1,500 and a probe is then refused ("too many clients"), which is
+/// recorded, rightly, as unhealthy. Not a timer: the faults tested here do not depend on it.
+const KEEP_CONNECTIONS: &str = "200";
+
+/// A replica at production settings (every timer at its default).
+async fn replica(url: &str, extra: &[&str]) -> ServiceProc {
+    let mut args = vec!["--probe-keep-connections", KEEP_CONNECTIONS];
+    args.extend_from_slice(extra);
+    ServiceProc::start_production(url, &args).await
+}
+
 /// Insert `n` running instances spread over one check interval (a batch a second), so their
 /// checks are spread over the interval as in a real fleet: whenever a fault hits, some
 /// instance is just about due.
@@ -173,8 +187,8 @@ fn row(fault: &str, trials: usize, max_gap: f64, bound: f64) {
 async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
     let db = TestDb::new().await;
     const N: i64 = 1000;
-    let mut a = ServiceProc::start_production(&db.url, &["--replica", "replica-a"]).await;
-    let mut b = ServiceProc::start_production(&db.url, &["--replica", "replica-b"]).await;
+    let mut a = replica(&db.url, &["--replica", "replica-a"]).await;
+    let mut b = replica(&db.url, &["--replica", "replica-b"]).await;
     insert_fleet(&db, "pg-f", N).await;
     // Balanced first: each of the two holds 40–60 % (asserted by wait_balanced).
     let shares = wait_balanced(&db, 2, N).await;
@@ -186,10 +200,10 @@ async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
     // Rolling restart: every replica stopped (SIGTERM) and replaced under a new name.
     let t0 = Instant::now();
     assert!(a.stop().success(), "replica-a exited uncleanly");
-    let c = ServiceProc::start_production(&db.url, &["--replica", "replica-c"]).await;
+    let c = replica(&db.url, &["--replica", "replica-c"]).await;
     wait_balanced(&db, 2, N).await;
     assert!(b.stop().success(), "replica-b exited uncleanly");
-    let mut d = ServiceProc::start_production(&db.url, &["--replica", "replica-d"]).await;
+    let mut d = replica(&db.url, &["--replica", "replica-d"]).await;
     wait_balanced(&db, 2, N).await;
     let after_rolling = db_now(&db).await;
     wait_all_checked_after(&db, after_rolling, Duration::from_secs(60)).await;
@@ -320,8 +334,8 @@ async fn assert_fenced(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     let db = TestDb::new().await;
-    let x = ServiceProc::start_production(&db.url, &["--replica", "frozen-x"]).await;
-    let y = ServiceProc::start_production(&db.url, &["--replica", "frozen-y"]).await;
+    let x = replica(&db.url, &["--replica", "frozen-x"]).await;
+    let y = replica(&db.url, &["--replica", "frozen-y"]).await;
     insert_fleet(&db, "pg-z", 100).await;
     wait_balanced(&db, 2, 100).await;
     let steady = db_now(&db).await;
@@ -492,12 +506,12 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
         .url
         .replacen(&format!(":{server_port}/"), &format!(":{}/", proxy.port), 1);
     // The leader-to-be reaches the database only through the proxy.
-    let p = ServiceProc::start_production(&proxied, &["--replica", "cut-p"]).await;
+    let p = replica(&proxied, &["--replica", "cut-p"]).await;
     wait_until("cut-p leads", Duration::from_secs(30), || async {
         p.is_leader().await.then_some(())
     })
     .await;
-    let q = ServiceProc::start_production(&db.url, &["--replica", "cut-q"]).await;
+    let q = replica(&db.url, &["--replica", "cut-q"]).await;
     insert_fleet(&db, "pg-p", 100).await;
     wait_balanced(&db, 2, 100).await;
     let steady = db_now(&db).await;
@@ -564,13 +578,13 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_two_processes_with_one_name_only_the_newest_probes() {
     let db = TestDb::new().await;
-    let first = ServiceProc::start_production(&db.url, &["--replica", "twin"]).await;
+    let first = replica(&db.url, &["--replica", "twin"]).await;
     insert_fleet(&db, "pg-t", 30).await;
     let steady = db_now(&db).await;
     wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
     let (old_epoch, _) = replica_row(&db, "twin").await;
 
-    let second = ServiceProc::start_production(&db.url, &["--replica", "twin"]).await;
+    let second = replica(&db.url, &["--replica", "twin"]).await;
     let (new_epoch, _) = replica_row(&db, "twin").await;
     assert_ne!(new_epoch, old_epoch);
     let registered = db_now(&db).await;

@@ -6,12 +6,17 @@ use super::Store;
 use crate::config;
 
 /// LISTEN for wake-ups from other processes until `cancel`; every (re)connect wakes both
-/// lanes (what was notified while we were away is not lost, only late).
+/// lanes (what was notified while we were away is not lost, only late). The connection is
+/// one of its own (`cms`'s settings, not a slot of its pool).
 pub async fn listen(
     store: Arc<Store>,
-    pool: sqlx::PgPool,
+    cms: sqlx::PgPool,
     cancel: tokio_util::sync::CancellationToken,
 ) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*cms.connect_options()).clone());
+    drop(cms);
     let mut delay = config::RECONNECT_MIN_DELAY;
     while !cancel.is_cancelled() {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
