@@ -77,10 +77,12 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
     for f in ["all_running_s", "all_checked_s", "all_gone_s"] {
         c.between(&format!("burst.{f}"), 0.0, 600.0);
     }
+    c.between("burst.turns_insert_per_s", 1.0, 100_000.0);
+    c.between("burst.turns_delete_per_s", 1.0, 100_000.0);
     c.cpu("burst.cpu_insert", true);
     c.cpu("burst.cpu_delete", true);
 
-    // Capacity: 40 actors (ours) and 20 (naive) at a 2 s interval over 8 s.
+    // Capacity: 40 actors (ours) and 20 (naive) at a 2 s interval over 9 s.
     c.between("capacity.interval_s", 1.9, 2.1);
     for (run, actors) in [("ours", 40), ("naive", 20)] {
         let p = format!("capacity.{run}");
@@ -101,6 +103,23 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
         c.between(&format!("{p}.target_cpu_pct"), -0.001, 1000.0);
         c.between(&format!("{p}.statements_per_check"), 0.0, 100.0);
     }
+
+    // Per third of the window, for both runs; renewal lag and turn rate for ours.
+    for run in ["ours", "naive"] {
+        for i in 0..3 {
+            let p = format!("capacity.{run}.thirds.{i}");
+            let ideal = c.between(&format!("{p}.ideal"), 0.5, 1e9);
+            c.between(&format!("{p}.checks"), ideal / 4.0, ideal * 3.0);
+            c.ordered(&format!("{p}.staleness"), 0.0, 200.0);
+        }
+    }
+    let lags = c.num("capacity.ours.renewal_lag.samples");
+    assert!(lags >= 40.0, "{lags} renewals measured\n{stdout}");
+    c.ordered("capacity.ours.renewal_lag", -5.0, 60.0);
+    c.between("capacity.ours.turns_per_s", 1.0, 10_000.0);
+    // 40 actors ÷ 2 s renewals × 2 turns.
+    c.between("capacity.ours.turn_demand_per_s", 39.0, 41.0);
+    c.eq("capacity.naive.renewal_lag.samples", 0);
 
     // Recovery: reconnected, every instance right again, the stale actor restarted.
     c.eq("recovery.rows", 40);
@@ -129,6 +148,9 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
         "commit → all 200 actors running",
         "toygres-actors, 40 actors: staleness p50 / p99 / max",
         "naive loop, 20 actors: staleness p50 / p99 / max",
+        "toygres-actors, 40 actors: checks / ideal in the first, middle and last third",
+        "toygres-actors, 40 actors: renewal lag p50 / p99 / max",
+        "toygres-actors, 40 actors: Duroxide orchestration turns acked per second / demand",
         "reconnect → all",
         "actor stale → restarted",
     ] {

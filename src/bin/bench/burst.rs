@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::harness::{
-    Baseline, Cpu, CpuWindow, DASH, Env, Service, checked_count, delete_all, header, insert_many,
-    pct, row, running_any, running_current, secs,
+    Baseline, Cpu, CpuWindow, DASH, Env, Service, TURNS, checked_count, delete_all, header,
+    insert_many, metric, num, pct, row, running_any, running_current, secs,
 };
 
 /// How long the scenario waits for each figure before it reports "not reached".
@@ -33,6 +33,10 @@ pub struct Report {
     pub actors_left: i64,
     pub cpu_insert: Cpu,
     pub cpu_delete: Cpu,
+    /// Orchestration turns acked per second, commit → all running (starts, first lease
+    /// turns) and commit of the DELETE → all gone (cancels), from the service's counter.
+    pub turns_insert_per_s: Option<f64>,
+    pub turns_delete_per_s: Option<f64>,
 }
 
 pub async fn run(n: usize) -> Result<Report> {
@@ -53,6 +57,7 @@ pub async fn run(n: usize) -> Result<Report> {
     .await?;
     let w = CpuWindow::start(&env, Some(svc.pid()));
     let target = env.target();
+    let turns0 = metric(&svc.metrics().await, TURNS);
     let t0 = Instant::now();
     insert_many(&env.pool, "burst", n, "running", Some(&target)).await?;
     let committed = t0.elapsed();
@@ -75,8 +80,13 @@ pub async fn run(n: usize) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu_insert = w.finish(&env);
+    let turns1 = metric(&svc.metrics().await, TURNS);
+    let turns_insert_per_s = turns1
+        .zip(turns0)
+        .map(|(b, a)| (b - a) / (t0.elapsed() - committed).as_secs_f64());
 
     let w = CpuWindow::start(&env, Some(svc.pid()));
+    let turns2 = metric(&svc.metrics().await, TURNS);
     let t1 = Instant::now();
     delete_all(&env.pool).await?;
     let deleted = t1.elapsed();
@@ -91,6 +101,9 @@ pub async fn run(n: usize) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu_delete = w.finish(&env);
+    let turns_delete_per_s = metric(&svc.metrics().await, TURNS)
+        .zip(turns2)
+        .map(|(b, a)| (b - a) / (t1.elapsed() - deleted).as_secs_f64());
     drop(svc);
 
     let report = Report {
@@ -104,6 +117,8 @@ pub async fn run(n: usize) -> Result<Report> {
         actors_left,
         cpu_insert,
         cpu_delete,
+        turns_insert_per_s,
+        turns_delete_per_s,
     };
     report.print();
     Ok(report)
@@ -172,6 +187,20 @@ impl Report {
             vs_notify(self.all_gone_s),
             "≤ 5 s",
             within_5s(self.all_gone_s),
+        );
+        row(
+            "Duroxide orchestration turns acked per second during insert burst / delete burst",
+            format!(
+                "{} / {}",
+                num(self.turns_insert_per_s, 0),
+                num(self.turns_delete_per_s, 0)
+            ),
+            Baseline::None,
+            "≥ 300",
+            Some(
+                self.turns_insert_per_s.is_some_and(|t| t >= 300.0)
+                    && self.turns_delete_per_s.is_some_and(|t| t >= 300.0),
+            ),
         );
         row(
             "CPU during insert burst / delete burst (service + PostgreSQL, % of one core)",

@@ -1,6 +1,11 @@
 //! The capacity scenario: N actors checking at an interval, measured over a window after
 //! warm-up — checks achieved, staleness (every gap between two checks of one instance),
-//! CPU of the service and of PostgreSQL, statements per check from pg_stat_statements.
+//! CPU of the service and of PostgreSQL, statements per check from pg_stat_statements — and
+//! for our actors the renewal lag (database timestamps: `probe_leases.renewal_lag_seconds`
+//! of the renewals inside the window) and the Duroxide turns acked against the fleet's
+//! demand. Checks, staleness and lag are also given per third of the window, so a figure
+//! that drifts (a backlog growing, leases starting to expire) shows. A window shorter than
+//! the lease overlap (12 min at the default 4-minute renewal) measures a transient.
 //! The naive Duroxide loop ([`crate::naive`]) runs the same measurement as the baseline.
 
 use std::collections::HashMap;
@@ -10,8 +15,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::harness::{
-    Baseline, Cpu, CpuWindow, DASH, Env, Quantiles, Service, checked_count, header, insert_many,
-    now_epoch, num, pct, row, running_current_in, secs, secs_target,
+    Baseline, Cpu, CpuWindow, DASH, Env, Quantiles, Service, TURNS, checked_count, header,
+    insert_many, metric, now_epoch, num, pct, row, running_current_in, secs, secs_target,
 };
 use crate::naive;
 
@@ -23,7 +28,7 @@ pub struct Run {
     pub checks: i64,
     /// actors × window ÷ interval.
     pub ideal: f64,
-    /// Gaps between consecutive checks of one instance (seconds), see [`staleness`].
+    /// Gaps between consecutive checks of one instance (seconds), see [`gaps`].
     pub staleness: Quantiles,
     /// Rows whose current actor was running at the end of the window.
     pub actors_running: i64,
@@ -34,6 +39,23 @@ pub struct Run {
     pub statements_per_check: Option<f64>,
     #[serde(skip)]
     pub top: Vec<(String, i64, f64)>,
+    /// The same figures per third of the window.
+    pub thirds: Vec<Third>,
+    /// How late renewals ran (s), over the window (ours only; empty for the naive loop).
+    pub renewal_lag: Quantiles,
+    /// Orchestration turns acked per second over the window, and the fleet's demand
+    /// (`toygres_actors_duroxide_turn_demand_per_second`), from the service's metrics.
+    pub turns_per_s: Option<f64>,
+    pub turn_demand_per_s: Option<f64>,
+}
+
+/// One third of the window.
+#[derive(Debug, Serialize)]
+pub struct Third {
+    pub checks: i64,
+    pub ideal: f64,
+    pub staleness: Quantiles,
+    pub renewal_lag: Quantiles,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +139,77 @@ impl Report {
             &format!("{}", r.actors),
             Some(r.actors_running == r.actors as i64),
         );
+        if !r.thirds.is_empty() {
+            let shares: Vec<f64> = r
+                .thirds
+                .iter()
+                .map(|t| 100.0 * t.checks as f64 / t.ideal.max(1.0))
+                .collect();
+            row(
+                &format!("{label}: checks / ideal in the first, middle and last third"),
+                shares
+                    .iter()
+                    .map(|p| format!("{p:.1} %"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                Baseline::None,
+                "99–101 % each",
+                Some(shares.iter().all(|p| (99.0..=101.0).contains(p))),
+            );
+            row(
+                &format!("{label}: staleness p99 by third"),
+                r.thirds
+                    .iter()
+                    .map(|t| secs(t.staleness.p99, 1))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                Baseline::None,
+                DASH,
+                None,
+            );
+        }
+        if r.renewal_lag.samples > 0 {
+            let l = &r.renewal_lag;
+            row(
+                &format!(
+                    "{label}: renewal lag p50 / p99 / max ({} renewals, database timestamps)",
+                    l.samples
+                ),
+                format!(
+                    "{} / {} / {}",
+                    secs(l.p50, 1),
+                    secs(l.p99, 1),
+                    secs(l.max, 1)
+                ),
+                Baseline::None,
+                "p99 ≤ 10 s",
+                l.p99.map(|p| p <= 10.0),
+            );
+            row(
+                &format!("{label}: renewal lag p99 by third"),
+                r.thirds
+                    .iter()
+                    .map(|t| secs(t.renewal_lag.p99, 1))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                Baseline::None,
+                DASH,
+                None,
+            );
+        }
+        if r.turns_per_s.is_some() || r.turn_demand_per_s.is_some() {
+            row(
+                &format!("{label}: Duroxide orchestration turns acked per second / demand"),
+                format!(
+                    "{} / {}",
+                    num(r.turns_per_s, 1),
+                    num(r.turn_demand_per_s, 1)
+                ),
+                Baseline::None,
+                DASH,
+                None,
+            );
+        }
         let s = &r.staleness;
         row(
             &format!("{label}: staleness p50 / p99 / max"),
@@ -235,6 +328,7 @@ async fn run_ours(
         target: &target_env,
         pid: Some(svc.pid()),
         schema: "toygres_duroxide",
+        service: Some(&svc),
     };
     probe.measure(n, interval, window).await
 }
@@ -250,6 +344,7 @@ async fn run_naive(env: &Env, n: usize, interval: Duration, window: Duration) ->
         target: &target_env,
         pid: Some(worker.pid()),
         schema: naive::SCHEMA,
+        service: None,
     };
     probe.measure(n, interval, window).await
 }
@@ -272,6 +367,23 @@ struct Probe<'a> {
     target: &'a Env,
     pid: Option<i32>,
     schema: &'a str,
+    /// Our service (its metrics: turns acked, turn demand); `None` for the naive loop.
+    service: Option<&'a Service>,
+}
+
+const DEMAND: &str = "toygres_actors_duroxide_turn_demand_per_second";
+
+/// Lags of the renewals that ran in `[from, to)` (the last renewal of each actor there).
+async fn renewal_lags(env: &Env, from: f64, to: f64) -> Result<Vec<f64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT renewal_lag_seconds FROM toygres_actors.probe_leases
+          WHERE renewal_lag_seconds IS NOT NULL
+            AND renewed_at >= to_timestamp($1) AND renewed_at < to_timestamp($2)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&env.pool)
+    .await?)
 }
 
 impl Probe<'_> {
@@ -283,13 +395,54 @@ impl Probe<'_> {
         let from = now_epoch();
         let w = CpuWindow::start(env, self.pid);
         let wt = CpuWindow::start(self.target, None);
-        tokio::time::sleep(window).await;
+        let turns0 = match self.service {
+            Some(svc) => metric(&svc.metrics().await, TURNS),
+            None => None,
+        };
+        let t0 = Instant::now();
+        // Thirds: every actor renews once per renewal period, and only its last renewal's lag
+        // is kept, so the lags are sampled at the end of each third.
+        let mut bounds = vec![from];
+        let mut lags: Vec<Vec<f64>> = Vec::new();
+        for i in 1..=3 {
+            tokio::time::sleep_until((t0 + window * i / 3).into()).await;
+            let end = now_epoch();
+            let start = *bounds.last().unwrap_or(&from);
+            lags.push(if self.service.is_some() {
+                renewal_lags(env, start, end).await?
+            } else {
+                Vec::new()
+            });
+            bounds.push(end);
+        }
+        let (turns_per_s, turn_demand_per_s) = match self.service {
+            Some(svc) => {
+                let text = svc.metrics().await;
+                let rate = metric(&text, TURNS)
+                    .zip(turns0)
+                    .map(|(b, a)| (b - a) / t0.elapsed().as_secs_f64());
+                (rate, metric(&text, DEMAND))
+            }
+            None => (None, None),
+        };
         let cpu = w.finish(env);
         let target_cpu_pct = wt.finish(self.target).pg_pct;
         let to = now_epoch();
         let actors_running = running_current_in(&env.pool, self.schema).await?;
         let (statements, top) = profile(env).await;
-        let (checks, staleness) = staleness(env, from, to, n).await?;
+        let (checks, staleness) = gaps(env, from, to, n).await?;
+        let mut thirds = Vec::new();
+        for (i, lag) in lags.iter().enumerate() {
+            let (a, b) = (bounds[i], bounds[i + 1]);
+            let (third_checks, third_staleness) = gaps(env, a, b, n).await?;
+            thirds.push(Third {
+                checks: third_checks,
+                ideal: n as f64 * (b - a) / interval.as_secs_f64(),
+                staleness: third_staleness,
+                renewal_lag: Quantiles::of(lag.clone()),
+            });
+        }
+        let renewal_lag = Quantiles::of(lags.concat());
         Ok(Run {
             actors: n,
             checks,
@@ -300,6 +453,10 @@ impl Probe<'_> {
             target_cpu_pct,
             statements_per_check: statements.filter(|_| checks > 0).map(|s| s / checks as f64),
             top,
+            thirds,
+            renewal_lag,
+            turns_per_s,
+            turn_demand_per_s,
         })
     }
 }
@@ -307,7 +464,7 @@ impl Probe<'_> {
 /// Checks inside the window, and the staleness gaps: every gap between consecutive checks
 /// of one instance inside the window, plus the open gap from each instance's last check to
 /// the window's end (a stuck actor counts).
-async fn staleness(env: &Env, from: f64, to: f64, n: usize) -> Result<(i64, Quantiles)> {
+async fn gaps(env: &Env, from: f64, to: f64, n: usize) -> Result<(i64, Quantiles)> {
     let rows: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
         "SELECT instance_id, extract(epoch FROM checked_at)::float8 FROM toygres_cms.instance_health_checks
           WHERE checked_at >= to_timestamp($1) - interval '120 seconds' AND checked_at <= to_timestamp($2)

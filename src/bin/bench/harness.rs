@@ -16,6 +16,19 @@ use sqlx::PgPool;
 use toygres_actors::db::{PgSession, cms_pool, connect_session, ensure_database, migrate};
 use toygres_actors::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 
+/// Orchestration turns the service acked (its store's counter).
+pub const TURNS: &str = "toygres_actors_duroxide_turns_total{queue=\"orchestrator\"}";
+
+/// A counter or gauge from Prometheus text, summed over the lines that start with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| l.starts_with(prefix)) {
+        let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        total = Some(total.unwrap_or(0.0) + v);
+    }
+    total
+}
+
 /// Printed for every cell that was not measured.
 pub const DASH: &str = "–";
 

@@ -26,7 +26,15 @@ pub async fn run() -> Result<()> {
         latency: latency::run(20, &["50ms".into()], Duration::from_secs(2)).await?,
         idle: idle::run(5, Duration::from_secs(2), Duration::from_secs(1)).await?,
         burst: burst::run(200).await?,
-        capacity: capacity::run(40, Duration::from_secs(2), Duration::from_secs(8), 20, "").await?,
+        capacity: capacity::run(
+            40,
+            Duration::from_secs(2),
+            Duration::from_secs(9),
+            20,
+            // Renewals inside the short window, so their lag is measured.
+            "--lease-renew-interval 2s",
+        )
+        .await?,
         recovery: recovery::run(40, Duration::from_secs(3)).await?,
     };
     println!("\n{SUMMARY_PREFIX}{}", serde_json::to_string(&summary)?);
