@@ -268,7 +268,7 @@ impl Report {
 }
 
 /// A `pg_stat_statements` top list as a Markdown table.
-fn print_top(title: &str, top: &[(String, i64, f64)]) {
+pub(crate) fn print_top(title: &str, top: &[(String, i64, f64)]) {
     println!("\nTop statements ({title}):\n");
     if top.is_empty() {
         println!("(pg_stat_statements not available)");
@@ -504,7 +504,7 @@ async fn gaps(env: &Env, from: f64, to: f64, n: usize) -> Result<(i64, Quantiles
 
 /// Statements executed in the bench database since the reset, and the top 8 by time;
 /// `None` and an empty list without pg_stat_statements.
-async fn profile(env: &Env) -> (Option<f64>, Vec<(String, i64, f64)>) {
+pub(crate) async fn profile(env: &Env) -> (Option<f64>, Vec<(String, i64, f64)>) {
     let total: Option<i64> = sqlx::query_scalar(
         "SELECT sum(calls)::int8 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench')",
     )

@@ -73,6 +73,9 @@ enum Scenario {
     Burst {
         #[arg(long, default_value_t = 10_000)]
         instances: usize,
+        /// Extra flags for the service, e.g. "--orchestration-concurrency 8".
+        #[arg(long, allow_hyphen_values = true, default_value = "")]
+        service_flags: String,
     },
     /// N actors at an interval for a duration: staleness, CPU; naive loop as the baseline.
     Capacity {
@@ -128,7 +131,10 @@ fn main() -> Result<()> {
             } => idle::run(actors, dur(&window)?, dur(&warmup)?)
                 .await
                 .map(drop),
-            Scenario::Burst { instances } => burst::run(instances).await.map(drop),
+            Scenario::Burst {
+                instances,
+                service_flags,
+            } => burst::run(instances, &service_flags).await.map(drop),
             Scenario::Capacity {
                 actors,
                 interval,

@@ -25,7 +25,7 @@ pub async fn run() -> Result<()> {
     let summary = Summary {
         latency: latency::run(20, &["50ms".into()], Duration::from_secs(2)).await?,
         idle: idle::run(5, Duration::from_secs(2), Duration::from_secs(1)).await?,
-        burst: burst::run(200).await?,
+        burst: burst::run(200, "").await?,
         capacity: capacity::run(
             40,
             Duration::from_secs(2),
