@@ -31,20 +31,16 @@ BEGIN
         RETURN NULL;
     END
     $f$;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                    WHERE tgname = 'toygres_actors_wake'
-                      AND tgrelid = '__DUROXIDE__.orchestrator_queue'::regclass) THEN
-        CREATE TRIGGER toygres_actors_wake AFTER INSERT ON __DUROXIDE__.orchestrator_queue
-            REFERENCING NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION __DUROXIDE__.toygres_actors_wake('orch');
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                    WHERE tgname = 'toygres_actors_wake'
-                      AND tgrelid = '__DUROXIDE__.worker_queue'::regclass) THEN
-        CREATE TRIGGER toygres_actors_wake AFTER INSERT ON __DUROXIDE__.worker_queue
-            REFERENCING NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION __DUROXIDE__.toygres_actors_wake('work');
-    END IF;
+    FOREACH t IN ARRAY ARRAY['orchestrator_queue', 'worker_queue'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                        WHERE tgname = 'toygres_actors_wake'
+                          AND tgrelid = ('__DUROXIDE__.' || t)::regclass) THEN
+            EXECUTE format('CREATE TRIGGER toygres_actors_wake AFTER INSERT ON __DUROXIDE__.%I '
+                           'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT '
+                           'EXECUTE FUNCTION __DUROXIDE__.toygres_actors_wake(%L)',
+                           t, CASE t WHEN 'orchestrator_queue' THEN 'orch' ELSE 'work' END);
+        END IF;
+    END LOOP;
     FOREACH t IN ARRAY ARRAY['orchestrator_queue', 'worker_queue', 'instance_locks'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_class
                         WHERE oid = ('__DUROXIDE__.' || t)::regclass

@@ -12,7 +12,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duroxide::provider_validations as v;
 use duroxide::provider_validations::ProviderFactory;
 use duroxide::providers::Provider;
 use support::TestDb;
@@ -47,18 +46,21 @@ impl ProviderFactory for Factory {
     }
 }
 
+/// One test per validation function of module `$m` (a `use … as` alias in scope).
 macro_rules! validations {
-    ($($name:ident),* $(,)?) => {
+    ($m:ident: $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                v::$name(&Factory::new().await).await;
+                $m::$name(&Factory::new().await).await;
             }
         )*
     };
 }
 
-validations!(
+use duroxide::provider_validations as v;
+
+validations!(v:
     // Instance creation.
     test_instance_creation_via_metadata,
     test_no_instance_creation_on_enqueue,
@@ -135,21 +137,10 @@ validations!(
 );
 
 mod poison {
-    use super::*;
+    use super::Factory;
     use duroxide::provider_validations::poison_message as p;
 
-    macro_rules! poison {
-        ($($name:ident),* $(,)?) => {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    p::$name(&Factory::new().await).await;
-                }
-            )*
-        };
-    }
-
-    poison!(
+    validations!(p:
         abandon_orchestration_item_ignore_attempt_decrements,
         abandon_work_item_ignore_attempt_decrements,
         attempt_count_is_per_message,

@@ -75,26 +75,69 @@ impl Lane {
         dues.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Whether a known due time has passed; if so it is taken (several at once need one
-    /// fetch, not one each) and its follow-up is scheduled.
+    /// Whether a known due time has passed; if so, every due time that has passed is taken
+    /// (several at once need one fetch, not one each) and one follow-up is scheduled after
+    /// the latest of them (at most one chain of follow-ups per wave of timers).
     pub(super) fn take_due(&self, now: Instant) -> bool {
         let mut dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(&Reverse((at, follow_up))) = dues.peek() else {
+        let mut taken: Option<(Instant, u8)> = None;
+        while let Some(&Reverse((at, level))) = dues.peek() {
+            if at > now {
+                break;
+            }
+            dues.pop();
+            taken = Some(match taken {
+                None => (at, level),
+                Some((latest, lowest)) => (latest.max(at), lowest.min(level)),
+            });
+        }
+        let Some((latest, lowest)) = taken else {
             return false;
         };
-        if at > now {
-            return false;
-        }
-        dues.pop();
-        while dues
-            .peek()
-            .is_some_and(|Reverse((t, f))| *t <= now && *f == 0)
-        {
-            dues.pop();
-        }
-        if let Some(after) = DUE_FOLLOW_UPS.get(follow_up as usize) {
-            dues.push(Reverse((at + *after, follow_up + 1)));
+        if let Some(after) = DUE_FOLLOW_UPS.get(lowest as usize) {
+            dues.push(Reverse((latest + *after, lowest + 1)));
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_due_time_forces_one_fetch_then_its_follow_ups_then_nothing() {
+        let lane = Lane::new("test");
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            lane.due_at(t0);
+        }
+        lane.due_at(t0 + Duration::from_secs(60));
+        assert!(
+            lane.take_due(t0),
+            "a due time that has passed forces a fetch"
+        );
+        assert!(
+            !lane.take_due(t0),
+            "100 timers at once need one fetch, not 100"
+        );
+        assert_eq!(lane.peek_due(), Some(t0 + DUE_FOLLOW_UPS[0]));
+        assert!(lane.take_due(t0 + DUE_FOLLOW_UPS[0]));
+        assert_eq!(
+            lane.peek_due(),
+            Some(t0 + DUE_FOLLOW_UPS[0] + DUE_FOLLOW_UPS[1])
+        );
+        assert!(lane.take_due(t0 + Duration::from_secs(5)));
+        // The chain ends; the later timer is still there.
+        assert_eq!(lane.peek_due(), Some(t0 + Duration::from_secs(60)));
+        assert!(!lane.take_due(t0 + Duration::from_secs(59)));
+    }
+
+    #[test]
+    fn a_wake_up_bumps_the_generation() {
+        let lane = Lane::new("test");
+        let g = lane.generation();
+        lane.wake("test");
+        assert_eq!(lane.generation(), g + 1);
     }
 }

@@ -303,8 +303,6 @@ async fn run_ours(
         "0",
         "--probe-concurrency",
         "64",
-        "--stale-after",
-        "600s",
     ];
     all.extend(flags.split_whitespace());
     let svc = Service::start(&env.url, &all).await?;

@@ -259,10 +259,13 @@ impl CpuWindow {
             .and_then(cpu_seconds)
             .zip(self.service0)
             .map(|(now, then)| 100.0 * (now - then) / wall);
+        // Backends that exited during the window take their CPU time with them (the pools
+        // recycle connections every 30 min): a sum that went down is not a measurement.
         let pg = env
             .pg_cpu()
             .zip(self.pg0)
-            .map(|(now, then)| 100.0 * (now - then).max(0.0) / wall);
+            .filter(|(now, then)| now >= then)
+            .map(|(now, then)| 100.0 * (now - then) / wall);
         Cpu {
             service_pct: svc,
             pg_pct: pg,

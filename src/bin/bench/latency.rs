@@ -109,12 +109,14 @@ impl Report {
             "≤ 5 ms",
             p50.map(|v| v <= 0.005),
         );
+        // The latency is bought with an idle cost (a poll would make it cheap and slow):
+        // both in one row.
         row(
-            "commit → first probe started, p99",
-            ms(p99),
+            "commit → first probe started, p99 (at the idle cost of the row below)",
+            format!("{} (idle {})", ms(p99), pct(self.idle_cpu.total(), 2)),
             vs_floor(b99, p99, b99),
-            "≤ 20 ms",
-            p99.map(|v| v <= 0.020),
+            "≤ 10 ms",
+            p99.map(|v| v <= 0.010),
         );
         row(
             "commit → first health row, p50 / p99",

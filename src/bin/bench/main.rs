@@ -83,7 +83,9 @@ enum Scenario {
         actors: usize,
         #[arg(long, default_value = "30s")]
         interval: String,
-        #[arg(long, default_value = "300s")]
+        /// At least the lease overlap (12 min at the default renewal), or it measures a
+        /// transient.
+        #[arg(long, default_value = "1800s")]
         duration: String,
         /// Actors for the naive-loop baseline (0 = skip it).
         #[arg(long, default_value_t = 1000)]
