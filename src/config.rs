@@ -104,6 +104,18 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// First and largest delay between listener reconnect attempts (jittered exponential).
 pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
 pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// The delays between reconnect attempts of a LISTEN connection (the listener's, the
+/// store's wake-up listener's): jittered exponential between the two above, never giving up.
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(RECONNECT_MIN_DELAY)
+        .with_max_delay(RECONNECT_MAX_DELAY)
+        .without_max_times()
+        .build()
+}
 /// Per-instance heal backoff: first retry after this…
 pub const HEAL_BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// …doubling up to this, so a crash-looping actor is retried but never spins.

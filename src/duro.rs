@@ -314,10 +314,11 @@ impl ActorControl {
         Ok(tx)
     }
 
-    /// Enqueue a Duroxide work item inside `tx` (duroxide-pg's own procedure).
-    async fn enqueue(
+    /// Enqueue a Duroxide work item inside `tx` (duroxide-pg's own procedure), commit, and
+    /// wake this process's waiting fetches (the queue trigger wakes the others).
+    async fn enqueue_and_commit(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         instance: &str,
         item: &WorkItem,
     ) -> Result<(), DuroError> {
@@ -329,8 +330,10 @@ impl ActorControl {
         .bind(instance)
         .bind(json)
         .bind(Utc::now())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        self.store.enqueued_orchestrator_work();
         Ok(())
     }
 
@@ -369,9 +372,7 @@ impl ActorControl {
                 expected: Some(actor_id.to_string()),
             });
         }
-        self.enqueue(&mut tx, actor_id, &item).await?;
-        tx.commit().await?;
-        self.store.enqueued_orchestrator_work();
+        self.enqueue_and_commit(tx, actor_id, &item).await?;
         self.lease_eagerly(&input, actor_id);
         Ok(())
     }
@@ -464,9 +465,7 @@ impl ActorControl {
                 expected: row.actor_id.clone(),
             });
         }
-        self.enqueue(&mut tx, &new_id, &item).await?;
-        tx.commit().await?;
-        self.store.enqueued_orchestrator_work();
+        self.enqueue_and_commit(tx, &new_id, &item).await?;
         self.lease_eagerly(&input, &new_id);
         Ok(Transition {
             old_actor_id: row.actor_id.clone(),
@@ -486,10 +485,8 @@ impl ActorControl {
             instance: actor_id.to_string(),
             reason: reason.to_string(),
         };
-        let mut tx = self.begin(fence).await?;
-        self.enqueue(&mut tx, actor_id, &item).await?;
-        tx.commit().await?;
-        self.store.enqueued_orchestrator_work();
+        let tx = self.begin(fence).await?;
+        self.enqueue_and_commit(tx, actor_id, &item).await?;
         Ok(())
     }
 

@@ -18,7 +18,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::BackoffBuilder;
 use serde::Deserialize;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -158,7 +157,7 @@ pub async fn run(
     status: watch::Sender<ListenerStatus>,
     stop: CancellationToken,
 ) {
-    let mut backoff = new_backoff();
+    let mut backoff = config::reconnect_backoff();
     let mut first = true;
     while !stop.is_cancelled() {
         if !first {
@@ -183,7 +182,7 @@ pub async fn run(
         if connected {
             // The server was there a moment ago: reconnect promptly, not after the
             // backoff a string of refused connections had built up.
-            backoff = new_backoff();
+            backoff = config::reconnect_backoff();
         }
         metrics::listener_connected(false);
         status.send_modify(|s| {
@@ -200,15 +199,6 @@ pub async fn run(
         }
     }
     metrics::listener_connected(false);
-}
-
-fn new_backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(config::RECONNECT_MIN_DELAY)
-        .with_max_delay(config::RECONNECT_MAX_DELAY)
-        .without_max_times()
-        .build()
 }
 
 /// One connection's life: LISTEN → full reconcile → notifications, until it fails or `stop`.

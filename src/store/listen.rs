@@ -7,7 +7,8 @@ use crate::config;
 
 /// LISTEN for wake-ups from other processes until `cancel`; every (re)connect wakes both
 /// lanes (what was notified while we were away is not lost, only late). The connection is
-/// one of its own (`cms`'s settings, not a slot of its pool).
+/// one of its own (`cms`'s settings, not a slot of its pool); it reconnects with the
+/// listener's backoff.
 pub async fn listen(
     store: Arc<Store>,
     cms: sqlx::PgPool,
@@ -17,40 +18,52 @@ pub async fn listen(
         .max_connections(1)
         .connect_lazy_with((*cms.connect_options()).clone());
     drop(cms);
-    let mut delay = config::RECONNECT_MIN_DELAY;
-    while !cancel.is_cancelled() {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener: connect failed");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(config::RECONNECT_MAX_DELAY);
-                continue;
-            }
+    let mut backoff = config::reconnect_backoff();
+    loop {
+        let (e, listened) = match session(&store, &pool, &cancel).await {
+            Ok(()) => return,
+            Err(failure) => failure,
         };
-        if let Err(e) = listener.listen(config::CHANNEL_STORE_WAKE).await {
-            tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener: LISTEN failed");
-            continue;
+        tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), listened, "store wake listener: connection failed or lost");
+        if listened {
+            // It was up a moment ago: reconnect promptly, not after the backoff a string of
+            // failed attempts had built up.
+            backoff = config::reconnect_backoff();
         }
-        delay = config::RECONNECT_MIN_DELAY;
-        store.wake_all("reconnect");
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => return,
-                n = listener.try_recv() => n,
-            };
-            match next {
-                Ok(Some(n)) => store.on_notification(n.payload()),
-                // The connection was lost: notifications may have been missed.
-                Ok(None) => store.wake_all("reconnect"),
-                Err(e) => {
-                    tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), "store wake listener lost its connection");
-                    break;
-                }
-            }
+        let delay = backoff.next().unwrap_or(config::RECONNECT_MAX_DELAY);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One connection: LISTEN, wake both lanes, then turn notifications into wake-ups. `Ok` when
+/// cancelled; otherwise the error, and whether LISTEN had succeeded.
+async fn session(
+    store: &Store,
+    pool: &sqlx::PgPool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), (sqlx::Error, bool)> {
+    let mut listener = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        l = sqlx::postgres::PgListener::connect_with(pool) => l.map_err(|e| (e, false))?,
+    };
+    listener
+        .listen(config::CHANNEL_STORE_WAKE)
+        .await
+        .map_err(|e| (e, false))?;
+    store.wake_all("reconnect");
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            n = listener.try_recv() => n.map_err(|e| (e, true))?,
+        };
+        match next {
+            Some(n) => store.on_notification(n.payload()),
+            // The connection was lost (sqlx reconnects on the next call): notifications may
+            // have been missed.
+            None => store.wake_all("reconnect"),
         }
     }
 }

@@ -92,11 +92,6 @@ impl Store {
         &self.inner
     }
 
-    /// The longest a lane goes without fetching (the cost of a lost wake-up).
-    pub fn max_wait(&self) -> Duration {
-        self.max_wait
-    }
-
     /// Wait for wake-ups (the default), or pass fetches straight through to duroxide-pg.
     pub fn set_waiting(&self, on: bool) {
         self.waiting.store(on, std::sync::atomic::Ordering::SeqCst);
@@ -148,20 +143,28 @@ impl Store {
         }
     }
 
-    fn orchestrator_items(&self, items: &[WorkItem], source: &'static str) {
-        let mut wake = false;
-        for item in items {
-            match item {
-                WorkItem::TimerFired { fire_at_ms, .. } => match due_instant(*fire_at_ms) {
-                    Some(at) => self.orch.due_at(at),
-                    None => wake = true,
-                },
-                _ => wake = true,
-            }
+    /// Work was written to `lane`'s queue: visible at `due` (a wake-up then), or now.
+    fn becomes_visible(&self, lane: &Lane, due: Option<Instant>, source: &'static str) {
+        match due {
+            Some(at) => lane.due_at(at),
+            None => self.local_wake(lane, source),
         }
-        if wake {
-            self.local_wake(&self.orch, source);
-        }
+    }
+
+    /// One fetch that reaches duroxide-pg, counted.
+    async fn counted_fetch<T, Fut>(
+        &self,
+        lane: &Lane,
+        fetch: Fut,
+    ) -> Result<Option<T>, ProviderError>
+    where
+        Fut: std::future::Future<Output = Result<Option<T>, ProviderError>>,
+    {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let found = fetch.await?;
+        metrics::store_fetch(lane.name, if found.is_some() { "item" } else { "empty" });
+        Ok(found)
     }
 
     /// Fetch from `lane`, waiting up to `poll_timeout` for work when there is none.
@@ -176,18 +179,17 @@ impl Store {
         Fut: std::future::Future<Output = Result<Option<T>, ProviderError>>,
     {
         if !self.waiting.load(std::sync::atomic::Ordering::Relaxed) {
-            self.fetches
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let found = fetch().await?;
-            metrics::store_fetch(lane.name, if found.is_some() { "item" } else { "empty" });
-            return Ok(found);
+            return self.counted_fetch(lane, fetch()).await;
         }
         let deadline = Instant::now() + poll_timeout;
         // Every call fetches at least once (a caller that passes no timeout gets what is
         // there now); after waiting, a due time that has passed forces a fetch too.
         let mut first = true;
         loop {
-            let force = lane.take_due(Instant::now()) || std::mem::take(&mut first);
+            // Both evaluated: a due time taken on a call's first round does not leave `first`
+            // to force a second fetch later.
+            let due = lane.take_due(Instant::now());
+            let force = std::mem::take(&mut first) || due;
             // Registered before the fetch: a wake-up during the fetch is not lost.
             let notified = lane.wake.notified();
             tokio::pin!(notified);
@@ -202,19 +204,12 @@ impl Store {
                 });
                 if force || !fresh_empty {
                     let started = Instant::now();
-                    self.fetches
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let found = fetch().await?;
-                    match found {
+                    match self.counted_fetch(lane, fetch()).await? {
                         Some(item) => {
                             last.empty = None;
-                            metrics::store_fetch(lane.name, "item");
                             return Ok(Some(item));
                         }
-                        None => {
-                            last.empty = Some((generation, started));
-                            metrics::store_fetch(lane.name, "empty");
-                        }
+                        None => last.empty = Some((generation, started)),
                     }
                 } else {
                     metrics::store_fetch(lane.name, "skipped");
@@ -252,6 +247,14 @@ fn delay_instant(delay: Option<Duration>) -> Option<Instant> {
     delay.filter(|d| !d.is_zero()).map(|d| Instant::now() + d)
 }
 
+/// When a durable timer's item becomes visible (`None`: not a timer, or due already).
+fn timer_due(item: &WorkItem) -> Option<Instant> {
+    match item {
+        WorkItem::TimerFired { fire_at_ms, .. } => due_instant(*fire_at_ms),
+        _ => None,
+    }
+}
+
 #[async_trait::async_trait]
 impl Provider for Store {
     fn name(&self) -> &str {
@@ -286,11 +289,7 @@ impl Provider for Store {
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
         let has_worker_items = !worker_items.is_empty();
-        let timers: Vec<WorkItem> = orchestrator_items
-            .iter()
-            .filter(|i| matches!(i, WorkItem::TimerFired { .. }))
-            .cloned()
-            .collect();
+        let timers: Vec<Instant> = orchestrator_items.iter().filter_map(timer_due).collect();
         self.inner
             .ack_orchestration_item(
                 lock_token,
@@ -306,9 +305,11 @@ impl Provider for Store {
         if has_worker_items {
             self.local_wake(&self.work, "ack");
         }
-        self.orchestrator_items(&timers, "ack");
+        for at in timers {
+            self.orch.due_at(at);
+        }
         // The instance lock is released: messages that arrived for it meanwhile (and the
-        // items just enqueued) are fetchable now.
+        // items just enqueued, timers due already included) are fetchable now.
         self.local_wake(&self.orch, "ack");
         Ok(())
     }
@@ -322,10 +323,7 @@ impl Provider for Store {
         self.inner
             .abandon_orchestration_item(lock_token, delay, ignore_attempt)
             .await?;
-        match delay_instant(delay) {
-            Some(at) => self.orch.due_at(at),
-            None => self.local_wake(&self.orch, "abandon"),
-        }
+        self.becomes_visible(&self.orch, delay_instant(delay), "abandon");
         Ok(())
     }
 
@@ -421,10 +419,7 @@ impl Provider for Store {
         self.inner
             .abandon_work_item(token, delay, ignore_attempt)
             .await?;
-        match delay_instant(delay) {
-            Some(at) => self.work.due_at(at),
-            None => self.local_wake(&self.work, "abandon"),
-        }
+        self.becomes_visible(&self.work, delay_instant(delay), "abandon");
         Ok(())
     }
 
@@ -443,16 +438,9 @@ impl Provider for Store {
         item: WorkItem,
         delay: Option<Duration>,
     ) -> Result<(), ProviderError> {
-        let due = match &item {
-            WorkItem::TimerFired { fire_at_ms, .. } => due_instant(*fire_at_ms),
-            _ => None,
-        }
-        .max(delay_instant(delay));
+        let due = timer_due(&item).max(delay_instant(delay));
         self.inner.enqueue_for_orchestrator(item, delay).await?;
-        match due {
-            Some(at) => self.orch.due_at(at),
-            None => self.local_wake(&self.orch, "enqueue"),
-        }
+        self.becomes_visible(&self.orch, due, "enqueue");
         Ok(())
     }
 
