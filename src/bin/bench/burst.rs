@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::harness::{
-    Baseline, Cpu, CpuWindow, DASH, Env, Service, TURNS, checked_count, delete_all, header,
-    insert_many, metric, num, pct, row, running_any, running_current, secs,
+    Baseline, Cpu, CpuWindow, DASH, Env, NEW_CONNECTION_PER_PROBE, Service, TURNS, checked_count,
+    delete_all, header, insert_many, metric, num, pct, row, running_any, running_current, secs,
 };
 
 /// How long the scenario waits for each figure before it reports "not reached".
@@ -49,14 +49,8 @@ pub async fn run(n: usize, flags: &str) -> Result<Report> {
     let env = Env::start().await?;
     let notify_all_s = notify_baseline(&env, n).await?;
 
-    let mut all = vec![
-        "--check-interval",
-        "30s",
-        "--probe-keep-connections",
-        "0",
-        "--probe-concurrency",
-        "64",
-    ];
+    let mut all = vec!["--check-interval", "30s"];
+    all.extend(NEW_CONNECTION_PER_PROBE);
     all.extend(flags.split_whitespace());
     let svc = Service::start(&env.url, &all).await?;
     let _ = sqlx::query("SELECT pg_stat_statements_reset()")

@@ -15,8 +15,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::harness::{
-    Baseline, Cpu, CpuWindow, DASH, Env, Quantiles, Service, TURNS, checked_count, header,
-    insert_many, metric, now_epoch, num, pct, row, running_current_in, secs, secs_target,
+    Baseline, Cpu, CpuWindow, DASH, Env, NEW_CONNECTION_PER_PROBE, Quantiles, Service, TURNS,
+    checked_count, header, insert_many, metric, now_epoch, num, pct, row, running_current_in, secs,
+    secs_target,
 };
 use crate::naive;
 
@@ -158,11 +159,7 @@ impl Report {
             );
             row(
                 &format!("{label}: staleness p99 by third"),
-                r.thirds
-                    .iter()
-                    .map(|t| secs(t.staleness.p99, 1))
-                    .collect::<Vec<_>>()
-                    .join(" / "),
+                by_third(r, |t| &t.staleness),
                 Baseline::None,
                 DASH,
                 None,
@@ -187,11 +184,7 @@ impl Report {
             );
             row(
                 &format!("{label}: renewal lag p99 by third"),
-                r.thirds
-                    .iter()
-                    .map(|t| secs(t.renewal_lag.p99, 1))
-                    .collect::<Vec<_>>()
-                    .join(" / "),
+                by_third(r, |t| &t.renewal_lag),
                 Baseline::None,
                 DASH,
                 None,
@@ -267,6 +260,15 @@ impl Report {
     }
 }
 
+/// A p99 of each third, "first / middle / last".
+fn by_third(r: &Run, q: impl Fn(&Third) -> &Quantiles) -> String {
+    r.thirds
+        .iter()
+        .map(|t| secs(q(t).p99, 1))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// A `pg_stat_statements` top list as a Markdown table.
 pub(crate) fn print_top(title: &str, top: &[(String, i64, f64)]) {
     println!("\nTop statements ({title}):\n");
@@ -296,14 +298,8 @@ async fn run_ours(
     flags: &str,
 ) -> Result<Run> {
     let interval_s = format!("{}ms", interval.as_millis());
-    let mut all = vec![
-        "--check-interval",
-        interval_s.as_str(),
-        "--probe-keep-connections",
-        "0",
-        "--probe-concurrency",
-        "64",
-    ];
+    let mut all = vec!["--check-interval", interval_s.as_str()];
+    all.extend(NEW_CONNECTION_PER_PROBE);
     all.extend(flags.split_whitespace());
     let svc = Service::start(&env.url, &all).await?;
     let target_env = Env::start().await?;

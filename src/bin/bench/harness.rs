@@ -16,6 +16,11 @@ use sqlx::PgPool;
 use toygres_actors::db::{PgSession, cms_pool, connect_session, ensure_database, migrate};
 use toygres_actors::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 
+/// Service flags of the scenarios that probe with a new connection each time (64 at once):
+/// the probe's full cost, as the README tables state.
+pub const NEW_CONNECTION_PER_PROBE: [&str; 4] =
+    ["--probe-keep-connections", "0", "--probe-concurrency", "64"];
+
 /// Orchestration turns the service acked (its store's counter).
 pub const TURNS: &str = "toygres_actors_duroxide_turns_total{queue=\"orchestrator\"}";
 

@@ -12,7 +12,8 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::harness::{
-    Baseline, Cpu, CpuWindow, DASH, Env, Service, checked_count, header, insert_many, pct, row,
+    Baseline, Cpu, CpuWindow, DASH, Env, Service, checked_count, header, insert_many, metric, pct,
+    row,
 };
 
 /// Busy time of the whole machine so far, in seconds of one core (/proc/stat's first line:
@@ -62,13 +63,18 @@ pub struct Report {
     pub polling: Run,
 }
 
-/// `toygres_actors_duroxide_fetches_total`, summed over queues and results but `skipped`.
+/// Fetches that reached duroxide-pg (`toygres_actors_duroxide_fetches_total`, results `item`
+/// and `empty`; not `skipped`), both queues.
 fn fetches(metrics: &str) -> Option<f64> {
     let mut total = None;
-    for line in metrics.lines() {
-        if line.starts_with("toygres_actors_duroxide_fetches_total{") && !line.contains("skipped") {
-            let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
-            total = Some(total.unwrap_or(0.0) + v);
+    for queue in ["orchestrator", "worker"] {
+        for result in ["item", "empty"] {
+            let series = format!(
+                "toygres_actors_duroxide_fetches_total{{queue=\"{queue}\",result=\"{result}\"}}"
+            );
+            if let Some(v) = metric(metrics, &series) {
+                total = Some(total.unwrap_or(0.0) + v);
+            }
         }
     }
     total
