@@ -29,6 +29,8 @@ pub const NOTIFICATIONS_UNKNOWN_TOTAL: &str = "toygres_actors_notifications_unkn
 pub const RESTARTS_LIMITED_TOTAL: &str = "toygres_actors_restarts_rate_limited_total";
 pub const RECONCILE_ACTIONS_TOTAL: &str = "toygres_actors_reconcile_actions_total";
 pub const RECONCILE_ERRORS_TOTAL: &str = "toygres_actors_reconcile_errors_total";
+pub const RECONCILE_BATCHES_TOTAL: &str = "toygres_actors_reconcile_batches_total";
+pub const RECONCILE_BATCHED_TOTAL: &str = "toygres_actors_reconcile_batched_total";
 pub const EVENT_TO_ACTION: &str = "toygres_actors_event_to_action_seconds";
 pub const LISTENER_CONNECTED: &str = "toygres_actors_listener_connected";
 pub const LISTENER_RECONNECTS_TOTAL: &str = "toygres_actors_listener_reconnects_total";
@@ -107,6 +109,14 @@ fn describe() {
     describe_counter!(
         RECONCILE_ACTIONS_TOTAL,
         "Reconcile decisions carried out, by action."
+    );
+    describe_counter!(
+        RECONCILE_BATCHES_TOTAL,
+        "Set-based reconciles of a storm (many queued hints, a resync): one transaction each."
+    );
+    describe_counter!(
+        RECONCILE_BATCHED_TOTAL,
+        "Instances a set-based reconcile carried out in bulk, by action (others go one by one)."
     );
     describe_counter!(
         RECONCILE_ERRORS_TOTAL,
@@ -221,6 +231,13 @@ pub fn restart_limited(why: &'static str) {
 
 pub fn reconcile_action(action: &'static str) {
     metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).increment(1);
+}
+
+/// One set-based reconcile that carried out `n` actions of `action` in bulk.
+pub fn reconcile_batch(action: &'static str, n: usize) {
+    metrics::counter!(RECONCILE_BATCHES_TOTAL).increment(1);
+    metrics::counter!(RECONCILE_BATCHED_TOTAL, "action" => action).increment(n as u64);
+    metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).increment(n as u64);
 }
 
 pub fn reconcile_error() {
@@ -338,6 +355,8 @@ pub fn initialise_series() {
         metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => channel, "op" => op).absolute(0);
     }
     metrics::counter!(RECONCILE_ERRORS_TOTAL).absolute(0);
+    metrics::counter!(RECONCILE_BATCHES_TOTAL).absolute(0);
+    metrics::counter!(RECONCILE_BATCHED_TOTAL, "action" => "start").absolute(0);
     metrics::counter!(LISTENER_RECONNECTS_TOTAL).absolute(0);
     listener_connected(false);
     leader(false);

@@ -8,7 +8,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{ServiceProc, TestDb, wait_until};
+use support::{ServiceProc, TestDb, converged, wait_until};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -19,70 +19,6 @@ async fn set_state(db: &TestDb, name: &str, state: &str) {
         .execute(&db.pool)
         .await
         .unwrap();
-}
-
-/// Every instance is in its right state: one live actor named by the row where the state
-/// calls for one, none elsewhere (deleted rows included). Returns the problems found.
-async fn problems(db: &TestDb) -> Vec<String> {
-    let rows: Vec<(uuid::Uuid, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, k8s_name, state::text, instance_actor_orchestration_id FROM toygres_cms.instances",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    let live: Vec<String> = sqlx::query_scalar(
-        "SELECT i.instance_id FROM toygres_duroxide.instances i
-           JOIN toygres_duroxide.executions e
-             ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
-          WHERE e.status = 'Running'
-         UNION ALL
-         SELECT DISTINCT q.instance_id FROM toygres_duroxide.orchestrator_queue q
-          WHERE NOT EXISTS (SELECT 1 FROM toygres_duroxide.instances i WHERE i.instance_id = q.instance_id)",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    let mut by_instance: HashMap<String, Vec<String>> = HashMap::new();
-    for a in live {
-        by_instance.entry(a[6..42].to_string()).or_default().push(a);
-    }
-    let mut out = Vec::new();
-    for (id, name, state, actor) in rows {
-        let live = by_instance.remove(&id.to_string()).unwrap_or_default();
-        let wanted = state == "creating" || state == "running";
-        if wanted {
-            if live.len() != 1 || Some(&live[0]) != actor.as_ref() {
-                out.push(format!(
-                    "{name} ({state}): row names {actor:?}, live {live:?}"
-                ));
-            }
-        } else if !live.is_empty() {
-            out.push(format!(
-                "{name} ({state}): should have no actor, live {live:?}"
-            ));
-        }
-    }
-    for (id, live) in by_instance {
-        out.push(format!("deleted instance {id}: live {live:?}"));
-    }
-    out
-}
-
-async fn converged(db: &TestDb, within: Duration) -> Duration {
-    let start = Instant::now();
-    let mut last = Vec::new();
-    while start.elapsed() < within {
-        last = problems(db).await;
-        if last.is_empty() {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "did not converge within {within:?}: {} problem(s), e.g. {:?}",
-        last.len(),
-        &last[..last.len().min(5)]
-    );
 }
 
 async fn max_live_per_instance(db: &TestDb) -> i64 {
@@ -641,27 +577,29 @@ async fn control_notify_off_ignores_raw_requests_but_not_durable_ones() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let after = wait_until("the durable restart is honoured", T, || async {
-        db.actor_id("pg-off").await.filter(|a| *a != before)
+    // The service swaps the actor id first and marks the request handled after: wait for
+    // the latter, which implies the former.
+    wait_until("the durable restart is honoured", T, || async {
+        let handled: i64 = db
+            .scalar_i64(
+                "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE k8s_name = 'pg-off' AND handled_at IS NOT NULL",
+            )
+            .await;
+        (handled == 1).then_some(())
     })
     .await;
     assert!(
         raw_seen_by.elapsed() < Duration::from_secs(5),
         "the durable request waited for a resync instead of its notification"
     );
+    let after = db.actor_id("pg-off").await.unwrap();
+    assert_ne!(after, before, "the durable request restarted nothing");
     let restarts: i64 = db
         .scalar_i64(
             "SELECT count(*) FROM toygres_actors.decisions WHERE k8s_name = 'pg-off' AND action = 'restart'",
         )
         .await;
     assert_eq!(restarts, 1, "only the durable request restarted pg-off");
-    let handled: i64 = db
-        .scalar_i64(
-            "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE k8s_name = 'pg-off' AND handled_at IS NOT NULL",
-        )
-        .await;
-    assert_eq!(handled, 1);
-    assert_ne!(after, before);
     let (_, metrics) = svc.get("/metrics").await;
     assert!(
         !metrics.contains(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{ServiceProc, TestDb, wait_until};
+use support::{ServiceProc, TestDb, metric, wait_until};
 
 fn soak() -> bool {
     std::env::var_os("TOYGRES_RELIABILITY_SOAK").is_some()
@@ -48,16 +48,6 @@ fn report(
         cell(max_converge.map(|d| format!("{:.2} s", d.as_secs_f64())))
     );
     support::append_reliability_row(&line);
-}
-
-/// The sum of the service's /metrics series `name` that carry every label of `labels`
-/// (`key="value"`); 0 when there is none.
-async fn metric(svc: &ServiceProc, name: &str, labels: &[&str]) -> f64 {
-    let (_, m) = svc.get("/metrics").await;
-    m.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Instances whose actor situation is wrong right now: (lost — no live actor named by the row,

@@ -70,14 +70,15 @@ impl Reconciler {
             self.breaker.observe(stale, expected);
         }
         let mut outcomes = Vec::new();
+        let mut queued = Vec::new();
         for (obs, decision) in fleet.instances {
             if decision.action == Action::Noop {
                 self.settle_backoff(&obs.row, decision.verdict);
                 continue;
             }
             match queue {
-                Some(q) if !dry_run => {
-                    q.enqueue(obs.row.id, Trigger::Resync, false, None);
+                Some(_) if !dry_run => {
+                    queued.push(obs.row.id);
                     outcomes.push(Outcome {
                         instance_id: obs.row.id,
                         k8s_name: obs.row.k8s_name.clone(),
@@ -102,7 +103,7 @@ impl Reconciler {
         }
         for (id, _) in fleet.deleted_with_live_actors {
             match queue {
-                Some(q) if !dry_run => q.enqueue(id, Trigger::Resync, false, None),
+                Some(_) if !dry_run => queued.push(id),
                 _ => match self.reconcile_deleted(id, &Trigger::Resync, dry_run).await {
                     Ok(o) => outcomes.push(o),
                     Err(e) => {
@@ -110,6 +111,11 @@ impl Reconciler {
                     }
                 },
             }
+        }
+        if let Some(q) = queue
+            && !dry_run
+        {
+            q.enqueue_many(queued, Trigger::Resync);
         }
         if !dry_run {
             let pending = self.pending_restart_requests().await?;

@@ -33,6 +33,7 @@ use crate::metrics;
 use crate::sql;
 use crate::verdict::{self, Action, Decision, Observed, Rules, Verdict};
 
+mod batch;
 mod breaker;
 mod fleet;
 mod inbox;

@@ -1,6 +1,9 @@
 //! Delivery around the reconciler (as in kube-rs' controller): requests for the same
 //! instance coalesce while one is queued or running, different instances run concurrently
 //! up to a bound, and a failed reconcile is retried with backoff without holding up others.
+//! When a storm of hints is queued, plain hints go out in batches to the set-based
+//! reconcile ([`Reconciler::reconcile_batch`]); what a batch does not settle comes back
+//! here and runs one by one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -9,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
+use super::batch::{BATCH_MAX, BATCH_MIN};
 use super::{Reconciler, Trigger};
 
 /// One queued request.
@@ -20,6 +24,23 @@ struct Job {
     attempt: u32,
     /// The earliest notification clock merged into this job (for the latency histogram).
     _first_at: Option<f64>,
+    /// A batch handed it back: the per-instance path only.
+    single: bool,
+}
+
+impl Job {
+    /// A plain hint the set-based reconcile may take (explicit requests never wait in one).
+    fn batchable(&self) -> bool {
+        !self.single
+            && !self.force_restart
+            && matches!(self.trigger, Trigger::Notification { .. } | Trigger::Resync)
+    }
+}
+
+/// What a runner slot takes from the queue.
+enum Work {
+    One(Uuid, Job),
+    Batch(Vec<(Uuid, Job)>),
 }
 
 #[derive(Default)]
@@ -79,6 +100,7 @@ impl ReconcileQueue {
                         force_restart,
                         attempt: 0,
                         _first_at: at,
+                        single: false,
                     },
                 );
                 if explicit {
@@ -87,6 +109,30 @@ impl ReconcileQueue {
                     st.order.push_back(id);
                 }
             }
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Many plain hints at once (a full reconcile's findings): one lock and one wake-up, so
+    /// the runner sees the storm whole and batches it.
+    pub fn enqueue_many(&self, ids: impl IntoIterator<Item = Uuid>, trigger: Trigger) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            if st.pending.contains_key(&id) {
+                continue;
+            }
+            st.pending.insert(
+                id,
+                Job {
+                    trigger: trigger.clone(),
+                    force_restart: false,
+                    attempt: 0,
+                    _first_at: None,
+                    single: false,
+                },
+            );
+            st.order.push_back(id);
         }
         drop(st);
         self.wake.notify_one();
@@ -131,6 +177,61 @@ impl ReconcileQueue {
         None
     }
 
+    /// The next work: one job, or — when a storm is queued and the next job is a plain
+    /// hint — a batch of up to [`BATCH_MAX`] plain hints (in queue order).
+    fn take_work(&self) -> Option<Work> {
+        let (id, job) = self.take_next()?;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !job.batchable() || st.pending.len() + 1 < BATCH_MIN {
+            return Some(Work::One(id, job));
+        }
+        let mut batch = vec![(id, job)];
+        let QueueState {
+            pending,
+            order,
+            inflight,
+        } = &mut *st;
+        order.retain(|x| {
+            if batch.len() >= BATCH_MAX
+                || inflight.contains(x)
+                || !pending.get(x).is_some_and(Job::batchable)
+            {
+                return true;
+            }
+            match pending.remove(x) {
+                Some(j) => {
+                    batch.push((*x, j));
+                    false
+                }
+                None => true,
+            }
+        });
+        for (x, _) in &batch {
+            inflight.insert(*x);
+        }
+        Some(Work::Batch(batch))
+    }
+
+    /// Queue again, for the per-instance path, what a batch did not settle.
+    fn requeue_single(&self, jobs: impl IntoIterator<Item = (Uuid, Job)>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, job) in jobs {
+            match st.pending.get_mut(&id) {
+                Some(newer) => newer.single = true,
+                None => {
+                    st.pending.insert(
+                        id,
+                        Job {
+                            single: true,
+                            ..job
+                        },
+                    );
+                    st.order.push_back(id);
+                }
+            }
+        }
+    }
+
     fn done(&self, id: Uuid) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.inflight.remove(&id);
@@ -156,16 +257,26 @@ impl ReconcileQueue {
             };
             let next = loop {
                 let notified = self.wake.notified();
-                if let Some(job) = self.take_next() {
-                    break Some(job);
+                if let Some(work) = self.take_work() {
+                    break Some(work);
                 }
                 tokio::select! {
                     _ = notified => {}
                     _ = stop.cancelled() => break None,
                 }
             };
-            let Some((id, job)) = next else {
-                return;
+            let (id, job) = match next {
+                None => return,
+                Some(Work::One(id, job)) => (id, job),
+                Some(Work::Batch(jobs)) => {
+                    let queue = self.clone();
+                    let reconciler = reconciler.clone();
+                    tokio::spawn(async move {
+                        queue.run_batch(&reconciler, jobs).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
             };
             let queue = self.clone();
             let reconciler = reconciler.clone();
@@ -220,6 +331,37 @@ impl ReconcileQueue {
     }
 }
 
+impl ReconcileQueue {
+    /// One batch: the set-based reconcile, then what it did not settle back in the queue
+    /// (before the batch counts as done, so the queue never looks idle in between).
+    async fn run_batch(&self, reconciler: &Reconciler, jobs: Vec<(Uuid, Job)>) {
+        let pairs: Vec<(Uuid, Trigger)> = jobs
+            .iter()
+            .map(|(id, j)| (*id, j.trigger.clone()))
+            .collect();
+        let ids: Vec<Uuid> = pairs.iter().map(|(id, _)| *id).collect();
+        match reconciler.reconcile_batch(&pairs).await {
+            Ok(rest) => {
+                let rest: HashSet<Uuid> = rest.into_iter().collect();
+                self.requeue_single(jobs.into_iter().filter(|(id, _)| rest.contains(id)));
+            }
+            Err(crate::duro::DuroError::TermOver(_) | crate::duro::DuroError::NotLeader) => {
+                tracing::debug!(
+                    batch = ids.len(),
+                    "batch dropped: this replica's term is over"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(batch = ids.len(), error = %e, "set-based reconcile failed; reconciling one by one");
+                self.requeue_single(jobs);
+            }
+        }
+        for id in ids {
+            self.done(id);
+        }
+    }
+}
+
 /// Retry delay of a failed reconcile: 100 ms doubling to 30 s.
 fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(100)
@@ -247,6 +389,67 @@ mod tests {
         q.enqueue(hinted, Trigger::Resync, false, None);
         q.enqueue(hinted, Trigger::Operator("api"), true, None);
         assert_eq!(q.take_next().unwrap().0, hinted);
+    }
+
+    #[test]
+    fn a_storm_of_hints_goes_out_in_batches_and_what_comes_back_runs_alone() {
+        let q = ReconcileQueue::new();
+        // Too few for a batch: one by one.
+        let few: Vec<Uuid> = (0..BATCH_MIN - 1).map(|_| Uuid::new_v4()).collect();
+        for id in &few {
+            q.enqueue(*id, Trigger::Resync, false, None);
+        }
+        assert!(matches!(q.take_work(), Some(Work::One(..))));
+        let q = ReconcileQueue::new();
+        let ids: Vec<Uuid> = (0..BATCH_MAX + BATCH_MIN + 10)
+            .map(|_| Uuid::new_v4())
+            .collect();
+        for id in &ids {
+            q.enqueue(
+                *id,
+                Trigger::Notification {
+                    op: "insert".into(),
+                    at: None,
+                },
+                false,
+                None,
+            );
+        }
+        let asked = Uuid::new_v4();
+        q.enqueue(asked, Trigger::RestartRequest, true, None);
+        // The explicit request first, and alone.
+        match q.take_work() {
+            Some(Work::One(id, _)) => assert_eq!(id, asked),
+            _ => panic!("the restart request did not come first, alone"),
+        }
+        let Some(Work::Batch(batch)) = q.take_work() else {
+            panic!("no batch for a storm");
+        };
+        assert_eq!(batch.len(), BATCH_MAX);
+        assert_eq!(batch[0].0, ids[0], "queue order kept");
+        // The batch hands two back: they run alone, never in a batch again.
+        let back: Vec<(Uuid, Job)> = batch[..2].to_vec();
+        q.requeue_single(back);
+        for (id, _) in &batch {
+            q.done(*id);
+        }
+        let Some(Work::Batch(rest)) = q.take_work() else {
+            panic!("the rest of the storm was not batched");
+        };
+        assert_eq!(
+            rest.len(),
+            BATCH_MIN + 10,
+            "handed-back jobs are never batched again"
+        );
+        for _ in 0..2 {
+            match q.take_work() {
+                Some(Work::One(id, job)) => {
+                    assert!(job.single);
+                    assert!(id == ids[0] || id == ids[1]);
+                }
+                _ => panic!("a handed-back job was batched again"),
+            }
+        }
     }
 
     #[test]

@@ -591,3 +591,81 @@ pub async fn doubled_live_actors(db: &TestDb) -> i64 {
     .await
     .expect("count doubled actors")
 }
+
+/// Every instance is in its right state: one live actor named by the row where the state
+/// calls for one, none elsewhere (deleted rows included). Returns the problems found.
+pub async fn problems(db: &TestDb) -> Vec<String> {
+    let rows: Vec<(uuid::Uuid, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, k8s_name, state::text, instance_actor_orchestration_id FROM toygres_cms.instances",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let live: Vec<String> = sqlx::query_scalar(
+        "SELECT i.instance_id FROM toygres_duroxide.instances i
+           JOIN toygres_duroxide.executions e
+             ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+          WHERE e.status = 'Running'
+         UNION ALL
+         SELECT DISTINCT q.instance_id FROM toygres_duroxide.orchestrator_queue q
+          WHERE NOT EXISTS (SELECT 1 FROM toygres_duroxide.instances i WHERE i.instance_id = q.instance_id)",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut by_instance: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    for a in live {
+        by_instance.entry(a[6..42].to_string()).or_default().push(a);
+    }
+    let mut out = Vec::new();
+    for (id, name, state, actor) in rows {
+        let live = by_instance.remove(&id.to_string()).unwrap_or_default();
+        let wanted = state == "creating" || state == "running";
+        if wanted {
+            if live.len() != 1 || Some(&live[0]) != actor.as_ref() {
+                out.push(format!(
+                    "{name} ({state}): row names {actor:?}, live {live:?}"
+                ));
+            }
+        } else if !live.is_empty() {
+            out.push(format!(
+                "{name} ({state}): should have no actor, live {live:?}"
+            ));
+        }
+    }
+    for (id, live) in by_instance {
+        out.push(format!("deleted instance {id}: live {live:?}"));
+    }
+    out
+}
+
+pub async fn converged(db: &TestDb, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    while start.elapsed() < within {
+        last = problems(db).await;
+        if last.is_empty() {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "did not converge within {within:?}: {} problem(s), e.g. {:?}",
+        last.len(),
+        &last[..last.len().min(5)]
+    );
+}
+
+/// The sum of the service's /metrics series `name` that carry every label of `labels`
+/// (`key="value"`); 0 when there is none.
+pub async fn metric(svc: &ServiceProc, name: &str, labels: &[&str]) -> f64 {
+    let (_, m) = svc.get("/metrics").await;
+    m.lines()
+        .filter(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && labels.iter().all(|x| l.contains(x))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

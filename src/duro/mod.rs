@@ -37,6 +37,9 @@ use crate::identity::Term;
 use crate::sql;
 use crate::store::Store;
 
+mod batch;
+pub use batch::NewStart;
+
 /// What can go wrong in a lifecycle step.
 #[derive(Debug, thiserror::Error)]
 pub enum DuroError {
@@ -294,7 +297,7 @@ impl ActorControl {
 
     /// Open a transaction for a lifecycle write; with a `fence`, the leader's term is
     /// checked first and stays locked until commit (see `migrations/0004`).
-    async fn begin(
+    pub(crate) async fn begin(
         &self,
         fence: Option<&Term>,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DuroError> {

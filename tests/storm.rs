@@ -1,0 +1,153 @@
+//! Storms take the set-based path: many queued hints are reconciled in batches, each one
+//! transaction (actor ids swapped compare-and-set, starts enqueued, leases taken, decisions
+//! recorded), so a crash in the middle of a batch leaves all of it or none of it.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{ServiceProc, TestDb, converged, metric, wait_until};
+
+const T: Duration = Duration::from_secs(120);
+
+/// `n` instances `pg-storm-<i>` in one transaction, `creating` without a connection string
+/// (their actors report `unknown`: this is about the reconcile, not about probing).
+async fn insert_storm(db: &TestDb, n: i32) {
+    sqlx::query(
+        "INSERT INTO toygres_cms.instances
+             (user_name, k8s_name, postgres_version, storage_size_gb, state, create_orchestration_id)
+         SELECT 'tester', 'pg-storm-' || g, '16', 10, 'creating', 'create-1'
+           FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(&db.pool)
+    .await
+    .expect("insert the storm");
+}
+
+/// Rows whose current actor has no `start` decision naming it, and rows with more than one
+/// `start` decision: both must be none.
+async fn undecided_and_doubly_started(db: &TestDb) -> (i64, i64) {
+    let undecided = db
+        .scalar_i64(
+            "SELECT count(*) FROM toygres_cms.instances c
+              WHERE NOT EXISTS (SELECT 1 FROM toygres_actors.decisions d
+                                 WHERE d.instance_id = c.id AND d.action = 'start'
+                                   AND d.new_actor_id = c.instance_actor_orchestration_id)",
+        )
+        .await;
+    let doubled = db
+        .scalar_i64(
+            "SELECT count(*) FROM (SELECT instance_id FROM toygres_actors.decisions
+                                    WHERE action = 'start' GROUP BY 1 HAVING count(*) > 1) x",
+        )
+        .await;
+    (undecided, doubled)
+}
+
+/// 1,000 rows inserted in one transaction: started in batches (the metrics say so), each
+/// with exactly one `start` decision naming the actor its row names, and every one leased
+/// and checked at once (a first health row) without waiting for Duroxide's first turn.
+#[tokio::test]
+async fn a_burst_is_started_in_batches_with_a_decision_for_every_start() {
+    let db = TestDb::new().await;
+    let svc = ServiceProc::start(&db, &["--check-interval", "30s", "--stale-after", "5m"]).await;
+    insert_storm(&db, 1000).await;
+    converged(&db, T).await;
+    let batched = metric(
+        &svc,
+        "toygres_actors_reconcile_batched_total",
+        &["action=\"start\""],
+    )
+    .await;
+    let batches = metric(&svc, "toygres_actors_reconcile_batches_total", &[]).await;
+    assert!(
+        batched >= 900.0 && batches >= 1.0,
+        "the burst did not take the set-based path: {batched} started in {batches} batches"
+    );
+    assert!(
+        batches <= 100.0,
+        "{batches} batches for 1,000 rows: not batched"
+    );
+    assert_eq!(undecided_and_doubly_started(&db).await, (0, 0));
+    wait_until("every instance checked once", T, || async {
+        let unchecked = db
+            .scalar_i64(
+                "SELECT count(*) FROM toygres_cms.instances WHERE last_health_check IS NULL",
+            )
+            .await;
+        (unchecked == 0).then_some(())
+    })
+    .await;
+    let leased = db
+        .scalar_i64(
+            "SELECT count(*) FROM toygres_actors.probe_leases l
+               JOIN toygres_cms.instances c
+                 ON c.id = l.instance_id AND c.instance_actor_orchestration_id = l.actor_id",
+        )
+        .await;
+    assert_eq!(leased, 1000, "every started actor's lease names it");
+    assert_eq!(support::doubled_live_actors(&db).await, 0);
+}
+
+/// SIGKILL while set-based batches are in flight — held at their last statement (the
+/// decisions, behind a table lock of the test) so the kill lands mid-batch for sure. Nothing
+/// of an unfinished batch survives (no row names an actor, no start is queued); after a
+/// restart the fleet converges with exactly one start decision per instance, naming its
+/// actor, and no doubled actor.
+#[tokio::test]
+async fn sigkill_in_the_middle_of_a_batch_leaves_all_or_nothing() {
+    let db = TestDb::new().await;
+    insert_storm(&db, 2000).await;
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE toygres_actors.decisions IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    // Started after the insert: its first full reconcile queues all 2,000 at once.
+    let mut svc =
+        ServiceProc::start(&db, &["--check-interval", "30s", "--stale-after", "5m"]).await;
+    wait_until("a batch waits at its decisions", T, || async {
+        let waiting = db
+            .scalar_i64(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.relation = 'toygres_actors.decisions'::regclass AND NOT l.granted
+                    AND a.query LIKE '%INSERT INTO toygres_actors.decisions%'",
+            )
+            .await;
+        (waiting >= 1).then_some(())
+    })
+    .await;
+    svc.kill();
+    blocker.rollback().await.unwrap();
+    // The killed batches' transactions end with their sessions: wait for that, then look.
+    wait_until("the killed service's transactions are over", T, || async {
+        let open = db
+            .scalar_i64(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND xact_start IS NOT NULL",
+            )
+            .await;
+        (open == 0).then_some(())
+    })
+    .await;
+    let named = db
+        .scalar_i64("SELECT count(*) FROM toygres_cms.instances WHERE instance_actor_orchestration_id IS NOT NULL")
+        .await;
+    let decided = db
+        .scalar_i64("SELECT count(*) FROM toygres_actors.decisions")
+        .await;
+    let queued = db
+        .scalar_i64("SELECT count(*) FROM toygres_duroxide.orchestrator_queue")
+        .await;
+    assert_eq!(
+        (named, decided, queued),
+        (0, 0, 0),
+        "a killed batch left part of itself: rows naming actors, decisions, queued starts"
+    );
+    svc.restart().await;
+    converged(&db, T).await;
+    assert_eq!(undecided_and_doubly_started(&db).await, (0, 0));
+    assert_eq!(support::doubled_live_actors(&db).await, 0);
+}
