@@ -233,11 +233,15 @@ pub fn reconcile_action(action: &'static str) {
     metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).increment(1);
 }
 
-/// One set-based reconcile that carried out `n` actions of `action` in bulk.
-pub fn reconcile_batch(action: &'static str, n: usize) {
-    metrics::counter!(RECONCILE_BATCHES_TOTAL).increment(1);
+/// A set-based reconcile carried out `n` actions of `action` in bulk.
+pub fn reconcile_batched(action: &'static str, n: usize) {
     metrics::counter!(RECONCILE_BATCHED_TOTAL, "action" => action).increment(n as u64);
     metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).increment(n as u64);
+}
+
+/// One set-based reconcile done.
+pub fn reconcile_batch_done() {
+    metrics::counter!(RECONCILE_BATCHES_TOTAL).increment(1);
 }
 
 pub fn reconcile_error() {
@@ -356,7 +360,9 @@ pub fn initialise_series() {
     }
     metrics::counter!(RECONCILE_ERRORS_TOTAL).absolute(0);
     metrics::counter!(RECONCILE_BATCHES_TOTAL).absolute(0);
-    metrics::counter!(RECONCILE_BATCHED_TOTAL, "action" => "start").absolute(0);
+    for action in ["start", "cancel"] {
+        metrics::counter!(RECONCILE_BATCHED_TOTAL, "action" => action).absolute(0);
+    }
     metrics::counter!(LISTENER_RECONNECTS_TOTAL).absolute(0);
     listener_connected(false);
     leader(false);

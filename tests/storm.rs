@@ -90,6 +90,53 @@ async fn a_burst_is_started_in_batches_with_a_decision_for_every_start() {
     assert_eq!(support::doubled_live_actors(&db).await, 0);
 }
 
+/// 1,000 rows deleted in one statement, and 500 set `stopped`: every actor cancelled in
+/// batches, each instance with a `cancel` decision, nothing left running.
+#[tokio::test]
+async fn a_delete_and_stop_storm_is_cancelled_in_batches() {
+    let db = TestDb::new().await;
+    let svc = ServiceProc::start(&db, &["--check-interval", "30s", "--stale-after", "5m"]).await;
+    insert_storm(&db, 1500).await;
+    converged(&db, T).await;
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET state = 'stopped' WHERE substr(k8s_name, 10)::int <= 500",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM toygres_cms.instances WHERE substr(k8s_name, 10)::int > 500")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    converged(&db, T).await;
+    let batched = metric(
+        &svc,
+        "toygres_actors_reconcile_batched_total",
+        &["action=\"cancel\""],
+    )
+    .await;
+    assert!(
+        batched >= 1350.0,
+        "the storm did not take the set-based path: {batched} of 1,500 cancelled in batches"
+    );
+    let uncancelled = db
+        .scalar_i64(
+            "SELECT count(*) FROM (SELECT DISTINCT instance_id FROM toygres_actors.decisions
+                                    WHERE action = 'start') s
+              WHERE NOT EXISTS (SELECT 1 FROM toygres_actors.decisions d
+                                 WHERE d.instance_id = s.instance_id AND d.action = 'cancel')",
+        )
+        .await;
+    assert_eq!(
+        uncancelled, 0,
+        "an instance was cancelled without a decision"
+    );
+    let stopped = db
+        .scalar_i64("SELECT count(*) FROM toygres_cms.instances WHERE state = 'stopped'")
+        .await;
+    assert_eq!(stopped, 500);
+}
+
 /// SIGKILL while set-based batches are in flight — held at their last statement (the
 /// decisions, behind a table lock of the test) so the kill lands mid-batch for sure. Nothing
 /// of an unfinished batch survives (no row names an actor, no start is queued); after a

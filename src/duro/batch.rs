@@ -10,7 +10,7 @@
 //! (`sql/insert_decisions.sql`). A crash anywhere leaves all of it or none of it — and
 //! `explain` shows a decision for every actor the batch started.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -19,8 +19,10 @@ use uuid::Uuid;
 use super::{ActorControl, DuroError, new_actor_id};
 use crate::actor;
 use crate::cms::InstanceRow;
+use crate::config;
 use crate::identity::Term;
 use crate::sql;
+use duroxide::providers::WorkItem;
 
 /// One first start of a batch: the row (naming no actor yet) and why.
 #[derive(Debug, Clone)]
@@ -32,7 +34,139 @@ pub struct NewStart {
     pub trigger: String,
 }
 
+/// Actors of one instance to cancel (its row is gone or calls for no actor, or they are
+/// strays beside the actor the row names), with the decision recorded for it.
+#[derive(Debug, Clone)]
+pub struct CancelActors {
+    pub instance_id: Uuid,
+    /// The row's name, or `(deleted <id>)`.
+    pub name: String,
+    pub actors: Vec<String>,
+    pub reason: String,
+    /// The actor the row still names after the cancel (strays cancelled beside it).
+    pub keep: Option<String>,
+    /// The trigger label, recorded with the decision.
+    pub trigger: String,
+}
+
+/// One decision row, as `sql/insert_decisions.sql` takes them.
+struct Decided {
+    instance_id: Uuid,
+    name: String,
+    action: &'static str,
+    reason: String,
+    old: Option<String>,
+    new: Option<String>,
+    trigger: String,
+}
+
+/// Record many decisions in the transaction that carries them out.
+async fn record_decisions(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    decided: &[Decided],
+    replica: &str,
+) -> Result<(), DuroError> {
+    let col = |f: fn(&Decided) -> Option<String>| decided.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = decided.iter().map(|d| d.instance_id).collect();
+    sqlx::query(sql::INSERT_DECISIONS)
+        .bind(&ids)
+        .bind(col(|d| Some(d.name.clone())))
+        .bind(col(|d| Some(d.action.to_string())))
+        .bind(col(|d| Some(d.reason.clone())))
+        .bind(col(|d| d.old.clone()))
+        .bind(col(|d| d.new.clone()))
+        .bind(col(|d| Some(d.trigger.clone())))
+        .bind(replica)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl ActorControl {
+    /// Every live incarnation of many instances, in one query (by instance).
+    pub async fn live_actors_of(
+        &self,
+        instances: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<String>>, DuroError> {
+        let lo: Vec<String> = instances
+            .iter()
+            .map(|i| format!("{}{i}-", config::ACTOR_ID_PREFIX))
+            .collect();
+        // '-' + 1 = '.': every id with the prefix sorts below this in the "C" collation.
+        let hi: Vec<String> = instances
+            .iter()
+            .map(|i| format!("{}{i}.", config::ACTOR_ID_PREFIX))
+            .collect();
+        let live: Vec<String> = sqlx::query_scalar(&sql::with_duroxide_schema(
+            sql::LIVE_ACTORS_OF_INSTANCES,
+            &self.schema,
+        ))
+        .bind(&lo)
+        .bind(&hi)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_instance: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for a in live {
+            if let Some(i) = super::instance_of_actor(&a) {
+                by_instance.entry(i).or_default().push(a);
+            }
+        }
+        Ok(by_instance)
+    }
+
+    /// Cancel the actors of many instances in one transaction (with a fence, under the
+    /// leader's term), with a `cancel` decision for each instance.
+    pub async fn cancel_batch(
+        &self,
+        gone: &[CancelActors],
+        fence: Option<&Term>,
+        replica: &str,
+    ) -> Result<(), DuroError> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut actor_ids = Vec::new();
+        let mut items = Vec::new();
+        for g in gone {
+            for a in &g.actors {
+                let item = WorkItem::CancelInstance {
+                    instance: a.clone(),
+                    reason: g.reason.clone(),
+                };
+                actor_ids.push(a.clone());
+                items.push(
+                    serde_json::to_string(&item).map_err(|e| DuroError::Provider(e.to_string()))?,
+                );
+            }
+        }
+        let mut tx = self.begin(fence).await?;
+        sqlx::query(&sql::with_duroxide_schema(
+            sql::ENQUEUE_ORCHESTRATOR_WORK_MANY,
+            &self.schema,
+        ))
+        .bind(&actor_ids)
+        .bind(&items)
+        .bind(Utc::now())
+        .execute(&mut *tx)
+        .await?;
+        let decided: Vec<Decided> = gone
+            .iter()
+            .map(|g| Decided {
+                instance_id: g.instance_id,
+                name: g.name.clone(),
+                action: "cancel",
+                reason: g.reason.clone(),
+                old: g.actors.first().cloned(),
+                new: g.keep.clone(),
+                trigger: g.trigger.clone(),
+            })
+            .collect();
+        record_decisions(&mut tx, &decided, replica).await?;
+        tx.commit().await?;
+        self.store.enqueued_orchestrator_work();
+        Ok(())
+    }
+
     /// Start a new actor for every row in one transaction (with a fence, under the leader's
     /// term). Returns `(instance, new actor id)` for each row started; a row that changed
     /// since it was read (it names an actor now, or no longer calls for one) is left out,
@@ -100,22 +234,19 @@ impl ActorControl {
                 .execute(&mut *tx)
                 .await?;
         }
-        let names: Vec<&str> = done.iter().map(|(s, _)| s.row.k8s_name.as_str()).collect();
-        let reasons: Vec<&str> = done.iter().map(|(s, _)| s.reason.as_str()).collect();
-        let triggers: Vec<&str> = done.iter().map(|(s, _)| s.trigger.as_str()).collect();
-        let actions = vec!["start"; done.len()];
-        let old: Vec<Option<&str>> = vec![None; done.len()];
-        sqlx::query(sql::INSERT_DECISIONS)
-            .bind(&instance_ids)
-            .bind(&names)
-            .bind(&actions)
-            .bind(&reasons)
-            .bind(&old)
-            .bind(&actor_ids)
-            .bind(&triggers)
-            .bind(replica)
-            .execute(&mut *tx)
-            .await?;
+        let decided: Vec<Decided> = done
+            .iter()
+            .map(|(s, new_id)| Decided {
+                instance_id: s.row.id,
+                name: s.row.k8s_name.clone(),
+                action: "start",
+                reason: s.reason.clone(),
+                old: None,
+                new: Some(new_id.clone()),
+                trigger: s.trigger.clone(),
+            })
+            .collect();
+        record_decisions(&mut tx, &decided, replica).await?;
         tx.commit().await?;
         self.store.enqueued_orchestrator_work();
         // Committed: this replica holds every lease; check each new actor at once.

@@ -38,7 +38,7 @@ use crate::sql;
 use crate::store::Store;
 
 mod batch;
-pub use batch::NewStart;
+pub use batch::{CancelActors, NewStart};
 
 /// What can go wrong in a lifecycle step.
 #[derive(Debug, thiserror::Error)]

@@ -157,7 +157,7 @@ pub struct Fleet {
 
 /// One row of `sql/fleet.sql`.
 #[derive(Debug, sqlx::FromRow)]
-struct FleetRow {
+pub(super) struct FleetRow {
     id: Uuid,
     k8s_name: String,
     dns_name: Option<String>,
@@ -177,7 +177,11 @@ struct FleetRow {
 }
 
 impl FleetRow {
-    fn into_observed(self, live: Vec<String>) -> Observed {
+    pub(super) fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub(super) fn into_observed(self, live: Vec<String>) -> Observed {
         let actor =
             self.actor_id
                 .as_ref()
