@@ -4,9 +4,10 @@
 #   scripts/test.sh            # the whole suite
 #   scripts/test.sh schema     # extra arguments go to `cargo test`
 #
-# Needs PostgreSQL server binaries (initdb, pg_ctl, postgres), promtool, systemd-analyze, strace.
-# As root with apt-get they are installed from Debian's `postgresql`, `prometheus`, `systemd` and
-# `strace` packages; otherwise the script stops and names the package to install.
+# Needs PostgreSQL server binaries (initdb, pg_ctl, postgres), promtool, systemd-analyze, strace,
+# pgbouncer (the pooled probe targets of `bench burst`, run small by tests/bench_smoke.rs).
+# As root with apt-get they are installed from Debian's `postgresql`, `prometheus`, `systemd`,
+# `strace` and `pgbouncer` packages; otherwise the script stops and names the package to install.
 #
 # The deploy/ validators (tests/deploy.rs) are pinned in deploy/tools/ and installed under
 # target/deploy-tools (or $TOYGRES_DEPLOY_TOOLS): a Python venv from PyPI and npm packages,
@@ -26,6 +27,7 @@ have_pg || missing+=(postgresql)
 have_promtool || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+{ command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; } || missing+=(pgbouncer)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -68,24 +68,32 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
         "waiting fetches must be fewer than polling ones\n{stdout}"
     );
 
-    // Burst: 200 in one transaction; all ran, all were checked, all went away.
-    c.eq("burst.instances", 200);
-    c.eq("burst.actors_running", 200);
-    c.eq("burst.actors_checked", 200);
-    c.eq("burst.actors_left", 0);
-    c.between("burst.notify_all_s", 0.0, 60.0);
-    for f in [
-        "all_started_s",
-        "all_running_s",
-        "all_checked_s",
-        "all_gone_s",
-    ] {
-        c.between(&format!("burst.{f}"), 0.0, 600.0);
+    // Burst: 200 in one transaction, probing through the pooler and directly; all ran, all
+    // were healthy, all went away.
+    for (run, targets) in [("burst", "direct"), ("burst_pooled", "pooled")] {
+        c.eq(&format!("{run}.instances"), 200);
+        c.eq(&format!("{run}.actors_running"), 200);
+        c.eq(&format!("{run}.actors_healthy"), 200);
+        c.eq(&format!("{run}.actors_left"), 0);
+        assert_eq!(
+            c.get(&format!("{run}.targets")).as_str(),
+            Some(targets),
+            "{stdout}"
+        );
+        c.between(&format!("{run}.notify_all_s"), 0.0, 60.0);
+        for f in [
+            "all_started_s",
+            "all_running_s",
+            "all_healthy_s",
+            "all_gone_s",
+        ] {
+            c.between(&format!("{run}.{f}"), 0.0, 600.0);
+        }
+        c.between(&format!("{run}.turns_insert_per_s"), 1.0, 100_000.0);
+        c.between(&format!("{run}.turns_delete_per_s"), 1.0, 100_000.0);
+        c.cpu(&format!("{run}.cpu_insert"), true);
+        c.cpu(&format!("{run}.cpu_delete"), true);
     }
-    c.between("burst.turns_insert_per_s", 1.0, 100_000.0);
-    c.between("burst.turns_delete_per_s", 1.0, 100_000.0);
-    c.cpu("burst.cpu_insert", true);
-    c.cpu("burst.cpu_delete", true);
 
     // Capacity: 40 actors (ours) and 20 (naive) at a 2 s interval over 9 s.
     c.between("capacity.interval_s", 1.9, 2.1);

@@ -189,6 +189,14 @@ pub async fn running_any(pool: &PgPool, schema: &str) -> Result<i64> {
 }
 
 /// Rows that have a `last_health_check`.
+pub async fn healthy_count(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_cms.instances WHERE health_status = 'healthy'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 pub async fn checked_count(pool: &PgPool) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM toygres_cms.instances WHERE last_health_check IS NOT NULL",

@@ -26,6 +26,7 @@ mod harness;
 mod idle;
 mod latency;
 mod naive;
+mod pooler;
 mod recovery;
 mod smoke;
 
@@ -76,6 +77,10 @@ enum Scenario {
         /// Extra flags for the service, e.g. "--orchestration-concurrency 8".
         #[arg(long, allow_hyphen_values = true, default_value = "")]
         service_flags: String,
+        /// What the instances probe: through a pooler (a fleet of servers), the one server
+        /// directly (it forks a backend per probe), or both, one after the other.
+        #[arg(long, value_enum, default_value = "both")]
+        targets: burst::Targets,
     },
     /// N actors at an interval for a duration: staleness, CPU; naive loop as the baseline.
     Capacity {
@@ -136,7 +141,10 @@ fn main() -> Result<()> {
             Scenario::Burst {
                 instances,
                 service_flags,
-            } => burst::run(instances, &service_flags).await.map(drop),
+                targets,
+            } => burst::run(instances, &service_flags, targets)
+                .await
+                .map(drop),
             Scenario::Capacity {
                 actors,
                 interval,

@@ -17,15 +17,21 @@ struct Summary {
     latency: latency::Report,
     idle: idle::Report,
     burst: burst::Report,
+    burst_pooled: burst::Report,
     capacity: capacity::Report,
     recovery: recovery::Report,
 }
 
 pub async fn run() -> Result<()> {
+    let mut bursts = burst::run(200, "", burst::Targets::Both).await?.into_iter();
+    let (Some(burst_pooled), Some(burst)) = (bursts.next(), bursts.next()) else {
+        anyhow::bail!("burst reported fewer than two runs");
+    };
     let summary = Summary {
         latency: latency::run(20, &["50ms".into()], Duration::from_secs(2)).await?,
         idle: idle::run(5, Duration::from_secs(2), Duration::from_secs(1)).await?,
-        burst: burst::run(200, "").await?,
+        burst,
+        burst_pooled,
         capacity: capacity::run(
             40,
             Duration::from_secs(2),
