@@ -339,7 +339,7 @@ pub fn initialise_series() {
     for in_recovery in ["true", "false"] {
         metrics::counter!(PROBE_ANSWERS_TOTAL, "in_recovery" => in_recovery).absolute(0);
     }
-    for action in ["start", "cancel", "restart", "noop"] {
+    for action in ["start", "cancel", "delete", "restart", "noop"] {
         metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).absolute(0);
     }
     for channel in [
@@ -360,7 +360,7 @@ pub fn initialise_series() {
     }
     metrics::counter!(RECONCILE_ERRORS_TOTAL).absolute(0);
     metrics::counter!(RECONCILE_BATCHES_TOTAL).absolute(0);
-    for action in ["start", "cancel"] {
+    for action in ["start", "cancel", "delete"] {
         metrics::counter!(RECONCILE_BATCHED_TOTAL, "action" => action).absolute(0);
     }
     metrics::counter!(LISTENER_RECONNECTS_TOTAL).absolute(0);

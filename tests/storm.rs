@@ -90,8 +90,9 @@ async fn a_burst_is_started_in_batches_with_a_decision_for_every_start() {
     assert_eq!(support::doubled_live_actors(&db).await, 0);
 }
 
-/// 1,000 rows deleted in one statement, and 500 set `stopped`: every actor cancelled in
-/// batches, each instance with a `cancel` decision, nothing left running.
+/// 1,000 rows deleted in one statement, and 500 set `stopped`: the deleted rows' actors are
+/// removed from Duroxide in batches (decision `delete`), the stopped rows' actors cancelled
+/// in batches (decision `cancel`), nothing left running or queued.
 #[tokio::test]
 async fn a_delete_and_stop_storm_is_cancelled_in_batches() {
     let db = TestDb::new().await;
@@ -109,27 +110,47 @@ async fn a_delete_and_stop_storm_is_cancelled_in_batches() {
         .await
         .unwrap();
     converged(&db, T).await;
-    let batched = metric(
+    let cancelled = metric(
         &svc,
         "toygres_actors_reconcile_batched_total",
         &["action=\"cancel\""],
     )
     .await;
+    let deleted = metric(
+        &svc,
+        "toygres_actors_reconcile_batched_total",
+        &["action=\"delete\""],
+    )
+    .await;
     assert!(
-        batched >= 1350.0,
-        "the storm did not take the set-based path: {batched} of 1,500 cancelled in batches"
+        cancelled >= 450.0 && deleted >= 900.0,
+        "the storm did not take the set-based path: {cancelled} of 500 cancelled, {deleted} of 1,000 deleted in batches"
     );
-    let uncancelled = db
+    let undecided = db
         .scalar_i64(
             "SELECT count(*) FROM (SELECT DISTINCT instance_id FROM toygres_actors.decisions
                                     WHERE action = 'start') s
               WHERE NOT EXISTS (SELECT 1 FROM toygres_actors.decisions d
-                                 WHERE d.instance_id = s.instance_id AND d.action = 'cancel')",
+                                 WHERE d.instance_id = s.instance_id
+                                   AND d.action IN ('cancel', 'delete'))",
+        )
+        .await;
+    assert_eq!(undecided, 0, "an actor ended without a decision");
+    // Deleted rows' actors are gone from Duroxide altogether: no instance, no queued work.
+    let left = db
+        .scalar_i64(
+            "SELECT (SELECT count(*) FROM toygres_duroxide.instances)
+                  + (SELECT count(*) FROM toygres_duroxide.orchestrator_queue q
+                      WHERE NOT EXISTS (SELECT 1 FROM toygres_duroxide.instances i
+                                         WHERE i.instance_id = q.instance_id))
+                  + (SELECT count(*) FROM toygres_duroxide.worker_queue w
+                      WHERE NOT EXISTS (SELECT 1 FROM toygres_duroxide.instances i
+                                         WHERE i.instance_id = w.instance_id))",
         )
         .await;
     assert_eq!(
-        uncancelled, 0,
-        "an instance was cancelled without a decision"
+        left, 500,
+        "only the 500 stopped (cancelled) actors stay in Duroxide"
     );
     let stopped = db
         .scalar_i64("SELECT count(*) FROM toygres_cms.instances WHERE state = 'stopped'")

@@ -114,6 +114,48 @@ impl ActorControl {
         Ok(by_instance)
     }
 
+    /// Delete the Duroxide instances of the actors of many instances whose CMS rows are
+    /// gone, in one transaction (with a fence, under the leader's term), with a `delete`
+    /// decision for each: no cancel turn to wait for, so a storm of deletes is over at
+    /// commit. Returns how many orchestration instances were removed.
+    pub async fn delete_batch(
+        &self,
+        gone: &[CancelActors],
+        fence: Option<&Term>,
+        replica: &str,
+    ) -> Result<i64, DuroError> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let actor_ids: Vec<&str> = gone
+            .iter()
+            .flat_map(|g| g.actors.iter().map(String::as_str))
+            .collect();
+        let mut tx = self.begin(fence).await?;
+        let deleted: i64 = sqlx::query_scalar(&sql::with_duroxide_schema(
+            sql::DELETE_ACTOR_INSTANCES,
+            &self.schema,
+        ))
+        .bind(&actor_ids)
+        .fetch_one(&mut *tx)
+        .await?;
+        let decided: Vec<Decided> = gone
+            .iter()
+            .map(|g| Decided {
+                instance_id: g.instance_id,
+                name: g.name.clone(),
+                action: "delete",
+                reason: g.reason.clone(),
+                old: g.actors.first().cloned(),
+                new: None,
+                trigger: g.trigger.clone(),
+            })
+            .collect();
+        record_decisions(&mut tx, &decided, replica).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
     /// Cancel the actors of many instances in one transaction (with a fence, under the
     /// leader's term), with a `cancel` decision for each instance.
     pub async fn cancel_batch(

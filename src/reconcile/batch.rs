@@ -7,7 +7,11 @@
 //! [`verdict::decide`] runs on each instance exactly as on the per-instance path. Then:
 //! - every first start, in one transaction
 //!   ([`ActorControl::start_batch`](crate::duro::ActorControl::start_batch));
-//! - every cancel (deleted rows, rows that call for no actor, strays), in one transaction
+//! - every actor of a row that is gone, removed from Duroxide outright in one transaction
+//!   ([`ActorControl::delete_batch`](crate::duro::ActorControl::delete_batch): no cancel
+//!   turn to wait for, 10,000 at a time would need minutes of turns; the decision log
+//!   keeps the record, action `delete`);
+//! - every cancel (rows that call for no actor, strays), in one transaction
 //!   ([`ActorControl::cancel_batch`](crate::duro::ActorControl::cancel_batch));
 //! - every no-op, settled here.
 //!
@@ -41,6 +45,8 @@ pub const BATCH_MAX: usize = 500;
 struct Plan {
     starts: Vec<NewStart>,
     cancels: Vec<CancelActors>,
+    /// Actors of rows that are gone: deleted from Duroxide outright.
+    deletes: Vec<CancelActors>,
     /// For the per-instance path.
     single: Vec<Uuid>,
     /// Notification clocks of the starts (for the event → action histogram).
@@ -63,6 +69,17 @@ impl Reconciler {
         let fence = self.fence_for(&trigger)?;
         let mut single = plan.single;
         let cancelled = plan.cancels.len();
+        let deleted = plan.deletes.len();
+        if !plan.deletes.is_empty() {
+            self.control
+                .delete_batch(&plan.deletes, fence.as_ref(), &self.replica)
+                .await
+                .inspect_err(|_| metrics::reconcile_error())?;
+            for d in &plan.deletes {
+                self.forget_backoff(d.instance_id);
+            }
+            metrics::reconcile_batched("delete", deleted);
+        }
         if !plan.cancels.is_empty() {
             self.control
                 .cancel_batch(&plan.cancels, fence.as_ref(), &self.replica)
@@ -100,6 +117,7 @@ impl Reconciler {
         tracing::info!(
             started = done.len(),
             cancelled,
+            deleted,
             per_instance = single.len(),
             batch = jobs.len(),
             trigger = %trigger.label(),
@@ -136,10 +154,13 @@ impl Reconciler {
                     continue;
                 }
                 plan.fence_trigger.get_or_insert_with(|| trigger.clone());
-                plan.cancels.push(CancelActors {
+                plan.deletes.push(CancelActors {
                     instance_id: *id,
                     name: format!("(deleted {id})"),
-                    reason: format!("row deleted, but {} runs", actors.join(", ")),
+                    reason: format!(
+                        "row deleted, but {} runs: removed from Duroxide",
+                        actors.join(", ")
+                    ),
                     actors,
                     keep: None,
                     trigger: trigger.label(),

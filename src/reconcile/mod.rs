@@ -265,7 +265,7 @@ impl Reconciler {
             } else {
                 format!("row deleted, but {} runs", live.join(", "))
             },
-            action: if live.is_empty() { "noop" } else { "cancel" },
+            action: if live.is_empty() { "noop" } else { "delete" },
             old_actor_id: live.first().cloned(),
             new_actor_id: None,
             skipped: None,
@@ -283,27 +283,27 @@ impl Reconciler {
             outcome.skipped = Some("dry run".into());
             return Ok(outcome);
         }
+        // Removed from Duroxide outright, as a storm of deletes is (reconcile/batch.rs): the
+        // decision is recorded in the same transaction.
         let fence = self.fence_for(trigger)?;
-        for a in &live {
-            self.control
-                .cancel(a, "instance row deleted", fence.as_ref())
-                .await?;
-        }
+        outcome.action = "delete";
+        outcome.reason = format!("{}: removed from Duroxide", outcome.reason);
+        let gone = crate::duro::CancelActors {
+            instance_id: id,
+            name,
+            actors: live.clone(),
+            reason: outcome.reason.clone(),
+            keep: None,
+            trigger: trigger.label(),
+        };
+        self.control
+            .delete_batch(&[gone], fence.as_ref(), &self.replica)
+            .await
+            .inspect_err(|_| metrics::reconcile_error())?;
         self.forget_backoff(id);
-        metrics::reconcile_action("cancel");
-        self.log_decision(
-            id,
-            &name,
-            "cancel",
-            &outcome.reason,
-            live.first().map(String::as_str),
-            None,
-            trigger,
-            None,
-        )
-        .await;
+        metrics::reconcile_action("delete");
         if crate::quiet::RECONCILED.admit() {
-            tracing::info!(instance_id = %id, actors = ?live, trigger = %trigger.label(), "cancelled actors of a deleted instance");
+            tracing::info!(instance_id = %id, actors = ?live, trigger = %trigger.label(), "removed the actors of a deleted instance");
         }
         Ok(outcome)
     }
