@@ -15,7 +15,9 @@
 //!    it with a [`verdict::Verdict`]; automatic actions are fenced by the leader's term.
 //!    `reconcile/fleet.rs` observes the whole fleet in two queries (the full reconcile after
 //!    every (re)connect and on a timer); `reconcile/queue.rs` is the delivery around it
-//!    (coalescing per instance, bounded concurrency, retry with backoff).
+//!    (coalescing per instance, bounded concurrency, retry with backoff), which hands a
+//!    storm of hints in batches to `reconcile/batch.rs`, the set-based path (starts,
+//!    deletes and cancels of many instances, one transaction each; `duro/batch.rs`).
 //! 3. **[`duro`]** — the Duroxide runtime on duroxide-pg, in schema `toygres_duroxide` of the
 //!    same database, and the start/cancel/restart primitives: the actor-id swap and the
 //!    start or cancel enqueue commit in one transaction with the term check. The runtime

@@ -141,6 +141,14 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
     c.eq("recovery.wrong_at_end", 0);
     c.between("recovery.healed_after_stale_s", -1.0, 60.0);
 
+    // Retention: the whole backlog pruned, the fresh rows kept, at a measured rate.
+    c.eq("retention.backlog", 30_000);
+    c.eq("retention.deleted", 30_000);
+    c.eq("retention.old_left", 0);
+    c.eq("retention.fresh_left", 10_000);
+    c.between("retention.rows_per_s", 1.0, 10_000_000.0);
+    c.between("retention.sustained_per_s", 0.1, 10_000_000.0);
+
     // The tables print those figures, one per row, nothing left unmeasured.
     let rows = table_rows(&stdout);
     for section in [

@@ -4,9 +4,10 @@
 //!     cargo build --release --bins
 //!     target/release/bench latency    # commit → first probe / first health row; idle CPU; poll trade-off
 //!     target/release/bench idle       # 100 idle actors: machine-level CPU over PostgreSQL alone; vs polling
-//!     target/release/bench burst      # 10,000 inserts in one transaction → all running and checked; then deleted
+//!     target/release/bench burst      # 10,000 inserts in one transaction → all running and healthy; then deleted (pooled and direct targets)
 //!     target/release/bench capacity   # N actors at 30 s: staleness p50/p99, CPU; the naive Duroxide loop as baseline
 //!     target/release/bench recovery   # listener cut for 60 s while 1,000 rows change; stale → healed
+//!     target/release/bench retention  # a backlog of old health rows pruned as the service does: rows/s
 //!     target/release/bench smoke      # every scenario at a tiny size (the test suite runs this)
 //!
 //! Every scenario starts its own private PostgreSQL and the real `toygres-actors` binary (a
@@ -28,6 +29,7 @@ mod latency;
 mod naive;
 mod pooler;
 mod recovery;
+mod retention;
 mod smoke;
 
 use std::time::Duration;
@@ -106,6 +108,11 @@ enum Scenario {
         #[arg(long, default_value = "60s")]
         outage: String,
     },
+    /// A backlog of old health rows pruned as the service does: rows/s vs the target.
+    Retention {
+        #[arg(long, default_value_t = 2_000_000)]
+        backlog: usize,
+    },
     /// All scenarios at a tiny size (keeps the harness from rotting), then a JSON summary.
     Smoke,
     /// (internal) run the naive Duroxide loop's workers against DATABASE_URL until killed.
@@ -163,6 +170,7 @@ fn main() -> Result<()> {
             Scenario::Recovery { rows, outage } => {
                 recovery::run(rows, dur(&outage)?).await.map(drop)
             }
+            Scenario::Retention { backlog } => retention::run(backlog).await.map(drop),
             Scenario::Smoke => smoke::run().await,
             Scenario::NaiveWorker { url, schema } => naive::worker(&url, &schema).await,
         }

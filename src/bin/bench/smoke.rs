@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{burst, capacity, idle, latency, recovery};
+use crate::{burst, capacity, idle, latency, recovery, retention};
 
 /// Starts the JSON summary line.
 pub const SUMMARY_PREFIX: &str = "bench-smoke-summary: ";
@@ -20,6 +20,7 @@ struct Summary {
     burst_pooled: burst::Report,
     capacity: capacity::Report,
     recovery: recovery::Report,
+    retention: retention::Report,
 }
 
 pub async fn run() -> Result<()> {
@@ -42,6 +43,7 @@ pub async fn run() -> Result<()> {
         )
         .await?,
         recovery: recovery::run(40, Duration::from_secs(3)).await?,
+        retention: retention::run(30_000).await?,
     };
     println!("\n{SUMMARY_PREFIX}{}", serde_json::to_string(&summary)?);
     Ok(())

@@ -1,0 +1,154 @@
+//! `bench retention`: can the pruner keep `instance_health_checks` bounded? 10,000 instances
+//! at 30 s write ~333 rows a second (28.8 M a day); the target is twice that. A backlog of
+//! old rows is seeded, then pruned exactly as the service does it
+//! ([`toygres_actors::cms::prune_health_history`]: batches of 10,000 in a loop within
+//! [`config::PRUNE_BUDGET`] of every [`config::PRUNE_INTERVAL`]). Baseline: the release
+//! before, one batch per pruning period.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+use toygres_actors::config;
+
+use crate::harness::{Baseline, DASH, Env, header, insert_instance, num, row};
+
+/// Retention of the scenario (the service's default, 7 days).
+const RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// Fresh rows that must survive the pruning.
+const FRESH: i64 = 10_000;
+/// Sustained rate the pruner must reach: 2× what 10,000 instances at 30 s write.
+const TARGET_PER_S: f64 = 700.0;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub backlog: usize,
+    pub deleted: u64,
+    pub seconds: f64,
+    /// Rows deleted per second while a pass runs.
+    pub rows_per_s: f64,
+    /// What that sustains: a pass may run PRUNE_BUDGET of every PRUNE_INTERVAL.
+    pub sustained_per_s: f64,
+    /// One batch of 10,000 per PRUNE_INTERVAL (the release before).
+    pub baseline_per_s: f64,
+    /// Rows older than the retention left after the passes (must be 0).
+    pub old_left: i64,
+    /// Fresh rows left (must be all of them).
+    pub fresh_left: i64,
+}
+
+pub async fn run(backlog: usize) -> Result<Report> {
+    let env = Env::start().await?;
+    // Spread over 100 instances, as a fleet writes them.
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(insert_instance(&env.pool, &format!("retention-{i}"), "stopped", None).await?);
+    }
+    sqlx::query(
+        "INSERT INTO toygres_cms.instance_health_checks
+                (instance_id, status, postgres_version, response_time_ms, checked_at)
+         SELECT ($1::uuid[])[1 + g % 100], 'healthy', '16.4', 1,
+                now() - interval '8 days' - g * interval '10 milliseconds'
+           FROM generate_series(1, $2) g",
+    )
+    .bind(&ids)
+    .bind(backlog as i64)
+    .execute(&env.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO toygres_cms.instance_health_checks
+                (instance_id, status, postgres_version, response_time_ms, checked_at)
+         SELECT ($1::uuid[])[1 + g % 100], 'healthy', '16.4', 1, now() - g * interval '10 milliseconds'
+           FROM generate_series(1, $2) g",
+    )
+    .bind(&ids)
+    .bind(FRESH)
+    .execute(&env.pool)
+    .await?;
+    sqlx::query("VACUUM ANALYZE toygres_cms.instance_health_checks")
+        .execute(&env.pool)
+        .await?;
+
+    // Passes as the service runs them, each within its budget, until the backlog is gone.
+    let t = Instant::now();
+    let mut deleted = 0;
+    loop {
+        let n =
+            toygres_actors::cms::prune_health_history(&env.pool, RETENTION, config::PRUNE_BUDGET)
+                .await?;
+        deleted += n;
+        if n == 0 || deleted >= backlog as u64 {
+            break;
+        }
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let old_left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_cms.instance_health_checks WHERE checked_at < now() - interval '7 days'",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    let fresh_left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM toygres_cms.instance_health_checks")
+            .fetch_one(&env.pool)
+            .await?;
+    let rows_per_s = deleted as f64 / seconds.max(1e-9);
+    let share = config::PRUNE_BUDGET.as_secs_f64() / config::PRUNE_INTERVAL.as_secs_f64();
+    let report = Report {
+        backlog,
+        deleted,
+        seconds,
+        rows_per_s,
+        sustained_per_s: rows_per_s * share,
+        baseline_per_s: 10_000.0 / config::PRUNE_INTERVAL.as_secs_f64(),
+        old_left,
+        fresh_left,
+    };
+    report.print();
+    Ok(report)
+}
+
+impl Report {
+    fn print(&self) {
+        header(&format!(
+            "Retention — a backlog of {} health rows older than 7 days, pruned as the service does",
+            self.backlog
+        ));
+        row(
+            "rows deleted per second while a pass runs",
+            format!(
+                "{} ({} rows in {:.1} s)",
+                num(Some(self.rows_per_s), 0),
+                self.deleted,
+                self.seconds
+            ),
+            Baseline::None,
+            DASH,
+            None,
+        );
+        row(
+            &format!(
+                "sustained rate ({} s of every {} s)",
+                config::PRUNE_BUDGET.as_secs(),
+                config::PRUNE_INTERVAL.as_secs()
+            ),
+            format!("{} rows/s", num(Some(self.sustained_per_s), 0)),
+            Baseline::Ratio {
+                text: format!(
+                    "{} rows/s (one batch of 10,000 per period)",
+                    num(Some(self.baseline_per_s), 1)
+                ),
+                value: Some(self.sustained_per_s),
+                base: Some(self.baseline_per_s),
+            },
+            "≥ 700 rows/s",
+            Some(self.sustained_per_s >= TARGET_PER_S),
+        );
+        row(
+            "rows older than the retention left / fresh rows kept",
+            format!("{} / {} of {FRESH}", self.old_left, self.fresh_left),
+            Baseline::None,
+            "0 / all",
+            Some(self.old_left == 0 && self.fresh_left == FRESH),
+        );
+    }
+}
