@@ -71,6 +71,9 @@ pub struct Scheduler {
     state: Mutex<State>,
     wake: Notify,
     slots: Arc<Semaphore>,
+    /// Before every due time this scheduler hands out: the due time of a check that goes
+    /// first ([`Scheduler::lease_first`]).
+    origin: Instant,
 }
 
 impl Scheduler {
@@ -82,6 +85,7 @@ impl Scheduler {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            origin: Instant::now(),
         }
     }
 
@@ -123,7 +127,17 @@ impl Scheduler {
     /// Probe an instance whose lease we hold. The same actor again changes nothing (the
     /// rhythm stays); a new actor replaces the entry (new rhythm, failures reset).
     pub fn lease(&self, lease: Lease) {
-        let now = Instant::now();
+        let due = Instant::now() + lease.first_in;
+        self.lease_due(lease, due);
+    }
+
+    /// As [`Scheduler::lease`], and its first check goes before every check already due:
+    /// an explicit restart's first check never waits behind a storm's.
+    pub fn lease_first(&self, lease: Lease) {
+        self.lease_due(lease, self.origin);
+    }
+
+    fn lease_due(&self, lease: Lease, due: Instant) {
         let mut guard = self.lock();
         let st = &mut *guard;
         if let Some(e) = st.entries.get_mut(&lease.instance_id)
@@ -133,7 +147,6 @@ impl Scheduler {
         }
         st.next_generation += 1;
         let generation = st.next_generation;
-        let due = now + lease.first_in;
         let id = lease.instance_id;
         st.entries.insert(
             id,

@@ -38,7 +38,9 @@ use crate::sql;
 use crate::store::Store;
 
 mod batch;
+mod eager;
 pub use batch::{CancelActors, NewStart};
+use eager::Eager;
 
 /// What can go wrong in a lifecycle step.
 #[derive(Debug, thiserror::Error)]
@@ -321,10 +323,28 @@ impl ActorControl {
     /// wake this process's waiting fetches (the queue trigger wakes the others).
     async fn enqueue_and_commit(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
         instance: &str,
         item: &WorkItem,
     ) -> Result<(), DuroError> {
+        self.enqueue_and_commit_at(tx, instance, item, false).await
+    }
+
+    /// [`ActorControl::enqueue_and_commit`]; `first`: visible since long ago, so that
+    /// Duroxide's fetch (oldest visible first) takes it before a storm's queued work — the
+    /// turns of an explicit restart never wait behind 10,000 starts.
+    async fn enqueue_and_commit_at(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        instance: &str,
+        item: &WorkItem,
+        first: bool,
+    ) -> Result<(), DuroError> {
+        let visible = if first {
+            Utc::now() - chrono::Duration::hours(1)
+        } else {
+            Utc::now()
+        };
         let json = serde_json::to_string(item).map_err(|e| DuroError::Provider(e.to_string()))?;
         sqlx::query(&sql::with_duroxide_schema(
             sql::ENQUEUE_ORCHESTRATOR_WORK,
@@ -332,7 +352,7 @@ impl ActorControl {
         ))
         .bind(instance)
         .bind(json)
-        .bind(Utc::now())
+        .bind(visible)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -380,63 +400,6 @@ impl ActorControl {
         Ok(())
     }
 
-    /// The started actor is leased to this replica at once and checked right away, instead
-    /// of after Duroxide's dispatcher has run its first turn (which confirms the owner).
-    fn lease_eagerly(&self, input: &ActorInput, actor_id: &str) {
-        self.lease_here_and_check(input, actor_id, false);
-    }
-
-    /// A state change that changes what a probe would see (e.g. toygres' create flow:
-    /// `creating` without a connection string → `running` with one): this replica takes the
-    /// instance's probe lease and checks it at once, instead of the holder waiting out the
-    /// interval (the balancer evens the fleet out again).
-    pub fn check_now(&self, row: &InstanceRow, actor_id: &str) {
-        let input = self.input_for(row);
-        self.lease_here_and_check(&input, actor_id, true);
-    }
-
-    fn lease_here_and_check(&self, input: &ActorInput, actor_id: &str, even_if_held: bool) {
-        let Some((deps, scheduler)) = &self.eager else {
-            return;
-        };
-        let (deps, scheduler) = (deps.clone(), scheduler.clone());
-        let actor_id = actor_id.to_string();
-        let owner_ttl = self.settings.lease_renew * actor::LEASE_OVERLAP;
-        let lease = crate::lease::Lease {
-            instance_id: input.instance_id,
-            actor_id: actor_id.clone(),
-            interval: self.settings.check_interval,
-            first_in: Duration::ZERO,
-            unhealthy_after: input.unhealthy_after,
-            actor_states: input.actor_states.clone(),
-        };
-        tokio::spawn(async move {
-            let me = (scheduler.id().name(), scheduler.id().epoch());
-            match crate::cms::lease_for_actor(
-                &deps.pool,
-                lease.instance_id,
-                &actor_id,
-                me,
-                owner_ttl,
-                true,
-            )
-            .await
-            {
-                Ok(Some(h)) if h.name == me.0 && h.epoch == me.1 => {
-                    if even_if_held {
-                        scheduler.check_now(lease)
-                    } else {
-                        scheduler.lease(lease)
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn")
-                }
-            }
-        });
-    }
-
     /// New incarnation: cancel `row.actor_id` if live (and wait for it to end, bounded),
     /// then in one transaction swap the column to a new id (compare-and-set) and enqueue its
     /// start — with a fence, under the leader's term.
@@ -446,11 +409,24 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<Transition, DuroError> {
+        self.replace_with(row, reason, fence, false).await
+    }
+
+    /// [`ActorControl::replace`]; `urgent` (an explicit restart): the new actor's first
+    /// check goes before every check already due (never behind a storm's first checks).
+    pub async fn replace_with(
+        &self,
+        row: &InstanceRow,
+        reason: &str,
+        fence: Option<&Term>,
+        urgent: bool,
+    ) -> Result<Transition, DuroError> {
         if !self.wants_actor(&row.state) {
             return Err(DuroError::NotWanted(row.state.clone()));
         }
         if let Some(old) = &row.actor_id {
-            self.cancel_and_wait(old, reason, fence).await?;
+            self.cancel_and_wait_with(old, reason, fence, urgent)
+                .await?;
         }
         let new_id = new_actor_id(row.id);
         let input = self.input_for(row);
@@ -468,8 +444,14 @@ impl ActorControl {
                 expected: row.actor_id.clone(),
             });
         }
-        self.enqueue_and_commit(tx, &new_id, &item).await?;
-        self.lease_eagerly(&input, &new_id);
+        self.enqueue_and_commit_at(tx, &new_id, &item, urgent)
+            .await?;
+        let how = if urgent {
+            Eager::LeaseFirst
+        } else {
+            Eager::Lease
+        };
+        self.lease_here_and_check(&input, &new_id, how);
         Ok(Transition {
             old_actor_id: row.actor_id.clone(),
             new_actor_id: Some(new_id),
@@ -484,12 +466,23 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<(), DuroError> {
+        self.cancel_with(actor_id, reason, fence, false).await
+    }
+
+    async fn cancel_with(
+        &self,
+        actor_id: &str,
+        reason: &str,
+        fence: Option<&Term>,
+        first: bool,
+    ) -> Result<(), DuroError> {
         let item = WorkItem::CancelInstance {
             instance: actor_id.to_string(),
             reason: reason.to_string(),
         };
         let tx = self.begin(fence).await?;
-        self.enqueue_and_commit(tx, actor_id, &item).await?;
+        self.enqueue_and_commit_at(tx, actor_id, &item, first)
+            .await?;
         Ok(())
     }
 
@@ -501,10 +494,21 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<(), DuroError> {
+        self.cancel_and_wait_with(actor_id, reason, fence, false)
+            .await
+    }
+
+    async fn cancel_and_wait_with(
+        &self,
+        actor_id: &str,
+        reason: &str,
+        fence: Option<&Term>,
+        first: bool,
+    ) -> Result<(), DuroError> {
         if !self.actor_state(actor_id).await?.is_live() {
             return Ok(());
         }
-        self.cancel(actor_id, reason, fence).await?;
+        self.cancel_with(actor_id, reason, fence, first).await?;
         let deadline = Instant::now() + config::RESTART_CANCEL_WAIT;
         let mut delay = Duration::from_millis(5);
         while Instant::now() < deadline {

@@ -454,8 +454,9 @@ impl Reconciler {
                 .map(|_| (row.actor_id.clone(), Some(id.clone()))),
             Action::Start { named: None } | Action::Restart => {
                 let reason = format!("{}: {}", decision.verdict, decision.reason);
+                let explicit = forced || matches!(trigger, Trigger::Operator(_));
                 self.control
-                    .replace(row, &reason, fence)
+                    .replace_with(row, &reason, fence, explicit)
                     .await
                     .map(|t| (t.old_actor_id, t.new_actor_id))
             }
