@@ -90,7 +90,9 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
             c.between(&format!("{run}.{f}"), 0.0, 600.0);
         }
         c.between(&format!("{run}.turns_insert_per_s"), 1.0, 100_000.0);
-        c.between(&format!("{run}.turns_delete_per_s"), 1.0, 100_000.0);
+        // Deleted rows' actors are removed from Duroxide, not cancelled: a delete burst
+        // needs no turn (measured, may be 0).
+        c.between(&format!("{run}.turns_delete_per_s"), -0.001, 100_000.0);
         c.cpu(&format!("{run}.cpu_insert"), true);
         c.cpu(&format!("{run}.cpu_delete"), true);
     }

@@ -11,13 +11,11 @@
 //! `explain` shows a decision for every actor the batch started.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use chrono::Utc;
 use uuid::Uuid;
 
 use super::{ActorControl, DuroError, new_actor_id};
-use crate::actor;
 use crate::cms::InstanceRow;
 use crate::config;
 use crate::identity::Term;
@@ -83,6 +81,26 @@ async fn record_decisions(
 }
 
 impl ActorControl {
+    /// Enqueue many Duroxide work items inside `tx` (parallel arrays of orchestration ids
+    /// and serialised items), visible now.
+    async fn enqueue_many(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        instances: &[String],
+        items: &[String],
+    ) -> Result<(), DuroError> {
+        sqlx::query(&sql::with_duroxide_schema(
+            sql::ENQUEUE_ORCHESTRATOR_WORK_MANY,
+            &self.schema,
+        ))
+        .bind(instances)
+        .bind(items)
+        .bind(Utc::now())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// Every live incarnation of many instances, in one query (by instance).
     pub async fn live_actors_of(
         &self,
@@ -182,15 +200,7 @@ impl ActorControl {
             }
         }
         let mut tx = self.begin(fence).await?;
-        sqlx::query(&sql::with_duroxide_schema(
-            sql::ENQUEUE_ORCHESTRATOR_WORK_MANY,
-            &self.schema,
-        ))
-        .bind(&actor_ids)
-        .bind(&items)
-        .bind(Utc::now())
-        .execute(&mut *tx)
-        .await?;
+        self.enqueue_many(&mut tx, &actor_ids, &items).await?;
         let decided: Vec<Decided> = gone
             .iter()
             .map(|g| Decided {
@@ -256,17 +266,9 @@ impl ActorControl {
         }
         let actor_ids: Vec<String> = done.iter().map(|(_, a)| a.clone()).collect();
         let instance_ids: Vec<Uuid> = done.iter().map(|(s, _)| s.row.id).collect();
-        sqlx::query(&sql::with_duroxide_schema(
-            sql::ENQUEUE_ORCHESTRATOR_WORK_MANY,
-            &self.schema,
-        ))
-        .bind(&actor_ids)
-        .bind(&items)
-        .bind(Utc::now())
-        .execute(&mut *tx)
-        .await?;
+        self.enqueue_many(&mut tx, &actor_ids, &items).await?;
         if let Some((_, scheduler)) = &self.eager {
-            let owner_ttl = self.settings.lease_renew * actor::LEASE_OVERLAP;
+            let owner_ttl = self.owner_ttl();
             sqlx::query(sql::LEASE_NEW_ACTORS)
                 .bind(&instance_ids)
                 .bind(&actor_ids)
@@ -294,14 +296,7 @@ impl ActorControl {
         // Committed: this replica holds every lease; check each new actor at once.
         if let Some((_, scheduler)) = &self.eager {
             for (input, actor_id) in inputs.iter().zip(&actor_ids) {
-                scheduler.lease(crate::lease::Lease {
-                    instance_id: input.instance_id,
-                    actor_id: actor_id.clone(),
-                    interval: self.settings.check_interval,
-                    first_in: Duration::ZERO,
-                    unhealthy_after: input.unhealthy_after,
-                    actor_states: input.actor_states.clone(),
-                });
+                scheduler.lease(self.first_lease(input, actor_id));
             }
         }
         Ok(instance_ids.into_iter().zip(actor_ids).collect())

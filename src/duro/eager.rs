@@ -20,6 +20,23 @@ pub(super) enum Eager {
 }
 
 impl ActorControl {
+    /// How long an owner record lasts without a renewal.
+    pub(super) fn owner_ttl(&self) -> Duration {
+        self.settings.lease_renew * actor::LEASE_OVERLAP
+    }
+
+    /// The scheduler entry of a started actor: its first check at once.
+    pub(super) fn first_lease(&self, input: &ActorInput, actor_id: &str) -> crate::lease::Lease {
+        crate::lease::Lease {
+            instance_id: input.instance_id,
+            actor_id: actor_id.to_string(),
+            interval: self.settings.check_interval,
+            first_in: Duration::ZERO,
+            unhealthy_after: input.unhealthy_after,
+            actor_states: input.actor_states.clone(),
+        }
+    }
+
     /// The started actor is leased to this replica at once and checked right away, instead
     /// of after Duroxide's dispatcher has run its first turn (which confirms the owner).
     pub(super) fn lease_eagerly(&self, input: &ActorInput, actor_id: &str) {
@@ -41,15 +58,8 @@ impl ActorControl {
         };
         let (deps, scheduler) = (deps.clone(), scheduler.clone());
         let actor_id = actor_id.to_string();
-        let owner_ttl = self.settings.lease_renew * actor::LEASE_OVERLAP;
-        let lease = crate::lease::Lease {
-            instance_id: input.instance_id,
-            actor_id: actor_id.clone(),
-            interval: self.settings.check_interval,
-            first_in: Duration::ZERO,
-            unhealthy_after: input.unhealthy_after,
-            actor_states: input.actor_states.clone(),
-        };
+        let owner_ttl = self.owner_ttl();
+        let lease = self.first_lease(input, &actor_id);
         tokio::spawn(async move {
             let me = (scheduler.id().name(), scheduler.id().epoch());
             match crate::cms::lease_for_actor(
