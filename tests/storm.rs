@@ -193,15 +193,37 @@ async fn a_delete_and_stop_storm_is_cancelled_in_batches() {
 async fn sigkill_in_the_middle_of_a_batch_leaves_all_or_nothing() {
     let db = TestDb::new().await;
     insert_storm(&db, 2000).await;
+    // Started after the insert: its first full reconcile queues all 2,000 at once.
+    kill_while_decisions_wait(&db, || async {}).await;
+}
+
+/// The same for one instance on the per-instance path: its start records its decision in
+/// the start's own transaction, so a kill before the commit leaves neither.
+#[tokio::test]
+async fn sigkill_while_a_single_start_records_its_decision_leaves_all_or_nothing() {
+    let db = TestDb::new().await;
+    kill_while_decisions_wait(&db, || async {
+        db.insert_instance("pg-one", "creating", None).await;
+    })
+    .await;
+}
+
+/// Hold the decisions table, start the service, run `write`, wait until a decision waits for
+/// the lock, SIGKILL the service, and check that nothing of the unfinished transactions
+/// survived; then restart and check convergence with one start decision per actor.
+async fn kill_while_decisions_wait<F, Fut>(db: &TestDb, write: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut blocker = db.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE toygres_actors.decisions IN SHARE MODE")
         .execute(&mut *blocker)
         .await
         .unwrap();
-    // Started after the insert: its first full reconcile queues all 2,000 at once.
-    let mut svc =
-        ServiceProc::start(&db, &["--check-interval", "30s", "--stale-after", "5m"]).await;
-    wait_until("a batch waits at its decisions", T, || async {
+    let mut svc = ServiceProc::start(db, &["--check-interval", "30s", "--stale-after", "5m"]).await;
+    write().await;
+    wait_until("a decision waits for the lock", T, || async {
         let waiting = db
             .scalar_i64(
                 "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -214,7 +236,7 @@ async fn sigkill_in_the_middle_of_a_batch_leaves_all_or_nothing() {
     .await;
     svc.kill();
     blocker.rollback().await.unwrap();
-    // The killed batches' transactions end with their sessions: wait for that, then look.
+    // The killed transactions end with their sessions: wait for that, then look.
     wait_until("the killed service's transactions are over", T, || async {
         let open = db
             .scalar_i64(
@@ -238,10 +260,10 @@ async fn sigkill_in_the_middle_of_a_batch_leaves_all_or_nothing() {
     assert_eq!(
         (named, decided, queued),
         (0, 0, 0),
-        "a killed batch left part of itself: rows naming actors, decisions, queued starts"
+        "a killed start left part of itself: rows naming actors, decisions, queued starts"
     );
     svc.restart().await;
-    converged(&db, T).await;
-    assert_eq!(doubly_started_once_decided(&db).await, 0);
-    assert_eq!(support::doubled_live_actors(&db).await, 0);
+    converged(db, T).await;
+    assert_eq!(doubly_started_once_decided(db).await, 0);
+    assert_eq!(support::doubled_live_actors(db).await, 0);
 }

@@ -48,18 +48,18 @@ pub struct CancelActors {
 }
 
 /// One decision row, as `sql/insert_decisions.sql` takes them.
-struct Decided {
-    instance_id: Uuid,
-    name: String,
-    action: &'static str,
-    reason: String,
-    old: Option<String>,
-    new: Option<String>,
-    trigger: String,
+pub(super) struct Decided {
+    pub(super) instance_id: Uuid,
+    pub(super) name: String,
+    pub(super) action: &'static str,
+    pub(super) reason: String,
+    pub(super) old: Option<String>,
+    pub(super) new: Option<String>,
+    pub(super) trigger: String,
 }
 
 /// Record many decisions in the transaction that carries them out.
-async fn record_decisions(
+pub(super) async fn record_decisions(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     decided: &[Decided],
     replica: &str,

@@ -212,6 +212,16 @@ pub struct ActorControl {
     pub eager: Option<(Arc<ActorDeps>, Arc<crate::lease::Scheduler>)>,
 }
 
+/// The decision a start or restart records in its own transaction, so that no crash can
+/// leave the action done and its decision missing from `explain`.
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    pub action: &'static str,
+    pub reason: &'a str,
+    pub trigger: String,
+    pub replica: &'a str,
+}
+
 /// What a lifecycle step did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Transition {
@@ -381,6 +391,7 @@ impl ActorControl {
         row: &InstanceRow,
         actor_id: &str,
         fence: Option<&Term>,
+        record: Option<&Record<'_>>,
     ) -> Result<(), DuroError> {
         let input = self.input_for(row);
         let item = self.start_item(actor_id, &input)?;
@@ -395,6 +406,7 @@ impl ActorControl {
                 expected: Some(actor_id.to_string()),
             });
         }
+        self.record_in(&mut tx, row, Some(actor_id), record).await?;
         self.enqueue_and_commit(tx, actor_id, &item).await?;
         self.lease_eagerly(&input, actor_id);
         Ok(())
@@ -409,7 +421,30 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<Transition, DuroError> {
-        self.replace_with(row, reason, fence, false).await
+        self.replace_with(row, reason, fence, false, None).await
+    }
+
+    /// Record `record` (if any) for `row` in `tx`: the row's current actor → `new`.
+    async fn record_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        row: &InstanceRow,
+        new: Option<&str>,
+        record: Option<&Record<'_>>,
+    ) -> Result<(), DuroError> {
+        let Some(r) = record else {
+            return Ok(());
+        };
+        let decided = batch::Decided {
+            instance_id: row.id,
+            name: row.k8s_name.clone(),
+            action: r.action,
+            reason: r.reason.to_string(),
+            old: row.actor_id.clone(),
+            new: new.map(str::to_string),
+            trigger: r.trigger.clone(),
+        };
+        batch::record_decisions(tx, &[decided], r.replica).await
     }
 
     /// [`ActorControl::replace`]; `urgent` (an explicit restart): the new actor's first
@@ -420,6 +455,7 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
         urgent: bool,
+        record: Option<&Record<'_>>,
     ) -> Result<Transition, DuroError> {
         if !self.wants_actor(&row.state) {
             return Err(DuroError::NotWanted(row.state.clone()));
@@ -444,6 +480,7 @@ impl ActorControl {
                 expected: row.actor_id.clone(),
             });
         }
+        self.record_in(&mut tx, row, Some(&new_id), record).await?;
         self.enqueue_and_commit_at(tx, &new_id, &item, urgent)
             .await?;
         let how = if urgent {

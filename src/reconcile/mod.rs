@@ -445,18 +445,26 @@ impl Reconciler {
         let started = Instant::now();
         let fence = self.fence_for(trigger)?;
         let fence = fence.as_ref();
+        // Starts and restarts record their decision in their own transaction.
+        let record = crate::duro::Record {
+            action: decision.action.label(),
+            reason: &decision.reason,
+            trigger: trigger.label(),
+            replica: &self.replica,
+        };
+        let recorded = !matches!(decision.action, Action::Cancel { .. });
         let result = match &decision.action {
             Action::Noop => unreachable!("handled above"),
             Action::Start { named: Some(id) } => self
                 .control
-                .start_named(row, id, fence)
+                .start_named(row, id, fence, Some(&record))
                 .await
                 .map(|_| (row.actor_id.clone(), Some(id.clone()))),
             Action::Start { named: None } | Action::Restart => {
                 let reason = format!("{}: {}", decision.verdict, decision.reason);
                 let explicit = forced || matches!(trigger, Trigger::Operator(_));
                 self.control
-                    .replace_with(row, &reason, fence, explicit)
+                    .replace_with(row, &reason, fence, explicit, Some(&record))
                     .await
                     .map(|t| (t.old_actor_id, t.new_actor_id))
             }
@@ -493,17 +501,19 @@ impl Reconciler {
                     "reconciled"
                     );
                 }
-                self.log_decision(
-                    row.id,
-                    &row.k8s_name,
-                    decision.action.label(),
-                    &decision.reason,
-                    old.as_deref(),
-                    new.as_deref(),
-                    trigger,
-                    None,
-                )
-                .await;
+                if !recorded {
+                    self.log_decision(
+                        row.id,
+                        &row.k8s_name,
+                        decision.action.label(),
+                        &decision.reason,
+                        old.as_deref(),
+                        new.as_deref(),
+                        trigger,
+                        None,
+                    )
+                    .await;
+                }
                 Ok(outcome)
             }
             Err(e) => {
