@@ -137,8 +137,24 @@ impl Reconciler {
         .bind(&ids)
         .fetch_all(self.pool())
         .await?;
-        let mut live = self.control.live_actors_of(&ids).await?;
         let mut by_id: HashMap<Uuid, FleetRow> = rows.into_iter().map(|r| (r.id(), r)).collect();
+        // Live incarnations decide only for rows that are gone, name an actor, or call for
+        // none: a row that names no actor and calls for one is started whatever else runs
+        // (as on the per-instance path), so a burst of inserts skips the lookup.
+        let lookup: Vec<Uuid> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                by_id
+                    .get(id)
+                    .is_none_or(|r| r.actor_id().is_some() || !self.control.wants_actor(r.state()))
+            })
+            .collect();
+        let mut live = if lookup.is_empty() {
+            HashMap::new()
+        } else {
+            self.control.live_actors_of(&lookup).await?
+        };
         let now = Utc::now();
         let mut plan = Plan::default();
         for (id, trigger) in jobs {

@@ -181,6 +181,14 @@ impl FleetRow {
         self.id
     }
 
+    pub(super) fn actor_id(&self) -> Option<&str> {
+        self.actor_id.as_deref()
+    }
+
+    pub(super) fn state(&self) -> &str {
+        &self.state
+    }
+
     pub(super) fn into_observed(self, live: Vec<String>) -> Observed {
         let actor =
             self.actor_id
