@@ -1,8 +1,10 @@
--- Every live actor incarnation of many CMS instances at once (the set-based form of
--- sql/live_actors_of_instance.sql, for a storm of deletes): $1 = the id prefixes
--- ('actor-<uuid>-'), $2 = the first string after each prefix (parallel arrays). Each prefix
--- is a range walk of the "C"-collation indexes of sql/duroxide_instance_id_index.sql and
--- sql/duroxide_queue_instance_index.sql.
+-- Every actor incarnation that Duroxide still runs or is about to start, of one or many CMS
+-- instances (ids `actor-<uuid>-…`): $1 = the id prefixes ('actor-<uuid>-'), $2 = the first
+-- string after each prefix (the prefix with its last byte incremented; parallel arrays).
+-- Each prefix is a range walk of the "C"-collation indexes of
+-- sql/duroxide_instance_id_index.sql and sql/duroxide_queue_instance_index.sql, whatever the
+-- store's collation (a LIKE on a parameter cannot: a delete storm would scan the store once
+-- per instance).
 SELECT i.instance_id
   FROM unnest($1::text[], $2::text[]) AS p(lo, hi)
   JOIN __DUROXIDE__.instances i

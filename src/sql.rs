@@ -49,7 +49,6 @@ sql! {
     LISTEN => "listen.sql",
     LISTEN_CONTROL => "listen_control.sql",
     LIVE_ACTORS => "live_actors.sql",
-    LIVE_ACTORS_OF_INSTANCE => "live_actors_of_instance.sql",
     LIVE_ACTORS_OF_INSTANCES => "live_actors_of_instances.sql",
     NOTIFY => "notify.sql",
     PENDING_RESTART_REQUESTS => "pending_restart_requests.sql",

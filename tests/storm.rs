@@ -59,15 +59,11 @@ async fn doubly_started_once_decided(db: &TestDb) -> i64 {
 /// commits the test may already see).
 async fn metric_at_least(svc: &ServiceProc, name: &str, labels: &[&str], at_least: f64) -> f64 {
     let what = format!("{name} {labels:?} ≥ {at_least}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(&what, Duration::from_secs(10), || async {
         let v = metric(svc, name, labels).await;
-        if v >= at_least || std::time::Instant::now() > deadline {
-            assert!(v >= at_least, "{what}: {v}");
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (v >= at_least).then_some(v)
+    })
+    .await
 }
 
 /// 1,000 rows inserted in one transaction: started in batches (the metrics say so), each

@@ -47,6 +47,21 @@ pub struct CancelActors {
     pub trigger: String,
 }
 
+impl CancelActors {
+    /// Its decision row: its first actor → `new`.
+    fn decided(&self, action: &'static str, new: Option<String>) -> Decided {
+        Decided {
+            instance_id: self.instance_id,
+            name: self.name.clone(),
+            action,
+            reason: self.reason.clone(),
+            old: self.actors.first().cloned(),
+            new,
+            trigger: self.trigger.clone(),
+        }
+    }
+}
+
 /// One decision row, as `sql/insert_decisions.sql` takes them.
 pub(super) struct Decided {
     pub(super) instance_id: Uuid,
@@ -157,18 +172,7 @@ impl ActorControl {
         .bind(&actor_ids)
         .fetch_one(&mut *tx)
         .await?;
-        let decided: Vec<Decided> = gone
-            .iter()
-            .map(|g| Decided {
-                instance_id: g.instance_id,
-                name: g.name.clone(),
-                action: "delete",
-                reason: g.reason.clone(),
-                old: g.actors.first().cloned(),
-                new: None,
-                trigger: g.trigger.clone(),
-            })
-            .collect();
+        let decided: Vec<Decided> = gone.iter().map(|g| g.decided("delete", None)).collect();
         record_decisions(&mut tx, &decided, replica).await?;
         tx.commit().await?;
         Ok(deleted)
@@ -203,15 +207,7 @@ impl ActorControl {
         self.enqueue_many(&mut tx, &actor_ids, &items).await?;
         let decided: Vec<Decided> = gone
             .iter()
-            .map(|g| Decided {
-                instance_id: g.instance_id,
-                name: g.name.clone(),
-                action: "cancel",
-                reason: g.reason.clone(),
-                old: g.actors.first().cloned(),
-                new: g.keep.clone(),
-                trigger: g.trigger.clone(),
-            })
+            .map(|g| g.decided("cancel", g.keep.clone()))
             .collect();
         record_decisions(&mut tx, &decided, replica).await?;
         tx.commit().await?;

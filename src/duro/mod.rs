@@ -279,17 +279,11 @@ impl ActorControl {
 
     /// Every live incarnation of an instance (normally at most one).
     pub async fn live_actors(&self, instance: Uuid) -> Result<Vec<String>, DuroError> {
-        let prefix = format!("{}{instance}-", config::ACTOR_ID_PREFIX);
-        // '-' + 1 = '.': every id with the prefix sorts below this in the "C" collation.
-        let after = format!("{}{instance}.", config::ACTOR_ID_PREFIX);
-        Ok(sqlx::query_scalar(&sql::with_duroxide_schema(
-            sql::LIVE_ACTORS_OF_INSTANCE,
-            &self.schema,
-        ))
-        .bind(prefix)
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(self
+            .live_actors_of(&[instance])
+            .await?
+            .remove(&instance)
+            .unwrap_or_default())
     }
 
     fn input_for(&self, row: &InstanceRow) -> ActorInput {

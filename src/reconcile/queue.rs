@@ -29,6 +29,16 @@ struct Job {
 }
 
 impl Job {
+    fn new(trigger: Trigger, force_restart: bool, at: Option<f64>) -> Self {
+        Job {
+            trigger,
+            force_restart,
+            attempt: 0,
+            _first_at: at,
+            single: false,
+        }
+    }
+
     /// A plain hint the set-based reconcile may take (explicit requests never wait in one).
     fn batchable(&self) -> bool {
         !self.single
@@ -93,16 +103,7 @@ impl ReconcileQueue {
                 }
             }
             None => {
-                st.pending.insert(
-                    id,
-                    Job {
-                        trigger,
-                        force_restart,
-                        attempt: 0,
-                        _first_at: at,
-                        single: false,
-                    },
-                );
+                st.pending.insert(id, Job::new(trigger, force_restart, at));
                 if explicit {
                     st.order.push_front(id);
                 } else {
@@ -122,16 +123,8 @@ impl ReconcileQueue {
             if st.pending.contains_key(&id) {
                 continue;
             }
-            st.pending.insert(
-                id,
-                Job {
-                    trigger: trigger.clone(),
-                    force_restart: false,
-                    attempt: 0,
-                    _first_at: None,
-                    single: false,
-                },
-            );
+            st.pending
+                .insert(id, Job::new(trigger.clone(), false, None));
             st.order.push_back(id);
         }
         drop(st);
