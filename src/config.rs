@@ -120,9 +120,10 @@ pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
 pub const HEAL_BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// …doubling up to this, so a crash-looping actor is retried but never spins.
 pub const HEAL_BACKOFF_MAX: Duration = Duration::from_secs(600);
-/// How long a restart waits for the old incarnation to be terminal before starting the new
-/// one (fencing makes proceeding safe; waiting keeps "one live actor" true in Duroxide too).
-pub const RESTART_CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// How long an explicit cancel (API, CLI) waits for the actor to be terminal in Duroxide
+/// (fencing makes returning earlier safe). A restart does not wait: it removes the live old
+/// actor in the transaction that names the new one.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// Replica liveness: each replica heartbeats its row this often, and in the same tick
 /// claims its share of orphaned probe leases, takes a bounded number from the most loaded
 /// replica while it holds less than its fair share, and picks up leases newly assigned to it.

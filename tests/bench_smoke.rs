@@ -142,6 +142,7 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
     c.eq("recovery.rows", 40);
     c.between("recovery.reconnected_s", 0.0, 120.0);
     c.between("recovery.converged_s", -0.001, 120.0);
+    c.between("recovery.turns_done_s", -0.001, 120.0);
     c.eq("recovery.wrong_at_end", 0);
     c.between("recovery.healed_after_stale_s", -1.0, 60.0);
 

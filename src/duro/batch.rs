@@ -147,6 +147,22 @@ impl ActorControl {
         Ok(by_instance)
     }
 
+    /// Remove actor orchestrations outright (running ones too) inside `tx`: instance,
+    /// history, queued work and locks. Returns how many instances were removed.
+    pub(crate) async fn delete_actors_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        actor_ids: &[&str],
+    ) -> Result<i64, DuroError> {
+        Ok(sqlx::query_scalar(&sql::with_duroxide_schema(
+            sql::DELETE_ACTOR_INSTANCES,
+            &self.schema,
+        ))
+        .bind(actor_ids)
+        .fetch_one(&mut **tx)
+        .await?)
+    }
+
     /// Delete the Duroxide instances of the actors of many instances whose CMS rows are
     /// gone, in one transaction (with a fence, under the leader's term), with a `delete`
     /// decision for each: no cancel turn to wait for, so a storm of deletes is over at
@@ -165,13 +181,7 @@ impl ActorControl {
             .flat_map(|g| g.actors.iter().map(String::as_str))
             .collect();
         let mut tx = self.begin(fence).await?;
-        let deleted: i64 = sqlx::query_scalar(&sql::with_duroxide_schema(
-            sql::DELETE_ACTOR_INSTANCES,
-            &self.schema,
-        ))
-        .bind(&actor_ids)
-        .fetch_one(&mut *tx)
-        .await?;
+        let deleted = self.delete_actors_in(&mut tx, &actor_ids).await?;
         let decided: Vec<Decided> = gone.iter().map(|g| g.decided("delete", None)).collect();
         record_decisions(&mut tx, &decided, replica).await?;
         tx.commit().await?;

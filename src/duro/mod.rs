@@ -454,10 +454,13 @@ impl ActorControl {
         if !self.wants_actor(&row.state) {
             return Err(DuroError::NotWanted(row.state.clone()));
         }
-        if let Some(old) = &row.actor_id {
-            self.cancel_and_wait_with(old, reason, fence, urgent)
-                .await?;
-        }
+        // A live old actor is removed from Duroxide in the transaction that names the new
+        // one (no cancel turn to wait for, never two live actors); a finished one keeps its
+        // record until retention prunes it. The decision log keeps both ids and the reason.
+        let remove_old = match &row.actor_id {
+            Some(old) => self.actor_state(old).await?.is_live(),
+            None => false,
+        };
         let new_id = new_actor_id(row.id);
         let input = self.input_for(row);
         let item = self.start_item(&new_id, &input)?;
@@ -473,6 +476,10 @@ impl ActorControl {
             return Err(DuroError::Conflict {
                 expected: row.actor_id.clone(),
             });
+        }
+        if let Some(old) = row.actor_id.as_deref().filter(|_| remove_old) {
+            self.delete_actors_in(&mut tx, &[old]).await?;
+            tracing::debug!(actor_id = old, reason, "old actor removed with the restart");
         }
         self.record_in(&mut tx, row, Some(&new_id), record).await?;
         self.enqueue_and_commit_at(tx, &new_id, &item, urgent)
@@ -497,7 +504,7 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<(), DuroError> {
-        self.cancel_with(actor_id, reason, fence, false).await
+        self.cancel_with(actor_id, reason, fence).await
     }
 
     async fn cancel_with(
@@ -505,19 +512,18 @@ impl ActorControl {
         actor_id: &str,
         reason: &str,
         fence: Option<&Term>,
-        first: bool,
     ) -> Result<(), DuroError> {
         let item = WorkItem::CancelInstance {
             instance: actor_id.to_string(),
             reason: reason.to_string(),
         };
         let tx = self.begin(fence).await?;
-        self.enqueue_and_commit_at(tx, actor_id, &item, first)
+        self.enqueue_and_commit_at(tx, actor_id, &item, false)
             .await?;
         Ok(())
     }
 
-    /// Cancel and wait (up to [`config::RESTART_CANCEL_WAIT`]) until Duroxide shows it
+    /// Cancel and wait (up to [`config::CANCEL_WAIT`]) until Duroxide shows it
     /// terminal. Proceeding after the wait is safe: fencing keeps a late actor from writing.
     pub async fn cancel_and_wait(
         &self,
@@ -525,22 +531,11 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<(), DuroError> {
-        self.cancel_and_wait_with(actor_id, reason, fence, false)
-            .await
-    }
-
-    async fn cancel_and_wait_with(
-        &self,
-        actor_id: &str,
-        reason: &str,
-        fence: Option<&Term>,
-        first: bool,
-    ) -> Result<(), DuroError> {
         if !self.actor_state(actor_id).await?.is_live() {
             return Ok(());
         }
-        self.cancel_with(actor_id, reason, fence, first).await?;
-        let deadline = Instant::now() + config::RESTART_CANCEL_WAIT;
+        self.cancel_with(actor_id, reason, fence).await?;
+        let deadline = Instant::now() + config::CANCEL_WAIT;
         let mut delay = Duration::from_millis(5);
         while Instant::now() < deadline {
             if !self.actor_state(actor_id).await?.is_live() {

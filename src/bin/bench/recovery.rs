@@ -26,8 +26,11 @@ pub struct Report {
     pub outage_s: f64,
     /// Door open → a new listener backend exists.
     pub reconnected_s: Option<f64>,
-    /// Reconnect → no instance wrong (`None` if some still were when patience ran out).
+    /// Reconnect → converged as the issue defines it: every row names the actor it should,
+    /// and every start or cancel is durably enqueued or done (`None` if not reached).
     pub converged_s: Option<f64>,
+    /// Reconnect → every one of those starts and cancels has also had its Duroxide turn.
+    pub turns_done_s: Option<f64>,
     /// Instances wrong (missing or orphaned actors) at the last look.
     pub wrong_at_end: i64,
     pub stale_after_s: u64,
@@ -37,7 +40,8 @@ pub struct Report {
 }
 
 pub async fn run(rows: usize, outage: Duration) -> Result<Report> {
-    let (reconnected_s, converged_s, wrong_at_end) = listener_outage(rows, outage).await?;
+    let (reconnected_s, converged_s, turns_done_s, wrong_at_end) =
+        listener_outage(rows, outage).await?;
     // Stale → healed, with short thresholds.
     let (stale_after, resync) = if outage >= Duration::from_secs(30) {
         (30, 10)
@@ -50,6 +54,7 @@ pub async fn run(rows: usize, outage: Duration) -> Result<Report> {
         outage_s: outage.as_secs_f64(),
         reconnected_s,
         converged_s,
+        turns_done_s,
         wrong_at_end,
         stale_after_s: stale_after,
         resync_s: resync,
@@ -77,8 +82,8 @@ impl Report {
         );
         row(
             &format!(
-                "reconnect → all {}+ instances right ({} wrong at the end)",
-                self.rows, self.wrong_at_end
+                "reconnect → all {}+ instances converged (right actor named; starts and cancels durably enqueued or done)",
+                self.rows
             ),
             match self.converged_s {
                 Some(s) => secs(Some(s), 2),
@@ -87,6 +92,19 @@ impl Report {
             Baseline::None,
             "≤ 2 s",
             Some(self.converged_s.is_some_and(|s| s <= 2.0)),
+        );
+        row(
+            &format!(
+                "reconnect → every start and cancel also turned in Duroxide ({} wrong at the end)",
+                self.wrong_at_end
+            ),
+            match self.turns_done_s {
+                Some(s) => secs(Some(s), 2),
+                None => "not reached".into(),
+            },
+            Baseline::None,
+            DASH,
+            None,
         );
         let resync = self.resync_s;
         row(
@@ -137,8 +155,9 @@ async fn door_proxy(upstream: u16) -> Result<(u16, Arc<AtomicBool>)> {
 }
 
 /// Instances that are wrong: an actor is wanted and the current one does not run, or an
-/// actor runs that no row wants.
-async fn problems(pool: &PgPool) -> Result<i64> {
+/// actor runs that no row wants. With `enqueued`, a start or cancel durably enqueued in
+/// Duroxide's queue counts as done (the issue's "converged").
+async fn problems(pool: &PgPool, enqueued: bool) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "WITH live AS (
             SELECT i.instance_id, substr(i.instance_id, 7, 36) AS inst FROM toygres_duroxide.instances i
@@ -147,12 +166,19 @@ async fn problems(pool: &PgPool) -> Result<i64> {
          SELECT
            (SELECT count(*) FROM toygres_cms.instances c
              WHERE c.state::text IN ('creating', 'running')
-               AND NOT EXISTS (SELECT 1 FROM live WHERE live.instance_id = c.instance_actor_orchestration_id))
+               AND NOT EXISTS (SELECT 1 FROM live WHERE live.instance_id = c.instance_actor_orchestration_id)
+               AND NOT ($1 AND EXISTS (SELECT 1 FROM toygres_duroxide.orchestrator_queue q
+                                        WHERE q.instance_id = c.instance_actor_orchestration_id
+                                          AND q.work_item LIKE '{\"StartOrchestration\"%')))
          + (SELECT count(*) FROM live
              WHERE NOT EXISTS (SELECT 1 FROM toygres_cms.instances c
                                 WHERE c.instance_actor_orchestration_id = live.instance_id
-                                  AND c.state::text IN ('creating', 'running')))",
+                                  AND c.state::text IN ('creating', 'running'))
+               AND NOT ($1 AND EXISTS (SELECT 1 FROM toygres_duroxide.orchestrator_queue q
+                                        WHERE q.instance_id = live.instance_id
+                                          AND q.work_item LIKE '{\"CancelInstance\"%')))",
     )
+    .bind(enqueued)
     .fetch_one(pool)
     .await?)
 }
@@ -165,8 +191,12 @@ async fn listener_backends(pool: &PgPool) -> Result<i64> {
     .await?)
 }
 
-/// Part one: (door open → reconnected, reconnect → converged, wrong at the end).
-async fn listener_outage(rows: usize, outage: Duration) -> Result<(Option<f64>, Option<f64>, i64)> {
+/// What part one measured: door open → reconnected; reconnect → converged; reconnect →
+/// turns done; instances wrong at the end.
+type Outage = (Option<f64>, Option<f64>, Option<f64>, i64);
+
+/// Part one: the listener cut off while every row changes.
+async fn listener_outage(rows: usize, outage: Duration) -> Result<Outage> {
     let env = Env::start().await?;
     let (port, door) = door_proxy(env.pg.port()).await?;
     let via_proxy = env
@@ -179,10 +209,10 @@ async fn listener_outage(rows: usize, outage: Duration) -> Result<(Option<f64>, 
     .await?;
     insert_many(&env.pool, "rec", rows, "running", None).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while problems(&env.pool).await? > 0 && Instant::now() < deadline {
+    while problems(&env.pool, false).await? > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let before = problems(&env.pool).await?;
+    let before = problems(&env.pool, false).await?;
     if before > 0 {
         bail!("{before} instance(s) still wrong 300 s after the insert, before any outage");
     }
@@ -237,15 +267,20 @@ async fn listener_outage(rows: usize, outage: Duration) -> Result<(Option<f64>, 
         }
     }
     let Some(reconnected) = reconnected else {
-        return Ok((None, None, problems(&env.pool).await?));
+        return Ok((None, None, None, problems(&env.pool, false).await?));
     };
-    let mut wrong = problems(&env.pool).await?;
-    while wrong > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        wrong = problems(&env.pool).await?;
+    let mut times = [None, None];
+    for (enqueued, at) in [(true, 0), (false, 1)] {
+        while problems(&env.pool, enqueued).await? > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if problems(&env.pool, enqueued).await? == 0 {
+            times[at] = Some(reconnected.elapsed().as_secs_f64());
+        }
     }
-    let converged = (wrong == 0).then(|| reconnected.elapsed().as_secs_f64());
-    Ok((Some((reconnected - opened).as_secs_f64()), converged, wrong))
+    let wrong = problems(&env.pool, false).await?;
+    let reconnected_s = Some((reconnected - opened).as_secs_f64());
+    Ok((reconnected_s, times[0], times[1], wrong))
 }
 
 /// Part two: an actor whose probe hangs forever goes stale; seconds from stale onset
@@ -295,9 +330,10 @@ async fn stale_to_restart(stale_after: u64, resync: u64) -> Result<Option<f64>> 
     let mut heal: Option<f64> = None;
     while heal.is_none() && Instant::now() < deadline {
         heal = sqlx::query_scalar(
-            "SELECT extract(epoch FROM d.decided_at - (i.created_at + make_interval(secs => $1)))::float8
+            // The old actor left Duroxide with the restart: its start decision dates it.
+            "SELECT extract(epoch FROM d.decided_at - (s.decided_at + make_interval(secs => $1)))::float8
                FROM toygres_actors.decisions d
-               JOIN toygres_duroxide.instances i ON i.instance_id = d.old_actor_id
+               JOIN toygres_actors.decisions s ON s.new_actor_id = d.old_actor_id
               WHERE d.k8s_name = 'hang' AND d.action = 'restart'
               ORDER BY d.decided_at LIMIT 1",
         )
