@@ -4,7 +4,7 @@
 //! short activity ([`lease`]) and one durable timer of `lease_renew_ms` (default 4 min): the
 //! activity checks the row (fencing, below) and records this actor as the owner of the
 //! instance's probe lease — conditional on the row naming it, and never taking the lease from
-//! a live holder. Which replica probes follows replica liveness, not this renewal (see
+//! its holder (a dead holder's leases are claimed by the replica ticks). Which replica probes follows replica liveness, not this renewal (see
 //! [`crate::replica`]): the holder's in-process [`crate::lease::Scheduler`] runs the health
 //! check ([`health_check`]: read → probe → one fenced write) every `interval_ms`. A health
 //! check thus costs one read and one write instead of two Duroxide turns; the durable loop
@@ -182,8 +182,8 @@ pub async fn instance_actor(
 }
 
 /// The lease renewal activity: fence on the row, record this actor as the owner of the
-/// instance's probe lease (a live holder keeps probing it; a dead or missing one is replaced
-/// by this replica), and hand the instance to this replica's scheduler when it is ours.
+/// instance's probe lease (its holder keeps it; a missing one is created for this replica),
+/// and hand the instance to this replica's scheduler when it is ours.
 pub async fn lease(
     deps: &ActorDeps,
     scheduler: &crate::lease::Scheduler,

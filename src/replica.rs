@@ -9,11 +9,16 @@
 //! the leases assigned to it since the last tick and hands them to the probe scheduler,
 //! which checks at once any instance whose last check is older than the interval.
 //!
+//! Leases belong to a replica's name: a replica that registers again under a new epoch takes
+//! its own back at its next tick (no one else claims them while the name is live), and after
+//! it rejoined it leaves other replicas' orphans alone for one TTL (`migrations/0007`).
+//!
 //! The heartbeat answers one of three things:
 //! - `ok`: we are live;
 //! - `expired`: our liveness lapsed (we were frozen or cut off longer than the TTL): our
 //!   leases may be anyone's now, and the database refuses every write under the old epoch.
-//!   We drop all probing, take a new epoch, register again and start from nothing;
+//!   We drop all probing, take a new epoch and register again; what no live replica took
+//!   meanwhile comes back to us at the next tick;
 //! - `superseded`: a newer process registered our name. The newest wins: we stop probing for
 //!   good and say so loudly (two processes with one name would otherwise fight).
 //!
@@ -21,7 +26,7 @@
 //! to the live replicas in one statement and marks us draining — before Duroxide drains.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -69,6 +74,8 @@ pub struct Replica {
     liveness: watch::Sender<Liveness>,
     /// Cancelled when a newer process took our name: the election stops too.
     superseded: CancellationToken,
+    /// When we last registered again after our heartbeat lapsed.
+    rejoined: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -95,6 +102,7 @@ impl Replica {
             rules,
             liveness: watch::channel(Liveness::Starting).0,
             superseded: CancellationToken::new(),
+            rejoined: std::sync::Mutex::new(None),
         }
     }
 
@@ -169,6 +177,7 @@ impl Replica {
                 .bind(epoch)
                 .bind(config::REPLICA_TTL.as_secs_f64())
                 .bind(config::LEASE_MOVES_PER_TICK)
+                .bind(self.claims_others())
                 .fetch_one(&self.pool),
         )
         .await
@@ -188,6 +197,7 @@ impl Replica {
                 *since = None;
                 self.liveness.send_replace(Liveness::Starting);
                 self.register().await?;
+                *self.rejoined.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 return Ok(());
             }
             _ => {
@@ -214,6 +224,14 @@ impl Replica {
             metrics::leases_moved("balanced", t.stolen);
         }
         self.pick_up(since).await
+    }
+
+    /// Whether this tick may claim other replicas' orphaned leases: not for one TTL after we
+    /// rejoined (an outage that cut us off likely cut our peers off too; they take their own
+    /// leases back when they return, and nothing is reshuffled). Our own come back at once.
+    fn claims_others(&self) -> bool {
+        let rejoined = *self.rejoined.lock().unwrap_or_else(|p| p.into_inner());
+        rejoined.is_none_or(|t| t.elapsed() >= config::REPLICA_TTL)
     }
 
     /// Hand the leases assigned to us since the last tick to the scheduler.

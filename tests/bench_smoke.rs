@@ -146,6 +146,18 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
     c.eq("recovery.wrong_at_end", 0);
     c.between("recovery.healed_after_stale_s", -1.0, 60.0);
 
+    // CMS outage: every instance stale when the database came back (stale after 4 s, gone
+    // 6 s), health flowing again, and the breaker opened and closed by itself.
+    c.eq("outage.fleet", 20);
+    c.eq("outage.stale_at_reopen", 20);
+    c.between("outage.resumed_s", 0.0, 60.0);
+    assert_eq!(
+        c.get("outage.breaker_opened"),
+        &Value::Bool(true),
+        "{stdout}"
+    );
+    c.between("outage.breaker_closed_s", 0.0, 60.0);
+
     // Retention: the whole backlog pruned, the fresh rows kept, at a measured rate.
     c.eq("retention.backlog", 30_000);
     c.eq("retention.deleted", 30_000);
@@ -162,6 +174,7 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
         "### Burst",
         "### Capacity",
         "### Recovery",
+        "### CMS outage",
     ] {
         assert!(stdout.contains(section), "missing {section}:\n{stdout}");
     }
@@ -179,6 +192,7 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
         "toygres-actors, 40 actors: Duroxide orchestration turns acked per second / demand",
         "reconnect → all",
         "actor stale → restarted",
+        "database back → every instance checked again",
     ] {
         assert!(
             rows.iter().any(|r| r[0].starts_with(figure)),

@@ -625,3 +625,97 @@ async fn of_two_processes_with_one_name_only_the_newest_probes() {
     assert_eq!(by_new, 30, "the newest process probes every instance");
     drop(second);
 }
+
+/// The database gone for every replica longer than the replica TTL (production value), then
+/// back: each replica registers again under a new epoch and takes back its own leases. None
+/// changes replica — before `migrations/0007` the first replica back took every lease as
+/// orphaned and the other then took half back to balance (a reshuffle of the whole fleet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_outage_for_every_replica_moves_no_lease() {
+    let db = TestDb::new().await;
+    let server_port: u16 = db
+        .url
+        .rsplit_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .and_then(|(hostport, _)| hostport.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port in the test database URL");
+    let proxy = Partition::start(server_port).await;
+    let proxied = db
+        .url
+        .replacen(&format!(":{server_port}/"), &format!(":{}/", proxy.port), 1);
+    let a = replica(&proxied, &["--replica", "all-a"]).await;
+    wait_until("all-a leads", Duration::from_secs(30), || async {
+        a.is_leader().await.then_some(())
+    })
+    .await;
+    let b = replica(&proxied, &["--replica", "all-b"]).await;
+    insert_fleet(&db, "pg-all", 60).await;
+    wait_balanced(&db, 2, 60).await;
+    // The balancer's own end state (30 each), so that no move after the outage is its.
+    wait_until("leases evenly spread", Duration::from_secs(30), || async {
+        let shares = lease_shares(&db).await;
+        (shares.len() == 2 && shares.iter().all(|s| s.1 == 30)).then_some(())
+    })
+    .await;
+    let holders = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+                "SELECT instance_id, holder FROM toygres_actors.probe_leases ORDER BY instance_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("lease holders");
+            rows
+        }
+    };
+    let before = holders(&db).await;
+    let epochs = (
+        replica_row(&db, "all-a").await.0,
+        replica_row(&db, "all-b").await.0,
+    );
+
+    // Both replicas cut off (their sockets held open, nothing delivered) until both
+    // heartbeats have lapsed: the TTL, at its production value, is the timer this is about.
+    proxy.set(true);
+    wait_until(
+        "both replicas' liveness lapsed",
+        Duration::from_secs(60),
+        || async {
+            let lapsed: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM toygres_actors.replicas
+                  WHERE name IN ('all-a', 'all-b') AND expires_at < now()",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .ok()?;
+            (lapsed == 2).then_some(())
+        },
+    )
+    .await;
+    proxy.set(false);
+    let healed = db_now(&db).await;
+    wait_until(
+        "both replicas registered again, every lease under a live epoch",
+        Duration::from_secs(60),
+        || async {
+            let a_new = replica_row(&db, "all-a").await.0 != epochs.0;
+            let b_new = replica_row(&db, "all-b").await.0 != epochs.1;
+            let held = lease_shares(&db).await.iter().map(|s| s.1).sum::<i64>();
+            (a_new && b_new && held == 60).then_some(())
+        },
+    )
+    .await;
+    wait_all_checked_after(&db, healed, Duration::from_secs(60)).await;
+    let after = holders(&db).await;
+    let moved: Vec<_> = before
+        .iter()
+        .zip(&after)
+        .filter(|(x, y)| x != y)
+        .map(|(x, y)| format!("{} {} → {}", x.0, x.1, y.1))
+        .collect();
+    assert_eq!(before.len(), after.len());
+    assert!(moved.is_empty(), "leases that changed replica: {moved:#?}");
+    drop((a, b));
+}

@@ -35,6 +35,16 @@ impl HealingBreaker {
         stale >= config::HEAL_PAUSE_MIN_STALE && (stale as f64) > self.share * expected as f64
     }
 
+    /// This replica no longer leads, so it heals nothing: closed, and its gauge reads 0 —
+    /// left open, a former leader would keep `ToygresActorsHealingPaused` firing after the
+    /// new leader's full reconcile found the fleet healthy.
+    pub fn stand_down(&self) {
+        if self.open.swap(false, Ordering::SeqCst) {
+            tracing::info!("healing breaker closed: this replica no longer leads");
+        }
+        metrics::healing_paused(false);
+    }
+
     /// The full reconcile's count: open or close, say so once, export the state.
     pub fn observe(&self, stale: usize, expected: usize) {
         let open = self.trips(stale, expected);
@@ -73,5 +83,17 @@ mod tests {
         assert!(b.is_open());
         b.observe(1, 100);
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn a_replica_that_stops_leading_closes_its_breaker() {
+        let b = HealingBreaker::new(0.2);
+        b.observe(100, 100);
+        assert!(b.is_open());
+        b.stand_down();
+        assert!(
+            !b.is_open(),
+            "a follower heals nothing and must not keep alerting"
+        );
     }
 }

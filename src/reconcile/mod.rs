@@ -152,7 +152,11 @@ impl Reconciler {
 
     /// The term this replica leads in (set by the leader duties).
     pub fn set_term(&self, term: Option<Term>) {
+        let leads = term.is_some();
         *self.term.write().unwrap_or_else(|p| p.into_inner()) = term;
+        if !leads {
+            self.breaker.stand_down();
+        }
     }
 
     pub fn term(&self) -> Option<Term> {

@@ -7,6 +7,7 @@
 //!     target/release/bench burst      # 10,000 inserts in one transaction → all running and healthy; then deleted (pooled and direct targets)
 //!     target/release/bench capacity   # N actors at 30 s: staleness p50/p99, CPU; the naive Duroxide loop as baseline
 //!     target/release/bench recovery   # listener cut for 60 s while 1,000 rows change; stale → healed
+//!     target/release/bench outage     # the database gone 6 min for 2 replicas: restarts, breaker, leases after
 //!     target/release/bench retention  # a backlog of old health rows pruned as the service does: rows/s
 //!     target/release/bench smoke      # every scenario at a tiny size (the test suite runs this)
 //!
@@ -18,7 +19,8 @@
 //! (utime+stime) for the service and for every PostgreSQL process of the cluster.
 //!
 //! The rooms: [`harness`] (what every scenario shares), one module per scenario —
-//! [`latency`], [`idle`], [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`] — and
+//! [`latency`], [`idle`], [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`],
+//! [`outage`], [`retention`] — and
 //! [`smoke`] (all of them at a tiny size, plus a JSON summary for the test suite).
 
 mod burst;
@@ -27,6 +29,7 @@ mod harness;
 mod idle;
 mod latency;
 mod naive;
+mod outage;
 mod pooler;
 mod recovery;
 mod retention;
@@ -108,6 +111,17 @@ enum Scenario {
         #[arg(long, default_value = "60s")]
         outage: String,
     },
+    /// The database gone for both replicas longer than stale_after (the instances stay up):
+    /// restarts, health resumed, the healing breaker, lease moves once it is back.
+    Outage {
+        #[arg(long, default_value_t = 1000)]
+        instances: usize,
+        #[arg(long, default_value = "360s")]
+        outage: String,
+        /// The service's timers scaled down (stale after 4 s), as the smoke run does.
+        #[arg(long)]
+        quick: bool,
+    },
     /// A backlog of old health rows pruned as the service does: rows/s vs the target.
     Retention {
         #[arg(long, default_value_t = 2_000_000)]
@@ -170,6 +184,11 @@ fn main() -> Result<()> {
             Scenario::Recovery { rows, outage } => {
                 recovery::run(rows, dur(&outage)?).await.map(drop)
             }
+            Scenario::Outage {
+                instances,
+                outage,
+                quick,
+            } => outage::run(instances, dur(&outage)?, quick).await.map(drop),
             Scenario::Retention { backlog } => retention::run(backlog).await.map(drop),
             Scenario::Smoke => smoke::run().await,
             Scenario::NaiveWorker { url, schema } => naive::worker(&url, &schema).await,

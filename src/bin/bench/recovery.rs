@@ -4,8 +4,6 @@
 //! actor whose probe hangs goes stale, and we time how long after `stale_after` the
 //! reconciler restarts it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -13,7 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::harness::{
-    Baseline, DASH, Env, Service, header, insert_instance, insert_many, row, secs,
+    Baseline, DASH, Door, Env, Service, header, insert_instance, insert_many, row, secs,
 };
 
 /// How long after the door opens the scenario waits for reconnect and convergence.
@@ -131,29 +129,6 @@ impl Report {
     }
 }
 
-/// A TCP proxy in front of PostgreSQL whose door can be shut: while shut, new connections
-/// are refused (established ones keep working) — a listener cut off from the database.
-async fn door_proxy(upstream: u16) -> Result<(u16, Arc<AtomicBool>)> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = l.local_addr()?.port();
-    let open = Arc::new(AtomicBool::new(true));
-    let door = open.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = l.accept().await {
-            if !door.load(Ordering::SeqCst) {
-                drop(inbound);
-                continue;
-            }
-            tokio::spawn(async move {
-                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                }
-            });
-        }
-    });
-    Ok((port, open))
-}
-
 /// Instances that are wrong: an actor is wanted and the current one does not run, or an
 /// actor runs that no row wants. With `enqueued`, a start or cancel durably enqueued in
 /// Duroxide's queue counts as done (the "converged").
@@ -198,10 +173,8 @@ type Outage = (Option<f64>, Option<f64>, Option<f64>, i64);
 /// Part one: the listener cut off while every row changes.
 async fn listener_outage(rows: usize, outage: Duration) -> Result<Outage> {
     let env = Env::start().await?;
-    let (port, door) = door_proxy(env.pg.port()).await?;
-    let via_proxy = env
-        .url
-        .replace(&format!(":{}/", env.pg.port()), &format!(":{port}/"));
+    let door = Door::start(env.pg.port()).await?;
+    let via_proxy = door.url(&env.url, env.pg.port());
     let _svc = Service::start(
         &via_proxy,
         &["--check-interval", "30s", "--resync-interval", "600s"],
@@ -217,7 +190,7 @@ async fn listener_outage(rows: usize, outage: Duration) -> Result<Outage> {
         bail!("{before} instance(s) still wrong 300 s after the insert, before any outage");
     }
     // Cut the listener off: shut the door, kill its backend.
-    door.store(false, Ordering::SeqCst);
+    door.shut(false);
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'toygres-actors-listener'")
         .execute(&env.pool)
         .await?;
@@ -254,7 +227,7 @@ async fn listener_outage(rows: usize, outage: Duration) -> Result<Outage> {
         tokio::time::sleep(step).await;
     }
     tokio::time::sleep(outage.saturating_sub(cut.elapsed())).await;
-    door.store(true, Ordering::SeqCst);
+    door.open();
     let opened = Instant::now();
     let deadline = opened + PATIENCE;
     // Reconnected: a new listener backend.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{burst, capacity, idle, latency, recovery, retention};
+use crate::{burst, capacity, idle, latency, outage, recovery, retention};
 
 /// Starts the JSON summary line.
 pub const SUMMARY_PREFIX: &str = "bench-smoke-summary: ";
@@ -20,6 +20,7 @@ struct Summary {
     burst_pooled: burst::Report,
     capacity: capacity::Report,
     recovery: recovery::Report,
+    outage: outage::Report,
     retention: retention::Report,
 }
 
@@ -43,6 +44,7 @@ pub async fn run() -> Result<()> {
         )
         .await?,
         recovery: recovery::run(40, Duration::from_secs(3)).await?,
+        outage: outage::run(20, Duration::from_secs(6), true).await?,
         retention: retention::run(30_000).await?,
     };
     println!("\n{SUMMARY_PREFIX}{}", serde_json::to_string(&summary)?);

@@ -1,0 +1,274 @@
+//! The CMS-outage scenario: the service's database goes away for longer than `stale_after`
+//! (every connection of both replicas cut through a [`Door`], new ones refused) while the
+//! instances themselves stay up, so that every instance turns stale. After the door opens we
+//! measure what the service does about a fleet that is all stale at once: how many actors
+//! it restarts (the cause was not the actors), how long until health flows again and whether
+//! it flows through the same actors, whether the healing breaker opens and closes by itself,
+//! and how many probe leases change replica when the replicas rejoin.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::harness::{
+    Baseline, DASH, Door, Env, Service, header, healthy_count, insert_many, metric, row,
+    running_current, secs,
+};
+
+/// The breaker's gauge.
+const PAUSED: &str = "toygres_actors_healing_paused";
+
+/// What the outage scenario measured (`None` = not reached or not measured).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub fleet: usize,
+    pub replicas: usize,
+    pub outage_s: f64,
+    pub stale_after_s: f64,
+    /// Instances whose last check was older than `stale_after` when the door opened.
+    pub stale_at_reopen: i64,
+    /// Door open → every instance has a health check written after the door opened.
+    pub resumed_s: Option<f64>,
+    /// Restart decisions after the door opened, to the end of the watch.
+    pub restarted: i64,
+    /// Instances naming another actor at the end than before the outage.
+    pub actors_changed: i64,
+    /// Whether the breaker (`healing_paused`) opened after the door opened.
+    pub breaker_opened: bool,
+    /// Door open → the breaker closed again (after it opened).
+    pub breaker_closed_s: Option<f64>,
+    /// Probe leases held by another replica at the end than before the outage.
+    pub leases_moved: i64,
+    /// How long the service was watched after the door opened.
+    pub watched_s: f64,
+}
+
+/// The whole scenario: `fleet` instances on two replicas, the database gone for `outage`.
+/// `quick` (the smoke form) scales the service's timers down; the full form runs them at
+/// their production values (stale after 5 min, checks every 30 s, resync every 60 s).
+pub async fn run(fleet: usize, outage: Duration, quick: bool) -> Result<Report> {
+    // Probes on kept connections (the default) to the benchmark's own server: one backend
+    // each, so room for the fleet beside the service's pools.
+    let env = Env::start_with(fleet as u32 + 300).await?;
+    let target = env.target();
+    let door = Door::start(env.pg.port()).await?;
+    let url = door.url(&env.url, env.pg.port());
+    let (timers, stale_after, resync): (&[&str], _, _) = if quick {
+        (
+            &[
+                "--check-interval",
+                "1s",
+                "--stale-after",
+                "4s",
+                "--resync-interval",
+                "1s",
+                "--lease-renew-interval",
+                "2s",
+            ],
+            Duration::from_secs(4),
+            Duration::from_secs(1),
+        )
+    } else {
+        (&[], Duration::from_secs(300), Duration::from_secs(60))
+    };
+    let flags = |name: &'static str| {
+        let mut f = timers.to_vec();
+        f.extend(["--replica", name]);
+        f
+    };
+    let a = Service::start(&url, &flags("outage-a")).await?;
+    let b = Service::start_replica(&url, &flags("outage-b")).await?;
+    insert_many(&env.pool, "out", fleet, "running", Some(&target)).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (healthy_count(&env.pool).await? as usize) < fleet
+        || (running_current(&env.pool).await? as usize) < fleet
+    {
+        if Instant::now() > deadline {
+            bail!("the fleet was not all running and healthy within 300 s, before any outage");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let actors_before = actors(&env.pool).await?;
+    let leases_before = leases(&env.pool).await?;
+
+    // The database goes away for the service (both replicas), not for the instances.
+    door.shut(true);
+    tokio::time::sleep(outage).await;
+    let stale_at_reopen: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_cms.instances
+          WHERE last_health_check < now() - make_interval(secs => $1)",
+    )
+    .bind(stale_after.as_secs_f64())
+    .fetch_one(&env.pool)
+    .await?;
+    let opened_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&env.pool)
+        .await?;
+    door.open();
+    let opened = Instant::now();
+
+    // Watch: health resumed, the breaker opened and closed; then two more resyncs for late
+    // restarts (a breaker that closes lets the reconciler heal whatever is still stale).
+    let patience = if quick {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(600)
+    };
+    let tail = resync * 2 + Duration::from_secs(if quick { 2 } else { 10 });
+    let (mut resumed, mut breaker_opened, mut closed) = (None, false, None);
+    let mut settled: Option<Instant> = None;
+    while opened.elapsed() < patience {
+        if resumed.is_none() {
+            let fresh: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM toygres_cms.instances WHERE last_health_check > $1",
+            )
+            .bind(opened_at)
+            .fetch_one(&env.pool)
+            .await?;
+            if fresh as usize >= fleet {
+                resumed = Some(opened.elapsed().as_secs_f64());
+            }
+        }
+        let paused = [a.metrics().await, b.metrics().await]
+            .iter()
+            .filter_map(|m| metric(m, PAUSED))
+            .fold(0.0, f64::max);
+        if paused >= 1.0 {
+            breaker_opened = true;
+            closed = None;
+        } else if breaker_opened && closed.is_none() {
+            closed = Some(opened.elapsed().as_secs_f64());
+        }
+        let done = resumed.is_some() && (!breaker_opened || closed.is_some());
+        match (done, settled) {
+            (true, None) => settled = Some(Instant::now()),
+            (true, Some(t)) if t.elapsed() >= tail => break,
+            (false, _) => settled = None,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let watched_s = opened.elapsed().as_secs_f64();
+    let restarted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_actors.decisions WHERE action = 'restart' AND decided_at > $1",
+    )
+    .bind(opened_at)
+    .fetch_one(&env.pool)
+    .await?;
+    let actors_after = actors(&env.pool).await?;
+    let actors_changed = actors_before
+        .iter()
+        .filter(|(id, actor)| actors_after.get(*id) != Some(*actor))
+        .count() as i64;
+    let leases_after = leases(&env.pool).await?;
+    let leases_moved = leases_before
+        .iter()
+        .filter(|(id, holder)| leases_after.get(*id) != Some(*holder))
+        .count() as i64;
+    drop((a, b));
+    let report = Report {
+        fleet,
+        replicas: 2,
+        outage_s: outage.as_secs_f64(),
+        stale_after_s: stale_after.as_secs_f64(),
+        stale_at_reopen,
+        resumed_s: resumed,
+        restarted,
+        actors_changed,
+        breaker_opened,
+        breaker_closed_s: closed,
+        leases_moved,
+        watched_s,
+    };
+    report.print();
+    Ok(report)
+}
+
+/// Instance → the actor its row names.
+async fn actors(pool: &PgPool) -> Result<HashMap<uuid::Uuid, String>> {
+    let rows: Vec<(uuid::Uuid, Option<String>)> =
+        sqlx::query_as("SELECT id, instance_actor_orchestration_id FROM toygres_cms.instances")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, a)| (id, a.unwrap_or_default()))
+        .collect())
+}
+
+/// Instance → the replica holding its probe lease.
+async fn leases(pool: &PgPool) -> Result<HashMap<uuid::Uuid, String>> {
+    let rows: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT instance_id, holder FROM toygres_actors.probe_leases")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+impl Report {
+    fn print(&self) {
+        header(&format!(
+            "CMS outage — the database gone for {} s for {} replicas, {} instances (stale after {} s)",
+            self.outage_s, self.replicas, self.fleet, self.stale_after_s
+        ));
+        let one_percent = self.fleet as f64 / 100.0;
+        row(
+            "instances stale when the database came back",
+            format!("{} of {}", self.stale_at_reopen, self.fleet),
+            Baseline::None,
+            DASH,
+            None,
+        );
+        row(
+            "database back → every instance checked again",
+            match self.resumed_s {
+                Some(s) => secs(Some(s), 1),
+                None => "not reached".into(),
+            },
+            Baseline::None,
+            DASH,
+            None,
+        );
+        row(
+            &format!(
+                "actors restarted after the outage (watched {:.0} s)",
+                self.watched_s
+            ),
+            format!("{} of {}", self.restarted, self.fleet),
+            Baseline::None,
+            "≤ 1 % of the fleet",
+            Some(self.restarted as f64 <= one_percent),
+        );
+        row(
+            "instances whose health resumed through another actor",
+            format!("{} of {}", self.actors_changed, self.fleet),
+            Baseline::None,
+            "≤ 1 % of the fleet",
+            Some(self.actors_changed as f64 <= one_percent),
+        );
+        row(
+            "healing breaker: opened / database back → closed by itself",
+            format!(
+                "{} / {}",
+                if self.breaker_opened { "yes" } else { "no" },
+                match self.breaker_closed_s {
+                    Some(s) => format!("{s:.1} s"),
+                    None => DASH.into(),
+                }
+            ),
+            Baseline::None,
+            "closes by itself",
+            Some(!self.breaker_opened || self.breaker_closed_s.is_some()),
+        );
+        row(
+            "probe leases held by another replica after the outage",
+            format!("{} of {}", self.leases_moved, self.fleet),
+            Baseline::None,
+            "no reshuffle (≤ 1 % of the fleet)",
+            Some(self.leases_moved as f64 <= one_percent),
+        );
+    }
+}
