@@ -477,3 +477,117 @@ async fn only_operators_may_request_a_restart() {
         .await;
     }
 }
+
+/// The batched health write (`record_checks`, through the service's writer): many results in
+/// one transaction, each fenced exactly like `record_check` — a wrong actor or a lease held by
+/// another replica writes nothing for that element only — and the results in input order.
+#[tokio::test]
+async fn batched_health_writes_fence_each_check_and_keep_the_order() {
+    use toygres_actors::cms::{self, HealthRecord, Recorded};
+    let db = TestDb::new().await;
+    sqlx::query("SELECT toygres_actors.replica_register('w', 7, 60, 'test')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let id = db
+            .insert_instance(&format!("pg-batch-{i}"), "running", None)
+            .await;
+        sqlx::query(
+            "UPDATE toygres_cms.instances SET instance_actor_orchestration_id = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(format!("actor-{i}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        // Instance 2's lease is another replica's.
+        let holder = if i == 2 { "other" } else { "w" };
+        sqlx::query(
+            "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
+             VALUES ($1, $2, $3, 7, now() + interval '1 hour')",
+        )
+        .bind(id)
+        .bind(format!("actor-{i}"))
+        .bind(holder)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let actors: Vec<String> = (0..60).map(|i| format!("actor-{i}")).collect();
+    let rec = |i: usize, actor: &'static str| HealthRecord {
+        instance_id: ids[i],
+        actor_id: if actor.is_empty() { &actors[i] } else { actor },
+        holder: Some(("w", 7)),
+        observed: "healthy",
+        keep_status: false,
+        postgres_version: Some("16.1"),
+        response_time_ms: Some(3),
+        error: None,
+    };
+    // Out of instance order on purpose: the function sorts for its locks, not its answer.
+    let got = cms::record_checks(
+        &db.pool,
+        &[rec(3, ""), rec(1, "actor-old"), rec(2, ""), rec(0, "")],
+    )
+    .await
+    .unwrap();
+    let written = Recorded::Written {
+        previous: "unknown".into(),
+    };
+    assert_eq!(
+        got,
+        vec![
+            written.clone(),
+            Recorded::Superseded,
+            Recorded::Superseded,
+            written
+        ]
+    );
+    let healthy = |n: i64| {
+        let pool = db.pool.clone();
+        async move {
+            let (rows, history): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM toygres_cms.instances WHERE health_status = 'healthy'),
+                        (SELECT count(*) FROM toygres_cms.instance_health_checks)",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!((rows, history), (n, n));
+        }
+    };
+    healthy(2).await;
+
+    // Through the writer: 50 checks at once are written (in batches where they queue up).
+    let writer = toygres_actors::writer::HealthWriter::start(db.pool.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 10..60 {
+        let (w, id, actor) = (writer.clone(), ids[i], actors[i].clone());
+        tasks.spawn(async move {
+            w.write(&HealthRecord {
+                instance_id: id,
+                actor_id: &actor,
+                holder: Some(("w", 7)),
+                observed: "healthy",
+                keep_status: false,
+                postgres_version: None,
+                response_time_ms: None,
+                error: None,
+            })
+            .await
+            .unwrap()
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(
+            r.unwrap(),
+            Recorded::Written {
+                previous: "unknown".into()
+            }
+        );
+    }
+    healthy(52).await;
+}

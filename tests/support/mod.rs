@@ -479,6 +479,7 @@ impl Stack {
         }));
         let deps = Arc::new(check::ActorDeps {
             pool: db.pool.clone(),
+            writer: toygres_actors::writer::HealthWriter::start(db.pool.clone()),
             prober: prober.clone(),
             expect_standby: false,
         });
