@@ -54,8 +54,6 @@ pub enum CheckOutcome {
 /// What the health check activity needs from the process.
 pub struct ActorDeps {
     pub pool: PgPool,
-    /// Where check results are written (batched under load; see [`crate::writer`]).
-    pub writer: crate::writer::HealthWriter,
     pub prober: Arc<Prober>,
     /// The fleet's instances are standbys (`--expect-standby`).
     pub expect_standby: bool,
@@ -161,9 +159,9 @@ pub async fn health_check(
     metrics::record_health_check(observed, started.elapsed());
     // Below the threshold a failure is recorded in the history but the status stays.
     let keep_status = observed == "unhealthy" && failures < input.unhealthy_after.max(1);
-    let recorded = deps
-        .writer
-        .write(&HealthRecord {
+    let recorded = cms::record_health(
+        &deps.pool,
+        &HealthRecord {
             instance_id: id,
             actor_id,
             holder,
@@ -172,9 +170,10 @@ pub async fn health_check(
             postgres_version: version.as_deref(),
             response_time_ms: response_ms.map(|ms| ms.min(i32::MAX as u64) as i32),
             error: error.as_deref(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     match recorded {
         // Under a probe lease a refused write may also mean the lease moved to another
         // replica or our heartbeat lapsed: this replica stops probing, the actor goes on.

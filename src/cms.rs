@@ -111,45 +111,6 @@ pub async fn record_health(pool: &PgPool, rec: &HealthRecord<'_>) -> Result<Reco
     })
 }
 
-/// Many checks under probe leases in one transaction (every record has a holder): the same
-/// fence and effects as [`record_health`] for each, results in input order.
-pub async fn record_checks(
-    pool: &PgPool,
-    recs: &[HealthRecord<'_>],
-) -> Result<Vec<Recorded>, DbError> {
-    let col = |f: fn(&HealthRecord<'_>) -> Option<String>| -> Vec<Option<String>> {
-        recs.iter().map(f).collect()
-    };
-    let ids: Vec<Uuid> = recs.iter().map(|r| r.instance_id).collect();
-    let actors = col(|r| Some(r.actor_id.to_string()));
-    let holders = col(|r| r.holder.map(|h| h.0.to_string()));
-    let epochs: Vec<Option<i64>> = recs.iter().map(|r| r.holder.map(|h| h.1)).collect();
-    let observed = col(|r| Some(r.observed.to_string()));
-    let keep: Vec<bool> = recs.iter().map(|r| r.keep_status).collect();
-    let versions = col(|r| r.postgres_version.map(str::to_string));
-    let times: Vec<Option<i32>> = recs.iter().map(|r| r.response_time_ms).collect();
-    let errors = col(|r| r.error.map(str::to_string));
-    let previous: Vec<Option<String>> = sqlx::query_scalar(sql::RECORD_CHECKS)
-        .bind(ids)
-        .bind(actors)
-        .bind(holders)
-        .bind(epochs)
-        .bind(observed)
-        .bind(keep)
-        .bind(versions)
-        .bind(times)
-        .bind(errors)
-        .fetch_one(pool)
-        .await?;
-    Ok(previous
-        .into_iter()
-        .map(|p| match p {
-            Some(previous) => Recorded::Written { previous },
-            None => Recorded::Superseded,
-        })
-        .collect())
-}
-
 /// Compare-and-swap `instance_actor_orchestration_id` from `expected` to `new` (`None`
 /// clears it). A non-`None` `new` is only written while the state calls for an actor.
 /// Returns whether the swap happened.
@@ -203,10 +164,8 @@ pub struct LeaseHolder {
 
 /// Record `actor_id` as the owner of the instance's probe lease — only while the row names
 /// that actor. `take`: a new actor's first lease goes to this replica; otherwise (a renewal)
-/// the holder keeps it (under its name's live epoch, if it registered again) and a missing
-/// one is created for this replica — a dead holder's lease is claimed by the replica ticks
-/// (`migrations/0007`). Returns the holder afterwards, or `None` when the row no longer
-/// names the actor.
+/// a live holder keeps it and a dead or missing one is replaced by this replica. Returns the
+/// holder afterwards, or `None` when the row no longer names the actor.
 pub async fn lease_for_actor(
     pool: &PgPool,
     instance: Uuid,
@@ -230,7 +189,7 @@ pub async fn lease_for_actor(
     })
 }
 
-/// The actor's own renewal: [`lease_for_actor`] (never taking a holder's lease) plus
+/// The actor's own renewal: [`lease_for_actor`] (never taking a live holder's lease) plus
 /// how late the renewal ran against its due time (`renew_every` after the previous one;
 /// `None` on an actor's first renewal).
 pub async fn renew_lease(

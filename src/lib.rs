@@ -30,8 +30,8 @@
 //!    holds, it runs **[`check`]** on the interval — read the row → probe → one write fenced
 //!    on actor id, holder, epoch and liveness.
 //! 6. **[`health`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
-//! 7. **[`writer`]** and **[`cms`]** — the one fenced write per health check (batched in one
-//!    transaction when many are waiting), reads of the CMS, the owner record of a lease.
+//! 7. **[`cms`]** — reads of the CMS, the owner record of a lease, and the one fenced write
+//!    per health check.
 //! 8. **[`metrics`]** — Prometheus metrics; fleet gauges come from the database, so a dead
 //!    actor or replica cannot hide its own death.
 //!
@@ -83,4 +83,3 @@ pub mod settings;
 pub mod sql;
 pub mod store;
 pub mod verdict;
-pub mod writer;

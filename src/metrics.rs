@@ -32,7 +32,6 @@ pub const RECONCILE_ERRORS_TOTAL: &str = "toygres_actors_reconcile_errors_total"
 pub const RECONCILE_BATCHES_TOTAL: &str = "toygres_actors_reconcile_batches_total";
 pub const RECONCILE_BATCHED_TOTAL: &str = "toygres_actors_reconcile_batched_total";
 pub const EVENT_TO_ACTION: &str = "toygres_actors_event_to_action_seconds";
-pub const HEALTH_WRITES_TOTAL: &str = "toygres_actors_health_writes_total";
 pub const LISTENER_CONNECTED: &str = "toygres_actors_listener_connected";
 pub const LISTENER_RECONNECTS_TOTAL: &str = "toygres_actors_listener_reconnects_total";
 pub const LEADER: &str = "toygres_actors_leader";
@@ -118,10 +117,6 @@ fn describe() {
     describe_counter!(
         RECONCILE_BATCHED_TOTAL,
         "Instances a set-based reconcile carried out in bulk, by action (others go one by one)."
-    );
-    describe_counter!(
-        HEALTH_WRITES_TOTAL,
-        "Check results written to the CMS, by how: single (one transaction each) or batch (many in one transaction)."
     );
     describe_counter!(
         RECONCILE_ERRORS_TOTAL,
@@ -242,11 +237,6 @@ pub fn reconcile_action(action: &'static str) {
 pub fn reconcile_batched(action: &'static str, n: usize) {
     metrics::counter!(RECONCILE_BATCHED_TOTAL, "action" => action).increment(n as u64);
     metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).increment(n as u64);
-}
-
-/// `n` check results written, `single` or in a `batch`.
-pub fn health_writes(how: &'static str, n: usize) {
-    metrics::counter!(HEALTH_WRITES_TOTAL, "how" => how).increment(n as u64);
 }
 
 /// One set-based reconcile done.
@@ -372,9 +362,6 @@ pub fn initialise_series() {
     metrics::counter!(RECONCILE_BATCHES_TOTAL).absolute(0);
     for action in ["start", "cancel", "delete"] {
         metrics::counter!(RECONCILE_BATCHED_TOTAL, "action" => action).absolute(0);
-    }
-    for how in ["single", "batch"] {
-        metrics::counter!(HEALTH_WRITES_TOTAL, "how" => how).absolute(0);
     }
     metrics::counter!(LISTENER_RECONNECTS_TOTAL).absolute(0);
     listener_connected(false);

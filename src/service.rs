@@ -101,7 +101,6 @@ pub async fn start(
     );
     let deps = Arc::new(ActorDeps {
         pool: pool.clone(),
-        writer: crate::writer::HealthWriter::start(pool.clone()),
         prober: prober.clone(),
         expect_standby: args.expect_standby,
     });

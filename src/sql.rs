@@ -59,7 +59,6 @@ sql! {
     RECENT_CHECKS => "recent_checks.sql",
     RECENT_DECISIONS => "recent_decisions.sql",
     RECORD_CHECK => "record_check.sql",
-    RECORD_CHECKS => "record_checks.sql",
     RECORD_HEALTH => "record_health.sql",
     RELEASE_LEASE => "release_lease.sql",
     REPLICAS => "replicas.sql",

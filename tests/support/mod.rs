@@ -479,7 +479,6 @@ impl Stack {
         }));
         let deps = Arc::new(check::ActorDeps {
             pool: db.pool.clone(),
-            writer: toygres_actors::writer::HealthWriter::start(db.pool.clone()),
             prober: prober.clone(),
             expect_standby: false,
         });

@@ -63,7 +63,6 @@ pub async fn worker(url: &str, schema: &str) -> Result<()> {
         max_concurrent: 64,
     }));
     let deps = Arc::new(ActorDeps {
-        writer: toygres_actors::writer::HealthWriter::start(pool.clone()),
         pool,
         prober,
         expect_standby: false,
