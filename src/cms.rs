@@ -164,8 +164,10 @@ pub struct LeaseHolder {
 
 /// Record `actor_id` as the owner of the instance's probe lease — only while the row names
 /// that actor. `take`: a new actor's first lease goes to this replica; otherwise (a renewal)
-/// a live holder keeps it and a dead or missing one is replaced by this replica. Returns the
-/// holder afterwards, or `None` when the row no longer names the actor.
+/// the holder keeps it (under its name's live epoch, if it registered again) and a missing
+/// one is created for this replica — a dead holder's lease is claimed by the replica ticks
+/// (`migrations/0007`). Returns the holder afterwards, or `None` when the row no longer
+/// names the actor.
 pub async fn lease_for_actor(
     pool: &PgPool,
     instance: Uuid,
@@ -189,7 +191,7 @@ pub async fn lease_for_actor(
     })
 }
 
-/// The actor's own renewal: [`lease_for_actor`] (never taking a live holder's lease) plus
+/// The actor's own renewal: [`lease_for_actor`] (never taking a holder's lease) plus
 /// how late the renewal ran against its due time (`renew_every` after the previous one;
 /// `None` on an actor's first renewal).
 pub async fn renew_lease(

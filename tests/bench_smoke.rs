@@ -165,6 +165,12 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
     c.eq("retention.fresh_left", 10_000);
     c.between("retention.rows_per_s", 1.0, 10_000_000.0);
     c.between("retention.sustained_per_s", 0.1, 10_000_000.0);
+    // A check's fenced write timed before and during the pruning (p50, p99; seconds).
+    for f in ["write_before", "write_during"] {
+        let p50 = c.between(&format!("retention.{f}.0"), 0.0, 10.0);
+        let p99 = c.between(&format!("retention.{f}.1"), 0.0, 10.0);
+        assert!(p50 <= p99, "retention.{f}: p50 {p50} > p99 {p99}");
+    }
 
     // The tables print those figures, one per row, nothing left unmeasured.
     let rows = table_rows(&stdout);

@@ -18,13 +18,15 @@
 //! PostgreSQL, or a local TCP recorder) — the rows say which. CPU is read from /proc
 //! (utime+stime) for the service and for every PostgreSQL process of the cluster.
 //!
-//! The rooms: [`harness`] (what every scenario shares), one module per scenario —
-//! [`latency`], [`idle`], [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`],
-//! [`outage`], [`retention`] — and
-//! [`smoke`] (all of them at a tiny size, plus a JSON summary for the test suite).
+//! The rooms: [`harness`] (what every scenario shares; [`door`] and [`pooler`], the proxies
+//! some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
+//! [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`], [`outage`],
+//! [`retention`] — and [`smoke`] (all of them at a tiny size, plus a JSON summary for the
+//! test suite).
 
 mod burst;
 mod capacity;
+mod door;
 mod harness;
 mod idle;
 mod latency;

@@ -13,9 +13,10 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::door::Door;
 use crate::harness::{
-    Baseline, DASH, Door, Env, Service, header, healthy_count, insert_many, metric, row,
-    running_current, secs,
+    Baseline, DASH, Env, Service, header, healthy_count, insert_many, metric, row, running_current,
+    secs,
 };
 
 /// The breaker's gauge.

@@ -10,8 +10,9 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::door::Door;
 use crate::harness::{
-    Baseline, DASH, Door, Env, Service, header, insert_instance, insert_many, row, secs,
+    Baseline, DASH, Env, Service, header, insert_instance, insert_many, row, secs,
 };
 
 /// How long after the door opens the scenario waits for reconnect and convergence.

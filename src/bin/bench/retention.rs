@@ -3,7 +3,9 @@
 //! old rows is seeded, then pruned exactly as the service does it
 //! ([`toygres_actors::cms::prune_health_history`]: batches of 10,000 in a loop within
 //! [`config::PRUNE_BUDGET`] of every [`config::PRUNE_INTERVAL`]). Baseline: the release
-//! before, one batch per pruning period.
+//! before, one batch per pruning period. Beside the pruning, a check's fenced write
+//! (`record_check`, as the service makes it under a probe lease) is timed in a loop, and the
+//! same loop before the pruning is the baseline: pruning must not hurt the checks.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,9 @@ use anyhow::Result;
 use serde::Serialize;
 use toygres_actors::config;
 
-use crate::harness::{Baseline, DASH, Env, header, insert_instance, num, row};
+use crate::harness::{
+    Baseline, DASH, Env, header, insert_instance, ms, num, percentile, row, sorted,
+};
 
 /// Retention of the scenario (the service's default, 7 days).
 const RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -35,6 +39,35 @@ pub struct Report {
     pub old_left: i64,
     /// Fresh rows left (must be all of them).
     pub fresh_left: i64,
+    /// A check's fenced write, p50 / p99 (seconds), before the pruning (the baseline)…
+    pub write_before: (Option<f64>, Option<f64>),
+    /// …and while it runs.
+    pub write_during: (Option<f64>, Option<f64>),
+}
+
+/// A check's fenced write, as the service makes it, timed back to back until `stop`
+/// (or `n` writes); seconds, sorted.
+async fn time_writes(
+    pool: &sqlx::PgPool,
+    instance: uuid::Uuid,
+    n: usize,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n.min(100_000));
+    while out.len() < n && !stop.as_ref().is_some_and(|s| *s.borrow()) {
+        let t = Instant::now();
+        let written: Option<String> = sqlx::query_scalar(
+            "SELECT toygres_actors.record_check($1, 'actor-w', 'bench', 1, 'healthy', false, '16.4', 1, NULL)",
+        )
+        .bind(instance)
+        .fetch_one(pool)
+        .await?;
+        if written.is_none() {
+            anyhow::bail!("the timed check write was refused by its fence");
+        }
+        out.push(t.elapsed().as_secs_f64());
+    }
+    Ok(sorted(out))
 }
 
 pub async fn run(backlog: usize) -> Result<Report> {
@@ -68,8 +101,33 @@ pub async fn run(backlog: usize) -> Result<Report> {
     sqlx::query("VACUUM ANALYZE toygres_cms.instance_health_checks")
         .execute(&env.pool)
         .await?;
+    // One instance checked under a probe lease of a live replica, as the service writes it.
+    let checked = insert_instance(&env.pool, "retention-checked", "running", None).await?;
+    sqlx::query("SELECT toygres_actors.replica_register('bench', 1, 3600, 'bench')")
+        .execute(&env.pool)
+        .await?;
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-w' WHERE id = $1",
+    )
+    .bind(checked)
+    .execute(&env.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
+         VALUES ($1, 'actor-w', 'bench', 1, now() + interval '1 hour')",
+    )
+    .bind(checked)
+    .execute(&env.pool)
+    .await?;
+    let before = time_writes(&env.pool, checked, 2_000, None).await?;
 
-    // Passes as the service runs them, each within its budget, until the backlog is gone.
+    // Passes as the service runs them, each within its budget, until the backlog is gone;
+    // the check writes go on beside them.
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let during = {
+        let pool = env.pool.clone();
+        tokio::spawn(async move { time_writes(&pool, checked, usize::MAX, Some(done_rx)).await })
+    };
     let t = Instant::now();
     let mut deleted = 0;
     loop {
@@ -82,15 +140,20 @@ pub async fn run(backlog: usize) -> Result<Report> {
         }
     }
     let seconds = t.elapsed().as_secs_f64();
+    let _ = done_tx.send(true);
+    let during = during.await??;
     let old_left: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM toygres_cms.instance_health_checks WHERE checked_at < now() - interval '7 days'",
     )
     .fetch_one(&env.pool)
     .await?;
-    let fresh_left: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM toygres_cms.instance_health_checks")
-            .fetch_one(&env.pool)
-            .await?;
+    // The timed writes are fresh rows too (of the one checked instance): not counted here.
+    let fresh_left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_cms.instance_health_checks WHERE instance_id <> $1",
+    )
+    .bind(checked)
+    .fetch_one(&env.pool)
+    .await?;
     let rows_per_s = deleted as f64 / seconds.max(1e-9);
     let share = config::PRUNE_BUDGET.as_secs_f64() / config::PRUNE_INTERVAL.as_secs_f64();
     let report = Report {
@@ -102,6 +165,8 @@ pub async fn run(backlog: usize) -> Result<Report> {
         baseline_per_s: 10_000.0 / config::PRUNE_INTERVAL.as_secs_f64(),
         old_left,
         fresh_left,
+        write_before: (percentile(&before, 50.0), percentile(&before, 99.0)),
+        write_during: (percentile(&during, 50.0), percentile(&during, 99.0)),
     };
     report.print();
     Ok(report)
@@ -149,6 +214,19 @@ impl Report {
             Baseline::None,
             "0 / all",
             Some(self.old_left == 0 && self.fresh_left == FRESH),
+        );
+        let (b50, b99) = self.write_before;
+        let (d50, d99) = self.write_during;
+        row(
+            "a check's fenced write while pruning, p50 / p99",
+            format!("{} / {}", ms(d50), ms(d99)),
+            Baseline::Ratio {
+                text: format!("{} / {} before the pruning", ms(b50), ms(b99)),
+                value: d99,
+                base: b99,
+            },
+            "p99 ≤ 2× the baseline's",
+            Some(matches!((d99, b99), (Some(d), Some(b)) if d <= 2.0 * b)),
         );
     }
 }
