@@ -434,6 +434,23 @@ struct Partition {
 }
 
 impl Partition {
+    /// A partition proxy in front of the test database's server, and the database URL
+    /// through it.
+    async fn in_front_of(db: &TestDb) -> (Partition, String) {
+        let server_port: u16 = db
+            .url
+            .rsplit_once('@')
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .and_then(|(hostport, _)| hostport.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("port in the test database URL");
+        let proxy = Partition::start(server_port).await;
+        let proxied = db
+            .url
+            .replacen(&format!(":{server_port}/"), &format!(":{}/", proxy.port), 1);
+        (proxy, proxied)
+    }
+
     async fn start(upstream: u16) -> Partition {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -494,17 +511,7 @@ impl Partition {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
     let db = TestDb::new().await;
-    let server_port: u16 = db
-        .url
-        .rsplit_once('@')
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .and_then(|(hostport, _)| hostport.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("port in the test database URL");
-    let proxy = Partition::start(server_port).await;
-    let proxied = db
-        .url
-        .replacen(&format!(":{server_port}/"), &format!(":{}/", proxy.port), 1);
+    let (proxy, proxied) = Partition::in_front_of(&db).await;
     // The leader-to-be reaches the database only through the proxy.
     let p = replica(&proxied, &["--replica", "cut-p"]).await;
     wait_until("cut-p leads", Duration::from_secs(30), || async {
@@ -633,17 +640,7 @@ async fn of_two_processes_with_one_name_only_the_newest_probes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_outage_for_every_replica_moves_no_lease() {
     let db = TestDb::new().await;
-    let server_port: u16 = db
-        .url
-        .rsplit_once('@')
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .and_then(|(hostport, _)| hostport.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("port in the test database URL");
-    let proxy = Partition::start(server_port).await;
-    let proxied = db
-        .url
-        .replacen(&format!(":{server_port}/"), &format!(":{}/", proxy.port), 1);
+    let (proxy, proxied) = Partition::in_front_of(&db).await;
     let a = replica(&proxied, &["--replica", "all-a"]).await;
     wait_until("all-a leads", Duration::from_secs(30), || async {
         a.is_leader().await.then_some(())
