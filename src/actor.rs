@@ -4,11 +4,11 @@
 //! short activity ([`lease`]) and one durable timer of `lease_renew_ms` (default 4 min): the
 //! activity checks the row (fencing, below) and records this actor as the owner of the
 //! instance's probe lease — conditional on the row naming it, and never taking the lease from
-//! its holder (a dead holder's leases are claimed by the replica ticks). Which replica probes follows replica liveness, not this renewal (see
-//! [`crate::replica`]): the holder's in-process [`crate::lease::Scheduler`] runs the health
-//! check ([`health_check`]: read → probe → one fenced write) every `interval_ms`. A health
-//! check thus costs one read and one write instead of two Duroxide turns; the durable loop
-//! turns only once per renewal. The write is fenced on the actor id, the holder and its
+//! its holder (a dead holder's leases are claimed by the replica ticks). Which replica probes
+//! follows replica liveness, not this renewal (see [`crate::replica`]): the holder's
+//! in-process [`crate::lease::Scheduler`] runs the health check ([`health_check`]: read →
+//! probe → one fenced write) every `interval_ms`. A health check thus costs one read and one
+//! write instead of two Duroxide turns; the durable loop turns only once per renewal. The write is fenced on the actor id, the holder and its
 //! epoch and liveness, so probing never doubles when a lease moves. After
 //! `iterations_per_execution` renewals the actor continues as new.
 //!

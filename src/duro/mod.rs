@@ -406,9 +406,9 @@ impl ActorControl {
         Ok(())
     }
 
-    /// New incarnation: cancel `row.actor_id` if live (and wait for it to end, bounded),
-    /// then in one transaction swap the column to a new id (compare-and-set) and enqueue its
-    /// start — with a fence, under the leader's term.
+    /// New incarnation, in one transaction with a fence (under the leader's term): swap the
+    /// column to a new id (compare-and-set), remove `row.actor_id` from Duroxide if it is
+    /// live, and enqueue the new actor's start.
     pub async fn replace(
         &self,
         row: &InstanceRow,
@@ -457,9 +457,9 @@ impl ActorControl {
         // A live old actor is removed from Duroxide in the transaction that names the new
         // one (no cancel turn to wait for, never two live actors); a finished one keeps its
         // record until retention prunes it. The decision log keeps both ids and the reason.
-        let remove_old = match &row.actor_id {
-            Some(old) => self.actor_state(old).await?.is_live(),
-            None => false,
+        let live_old = match row.actor_id.as_deref() {
+            Some(old) if self.actor_state(old).await?.is_live() => Some(old),
+            _ => None,
         };
         let new_id = new_actor_id(row.id);
         let input = self.input_for(row);
@@ -477,7 +477,7 @@ impl ActorControl {
                 expected: row.actor_id.clone(),
             });
         }
-        if let Some(old) = row.actor_id.as_deref().filter(|_| remove_old) {
+        if let Some(old) = live_old {
             self.delete_actors_in(&mut tx, &[old]).await?;
             tracing::debug!(actor_id = old, reason, "old actor removed with the restart");
         }
@@ -504,23 +504,12 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<(), DuroError> {
-        self.cancel_with(actor_id, reason, fence).await
-    }
-
-    async fn cancel_with(
-        &self,
-        actor_id: &str,
-        reason: &str,
-        fence: Option<&Term>,
-    ) -> Result<(), DuroError> {
         let item = WorkItem::CancelInstance {
             instance: actor_id.to_string(),
             reason: reason.to_string(),
         };
         let tx = self.begin(fence).await?;
-        self.enqueue_and_commit_at(tx, actor_id, &item, false)
-            .await?;
-        Ok(())
+        self.enqueue_and_commit(tx, actor_id, &item).await
     }
 
     /// Cancel and wait (up to [`config::CANCEL_WAIT`]) until Duroxide shows it
@@ -534,7 +523,7 @@ impl ActorControl {
         if !self.actor_state(actor_id).await?.is_live() {
             return Ok(());
         }
-        self.cancel_with(actor_id, reason, fence).await?;
+        self.cancel(actor_id, reason, fence).await?;
         let deadline = Instant::now() + config::CANCEL_WAIT;
         let mut delay = Duration::from_millis(5);
         while Instant::now() < deadline {
@@ -546,7 +535,7 @@ impl ActorControl {
         }
         tracing::warn!(
             actor_id,
-            "old actor not terminal after cancel; proceeding (fencing keeps it from writing)"
+            "actor not terminal after cancel; returning (fencing keeps it from writing)"
         );
         Ok(())
     }
