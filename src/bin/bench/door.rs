@@ -11,6 +11,7 @@ use anyhow::Result;
 /// database gone for whoever connects through the door, while others reach it directly).
 pub struct Door {
     pub port: u16,
+    upstream: u16,
     open: Arc<AtomicBool>,
     relays: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
@@ -41,7 +42,12 @@ impl Door {
                 }
             }
         });
-        Ok(Door { port, open, relays })
+        Ok(Door {
+            port,
+            upstream,
+            open,
+            relays,
+        })
     }
 
     /// Refuse new connections; with `sever`, also cut every open one.
@@ -58,8 +64,8 @@ impl Door {
         self.open.store(true, Ordering::SeqCst);
     }
 
-    /// `url` with its port replaced by the door's.
-    pub fn url(&self, url: &str, upstream: u16) -> String {
-        url.replace(&format!(":{upstream}/"), &format!(":{}/", self.port))
+    /// `url` (of the server behind the door) through the door.
+    pub fn url(&self, url: &str) -> String {
+        url.replace(&format!(":{}/", self.upstream), &format!(":{}/", self.port))
     }
 }

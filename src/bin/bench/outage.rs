@@ -56,7 +56,7 @@ pub async fn run(fleet: usize, outage: Duration, quick: bool) -> Result<Report> 
     let env = Env::start_with(fleet as u32 + 300).await?;
     let target = env.target();
     let door = Door::start(env.pg.port()).await?;
-    let url = door.url(&env.url, env.pg.port());
+    let url = door.url(&env.url);
     let (timers, stale_after, resync): (&[&str], _, _) = if quick {
         (
             &[
@@ -83,12 +83,17 @@ pub async fn run(fleet: usize, outage: Duration, quick: bool) -> Result<Report> 
     let a = Service::start(&url, &flags("outage-a")).await?;
     let b = Service::start_replica(&url, &flags("outage-b")).await?;
     insert_many(&env.pool, "out", fleet, "running", Some(&target)).await?;
+    // Before the outage: all running and healthy, and the leases spread evenly over the two
+    // replicas (the balancer's end state), so that no move counted afterwards is its.
     let deadline = Instant::now() + Duration::from_secs(300);
     while (healthy_count(&env.pool).await? as usize) < fleet
         || (running_current(&env.pool).await? as usize) < fleet
+        || !evenly_spread(&env.pool, fleet).await?
     {
         if Instant::now() > deadline {
-            bail!("the fleet was not all running and healthy within 300 s, before any outage");
+            bail!(
+                "the fleet was not all running, healthy and evenly leased within 300 s, before any outage"
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -159,16 +164,8 @@ pub async fn run(fleet: usize, outage: Duration, quick: bool) -> Result<Report> 
     .bind(opened_at)
     .fetch_one(&env.pool)
     .await?;
-    let actors_after = actors(&env.pool).await?;
-    let actors_changed = actors_before
-        .iter()
-        .filter(|(id, actor)| actors_after.get(*id) != Some(*actor))
-        .count() as i64;
-    let leases_after = leases(&env.pool).await?;
-    let leases_moved = leases_before
-        .iter()
-        .filter(|(id, holder)| leases_after.get(*id) != Some(*holder))
-        .count() as i64;
+    let actors_changed = changed(&actors_before, &actors(&env.pool).await?);
+    let leases_moved = changed(&leases_before, &leases(&env.pool).await?);
     drop((a, b));
     let report = Report {
         fleet,
@@ -188,6 +185,14 @@ pub async fn run(fleet: usize, outage: Duration, quick: bool) -> Result<Report> 
     Ok(report)
 }
 
+/// Instances whose value in `after` differs from `before` (or is gone).
+fn changed(before: &HashMap<uuid::Uuid, String>, after: &HashMap<uuid::Uuid, String>) -> i64 {
+    before
+        .iter()
+        .filter(|(id, v)| after.get(*id) != Some(*v))
+        .count() as i64
+}
+
 /// Instance → the actor its row names.
 async fn actors(pool: &PgPool) -> Result<HashMap<uuid::Uuid, String>> {
     let rows: Vec<(uuid::Uuid, Option<String>)> =
@@ -198,6 +203,19 @@ async fn actors(pool: &PgPool) -> Result<HashMap<uuid::Uuid, String>> {
         .into_iter()
         .map(|(id, a)| (id, a.unwrap_or_default()))
         .collect())
+}
+
+/// Every instance leased, to two replicas holding half each (one more at most).
+async fn evenly_spread(pool: &PgPool, fleet: usize) -> Result<bool> {
+    let shares: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_actors.probe_leases GROUP BY holder ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(match shares[..] {
+        [x, y] => (x + y) as usize == fleet && y - x <= 1,
+        _ => false,
+    })
 }
 
 /// Instance → the replica holding its probe lease.

@@ -175,7 +175,7 @@ type Outage = (Option<f64>, Option<f64>, Option<f64>, i64);
 async fn listener_outage(rows: usize, outage: Duration) -> Result<Outage> {
     let env = Env::start().await?;
     let door = Door::start(env.pg.port()).await?;
-    let via_proxy = door.url(&env.url, env.pg.port());
+    let via_proxy = door.url(&env.url);
     let _svc = Service::start(
         &via_proxy,
         &["--check-interval", "30s", "--resync-interval", "600s"],
@@ -243,13 +243,18 @@ async fn listener_outage(rows: usize, outage: Duration) -> Result<Outage> {
     let Some(reconnected) = reconnected else {
         return Ok((None, None, None, problems(&env.pool, false).await?));
     };
+    // Converged (enqueued counts), then every turn done: each timed when first seen.
     let mut times = [None, None];
-    for (enqueued, at) in [(true, 0), (false, 1)] {
-        while problems(&env.pool, enqueued).await? > 0 && Instant::now() < deadline {
+    for (at, enqueued) in [true, false].into_iter().enumerate() {
+        loop {
+            if problems(&env.pool, enqueued).await? == 0 {
+                times[at] = Some(reconnected.elapsed().as_secs_f64());
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if problems(&env.pool, enqueued).await? == 0 {
-            times[at] = Some(reconnected.elapsed().as_secs_f64());
         }
     }
     let wrong = problems(&env.pool, false).await?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde::Serialize;
+use toygres_actors::cms::{self, HealthRecord, Recorded};
 use toygres_actors::config;
 
 use crate::harness::{
@@ -21,6 +22,9 @@ use crate::harness::{
 const RETENTION: Duration = Duration::from_secs(7 * 86_400);
 /// Fresh rows that must survive the pruning.
 const FRESH: i64 = 10_000;
+/// The actor and the replica (name, epoch) of the timed check writes.
+const ACTOR: &str = "actor-w";
+const HOLDER: (&str, i64) = ("bench", 1);
 /// Sustained rate the pruner must reach: 2× what 10,000 instances at 30 s write.
 const TARGET_PER_S: f64 = 700.0;
 
@@ -53,16 +57,20 @@ async fn time_writes(
     n: usize,
     stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<Vec<f64>> {
+    let rec = HealthRecord {
+        instance_id: instance,
+        actor_id: ACTOR,
+        holder: Some(HOLDER),
+        observed: "healthy",
+        keep_status: false,
+        postgres_version: Some("16.4"),
+        response_time_ms: Some(1),
+        error: None,
+    };
     let mut out = Vec::with_capacity(n.min(100_000));
     while out.len() < n && !stop.as_ref().is_some_and(|s| *s.borrow()) {
         let t = Instant::now();
-        let written: Option<String> = sqlx::query_scalar(
-            "SELECT toygres_actors.record_check($1, 'actor-w', 'bench', 1, 'healthy', false, '16.4', 1, NULL)",
-        )
-        .bind(instance)
-        .fetch_one(pool)
-        .await?;
-        if written.is_none() {
+        if cms::record_health(pool, &rec).await? == Recorded::Superseded {
             anyhow::bail!("the timed check write was refused by its fence");
         }
         out.push(t.elapsed().as_secs_f64());
@@ -103,21 +111,28 @@ pub async fn run(backlog: usize) -> Result<Report> {
         .await?;
     // One instance checked under a probe lease of a live replica, as the service writes it.
     let checked = insert_instance(&env.pool, "retention-checked", "running", None).await?;
-    sqlx::query("SELECT toygres_actors.replica_register('bench', 1, 3600, 'bench')")
+    sqlx::query(toygres_actors::sql::REPLICA_REGISTER)
+        .bind(HOLDER.0)
+        .bind(HOLDER.1)
+        .bind(3600.0)
+        .bind("bench")
         .execute(&env.pool)
         .await?;
     sqlx::query(
-        "UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-w' WHERE id = $1",
+        "UPDATE toygres_cms.instances SET instance_actor_orchestration_id = $2 WHERE id = $1",
     )
     .bind(checked)
+    .bind(ACTOR)
     .execute(&env.pool)
     .await?;
-    sqlx::query(
-        "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
-         VALUES ($1, 'actor-w', 'bench', 1, now() + interval '1 hour')",
+    cms::lease_for_actor(
+        &env.pool,
+        checked,
+        ACTOR,
+        HOLDER,
+        Duration::from_secs(3600),
+        true,
     )
-    .bind(checked)
-    .execute(&env.pool)
     .await?;
     let before = time_writes(&env.pool, checked, 2_000, None).await?;
 
