@@ -120,11 +120,8 @@ impl Prober {
 
         // A kept connection first; if it fails, one fresh attempt before we call it a failure.
         if let Some(client) = self.take_kept(instance, target_hash)
-            && let Ok(Ok(row)) = tokio::time::timeout(
-                self.settings.query_timeout,
-                client.query_one(crate::sql::PROBE, &[]),
-            )
-            .await
+            && let Ok(Ok(row)) =
+                tokio::time::timeout(self.settings.query_timeout, probe_query(&client)).await
         {
             self.keep(instance, target_hash, client);
             return ok_result(&row, started);
@@ -151,7 +148,7 @@ impl Prober {
     async fn connect_and_query(
         &self,
         target: ConnConfig,
-    ) -> Result<(tokio_postgres::Client, tokio_postgres::Row), String> {
+    ) -> Result<(tokio_postgres::Client, ProbeRow), String> {
         let mut config = target.tokio_config();
         config
             .connect_timeout(self.settings.connect_timeout)
@@ -175,17 +172,12 @@ impl Prober {
             Ok(Err(e)) => return Err(format!("connect failed: {e}")),
             Ok(Ok(c)) => c,
         };
-        match tokio::time::timeout(
-            self.settings.query_timeout,
-            client.query_one(crate::sql::PROBE, &[]),
-        )
-        .await
-        {
+        match tokio::time::timeout(self.settings.query_timeout, probe_query(&client)).await {
             Err(_) => Err(format!(
                 "query timed out after {} ms",
                 self.settings.query_timeout.as_millis()
             )),
-            Ok(Err(e)) => Err(format!("query failed: {}", error_text(&e))),
+            Ok(Err(e)) => Err(format!("query failed: {e}")),
             Ok(Ok(row)) => Ok((client, row)),
         }
     }
@@ -245,11 +237,37 @@ impl Prober {
     }
 }
 
-fn ok_result(row: &tokio_postgres::Row, started: Instant) -> ProbeResult {
+/// What the probe query returned.
+struct ProbeRow {
+    version: Option<String>,
+    in_recovery: Option<bool>,
+}
+
+/// `sql/probe.sql` in the simple query protocol: one round trip (no prepare), and it works
+/// through a pooler in transaction mode, where a prepared statement may not outlive its
+/// transaction.
+async fn probe_query(client: &tokio_postgres::Client) -> Result<ProbeRow, String> {
+    let messages = client
+        .simple_query(crate::sql::PROBE)
+        .await
+        .map_err(|e| error_text(&e))?;
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(ProbeRow {
+                version: r.get(0).map(str::to_owned),
+                in_recovery: r.get(1).map(|v| v == "t"),
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| "the probe query returned no row".to_owned())
+}
+
+fn ok_result(row: &ProbeRow, started: Instant) -> ProbeResult {
     ProbeResult {
         ok: true,
-        version: row.try_get::<_, String>(0).ok(),
-        in_recovery: row.try_get::<_, bool>(1).ok(),
+        version: row.version.clone(),
+        in_recovery: row.in_recovery,
         response_time_ms: started.elapsed().as_millis() as u64,
         error: None,
     }
