@@ -99,8 +99,14 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
         c.cpu(&format!("{run}.cpu_delete"), false);
     }
 
-    // Capacity: 40 actors (ours) and 20 (naive) at a 2 s interval over 9 s.
+    // Capacity: 40 actors (ours) and 20 (naive) at a 2 s interval over 9 s, probing through
+    // a transaction-mode pooler with the service's default probe settings.
     c.between("capacity.interval_s", 1.9, 2.1);
+    assert_eq!(
+        c.get("capacity.targets").as_str(),
+        Some("pooled"),
+        "{stdout}"
+    );
     for (run, actors) in [("ours", 40), ("naive", 20)] {
         let p = format!("capacity.{run}");
         c.eq(&format!("{p}.actors"), actors);
@@ -118,6 +124,9 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
         c.between(&format!("{p}.staleness.p50"), 0.5, 20.0);
         c.cpu(&format!("{p}.cpu"), true);
         c.between(&format!("{p}.target_cpu_pct"), -0.001, 1000.0);
+        c.between(&format!("{p}.pooler_cpu_pct"), -0.001, 1000.0);
+        // The whole machine is at least as busy as the processes measured on it.
+        c.between(&format!("{p}.machine_pct"), 0.001, 1000.0);
         c.between(&format!("{p}.statements_per_check"), 0.0, 100.0);
     }
 

@@ -86,7 +86,11 @@ pub async fn run(n: usize, flags: &str, targets: Targets) -> Result<Vec<Report>>
 async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
     let env = Env::start().await?;
     let pooler = if pooled {
-        Some(Pooler::start(env.pg.port(), POOLER_SERVER_CONNECTIONS)?)
+        Some(Pooler::start(
+            env.pg.port(),
+            POOLER_SERVER_CONNECTIONS,
+            false,
+        )?)
     } else {
         None
     };

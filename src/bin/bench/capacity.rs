@@ -7,6 +7,12 @@
 //! that drifts (a backlog growing, leases starting to expire) shows. A window shorter than
 //! the lease overlap (12 min at the default 4-minute renewal) measures a transient.
 //! The naive Duroxide loop ([`crate::naive`]) runs the same measurement as the baseline.
+//!
+//! The probes hit one separate PostgreSQL cluster, either directly with a new connection
+//! per probe (one server forks ~330 backends a second for 10,000 instances, which saturates
+//! a small machine) or, by default, through a PgBouncer in transaction mode with the
+//! service's default probe settings (kept connections): a fleet of 10,000 instances is
+//! 10,000 servers, each forking its own backends.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,7 +25,18 @@ use crate::harness::{
     checked_count, header, insert_many, metric, now_epoch, num, pct, row, running_current_in, secs,
     secs_target,
 };
+use crate::idle::machine_busy;
 use crate::naive;
+use crate::pooler::Pooler;
+
+/// What the instances probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Targets {
+    /// Through a PgBouncer in transaction mode (needs `pgbouncer`); default probe settings.
+    Pooled,
+    /// The target cluster itself, a new connection per probe.
+    Direct,
+}
 
 /// What one run (ours or the naive loop) measured over the window.
 #[derive(Debug, Serialize)]
@@ -34,8 +51,12 @@ pub struct Run {
     /// Rows whose current actor was running at the end of the window.
     pub actors_running: i64,
     pub cpu: Cpu,
+    /// Busy time of the whole machine over the window (% of one core; /proc/stat).
+    pub machine_pct: Option<f64>,
     /// CPU of the probe target cluster (% of one core).
     pub target_cpu_pct: Option<f64>,
+    /// CPU of the pooler in front of it (% of one core), when there is one.
+    pub pooler_cpu_pct: Option<f64>,
     /// `None` without pg_stat_statements or without a check.
     pub statements_per_check: Option<f64>,
     #[serde(skip)]
@@ -61,6 +82,9 @@ pub struct Third {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// `pooled` (PgBouncer in transaction mode, default probe settings) or `direct` (a new
+    /// connection per probe to the one target cluster).
+    pub targets: &'static str,
     pub interval_s: f64,
     pub window_s: f64,
     pub ours: Run,
@@ -74,16 +98,18 @@ pub async fn run(
     window: Duration,
     baseline_n: usize,
     flags: &str,
+    pooled: bool,
 ) -> Result<Report> {
     let naive = if baseline_n > 0 {
         let env = Env::start().await?;
-        Some(run_naive(&env, baseline_n, interval, window).await?)
+        Some(run_naive(&env, baseline_n, interval, window, pooled).await?)
     } else {
         None
     };
     let env = Env::start().await?;
-    let ours = run_ours(&env, n, interval, window, flags).await?;
+    let ours = run_ours(&env, n, interval, window, flags, pooled).await?;
     let report = Report {
+        targets: if pooled { "pooled" } else { "direct" },
         interval_s: interval.as_secs_f64(),
         window_s: window.as_secs_f64(),
         ours,
@@ -95,8 +121,13 @@ pub async fn run(
 
 impl Report {
     fn print(&self) {
+        let how = if self.targets == "pooled" {
+            "through a PgBouncer in transaction mode, default probe settings (kept connections)"
+        } else {
+            "directly, a new connection per probe"
+        };
         header(&format!(
-            "Capacity — actors at a {}s interval, measured over {}s after warm-up (all probe one separate PostgreSQL, a new connection per probe)",
+            "Capacity — actors at a {}s interval, measured over {}s after warm-up (all probe one separate PostgreSQL, {how})",
             self.interval_s, self.window_s
         ));
         if let Some(b) = &self.naive {
@@ -235,10 +266,24 @@ impl Report {
             None,
         );
         row(
+            &format!("{label}: machine busy, every process (% of one core; 200 % = the machine)"),
+            pct(r.machine_pct, 0),
+            match base {
+                Some(b) => ratio(pct(b.machine_pct, 0), r.machine_pct, b.machine_pct),
+                None => Baseline::None,
+            },
+            DASH,
+            None,
+        );
+        row(
             &format!(
-                "{label}: probe target cluster CPU (a separate PostgreSQL all instances share)"
+                "{label}: probe target cluster CPU (a separate PostgreSQL all instances share) + pooler"
             ),
-            pct(r.target_cpu_pct, 0),
+            format!(
+                "{} + {}",
+                pct(r.target_cpu_pct, 0),
+                pct(r.pooler_cpu_pct, 0)
+            ),
             Baseline::None,
             DASH,
             None,
@@ -296,14 +341,20 @@ async fn run_ours(
     interval: Duration,
     window: Duration,
     flags: &str,
+    pooled: bool,
 ) -> Result<Run> {
     let interval_s = format!("{}ms", interval.as_millis());
     let mut all = vec!["--check-interval", interval_s.as_str()];
-    all.extend(NEW_CONNECTION_PER_PROBE);
+    if !pooled {
+        all.extend(NEW_CONNECTION_PER_PROBE);
+    }
     all.extend(flags.split_whitespace());
     let svc = Service::start(&env.url, &all).await?;
     let target_env = Env::start().await?;
-    let target = target_env.target();
+    let pooler = start_pooler(&target_env, pooled)?;
+    let target = pooler
+        .as_ref()
+        .map_or_else(|| target_env.target(), Pooler::target);
     for start in (0..n).step_by(1000) {
         let k = (n - start).min(1000);
         insert_many(
@@ -316,38 +367,69 @@ async fn run_ours(
         .await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    warm_up(env, n, interval).await?;
+    warm_up(env, n, interval, "toygres_duroxide").await?;
     let probe = Probe {
         env,
         target: &target_env,
         pid: Some(svc.pid()),
         schema: "toygres_duroxide",
         service: Some(&svc),
+        pooler: pooler.as_ref(),
     };
     probe.measure(n, interval, window).await
 }
 
-async fn run_naive(env: &Env, n: usize, interval: Duration, window: Duration) -> Result<Run> {
+/// Backends the pooler may open on the target cluster.
+const POOLER_SERVER_CONNECTIONS: u32 = 20;
+
+/// A transaction-mode PgBouncer in front of the target cluster, if `pooled`.
+fn start_pooler(target: &Env, pooled: bool) -> Result<Option<Pooler>> {
+    if !pooled {
+        return Ok(None);
+    }
+    Ok(Some(Pooler::start(
+        target.pg.port(),
+        POOLER_SERVER_CONNECTIONS,
+        true,
+    )?))
+}
+
+async fn run_naive(
+    env: &Env,
+    n: usize,
+    interval: Duration,
+    window: Duration,
+    pooled: bool,
+) -> Result<Run> {
     let worker = naive::Worker::spawn(&env.url)?;
     let target_env = Env::start().await?;
-    insert_many(&env.pool, "naive", n, "running", Some(&target_env.target())).await?;
+    let pooler = start_pooler(&target_env, pooled)?;
+    let target = pooler
+        .as_ref()
+        .map_or_else(|| target_env.target(), Pooler::target);
+    insert_many(&env.pool, "naive", n, "running", Some(&target)).await?;
     naive::start_actors(&env.url, &env.pool, interval).await?;
-    warm_up(env, n, interval).await?;
+    warm_up(env, n, interval, naive::SCHEMA).await?;
     let probe = Probe {
         env,
         target: &target_env,
         pid: Some(worker.pid()),
         schema: naive::SCHEMA,
         service: None,
+        pooler: pooler.as_ref(),
     };
     probe.measure(n, interval, window).await
 }
 
-/// Waits until every row has a first health check (at most 15 min), then one and a half
-/// intervals more so first timers (spread over the first interval) have fired.
-async fn warm_up(env: &Env, n: usize, interval: Duration) -> Result<()> {
+/// Waits until every row has a first health check and every actor has run (at most 15
+/// min: the window must not begin while Duroxide still works through the starts), then one
+/// and a half intervals more so first timers (spread over the first interval) have fired.
+async fn warm_up(env: &Env, n: usize, interval: Duration, schema: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(900);
-    while (checked_count(&env.pool).await? as usize) < n && Instant::now() <= deadline {
+    while Instant::now() <= deadline
+        && ((checked_count(&env.pool).await? as usize) < n
+            || (running_current_in(&env.pool, schema).await? as usize) < n)
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(interval + interval / 2).await;
@@ -363,14 +445,17 @@ struct Probe<'a> {
     schema: &'a str,
     /// Our service (its metrics: turns acked, turn demand); `None` for the naive loop.
     service: Option<&'a Service>,
+    pooler: Option<&'a Pooler>,
 }
 
 const DEMAND: &str = "toygres_actors_duroxide_turn_demand_per_second";
 
-/// Lags of the renewals that ran in `[from, to)` (the last renewal of each actor there).
+/// Lags of the renewals that ran in `[from, to)` (the last renewal of each actor there); an
+/// early renewal (a fresh actor's jittered second one, one right after a continue-as-new)
+/// counts as 0 s late.
 async fn renewal_lags(env: &Env, from: f64, to: f64) -> Result<Vec<f64>> {
     Ok(sqlx::query_scalar(
-        "SELECT renewal_lag_seconds FROM toygres_actors.probe_leases
+        "SELECT greatest(renewal_lag_seconds, 0) FROM toygres_actors.probe_leases
           WHERE renewal_lag_seconds IS NOT NULL
             AND renewed_at >= to_timestamp($1) AND renewed_at < to_timestamp($2)",
     )
@@ -388,7 +473,8 @@ impl Probe<'_> {
             .await;
         let from = now_epoch();
         let w = CpuWindow::start(env, self.pid);
-        let wt = CpuWindow::start(self.target, None);
+        let wt = CpuWindow::start(self.target, self.pooler.map(Pooler::pid));
+        let machine0 = machine_busy();
         let turns0 = match self.service {
             Some(svc) => metric(&svc.metrics().await, TURNS),
             None => None,
@@ -419,8 +505,11 @@ impl Probe<'_> {
             }
             None => (None, None),
         };
+        let machine_pct = machine_busy()
+            .zip(machine0)
+            .map(|(b, a)| 100.0 * (b - a) / t0.elapsed().as_secs_f64());
         let cpu = w.finish(env);
-        let target_cpu_pct = wt.finish(self.target).pg_pct;
+        let target_cpu = wt.finish(self.target);
         let to = now_epoch();
         let actors_running = running_current_in(&env.pool, self.schema).await?;
         let (statements, top) = profile(env).await;
@@ -444,7 +533,9 @@ impl Probe<'_> {
             staleness,
             actors_running,
             cpu,
-            target_cpu_pct,
+            machine_pct,
+            target_cpu_pct: target_cpu.pg_pct,
+            pooler_cpu_pct: target_cpu.service_pct.filter(|_| self.pooler.is_some()),
             statements_per_check: statements.filter(|_| checks > 0).map(|s| s / checks as f64),
             top,
             thirds,

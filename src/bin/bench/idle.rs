@@ -18,7 +18,7 @@ use crate::harness::{
 
 /// Busy time of the whole machine so far, in seconds of one core (/proc/stat's first line:
 /// user + nice + system + irq + softirq + steal, in USER_HZ = 100 ticks a second).
-fn machine_busy() -> Option<f64> {
+pub(crate) fn machine_busy() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
     let f: Vec<f64> = line

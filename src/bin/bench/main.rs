@@ -105,6 +105,11 @@ enum Scenario {
         /// Extra flags for the service, e.g. "--duroxide-async-commit".
         #[arg(long, allow_hyphen_values = true, default_value = "")]
         service_flags: String,
+        /// What the instances probe: `pooled` (a PgBouncer in transaction mode in front of
+        /// the target cluster; the service keeps its default probe settings) or `direct` (a
+        /// new connection per probe, the one target cluster forks a backend for each).
+        #[arg(long, value_enum, default_value = "pooled")]
+        targets: capacity::Targets,
     },
     /// Listener cut off while rows change; stale actor → healed.
     Recovery {
@@ -174,12 +179,14 @@ fn main() -> Result<()> {
                 duration,
                 baseline_actors,
                 service_flags,
+                targets,
             } => capacity::run(
                 actors,
                 dur(&interval)?,
                 dur(&duration)?,
                 baseline_actors,
                 &service_flags,
+                targets == capacity::Targets::Pooled,
             )
             .await
             .map(drop),

@@ -1,5 +1,4 @@
-//! A connection pooler (PgBouncer, session mode) in front of the bench's PostgreSQL, as a
-//! probe target: a fleet of 10,000 instances is 10,000 servers, each forking its own
+//! A connection pooler (PgBouncer) in front of a bench PostgreSQL, as a probe target: a fleet of 10,000 instances is 10,000 servers, each forking its own
 //! backends, not one server forking 10,000 — through the pooler a probe's connect reuses a
 //! server connection instead of forking a backend on the one machine the bench shares.
 //! Each probe still connects (TCP + startup) and runs its query on a real PostgreSQL.
@@ -29,8 +28,15 @@ pub fn binary() -> Option<PathBuf> {
 impl Pooler {
     /// Start PgBouncer on a free loopback port in front of `127.0.0.1:pg_port`, with at most
     /// `server_connections` backends. Every client is `toygres` (trust, as the bench's
-    /// cluster).
-    pub fn start(pg_port: u16, server_connections: u32) -> Result<Pooler> {
+    /// cluster). `transaction`: a client holds a backend only while it runs a statement
+    /// (pool_mode transaction), so kept probe connections do not pin backends; otherwise
+    /// for as long as it is connected (session).
+    pub fn start(pg_port: u16, server_connections: u32, transaction: bool) -> Result<Pooler> {
+        let mode = if transaction {
+            "transaction"
+        } else {
+            "session"
+        };
         let bin =
             binary().context("pgbouncer is not installed (Debian: apt-get install pgbouncer)")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -49,7 +55,7 @@ impl Pooler {
                  listen_port = {port}\n\
                  unix_socket_dir =\n\
                  auth_type = any\n\
-                 pool_mode = session\n\
+                 pool_mode = {mode}\n\
                  max_client_conn = 20000\n\
                  default_pool_size = {server_connections}\n\
                  max_db_connections = {server_connections}\n\
@@ -89,6 +95,11 @@ impl Pooler {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(pooler)
+    }
+
+    /// PgBouncer's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     /// A probe target through the pooler.

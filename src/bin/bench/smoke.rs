@@ -41,6 +41,7 @@ pub async fn run() -> Result<()> {
             20,
             // Renewals inside the short window, so their lag is measured.
             "--lease-renew-interval 2s",
+            true,
         )
         .await?,
         recovery: recovery::run(40, Duration::from_secs(3)).await?,
