@@ -169,7 +169,7 @@ pub struct LeaseHolder {
 /// (`migrations/0007`). Returns the holder afterwards, or `None` when the row no longer
 /// names the actor.
 pub async fn lease_for_actor(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     instance: Uuid,
     actor_id: &str,
     me: (&str, i64),
@@ -183,7 +183,7 @@ pub async fn lease_for_actor(
         .bind(me.1)
         .bind(owner_ttl.as_secs_f64())
         .bind(take)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await?;
     Ok(match row {
         (Some(name), Some(epoch)) => Some(LeaseHolder { name, epoch }),

@@ -1,10 +1,11 @@
 //! The eager lease: a started (or changed) actor is leased to this replica and put on its
 //! probe scheduler at once, instead of after Duroxide's dispatcher has run the actor's first
-//! turn and lease activity (which only confirm or move the lease).
+//! turn and lease activity (which only confirm or move the lease). A start takes the lease
+//! in its own transaction; a state change right after it is seen.
 
 use std::time::Duration;
 
-use super::ActorControl;
+use super::{ActorControl, DuroError};
 use crate::actor::{self, ActorInput};
 use crate::cms::InstanceRow;
 
@@ -37,10 +38,38 @@ impl ActorControl {
         }
     }
 
-    /// The started actor is leased to this replica at once and checked right away, instead
-    /// of after Duroxide's dispatcher has run its first turn (which confirms the owner).
-    pub(super) fn lease_eagerly(&self, input: &ActorInput, actor_id: &str) {
-        self.lease_here_and_check(input, actor_id, Eager::Lease);
+    /// The eager lease of a started actor, inside the transaction that starts it: the row
+    /// naming the actor and the actor's lease commit together, and the first check waits
+    /// for one commit, not two. `true`: this replica holds the lease (call
+    /// [`ActorControl::schedule_first_check`] once the transaction has committed).
+    pub(super) async fn lease_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        input: &ActorInput,
+        actor_id: &str,
+    ) -> Result<bool, DuroError> {
+        let Some((_, scheduler)) = &self.eager else {
+            return Ok(false);
+        };
+        let me = (scheduler.id().name(), scheduler.id().epoch());
+        let holder = crate::cms::lease_for_actor(
+            &mut **tx,
+            input.instance_id,
+            actor_id,
+            me,
+            self.owner_ttl(),
+            true,
+        )
+        .await?;
+        Ok(matches!(holder, Some(h) if h.name == me.0 && h.epoch == me.1))
+    }
+
+    /// After the commit of a start leased here ([`ActorControl::lease_in`]): the actor's
+    /// first check on this replica's scheduler.
+    pub(super) fn schedule_first_check(&self, input: &ActorInput, actor_id: &str, how: Eager) {
+        if let Some((_, scheduler)) = &self.eager {
+            schedule(scheduler, self.first_lease(input, actor_id), how);
+        }
     }
 
     /// A state change that changes what a probe would see (e.g. toygres' create flow:
@@ -72,16 +101,22 @@ impl ActorControl {
             )
             .await
             {
-                Ok(Some(h)) if h.name == me.0 && h.epoch == me.1 => match how {
-                    Eager::Lease => scheduler.lease(lease),
-                    Eager::LeaseFirst => scheduler.lease_first(lease),
-                    Eager::CheckNow => scheduler.check_now(lease),
-                },
+                Ok(Some(h)) if h.name == me.0 && h.epoch == me.1 => {
+                    schedule(&scheduler, lease, how)
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn")
                 }
             }
         });
+    }
+}
+
+fn schedule(scheduler: &crate::lease::Scheduler, lease: crate::lease::Lease, how: Eager) {
+    match how {
+        Eager::Lease => scheduler.lease(lease),
+        Eager::LeaseFirst => scheduler.lease_first(lease),
+        Eager::CheckNow => scheduler.check_now(lease),
     }
 }

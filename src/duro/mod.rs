@@ -401,8 +401,11 @@ impl ActorControl {
             });
         }
         self.record_in(&mut tx, row, Some(actor_id), record).await?;
+        let leased = self.lease_in(&mut tx, &input, actor_id).await?;
         self.enqueue_and_commit(tx, actor_id, &item).await?;
-        self.lease_eagerly(&input, actor_id);
+        if leased {
+            self.schedule_first_check(&input, actor_id, Eager::Lease);
+        }
         Ok(())
     }
 
@@ -482,14 +485,17 @@ impl ActorControl {
             tracing::debug!(actor_id = old, reason, "old actor removed with the restart");
         }
         self.record_in(&mut tx, row, Some(&new_id), record).await?;
+        let leased = self.lease_in(&mut tx, &input, &new_id).await?;
         self.enqueue_and_commit_at(tx, &new_id, &item, urgent)
             .await?;
-        let how = if urgent {
-            Eager::LeaseFirst
-        } else {
-            Eager::Lease
-        };
-        self.lease_here_and_check(&input, &new_id, how);
+        if leased {
+            let how = if urgent {
+                Eager::LeaseFirst
+            } else {
+                Eager::Lease
+            };
+            self.schedule_first_check(&input, &new_id, how);
+        }
         Ok(Transition {
             old_actor_id: row.actor_id.clone(),
             new_actor_id: Some(new_id),
