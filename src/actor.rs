@@ -19,7 +19,7 @@
 //! The orchestration is deterministic on replay: no wall clock, randomness or map iteration.
 //! Everything that varies (time, the row, the probe) happens inside the activity. The first
 //! timer of an actor is shortened by a jitter derived from the instance id, so a burst of
-//! starts does not keep firing together forever.
+//! starts does not keep firing (v1) or renewing (v2) together forever.
 //!
 //! Fencing: the activity checks that the row still names this orchestration as
 //! `instance_actor_orchestration_id` and that the state still calls for an actor; the write
@@ -91,7 +91,7 @@ pub async fn instance_actor_v2(
             .max(1),
     );
     let iterations = input.iterations_per_execution.max(1);
-    for _ in 0..iterations {
+    for i in 0..iterations {
         let lease = LeaseInput {
             instance_id: input.instance_id,
             actor_states: input.actor_states.clone(),
@@ -114,18 +114,25 @@ pub async fn instance_actor_v2(
             // Could not renew now (e.g. the CMS was unreachable): the lease outlives one miss.
             Err(e) => ctx.trace_warn(format!("lease renewal of {} failed: {e}", input.k8s_name)),
         }
-        ctx.schedule_timer(renew).await;
+        // A fresh actor's second renewal comes after between an eighth of a period and a full
+        // one, fixed per instance id: actors started together (a burst, an install on an existing
+        // CMS, a restore) would otherwise renew in one wave every period, and a wave of
+        // 10,000 renewals is 20,000 turns due at once. Replay-safe: Duroxide matches timers
+        // by position, not duration, so actors already past this point replay unchanged.
+        let wait = if i == 0 && input.executions == 0 {
+            first_delay(input.instance_id, renew)
+        } else {
+            renew
+        };
+        ctx.schedule_timer(wait).await;
     }
     input.executions += 1;
     ctx.continue_as_new_typed(&input).await
 }
 
-/// The first timer: between half an interval and a full one, fixed per instance id.
+/// The first timer: between an eighth of an interval and a full one, fixed per instance id.
 pub fn first_delay(instance_id: Uuid, interval: Duration) -> Duration {
-    let half = interval / 2;
-    let half_ms = half.as_millis().max(1) as u64;
-    let spread = (instance_id.as_u128() % half_ms as u128) as u64;
-    half + Duration::from_millis(spread)
+    crate::lease::jittered(instance_id, interval)
 }
 
 /// The orchestration body.
@@ -205,7 +212,9 @@ pub async fn lease(
         .await
         .map_err(|e| e.to_string())?;
     if let Some(lag) = lag {
-        crate::metrics::lease_renewal_lag(lag);
+        // Early (a fresh actor's jittered second renewal, right after a continue-as-new) is
+        // not late.
+        crate::metrics::lease_renewal_lag(lag.max(0.0));
     }
     let Some(holder) = holder else {
         return actor_exits(
@@ -281,12 +290,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_delay_is_within_half_to_full_interval_and_stable() {
+    fn first_delay_is_within_an_eighth_to_a_full_interval_and_stable() {
         let interval = Duration::from_secs(30);
         for _ in 0..100 {
             let id = Uuid::new_v4();
             let d = first_delay(id, interval);
-            assert!(d >= interval / 2 && d < interval, "{d:?}");
+            assert!(d >= interval / 8 && d < interval, "{d:?}");
             assert_eq!(d, first_delay(id, interval));
         }
     }

@@ -11,8 +11,13 @@
 //! epoch and liveness.
 //!
 //! Timing: entries sit in a min-heap by due time; a check's next due time is its previous due
-//! time plus the interval (no drift), or now if it ran late. Checks run concurrently up to a
-//! bound; a slow probe delays only its own instance.
+//! time plus the interval (no drift), or now if it ran late. A check that ran at once (a new
+//! actor's first, an overdue lease taken over, a state change) is followed by the next one
+//! after between an eighth of an interval and a full one, fixed per instance id ([`jittered`]):
+//! instances that arrive together (a burst of inserts, the fleet after a CMS outage) would
+//! otherwise be checked together forever, a spike of the whole fleet's checks each interval
+//! instead of a steady stream. Checks run concurrently up to a bound; a slow probe delays
+//! only its own instance.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -36,6 +41,16 @@ pub fn first_due(last: Option<chrono::DateTime<chrono::Utc>>, interval: Duration
     }
 }
 
+/// Between an eighth of `period` and all of it, fixed per instance id: spreads what instances
+/// that started together do next (checks here, the actor's timers in [`crate::actor`]) over
+/// nearly the whole period, as a fleet whose members arrived one by one would be.
+pub fn jittered(instance_id: Uuid, period: Duration) -> Duration {
+    let eighth = period / 8;
+    let range_ms = (period - eighth).as_millis().max(1) as u64;
+    let spread = (instance_id.as_u128() % range_ms as u128) as u64;
+    eighth + Duration::from_millis(spread)
+}
+
 /// A probe lease this replica holds, as handed to the scheduler.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -55,6 +70,8 @@ struct Entry {
     generation: u64,
     running: bool,
     failures: u32,
+    /// The check due now runs at once: the next one comes after [`jittered`].
+    spread_next: bool,
 }
 
 #[derive(Default)]
@@ -155,6 +172,7 @@ impl Scheduler {
                 generation,
                 running: false,
                 failures: 0,
+                spread_next: due <= Instant::now(),
                 lease,
             },
         );
@@ -178,6 +196,7 @@ impl Scheduler {
                 }
                 e.due = now;
                 e.generation = generation;
+                e.spread_next = true;
             }
             _ => {
                 st.entries.insert(
@@ -187,6 +206,7 @@ impl Scheduler {
                         generation,
                         running: false,
                         failures: 0,
+                        spread_next: true,
                         lease,
                     },
                 );
@@ -313,7 +333,11 @@ impl Scheduler {
                 }
             }
             e.running = false;
-            let next = e.due + e.lease.interval;
+            let next = if std::mem::take(&mut e.spread_next) {
+                now + jittered(id, e.lease.interval)
+            } else {
+                e.due + e.lease.interval
+            };
             e.due = if next > now { next } else { now };
             st.next_generation += 1;
             e.generation = st.next_generation;

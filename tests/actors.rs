@@ -399,3 +399,107 @@ async fn lease_renewals_record_their_lag_from_database_timestamps() {
     // On time on an idle machine: well under the renewal period itself.
     assert!(lag > -0.5 && lag < 2.0, "renewal lag {lag} s");
 }
+
+/// Actors started together do not renew together forever: a fresh actor's second renewal
+/// comes after between an eighth of a renewal period and a full one, fixed per instance id
+/// (its first runs at once). Read from Duroxide's history: the first timer's duration.
+#[tokio::test]
+async fn a_burst_of_fresh_actors_spreads_its_second_renewals() {
+    let db = TestDb::new().await;
+    // The production renewal period (4 min): the spread is a share of it.
+    let svc = support::ServiceProc::start_production(&db.url, &[]).await;
+    const N: usize = 20;
+    for i in 0..N {
+        db.insert_instance(
+            &format!("pg-spread-{i}"),
+            "running",
+            Some(&support::reachable_target()),
+        )
+        .await;
+    }
+    let waits: Vec<(uuid::Uuid, i64)> = wait_until("every actor's first timer", T, || async {
+        let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+            "SELECT i.id, (h.event_data::jsonb->>'fire_at_ms')::int8
+                        - (h.event_data::jsonb->>'timestamp_ms')::int8
+               FROM toygres_cms.instances i
+               JOIN toygres_duroxide.history h
+                 ON h.instance_id = i.instance_actor_orchestration_id
+              WHERE i.k8s_name LIKE 'pg-spread-%' AND h.execution_id = 1
+                AND h.event_data::jsonb->>'type' = 'TimerCreated'",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .ok()?;
+        (rows.len() == N).then_some(rows)
+    })
+    .await;
+    let renew = toygres_actors::actor::DEFAULT_LEASE_RENEW;
+    for (id, ms) in &waits {
+        let want = toygres_actors::actor::first_delay(*id, renew).as_millis() as i64;
+        // The timer's due time counts from the turn's start, the event's stamp from when it
+        // was written: a loaded machine puts a few ms between them.
+        assert!(
+            (*ms - want).abs() <= 2_000,
+            "first renewal timer of {id}: {ms} ms, want {want} ms"
+        );
+        assert!(
+            (renew.as_millis() as i64 / 8..renew.as_millis() as i64).contains(ms),
+            "{ms} ms"
+        );
+    }
+    let distinct: std::collections::HashSet<i64> = waits.iter().map(|(_, ms)| *ms).collect();
+    assert!(distinct.len() > N / 2, "spread: {distinct:?}");
+    drop(svc);
+}
+
+/// Instances that start together are not checked together forever: after a check that ran
+/// at once (a new actor's first), the next comes after between an eighth of an interval and
+/// a full one, fixed per instance id, so the fleet's checks become a steady stream instead of a
+/// spike of every instance each interval.
+#[tokio::test]
+async fn checks_of_instances_started_together_spread_over_the_interval() {
+    let db = TestDb::new().await;
+    let interval = Duration::from_secs(4);
+    let stack = Stack::start(&db, interval, 1).await;
+    const N: usize = 12;
+    for i in 0..N {
+        let name = format!("pg-steady-{i}");
+        db.insert_instance(&name, "running", Some(&support::reachable_target()))
+            .await;
+        let row = stack.row(&name).await;
+        stack
+            .control
+            .replace(&row, "test start", None)
+            .await
+            .unwrap();
+    }
+    let gaps: Vec<(uuid::Uuid, f64)> = wait_until("two checks of every instance", T, || async {
+        let rows: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
+            "SELECT instance_id, extract(epoch FROM second - first)::float8 FROM (
+                SELECT instance_id, min(checked_at) AS first,
+                       (array_agg(checked_at ORDER BY checked_at))[2] AS second
+                  FROM toygres_cms.instance_health_checks GROUP BY instance_id) c
+              WHERE second IS NOT NULL",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .ok()?;
+        (rows.len() == N).then_some(rows)
+    })
+    .await;
+    for (id, gap) in &gaps {
+        let want = toygres_actors::lease::jittered(*id, interval).as_secs_f64();
+        assert!(
+            *gap >= want - 0.05 && *gap < want + 0.7,
+            "{id}: second check {gap:.2} s after the first, want {want:.2} s"
+        );
+    }
+    let (min, max) = gaps.iter().fold((f64::MAX, f64::MIN), |(lo, hi), (_, g)| {
+        (lo.min(*g), hi.max(*g))
+    });
+    assert!(
+        max - min > 0.5,
+        "second checks not spread: {min:.2}–{max:.2} s"
+    );
+    stack.shutdown().await;
+}
