@@ -112,6 +112,7 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(control: ActorControl, stale_after: Duration, replica: String) -> Self {
+        let interval = control.settings.check_interval;
         let rules = Rules {
             actor_states: control.settings.actor_states.clone(),
             stale_after,
@@ -127,14 +128,14 @@ impl Reconciler {
                 config::DEFAULT_RESTART_MIN_INTERVAL,
                 config::DEFAULT_RESTART_RATE,
             ),
-            breaker: HealingBreaker::new(config::DEFAULT_HEAL_PAUSE_SHARE),
+            breaker: HealingBreaker::new(config::DEFAULT_HEAL_PAUSE_SHARE, interval),
             released: Mutex::new(HashMap::new()),
         }
     }
 
     /// The share of the fleet stale at once above which healing pauses.
     pub fn with_heal_pause_share(mut self, share: f64) -> Self {
-        self.breaker = HealingBreaker::new(share);
+        self.breaker = HealingBreaker::new(share, self.control.settings.check_interval);
         self
     }
 
@@ -369,9 +370,11 @@ impl Reconciler {
         // that is alive is first re-leased here and checked at once; only if that does not
         // help within one stale period is it restarted.
         if decision.verdict == Verdict::Stale && !forced {
-            if self.breaker.is_open() {
-                outcome.skipped =
-                    Some("healing paused: too much of the fleet is stale at once".into());
+            if self.breaker.holds() {
+                outcome.skipped = Some(
+                    "healing paused: too much of the fleet is stale at once (or was, less than a check interval ago)"
+                        .into(),
+                );
                 metrics::reconcile_action("noop");
                 return Ok(outcome);
             }
