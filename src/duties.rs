@@ -209,14 +209,26 @@ pub async fn poll_fleet(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = stop.cancelled() => return,
         }
-        match reconciler.fleet().await {
+        let started = tokio::time::Instant::now();
+        let fleet = reconciler.fleet().await;
+        // Every `every`, unless the query itself costs more than its share of the time.
+        let cost = started.elapsed();
+        let wait = every.max(cost.div_f64(config::FLEET_POLL_MAX_DUTY));
+        if wait > every {
+            tracing::debug!(
+                cost_ms = cost.as_millis() as u64,
+                next_in_ms = wait.as_millis() as u64,
+                "fleet gauges: the query is costly; polling less often"
+            );
+        }
+        next = started + wait;
+        match fleet {
             Ok(fleet) => {
                 let mut entries: Vec<FleetEntry> = fleet
                     .instances
