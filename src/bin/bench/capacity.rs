@@ -50,6 +50,9 @@ pub struct Run {
     pub staleness: Quantiles,
     /// Rows whose current actor was running at the end of the window.
     pub actors_running: i64,
+    /// Rows whose current actor has continued as new at least once by the end of the window
+    /// (a soak must outlast 20 renewals: `--duration 5400s`).
+    pub continued_as_new: i64,
     pub cpu: Cpu,
     /// Busy time of the whole machine over the window (% of one core; /proc/stat).
     pub machine_pct: Option<f64>,
@@ -170,6 +173,13 @@ impl Report {
             Baseline::None,
             &format!("{}", r.actors),
             Some(r.actors_running == r.actors as i64),
+        );
+        row(
+            &format!("{label}: actors that continued as new at least once"),
+            format!("{} of {}", r.continued_as_new, r.actors),
+            Baseline::None,
+            DASH,
+            None,
         );
         if !r.thirds.is_empty() {
             let shares: Vec<f64> = r
@@ -367,7 +377,7 @@ async fn run_ours(
         .await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    warm_up(env, n, interval, "toygres_duroxide").await?;
+    warm_up(env, n, interval, "toygres_duroxide", true).await?;
     let probe = Probe {
         env,
         target: &target_env,
@@ -409,7 +419,7 @@ async fn run_naive(
         .map_or_else(|| target_env.target(), Pooler::target);
     insert_many(&env.pool, "naive", n, "running", Some(&target)).await?;
     naive::start_actors(&env.url, &env.pool, interval).await?;
-    warm_up(env, n, interval, naive::SCHEMA).await?;
+    warm_up(env, n, interval, naive::SCHEMA, false).await?;
     let probe = Probe {
         env,
         target: &target_env,
@@ -421,14 +431,18 @@ async fn run_naive(
     probe.measure(n, interval, window).await
 }
 
-/// Waits until every row has a first health check and every actor has run (at most 15
-/// min: the window must not begin while Duroxide still works through the starts), then one
-/// and a half intervals more so first timers (spread over the first interval) have fired.
-async fn warm_up(env: &Env, n: usize, interval: Duration, schema: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(900);
+/// Waits until every row has a first health check and every actor has run — for our actors,
+/// until every actor has renewed its lease a second time, so the start's transient (every
+/// start, first renewal and spread second renewal going through Duroxide together) is over
+/// (at most 30 min) — then one and a half intervals more so first timers (spread over the
+/// first interval) have fired. The window measures the steady state; `bench burst` measures
+/// the start.
+async fn warm_up(env: &Env, n: usize, interval: Duration, schema: &str, ours: bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
     while Instant::now() <= deadline
         && ((checked_count(&env.pool).await? as usize) < n
-            || (running_current_in(&env.pool, schema).await? as usize) < n)
+            || (running_current_in(&env.pool, schema).await? as usize) < n
+            || (ours && (renewed_twice(env).await? as usize) < n))
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -512,6 +526,7 @@ impl Probe<'_> {
         let target_cpu = wt.finish(self.target);
         let to = now_epoch();
         let actors_running = running_current_in(&env.pool, self.schema).await?;
+        let continued_as_new = continued_as_new(env, self.schema).await?;
         let (statements, top) = profile(env).await;
         let (checks, staleness) = gaps(env, from, to, n).await?;
         let mut thirds = Vec::new();
@@ -532,6 +547,7 @@ impl Probe<'_> {
             ideal: n as f64 * window.as_secs_f64() / interval.as_secs_f64(),
             staleness,
             actors_running,
+            continued_as_new,
             cpu,
             machine_pct,
             target_cpu_pct: target_cpu.pg_pct,
@@ -544,6 +560,26 @@ impl Probe<'_> {
             turn_demand_per_s,
         })
     }
+}
+
+/// Probe leases whose actor has renewed at least twice (a lag is recorded from the second on).
+async fn renewed_twice(env: &Env) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_actors.probe_leases WHERE renewal_lag_seconds IS NOT NULL",
+    )
+    .fetch_one(&env.pool)
+    .await?)
+}
+
+/// Rows whose current actor is past its first execution.
+async fn continued_as_new(env: &Env, schema: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM toygres_cms.instances c
+           JOIN {schema}.instances i ON i.instance_id = c.instance_actor_orchestration_id
+          WHERE i.current_execution_id > 1"
+    ))
+    .fetch_one(&env.pool)
+    .await?)
 }
 
 /// Checks inside the window, and the staleness gaps: every gap between consecutive checks
