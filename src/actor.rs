@@ -226,7 +226,7 @@ pub async fn lease(
         )
         .await;
     };
-    if holder.name == me.0 && holder.epoch == me.1 {
+    if holder.is(me) {
         let interval = Duration::from_millis(input.interval_ms.max(1));
         scheduler.lease(crate::lease::Lease {
             instance_id: id,

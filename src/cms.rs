@@ -162,6 +162,13 @@ pub struct LeaseHolder {
     pub epoch: i64,
 }
 
+impl LeaseHolder {
+    /// Whether the holder is the replica `me` (name, epoch).
+    pub fn is(&self, me: (&str, i64)) -> bool {
+        self.name == me.0 && self.epoch == me.1
+    }
+}
+
 /// Record `actor_id` as the owner of the instance's probe lease — only while the row names
 /// that actor. `take`: a new actor's first lease goes to this replica; otherwise (a renewal)
 /// the holder keeps it (under its name's live epoch, if it registered again) and a missing

@@ -61,7 +61,7 @@ impl ActorControl {
             true,
         )
         .await?;
-        Ok(matches!(holder, Some(h) if h.name == me.0 && h.epoch == me.1))
+        Ok(holder.is_some_and(|h| h.is(me)))
     }
 
     /// After the commit of a start leased here ([`ActorControl::lease_in`]): the actor's
@@ -101,9 +101,7 @@ impl ActorControl {
             )
             .await
             {
-                Ok(Some(h)) if h.name == me.0 && h.epoch == me.1 => {
-                    schedule(&scheduler, lease, how)
-                }
+                Ok(Some(h)) if h.is(me) => schedule(&scheduler, lease, how),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(actor_id, error = %e, "eager lease failed; the actor leases on its first turn")
