@@ -6,7 +6,10 @@
 -- (payload `<schema> orch|work`) once per inserting statement that made work visible now
 -- (a durable timer's row, visible minutes later, wakes nobody; NOTIFY folds duplicates
 -- within a transaction). Other processes' waiting fetches wake on it; without it they
--- would see that work only after their bound (config::STORE_MAX_WAIT).
+-- would see that work only after their bound (config::STORE_MAX_WAIT). A store
+-- connection of the service sets `toygres_actors.origin` at connect, and the payload then
+-- ends in ` <origin>`: that process woke itself already and ignores its own echo (a
+-- release before this one ignores such three-field payloads and relies on its bound).
 --
 -- Autovacuum: the queue tables hold few live rows, but every turn inserts, updates and
 -- deletes them. With the default scale factor (20 % of the live rows) a table that held
@@ -26,7 +29,8 @@ BEGIN
         IF EXISTS (SELECT 1 FROM new_rows
                     WHERE visible_at IS NULL
                        OR visible_at <= clock_timestamp() + interval '100 milliseconds') THEN
-            PERFORM pg_notify('toygres_actors_store_wake', TG_TABLE_SCHEMA || ' ' || TG_ARGV[0]);
+            PERFORM pg_notify('toygres_actors_store_wake', TG_TABLE_SCHEMA || ' ' || TG_ARGV[0]
+                || coalesce(' ' || nullif(current_setting('toygres_actors.origin', true), ''), ''));
         END IF;
         RETURN NULL;
     END

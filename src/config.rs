@@ -13,9 +13,13 @@ pub const CHANNEL_HEALTH: &str = "toygres_health";
 pub const CHANNEL_PING: &str = "toygres_actors_ping";
 
 /// Channel the Duroxide queue tables' statement trigger notifies when a transaction inserted
-/// visible work (`sql/duroxide_wake.sql`; payload `<schema> orch|work`): the wake-up of
-/// another process's waiting fetches (`crate::store`).
+/// visible work (`sql/duroxide_wake.sql`; payload `<schema> orch|work[ <origin>]`): the
+/// wake-up of another process's waiting fetches (`crate::store`).
 pub const CHANNEL_STORE_WAKE: &str = "toygres_actors_store_wake";
+/// The session setting (a custom one, set at connect) that names the process whose store
+/// connection inserted queue rows: the `<origin>` of a wake-up, by which a process knows
+/// its own (it wakes its lanes itself, with no round trip, and ignores the echo).
+pub const STORE_ORIGIN_SETTING: &str = "toygres_actors.origin";
 /// The longest a Duroxide queue goes unfetched in a process with no wake-up: the whole cost
 /// of a lost wake-up (a notification missed during a reconnect, another process's timer, a
 /// lock whose holder died). Idle, it is also the period of the one fetch per queue.

@@ -83,13 +83,20 @@ pub struct RuntimeSettings {
 /// The Duroxide store's URL (duroxide-pg takes a URL, which it gives to sqlx): the CMS
 /// connection — TLS settings included, in the sqlx form of [`ConnConfig::sqlx_url`] — plus
 /// planner settings for this pool only.
-pub fn store_url(config: &ConnConfig, async_commit: bool) -> Result<String, DuroError> {
+pub fn store_url(
+    config: &ConnConfig,
+    async_commit: bool,
+    origin: &str,
+) -> Result<String, DuroError> {
     let mut opts = String::from(
         "-c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off -c enable_sort=off",
     );
     if async_commit {
         opts.push_str(" -c synchronous_commit=off");
     }
+    // Names this process in the queue trigger's wake-ups, so that it can ignore its own
+    // (it wakes itself without the round trip): see `sql/duroxide_wake.sql`.
+    opts.push_str(&format!(" -c {}={origin}", config::STORE_ORIGIN_SETTING));
     config
         .sqlx_url("toygres-actors-duroxide", &opts)
         .map_err(|e| DuroError::Db(crate::db::DbError::BadUrl(e.to_string())))
@@ -112,7 +119,8 @@ pub async fn open_store(
             .await
             .map_err(|e| crate::db::DbError::Connect(e.to_string()))?;
     }
-    let url = store_url(&config, async_commit)?;
+    let origin = Uuid::new_v4().simple().to_string()[..12].to_string();
+    let url = store_url(&config, async_commit, &origin)?;
     let provider = PostgresProvider::new_with_schema(&url, Some(schema))
         .await
         .map_err(|e| DuroError::Provider(crate::redact::redact_error(&format!("{e:#}"))))?;
@@ -126,7 +134,9 @@ pub async fn open_store(
     }
     let wake = sql::with_duroxide_schema(sql::DUROXIDE_WAKE, schema);
     sqlx::raw_sql(&wake).execute(cms).await?;
-    Ok(Arc::new(Store::new(Arc::new(provider), schema)))
+    Ok(Arc::new(
+        Store::new(Arc::new(provider), schema).with_origin(&origin),
+    ))
 }
 
 /// Start the Duroxide runtime with the actor orchestration and its activity registered.

@@ -1,5 +1,15 @@
-//! One queue's waiting room: the wake-up signal, the single fetch in flight, and the due
-//! times of delayed work enqueued by this process.
+//! One queue's waiting room: the wake-up signal, the single fetch in flight, the due times
+//! of delayed work enqueued by this process, and how many items the wake-ups announced.
+//!
+//! **Credit.** A wake-up says how much work it made visible when it knows (an enqueue: 1;
+//! an ack: its worker items; a completion: 1; due times: how many), or "unknown" (another
+//! process's notification, a reconnect, our own bulk SQL, an ack that released a lock
+//! messages waited behind). A fetch that finds an item spends one; while credit is left,
+//! the next slot fetches at once (the pipeline of a burst); once it is spent, the lane rests
+//! until the next wake-up, as after an empty fetch. An item found with no credit at all
+//! was announced by nobody (another process's timer, an expired lock): the lane then drains
+//! until a fetch comes back empty. A wrong count costs an empty fetch (too high) or waits
+//! for the bound (too low; it is the announced count of this process's own writes).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -17,6 +27,9 @@ const DUE_FOLLOW_UPS: [Duration; 2] = [Duration::from_millis(250), Duration::fro
 /// Due times remembered per lane at most (beyond that, the bound covers them).
 const MAX_DUES: usize = 200_000;
 
+/// Credit of a wake-up that does not know how much work it made visible.
+pub(super) const UNKNOWN: u64 = u64::MAX;
+
 /// One queue's waiting room.
 pub(super) struct Lane {
     pub(super) name: &'static str,
@@ -25,6 +38,8 @@ pub(super) struct Lane {
     pub(super) fetch: tokio::sync::Mutex<LastFetch>,
     /// Bumped by every wake-up.
     pub(super) generation: std::sync::atomic::AtomicU64,
+    /// Items announced and not yet fetched ([`UNKNOWN`]: fetch until empty).
+    credit: Mutex<u64>,
     /// Known due times (and which follow-up each is).
     pub(super) dues: Mutex<BinaryHeap<Reverse<(Instant, u8)>>>,
 }
@@ -43,6 +58,7 @@ impl Lane {
             wake: Notify::new(),
             fetch: tokio::sync::Mutex::new(LastFetch::default()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            credit: Mutex::new(0),
             dues: Mutex::new(BinaryHeap::new()),
         }
     }
@@ -51,12 +67,49 @@ impl Lane {
         self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Work may be there: let waiting slots fetch.
+    /// Work may be there, how much unknown: let waiting slots fetch until a fetch finds none.
     pub(super) fn wake(&self, source: &'static str) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake_n(source, UNKNOWN);
+    }
+
+    /// `items` items were made visible (or [`UNKNOWN`]): let waiting slots fetch them.
+    pub(super) fn wake_n(&self, source: &'static str, items: u64) {
+        {
+            let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+            *credit = credit.saturating_add(items);
+            // Under the credit's lock: a fetch that compares generations sees both or neither.
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.wake.notify_waiters();
         metrics::store_wakeup(self.name, source);
+    }
+
+    /// Due times taken: their items become credit (no wake-up: the slot that took them
+    /// fetches at once).
+    pub(super) fn announce(&self, items: u64) {
+        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+        *credit = credit.saturating_add(items);
+    }
+
+    /// A fetch found an item: spend one credit. Whether more may be there (credit left, or
+    /// the item was announced by nobody: drain).
+    pub(super) fn spend(&self) -> bool {
+        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+        *credit = match *credit {
+            0 | UNKNOWN => UNKNOWN,
+            n => n - 1,
+        };
+        *credit > 0
+    }
+
+    /// A fetch that began at `generation` found nothing: what was announced before it is
+    /// gone (taken by others, or never there). Credit announced since stays.
+    pub(super) fn drained(&self, generation: u64) {
+        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() == generation {
+            *credit = 0;
+        }
     }
 
     /// Work becomes visible at `at` (a durable timer, a delayed retry).
@@ -75,29 +128,39 @@ impl Lane {
         dues.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Whether a known due time has passed; if so, every due time that has passed is taken
-    /// (several at once need one fetch, not one each) and one follow-up is scheduled after
-    /// the latest of them (at most one chain of follow-ups per wave of timers).
-    pub(super) fn take_due(&self, now: Instant) -> bool {
+    /// Whether a known due time has passed: if so, every due time that has passed is taken
+    /// (several at once need one fetch, not one each; each is credit), and the follow-up
+    /// level of the earliest chain among them is returned (0: a due time itself).
+    pub(super) fn take_due(&self, now: Instant) -> Option<u8> {
         let mut dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
-        let mut taken: Option<(Instant, u8)> = None;
+        let mut lowest: Option<u8> = None;
+        let mut items = 0u64;
         while let Some(&Reverse((at, level))) = dues.peek() {
             if at > now {
                 break;
             }
             dues.pop();
-            taken = Some(match taken {
-                None => (at, level),
-                Some((latest, lowest)) => (latest.max(at), lowest.min(level)),
-            });
+            // A follow-up announces nothing new (its due time was counted already).
+            if level == 0 {
+                items += 1;
+            }
+            lowest = Some(lowest.map_or(level, |l| l.min(level)));
         }
-        let Some((latest, lowest)) = taken else {
-            return false;
-        };
-        if let Some(after) = DUE_FOLLOW_UPS.get(lowest as usize) {
-            dues.push(Reverse((latest + *after, lowest + 1)));
+        drop(dues);
+        if items > 0 {
+            self.announce(items);
         }
-        true
+        lowest
+    }
+
+    /// A fetch forced by a due time (of follow-up `level`) found nothing: the database may
+    /// see the work a little later than our clock did, so fetch again after the next
+    /// follow-up delay (at most one chain per wave; none once a fetch finds work).
+    pub(super) fn follow_up(&self, level: u8, now: Instant) {
+        if let Some(after) = DUE_FOLLOW_UPS.get(level as usize) {
+            let mut dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
+            dues.push(Reverse((now + *after, level + 1)));
+        }
     }
 }
 
@@ -106,31 +169,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_due_time_forces_one_fetch_then_its_follow_ups_then_nothing() {
+    fn a_due_time_forces_one_fetch_and_follow_ups_only_while_fetches_find_nothing() {
         let lane = Lane::new("test");
         let t0 = Instant::now();
         for _ in 0..100 {
             lane.due_at(t0);
         }
         lane.due_at(t0 + Duration::from_secs(60));
-        assert!(
+        assert_eq!(
             lane.take_due(t0),
+            Some(0),
             "a due time that has passed forces a fetch"
         );
-        assert!(
-            !lane.take_due(t0),
+        assert_eq!(
+            lane.take_due(t0),
+            None,
             "100 timers at once need one fetch, not 100"
         );
+        // That fetch found nothing: the follow-ups, then nothing.
+        lane.follow_up(0, t0);
         assert_eq!(lane.peek_due(), Some(t0 + DUE_FOLLOW_UPS[0]));
-        assert!(lane.take_due(t0 + DUE_FOLLOW_UPS[0]));
+        assert_eq!(lane.take_due(t0 + DUE_FOLLOW_UPS[0]), Some(1));
+        lane.follow_up(1, t0 + DUE_FOLLOW_UPS[0]);
         assert_eq!(
             lane.peek_due(),
             Some(t0 + DUE_FOLLOW_UPS[0] + DUE_FOLLOW_UPS[1])
         );
-        assert!(lane.take_due(t0 + Duration::from_secs(5)));
+        assert_eq!(lane.take_due(t0 + Duration::from_secs(5)), Some(2));
+        lane.follow_up(2, t0 + Duration::from_secs(5));
         // The chain ends; the later timer is still there.
         assert_eq!(lane.peek_due(), Some(t0 + Duration::from_secs(60)));
-        assert!(!lane.take_due(t0 + Duration::from_secs(59)));
+        assert_eq!(lane.take_due(t0 + Duration::from_secs(59)), None);
+        // A fetch that found work schedules no follow-up at all.
+        assert_eq!(lane.take_due(t0 + Duration::from_secs(60)), Some(0));
+        assert_eq!(lane.peek_due(), None);
+    }
+
+    #[test]
+    fn credit_lets_the_pipeline_run_as_far_as_announced_or_until_empty_when_unknown() {
+        let lane = Lane::new("test");
+        lane.wake_n("test", 3);
+        assert!(lane.spend(), "2 left");
+        assert!(lane.spend(), "1 left");
+        assert!(!lane.spend(), "the three announced items are fetched: rest");
+        // Found with no credit: announced by nobody, so drain.
+        assert!(lane.spend());
+        assert!(lane.spend(), "draining until a fetch finds nothing");
+        let g = lane.generation();
+        lane.drained(g);
+        lane.wake("notify");
+        assert!(lane.spend(), "an unknown wake-up drains");
+        // An empty fetch that began before a wake-up leaves that wake-up's credit.
+        let g = lane.generation();
+        lane.drained(g);
+        let before = lane.generation();
+        lane.wake_n("test", 2);
+        lane.drained(before);
+        assert!(
+            lane.spend(),
+            "the 2 announced during the empty fetch are still owed"
+        );
+        assert!(!lane.spend());
+        // Due times are credit too (follow-ups are not).
+        let t0 = Instant::now();
+        lane.due_at(t0);
+        lane.due_at(t0);
+        assert_eq!(lane.take_due(t0), Some(0));
+        assert!(lane.spend());
+        assert!(!lane.spend());
     }
 
     #[test]

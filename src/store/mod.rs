@@ -8,15 +8,19 @@
 //! the `poll_timeout` the runtime passes (30 s). Here, a fetch that finds nothing waits for a
 //! wake-up, then fetches again. Wake-ups come from
 //!
-//! - this process: an enqueue, the enqueues of an ack (worker items, orchestrator items),
-//!   an ack or abandon (an ack releases the instance lock, which may make queued messages of
-//!   that instance fetchable), a completion;
+//! - this process: an enqueue, the enqueues of an ack (worker items, orchestrator items
+//!   due now), a completion, an abandon; and an ack that releases the instance lock after
+//!   a wake-up came while the item was held (a message for the instance may have waited
+//!   behind the lock);
 //! - other processes (the CLI, other replicas, our own fenced SQL enqueues in `duro`): a
 //!   statement trigger on the queue tables (`sql/duroxide_wake.sql`) notifies
 //!   [`CHANNEL_STORE_WAKE`](crate::config::CHANNEL_STORE_WAKE) when a transaction inserted
-//!   visible work, and [`listen`] turns the notification into a wake-up;
+//!   visible work, and [`listen`] turns the notification into a wake-up. The echo of this
+//!   process's own store writes (its connections name it:
+//!   [`STORE_ORIGIN_SETTING`](crate::config::STORE_ORIGIN_SETTING)) is ignored: it woke
+//!   itself already;
 //! - the clock: the due time of every delayed item enqueued here (durable timers, delayed
-//!   retries), with two follow-ups for clock skew.
+//!   retries), with follow-ups for clock skew while a due fetch finds nothing.
 //!
 //! Whatever else makes work visible without a wake-up (another process's timer, a lock
 //! that expired because its holder died, a notification lost while the listener
@@ -26,14 +30,19 @@
 //! **No herding.** duroxide-pg's orchestration fetch picks the head row without `SKIP
 //! LOCKED` and then blocks on an advisory lock, so concurrent fetches of one process queue
 //! up behind each other on the same row. Here one fetch per queue (a *lane*) is in flight
-//! per process; a waiting slot that gets the lane right after another slot's fetch found
-//! nothing, with no wake-up since that fetch began, does not fetch again but waits (a
-//! call's first fetch is never skipped: the contract's "what is there now" holds).
+//! per process. A wake-up carries how many items it made visible when it knows (see
+//! `store/lane.rs`): a fetch that finds an item lets the next slot fetch at once only while
+//! announced items are left (or the count is unknown); otherwise the lane rests as after
+//! an empty fetch. A slot that comes for the lane when the last fetch left it resting, with
+//! no wake-up since, does not fetch but waits — including a dispatcher slot back from its
+//! own turn (a call that passes no timeout is always answered by a fetch: the contract's
+//! "what is there now" holds). In the steady state a turn costs one fetch.
 //!
 //! Turns are counted on acks (an empty fetch is not a turn):
 //! `toygres_actors_duroxide_turns_total{queue}`; fetches by outcome and wake-ups by source
 //! are exported beside them (see [`crate::metrics`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,7 +76,20 @@ pub struct Store {
     /// Set by tests: wake-ups from this process's own enqueues and acks are dropped, as if
     /// lost, so the bound on a lost wake-up can be measured.
     drop_local_wakeups: std::sync::atomic::AtomicBool,
+    /// Orchestration items this process holds: lock token → the orchestrator lane's wake-up
+    /// generation when the fetch that took it began.
+    held: std::sync::Mutex<HashMap<String, u64>>,
+    /// The `<origin>` this process's store connections put in the queue trigger's wake-ups
+    /// (`None`: it does not know, and takes every wake-up).
+    origin: Option<String>,
+    /// Whether this process ever took a session-bound activity: until it does, it owns no
+    /// session, and the runtime's periodic session-lock renewal has nothing to renew.
+    sessions_seen: std::sync::atomic::AtomicBool,
 }
+
+/// Lock tokens remembered at most (beyond that the map starts afresh, and an ack of a token
+/// it forgot wakes the lane, as every ack once did).
+const MAX_HELD: usize = 100_000;
 
 impl Store {
     pub fn new(inner: Arc<PostgresProvider>, schema: &str) -> Self {
@@ -84,7 +106,18 @@ impl Store {
             waiting: std::sync::atomic::AtomicBool::new(true),
             fetches: std::sync::atomic::AtomicU64::new(0),
             drop_local_wakeups: std::sync::atomic::AtomicBool::new(false),
+            held: std::sync::Mutex::new(HashMap::new()),
+            origin: None,
+            sessions_seen: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The origin that `inner`'s connections name in the trigger's wake-ups
+    /// ([`config::STORE_ORIGIN_SETTING`]): wake-ups of this process's own inserts, which
+    /// woke its lanes already, are ignored.
+    pub fn with_origin(mut self, origin: &str) -> Self {
+        self.origin = Some(origin.to_string());
+        self
     }
 
     /// duroxide-pg's provider itself (its management capability, its own methods).
@@ -108,18 +141,19 @@ impl Store {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn local_wake(&self, lane: &Lane, source: &'static str) {
+    /// A wake-up from this process's own write of `items` items (or [`lane::UNKNOWN`]).
+    fn local_wake(&self, lane: &Lane, source: &'static str, items: u64) {
         if !self
             .drop_local_wakeups
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            lane.wake(source);
+            lane.wake_n(source, items);
         }
     }
 
     /// Work was enqueued for the orchestrator queue by SQL of ours (a fenced transaction).
     pub fn enqueued_orchestrator_work(&self) {
-        self.local_wake(&self.orch, "enqueue");
+        self.local_wake(&self.orch, "enqueue", lane::UNKNOWN);
     }
 
     /// Wake both lanes (the listener reconnected: notifications may have been missed).
@@ -128,12 +162,18 @@ impl Store {
         self.work.wake(source);
     }
 
-    /// A notification on the wake channel: payload `<schema> orch|work`.
+    /// A notification on the wake channel: payload `<schema> orch|work[ <origin>]`.
     pub fn on_notification(&self, payload: &str) {
-        let Some((schema, queue)) = payload.split_once(' ') else {
+        let mut fields = payload.split(' ');
+        let (Some(schema), Some(queue)) = (fields.next(), fields.next()) else {
             return;
         };
         if schema != self.schema {
+            return;
+        }
+        if let (Some(from), Some(me)) = (fields.next(), self.origin.as_deref())
+            && from == me
+        {
             return;
         }
         match queue {
@@ -147,8 +187,14 @@ impl Store {
     fn becomes_visible(&self, lane: &Lane, due: Option<Instant>, source: &'static str) {
         match due {
             Some(at) => lane.due_at(at),
-            None => self.local_wake(lane, source),
+            None => self.local_wake(lane, source, 1),
         }
+    }
+
+    /// Forget a held orchestration item: the lane's generation when its fetch began.
+    fn release(&self, lock_token: &str) -> Option<u64> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(lock_token)
     }
 
     /// One fetch that reaches duroxide-pg, counted.
@@ -167,29 +213,34 @@ impl Store {
         Ok(found)
     }
 
-    /// Fetch from `lane`, waiting up to `poll_timeout` for work when there is none.
+    /// Fetch from `lane`, waiting up to `poll_timeout` for work when there is none. What it
+    /// found comes with the lane's wake-up generation at the start of that fetch.
     async fn waiting_fetch<T, F, Fut>(
         &self,
         lane: &Lane,
         poll_timeout: Duration,
         fetch: F,
-    ) -> Result<Option<T>, ProviderError>
+    ) -> Result<Option<(T, u64)>, ProviderError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, ProviderError>>,
     {
         if !self.waiting.load(std::sync::atomic::Ordering::Relaxed) {
-            return self.counted_fetch(lane, fetch()).await;
+            let generation = lane.generation();
+            let found = self.counted_fetch(lane, fetch()).await?;
+            return Ok(found.map(|item| (item, generation)));
         }
         let deadline = Instant::now() + poll_timeout;
-        // Every call fetches at least once (a caller that passes no timeout gets what is
-        // there now); after waiting, a due time that has passed forces a fetch too.
-        let mut first = true;
+        // A caller that cannot wait (no timeout) gets what is there now: its first fetch is
+        // never skipped. A caller that can wait is answered from the lane's last fetch when
+        // that one found nothing since the latest wake-up (a dispatcher slot back from its
+        // own turn, whose ack woke the lane only if it had to).
+        let mut first = poll_timeout.is_zero();
         loop {
             // Both evaluated: a due time taken on a call's first round does not leave `first`
             // to force a second fetch later.
             let due = lane.take_due(Instant::now());
-            let force = std::mem::take(&mut first) || due;
+            let force = std::mem::take(&mut first) || due.is_some();
             // Registered before the fetch: a wake-up during the fetch is not lost.
             let notified = lane.wake.notified();
             tokio::pin!(notified);
@@ -206,10 +257,22 @@ impl Store {
                     let started = Instant::now();
                     match self.counted_fetch(lane, fetch()).await? {
                         Some(item) => {
-                            last.empty = None;
-                            return Ok(Some(item));
+                            // More announced (or unknown): the next slot fetches at once;
+                            // otherwise the lane rests as after an empty fetch.
+                            last.empty = if lane.spend() {
+                                None
+                            } else {
+                                Some((generation, started))
+                            };
+                            return Ok(Some((item, generation)));
                         }
-                        None => last.empty = Some((generation, started)),
+                        None => {
+                            lane.drained(generation);
+                            last.empty = Some((generation, started));
+                            if let Some(level) = due {
+                                lane.follow_up(level, Instant::now());
+                            }
+                        }
                     }
                 } else {
                     metrics::store_fetch(lane.name, "skipped");
@@ -271,11 +334,20 @@ impl Provider for Store {
         poll_timeout: Duration,
         filter: Option<&DispatcherCapabilityFilter>,
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
-        self.waiting_fetch(&self.orch, poll_timeout, || {
-            self.inner
-                .fetch_orchestration_item(lock_timeout, Duration::ZERO, filter)
-        })
-        .await
+        let found = self
+            .waiting_fetch(&self.orch, poll_timeout, || {
+                self.inner
+                    .fetch_orchestration_item(lock_timeout, Duration::ZERO, filter)
+            })
+            .await?;
+        Ok(found.map(|((item, token, attempts), generation)| {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.len() >= MAX_HELD {
+                held.clear();
+            }
+            held.insert(token.clone(), generation);
+            (item, token, attempts)
+        }))
     }
 
     async fn ack_orchestration_item(
@@ -288,8 +360,10 @@ impl Provider for Store {
         metadata: ExecutionMetadata,
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
-        let has_worker_items = !worker_items.is_empty();
+        let worker_count = worker_items.len() as u64;
         let timers: Vec<Instant> = orchestrator_items.iter().filter_map(timer_due).collect();
+        let visible_now = (orchestrator_items.len() - timers.len()) as u64;
+        let fetched_at = self.release(lock_token);
         self.inner
             .ack_orchestration_item(
                 lock_token,
@@ -302,15 +376,21 @@ impl Provider for Store {
             )
             .await?;
         metrics::store_turn("orchestrator");
-        if has_worker_items {
-            self.local_wake(&self.work, "ack");
+        if worker_count > 0 {
+            self.local_wake(&self.work, "ack", worker_count);
         }
         for at in timers {
             self.orch.due_at(at);
         }
-        // The instance lock is released: messages that arrived for it meanwhile (and the
-        // items just enqueued, timers due already included) are fetchable now.
-        self.local_wake(&self.orch, "ack");
+        // The instance lock is released: messages that arrived for it meanwhile are
+        // fetchable now, and so are the items just enqueued that are due already. Messages
+        // that arrived meanwhile woke the lane when they came (its fetches then found the
+        // instance locked), so a generation unchanged since this item's fetch means none did.
+        if fetched_at != Some(self.orch.generation()) {
+            self.local_wake(&self.orch, "ack", lane::UNKNOWN);
+        } else if visible_now > 0 {
+            self.local_wake(&self.orch, "ack", visible_now);
+        }
         Ok(())
     }
 
@@ -320,6 +400,7 @@ impl Provider for Store {
         delay: Option<Duration>,
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
+        self.release(lock_token);
         self.inner
             .abandon_orchestration_item(lock_token, delay, ignore_attempt)
             .await?;
@@ -352,7 +433,7 @@ impl Provider for Store {
 
     async fn enqueue_for_worker(&self, item: WorkItem) -> Result<(), ProviderError> {
         self.inner.enqueue_for_worker(item).await?;
-        self.local_wake(&self.work, "enqueue");
+        self.local_wake(&self.work, "enqueue", 1);
         Ok(())
     }
 
@@ -363,11 +444,25 @@ impl Provider for Store {
         session: Option<&SessionFetchConfig>,
         tag_filter: &TagFilter,
     ) -> Result<Option<(WorkItem, String, u32)>, ProviderError> {
-        self.waiting_fetch(&self.work, poll_timeout, || {
-            self.inner
-                .fetch_work_item(lock_timeout, Duration::ZERO, session, tag_filter)
-        })
-        .await
+        let found = self
+            .waiting_fetch(&self.work, poll_timeout, || {
+                self.inner
+                    .fetch_work_item(lock_timeout, Duration::ZERO, session, tag_filter)
+            })
+            .await?;
+        Ok(found.map(|(item, _)| {
+            if matches!(
+                &item.0,
+                WorkItem::ActivityExecute {
+                    session_id: Some(_),
+                    ..
+                }
+            ) {
+                self.sessions_seen
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            item
+        }))
     }
 
     async fn ack_work_item(
@@ -379,7 +474,7 @@ impl Provider for Store {
         self.inner.ack_work_item(token, completion).await?;
         metrics::store_turn("worker");
         if completes {
-            self.local_wake(&self.orch, "completion");
+            self.local_wake(&self.orch, "completion", 1);
         }
         Ok(())
     }
@@ -398,6 +493,12 @@ impl Provider for Store {
         extend_for: Duration,
         idle_timeout: Duration,
     ) -> Result<usize, ProviderError> {
+        // Sessions are created by the fetch of a session-bound item; before this process took
+        // one, it owns none (the service schedules no session activity): nothing to renew,
+        // and no statement every few seconds for it.
+        if !self.sessions_seen.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(0);
+        }
         self.inner
             .renew_session_lock(owner_ids, extend_for, idle_timeout)
             .await
