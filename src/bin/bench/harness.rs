@@ -99,7 +99,9 @@ impl Env {
     pub fn pg_cpu(&self) -> Option<f64> {
         let pid_file = std::fs::read_to_string(self.pg.data_dir().join("postmaster.pid")).ok()?;
         let postmaster = pid_file.lines().next()?.trim().parse::<i32>().ok()?;
-        let mut total = cpu_seconds(postmaster)?;
+        // With its exited children's (backends, autovacuum workers: reaped by the
+        // postmaster, their CPU time moves to its cutime/cstime).
+        let mut total = cpu_seconds(postmaster)? + children_cpu_seconds(postmaster)?;
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
                 if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>()
@@ -238,6 +240,18 @@ pub fn cpu_seconds(pid: i32) -> Option<f64> {
     Some((utime + stime) / hz)
 }
 
+/// CPU seconds of `pid`'s children that exited and were waited for (cutime + cstime).
+pub fn children_cpu_seconds(pid: i32) -> Option<f64> {
+    let f = stat_fields(pid)?;
+    let cutime: f64 = f.get(13)?.parse().ok()?;
+    let cstime: f64 = f.get(14)?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some((cutime + cstime) / hz)
+}
+
 /// CPU over a window, in % of one core (200 % = this 2-core machine). `None` where a
 /// process could not be read at both ends of the window, or no service was measured.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -278,8 +292,9 @@ impl CpuWindow {
             .and_then(cpu_seconds)
             .zip(self.service0)
             .map(|(now, then)| 100.0 * (now - then) / wall);
-        // Backends that exited during the window take their CPU time with them (the pools
-        // recycle connections every 30 min): a sum that went down is not a measurement.
+        // Backends that exited during the window count in the postmaster's children's time;
+        // a backend that exited between listing and reading does not: a sum that went down
+        // is not a measurement.
         let pg = env
             .pg_cpu()
             .zip(self.pg0)

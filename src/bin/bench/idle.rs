@@ -51,6 +51,10 @@ pub struct Run {
     pub cpu: Cpu,
     /// Fetches from Duroxide's queues per second (the store's counter).
     pub fetches_per_s: Option<f64>,
+    /// Statements the bench database ran per second in the window (pg_stat_statements).
+    pub statements_per_s: Option<f64>,
+    /// The window's most frequent statements: (statement, calls, total ms).
+    pub top: Vec<(String, i64, f64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,20 +107,36 @@ async fn measure(
     // Past start-up and the hand-over from a previous process, into the steady state.
     tokio::time::sleep(warmup).await;
     let f0 = fetches(&svc.metrics().await);
+    let _ = sqlx::query("SELECT pg_stat_statements_reset()")
+        .execute(&env.pool)
+        .await;
     let w = CpuWindow::start(env, Some(svc.pid()));
     let t0 = Instant::now();
     let machine = machine_pct(window).await;
     let cpu = w.finish(env);
+    let (statements, _) = crate::capacity::profile(env).await;
+    // Idle, what runs how often matters more than what took longest.
+    let top: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT query, calls, total_exec_time FROM pg_stat_statements
+          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench')
+          ORDER BY calls DESC LIMIT 16",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap_or_default();
     let f1 = fetches(&svc.metrics().await);
     let fetches_per_s = f1
         .zip(f0)
         .map(|(b, a)| (b - a) / t0.elapsed().as_secs_f64());
+    let statements_per_s = statements.map(|n| n / t0.elapsed().as_secs_f64());
     Ok(Run {
         label: label.to_string(),
         machine_pct: machine,
         added_pct: machine.zip(baseline).map(|(m, b)| m - b),
         cpu,
         fetches_per_s,
+        statements_per_s,
+        top,
     })
 }
 
@@ -209,6 +229,19 @@ impl Report {
                 DASH,
                 None,
             );
+            row(
+                &format!("{}: statements per second (pg_stat_statements)", r.label),
+                r.statements_per_s
+                    .map(|f| format!("{f:.1}"))
+                    .unwrap_or_else(|| DASH.into()),
+                Baseline::None,
+                DASH,
+                None,
+            );
         }
+        crate::capacity::print_top(
+            &format!("{}, the window", self.waiting.label),
+            &self.waiting.top,
+        );
     }
 }
