@@ -228,28 +228,26 @@ fn parent_of(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(1)?.parse().ok()
 }
 
-/// utime + stime of a live process, in seconds (exited children are not counted).
-pub fn cpu_seconds(pid: i32) -> Option<f64> {
+/// Two fields of /proc/<pid>/stat (0-based after the command name) summed, in seconds.
+fn stat_seconds(pid: i32, first: usize) -> Option<f64> {
     let f = stat_fields(pid)?;
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
+    let a: f64 = f.get(first)?.parse().ok()?;
+    let b: f64 = f.get(first + 1)?.parse().ok()?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    Some((utime + stime) / hz)
+    Some((a + b) / hz)
+}
+
+/// utime + stime of a live process, in seconds (exited children are not counted).
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    stat_seconds(pid, 11)
 }
 
 /// CPU seconds of `pid`'s children that exited and were waited for (cutime + cstime).
 pub fn children_cpu_seconds(pid: i32) -> Option<f64> {
-    let f = stat_fields(pid)?;
-    let cutime: f64 = f.get(13)?.parse().ok()?;
-    let cstime: f64 = f.get(14)?.parse().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    Some((cutime + cstime) / hz)
+    stat_seconds(pid, 13)
 }
 
 /// CPU over a window, in % of one core (200 % = this 2-core machine). `None` where a

@@ -114,16 +114,8 @@ async fn measure(
     let t0 = Instant::now();
     let machine = machine_pct(window).await;
     let cpu = w.finish(env);
-    let (statements, _) = crate::capacity::profile(env).await;
     // Idle, what runs how often matters more than what took longest.
-    let top: Vec<(String, i64, f64)> = sqlx::query_as(
-        "SELECT query, calls, total_exec_time FROM pg_stat_statements
-          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench')
-          ORDER BY calls DESC LIMIT 16",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap_or_default();
+    let (statements, top) = crate::capacity::profile_by(env, "calls", 16).await;
     let f1 = fetches(&svc.metrics().await);
     let fetches_per_s = f1
         .zip(f0)

@@ -26,8 +26,8 @@ use crate::harness::{
 };
 mod figures;
 
-pub(crate) use figures::profile;
 use figures::{continued_as_new, gaps, renewal_lags, renewed_twice};
+pub(crate) use figures::{profile, profile_by};
 
 use crate::idle::machine_busy;
 use crate::naive;
