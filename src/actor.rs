@@ -272,7 +272,7 @@ pub fn register_activities(
             crate::config::ACTIVITY_HEALTH_CHECK,
             move |ctx: ActivityContext, input: CheckInput| {
                 let deps = check_deps.clone();
-                async move { health_check(&deps, ctx.instance_id(), None, input).await }
+                async move { health_check(&deps, ctx.instance_id(), input).await }
             },
         )
         .register_typed(

@@ -1,11 +1,13 @@
-//! One health check: read the row → probe the instance → one fenced write.
+//! One health check: probe the instance → one fenced write.
 //!
 //! This is the unit of work the replica's probe scheduler ([`crate::lease`]) runs on the
-//! interval for every instance it holds the probe lease of, and that a version-1 actor ran
-//! as its activity. The [`fence`] every check (and every lease renewal) passes first: the
-//! row exists, still names this actor, and its state still calls for one. The write itself
-//! ([`cms::record_health`]) repeats the fence atomically, so a check that raced a restart or
-//! a lease move writes nothing.
+//! interval for every instance it holds the probe lease of ([`leased_check`]), and that a
+//! version-1 actor ran as its activity ([`health_check`]). The [`fence`] every check (and
+//! every lease renewal) passes: the row exists, still names this actor, and its state still
+//! calls for one. The write repeats it atomically, so a check that raced a restart or a
+//! lease move writes nothing. Under a lease the write also compares the state and target the
+//! probe was made against and returns the row as it is now ([`cms::record_check_seen`]):
+//! the next check probes without reading the row first, one statement per check.
 //!
 //! An instance that answers is healthy only in the role the fleet expects: a primary, or —
 //! with `--expect-standby` — a standby. In the other role it is `unhealthy`, with the reason
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::cms::{self, HealthRecord, Recorded};
+use crate::cms::{self, Fenced, HealthRecord, Recorded};
 use crate::health::Prober;
 use crate::metrics;
 
@@ -96,31 +98,57 @@ pub(crate) fn fence(
     Ok(row)
 }
 
-/// The health check activity: read → probe → record.
-pub async fn health_check(
-    deps: &ActorDeps,
-    actor_id: &str,
-    holder: Option<(&str, i64)>,
-    input: CheckInput,
-) -> Result<CheckOutcome, String> {
-    let id = input.instance_id;
-    let row = cms::instance_for_check(&deps.pool, id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let exit = |reason: String| {
-        deps.prober.forget(id);
-        if crate::quiet::ACTOR_EXITS.admit() {
-            tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
-        }
-        Ok(CheckOutcome::Exit { reason })
-    };
-    let row = match fence(row, actor_id, &input.actor_states) {
-        Ok(row) => row,
-        Err(reason) => return exit(reason),
-    };
+/// What one probe observed, ready to be written.
+struct Observation {
+    observed: &'static str,
+    failures: u32,
+    version: Option<String>,
+    response_ms: Option<u64>,
+    /// Already redacted.
+    error: Option<String>,
+    /// Leave health_status as it is (a failure below the consecutive-failure threshold).
+    keep_status: bool,
+}
 
+impl Observation {
+    fn record<'a>(
+        &'a self,
+        id: uuid::Uuid,
+        actor_id: &'a str,
+        holder: Option<(&'a str, i64)>,
+    ) -> HealthRecord<'a> {
+        HealthRecord {
+            instance_id: id,
+            actor_id,
+            holder,
+            observed: self.observed,
+            keep_status: self.keep_status,
+            postgres_version: self.version.as_deref(),
+            response_time_ms: self.response_ms.map(|ms| ms.min(i32::MAX as u64) as i32),
+            error: self.error.as_deref(),
+        }
+    }
+
+    fn outcome(&self) -> CheckOutcome {
+        CheckOutcome::Checked {
+            status: self.observed.to_string(),
+            consecutive_failures: self.failures,
+        }
+    }
+
+    fn log_change(&self, id: Uuid, actor_id: &str, previous: &str) {
+        if previous != self.observed && !self.keep_status && crate::quiet::HEALTH_CHANGES.admit() {
+            tracing::info!(instance_id = %id, actor_id, from = %previous, to = self.observed,
+                error = self.error.as_deref().unwrap_or(""), "health changed");
+        }
+    }
+}
+
+/// Probe `target` (none yet: `unknown`) and judge the answer.
+async fn observe(deps: &ActorDeps, input: &CheckInput, target: Option<&str>) -> Observation {
+    let id = input.instance_id;
     let started = Instant::now();
-    let (observed, failures, version, response_ms, error) = match row.target.as_deref() {
+    let (observed, failures, version, response_ms, error) = match target {
         None => (
             "unknown",
             0,
@@ -159,40 +187,114 @@ pub async fn health_check(
     metrics::record_health_check(observed, started.elapsed());
     // Below the threshold a failure is recorded in the history but the status stays.
     let keep_status = observed == "unhealthy" && failures < input.unhealthy_after.max(1);
-    let recorded = cms::record_health(
-        &deps.pool,
-        &HealthRecord {
-            instance_id: id,
-            actor_id,
-            holder,
-            observed,
-            keep_status,
-            postgres_version: version.as_deref(),
-            response_time_ms: response_ms.map(|ms| ms.min(i32::MAX as u64) as i32),
-            error: error.as_deref(),
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    Observation {
+        observed,
+        failures,
+        version,
+        response_ms,
+        error,
+        keep_status,
+    }
+}
+
+/// The actor (or this replica's probing) must end: nothing is written.
+fn exit(deps: &ActorDeps, id: Uuid, actor_id: &str, reason: String) -> CheckOutcome {
+    deps.prober.forget(id);
+    if crate::quiet::ACTOR_EXITS.admit() {
+        tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
+    }
+    CheckOutcome::Exit { reason }
+}
+
+/// The health check activity of a version-1 actor: read → probe → record, fenced on the
+/// actor id alone.
+pub async fn health_check(
+    deps: &ActorDeps,
+    actor_id: &str,
+    input: CheckInput,
+) -> Result<CheckOutcome, String> {
+    let id = input.instance_id;
+    let row = cms::instance_for_check(&deps.pool, id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let row = match fence(row, actor_id, &input.actor_states) {
+        Ok(row) => row,
+        Err(reason) => return Ok(exit(deps, id, actor_id, reason)),
+    };
+    let obs = observe(deps, &input, row.target.as_deref()).await;
+    let recorded = cms::record_health(&deps.pool, &obs.record(id, actor_id, None))
+        .await
+        .map_err(|e| e.to_string())?;
     match recorded {
-        // Under a probe lease a refused write may also mean the lease moved to another
-        // replica or our heartbeat lapsed: this replica stops probing, the actor goes on.
-        Recorded::Superseded if holder.is_some() => {
-            tracing::debug!(instance_id = %id, actor_id, "write refused: probe lease moved, actor superseded, or our liveness lapsed");
-            Ok(CheckOutcome::LeaseLost)
-        }
-        Recorded::Superseded => exit("superseded while probing".into()),
+        Recorded::Superseded => Ok(exit(deps, id, actor_id, "superseded while probing".into())),
         Recorded::Written { previous } => {
-            if previous != observed && !keep_status && crate::quiet::HEALTH_CHANGES.admit() {
-                tracing::info!(instance_id = %id, actor_id, from = %previous, to = observed,
-                    error = error.as_deref().unwrap_or(""), "health changed");
-            }
-            Ok(CheckOutcome::Checked {
-                status: observed.to_string(),
-                consecutive_failures: failures,
-            })
+            obs.log_change(id, actor_id, &previous);
+            Ok(obs.outcome())
         }
     }
+}
+
+/// A check under a probe lease, made by the replica that holds it: probe → one write fenced
+/// on actor id, holder, epoch, the holder's liveness, and the state and target the probe
+/// was made against. `known` is what the previous check's write returned; without it (a
+/// new entry, a state change, an error) the row is read first. Returns the outcome and
+/// what the next check may probe without reading. A write that finds the row changed
+/// probes again at once against the row as it is (once; a row that changes again waits
+/// for the next interval, read afresh).
+pub async fn leased_check(
+    deps: &ActorDeps,
+    actor_id: &str,
+    holder: (&str, i64),
+    input: CheckInput,
+    known: Option<cms::Seen>,
+) -> Result<(CheckOutcome, Option<cms::Seen>), String> {
+    let id = input.instance_id;
+    let mut seen = match known {
+        Some(seen) => seen,
+        None => {
+            let row = cms::instance_for_check(&deps.pool, id)
+                .await
+                .map_err(|e| e.to_string())?;
+            match fence(row, actor_id, &input.actor_states) {
+                Ok(row) => row.into(),
+                Err(reason) => return Ok((exit(deps, id, actor_id, reason), None)),
+            }
+        }
+    };
+    for _ in 0..2 {
+        let obs = observe(deps, &input, seen.target.as_deref()).await;
+        let fenced = cms::record_check_seen(
+            &deps.pool,
+            &obs.record(id, actor_id, Some(holder)),
+            holder,
+            &seen,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        match fenced {
+            Fenced::Written { previous, now } => {
+                obs.log_change(id, actor_id, &previous);
+                return Ok((obs.outcome(), Some(now)));
+            }
+            Fenced::Changed(now) => {
+                if !input.actor_states.contains(&now.state) {
+                    let reason = format!("state `{}` calls for no actor", now.state);
+                    return Ok((exit(deps, id, actor_id, reason), None));
+                }
+                tracing::debug!(instance_id = %id, actor_id, state = %now.state,
+                    "the row changed under the probe: probing again");
+                seen = now;
+            }
+            // The lease moved to another replica, our heartbeat lapsed, the actor was
+            // superseded or the row is gone: this replica stops probing, the actor goes on.
+            Fenced::Refused => {
+                deps.prober.forget(id);
+                tracing::debug!(instance_id = %id, actor_id, "write refused: probe lease moved, actor superseded, row gone, or our liveness lapsed");
+                return Ok((CheckOutcome::LeaseLost, None));
+            }
+        }
+    }
+    Err("the row changed twice while probing; checking again next interval".into())
 }
 
 #[cfg(test)]

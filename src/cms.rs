@@ -111,6 +111,85 @@ pub async fn record_health(pool: &PgPool, rec: &HealthRecord<'_>) -> Result<Reco
     })
 }
 
+/// What a check under a probe lease was made against: the row's state and probe target.
+/// The fenced write compares both and returns them as they are now, so the next check
+/// probes without reading the row first ([`record_check_seen`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub state: String,
+    /// The probe target (a secret-bearing connection string: never log it).
+    pub target: Option<String>,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seen")
+            .field("state", &self.state)
+            .field("has_target", &self.target.is_some())
+            .finish()
+    }
+}
+
+impl From<CheckRow> for Seen {
+    fn from(row: CheckRow) -> Self {
+        Seen {
+            state: row.state,
+            target: row.target,
+        }
+    }
+}
+
+/// What the write of a check under a probe lease found ([`record_check_seen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fenced {
+    /// Written; the previous health_status, and the row as it is now.
+    Written { previous: String, now: Seen },
+    /// The row's state or target is not what the probe was made against: nothing written.
+    Changed(Seen),
+    /// The lease, holder, epoch, liveness or actor fence failed (or the row is gone):
+    /// nothing written.
+    Refused,
+}
+
+/// The one statement of a check under a probe lease (`migrations/0008`): fenced like
+/// [`record_health`]'s, and on the state and target in `seen`.
+pub async fn record_check_seen(
+    pool: &PgPool,
+    rec: &HealthRecord<'_>,
+    holder: (&str, i64),
+    seen: &Seen,
+) -> Result<Fenced, DbError> {
+    let row: (Option<bool>, Option<String>, Option<String>, Option<String>) =
+        sqlx::query_as(sql::RECORD_CHECK_SEEN)
+            .bind(rec.instance_id)
+            .bind(rec.actor_id)
+            .bind(holder.0)
+            .bind(holder.1)
+            .bind(&seen.state)
+            .bind(seen.target.as_deref())
+            .bind(rec.observed)
+            .bind(rec.keep_status)
+            .bind(rec.postgres_version)
+            .bind(rec.response_time_ms)
+            .bind(rec.error)
+            .fetch_one(pool)
+            .await?;
+    Ok(match row {
+        (Some(written), previous, Some(state), target) => {
+            let now = Seen { state, target };
+            if written {
+                Fenced::Written {
+                    previous: previous.unwrap_or_default(),
+                    now,
+                }
+            } else {
+                Fenced::Changed(now)
+            }
+        }
+        _ => Fenced::Refused,
+    })
+}
+
 /// Compare-and-swap `instance_actor_orchestration_id` from `expected` to `new` (`None`
 /// clears it). A non-`None` `new` is only written while the state calls for an actor.
 /// Returns whether the swap happened.

@@ -7,8 +7,10 @@
 //! the state no longer calls for an actor, the lease moved to another replica, or this
 //! replica's heartbeat lapsed — drops the entry at once. When the heartbeat finds our epoch
 //! gone, [`Scheduler::clear`] drops everything. Each due entry runs
-//! [`crate::check::health_check`]: read → probe → one write fenced on actor id, holder,
-//! epoch and liveness.
+//! [`crate::check::leased_check`]: probe → one write fenced on actor id, holder, epoch,
+//! liveness, and the state and target the probe was made against; the write returns the row
+//! as it is, so the next check needs no read (a new entry, a state change or an error reads
+//! first).
 //!
 //! Timing: entries sit in a min-heap by due time; a check's next due time is its previous due
 //! time plus the interval (no drift), or now if it ran late. A check that ran at once (a new
@@ -28,6 +30,7 @@ use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use crate::check::{self, ActorDeps, CheckInput, CheckOutcome};
+use crate::cms;
 use crate::identity::ReplicaId;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +75,10 @@ struct Entry {
     failures: u32,
     /// The check due now runs at once: the next one comes after [`jittered`].
     spread_next: bool,
+    /// The row's state and target as the last check's write returned them: the next check
+    /// probes without reading first. `None`: read first (a new entry, a state change, an
+    /// error).
+    seen: Option<cms::Seen>,
 }
 
 #[derive(Default)]
@@ -173,6 +180,7 @@ impl Scheduler {
                 running: false,
                 failures: 0,
                 spread_next: due <= Instant::now(),
+                seen: None,
                 lease,
             },
         );
@@ -197,6 +205,7 @@ impl Scheduler {
                 e.due = now;
                 e.generation = generation;
                 e.spread_next = true;
+                e.seen = None;
             }
             _ => {
                 st.entries.insert(
@@ -207,6 +216,7 @@ impl Scheduler {
                         running: false,
                         failures: 0,
                         spread_next: true,
+                        seen: None,
                         lease,
                     },
                 );
@@ -286,9 +296,11 @@ impl Scheduler {
         let Ok(permit) = self.slots.clone().acquire_owned().await else {
             return;
         };
-        let (actor_id, input) = {
-            let st = self.lock();
-            let Some(e) = st.entries.get(&id) else { return };
+        let (actor_id, input, known) = {
+            let mut st = self.lock();
+            let Some(e) = st.entries.get_mut(&id) else {
+                return;
+            };
             (
                 e.lease.actor_id.clone(),
                 CheckInput {
@@ -297,11 +309,12 @@ impl Scheduler {
                     consecutive_failures: e.failures,
                     unhealthy_after: e.lease.unhealthy_after,
                 },
+                e.seen.take(),
             )
         };
         tokio::spawn(async move {
             let holder = (self.id.name(), self.id.epoch());
-            let outcome = check::health_check(&self.deps, &actor_id, Some(holder), input).await;
+            let outcome = check::leased_check(&self.deps, &actor_id, holder, input, known).await;
             drop(permit);
             let now = Instant::now();
             let mut guard = self.lock();
@@ -313,6 +326,10 @@ impl Scheduler {
                 // Replaced by a new actor's lease while we ran: leave the new entry alone.
                 return;
             }
+            let outcome = outcome.map(|(outcome, seen)| {
+                e.seen = seen;
+                outcome
+            });
             match outcome {
                 Ok(CheckOutcome::LeaseLost) => {
                     st.entries.remove(&id);

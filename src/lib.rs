@@ -27,8 +27,9 @@
 //!    record the owner of its probe lease → durable timer → continue-as-new every few
 //!    renewals; fenced by `instance_actor_orchestration_id`. Version 1 stays registered.
 //! 5. **[`lease`]** — the replica's probe scheduler: for every probe lease this replica
-//!    holds, it runs **[`check`]** on the interval — read the row → probe → one write fenced
-//!    on actor id, holder, epoch and liveness.
+//!    holds, it runs **[`check`]** on the interval — probe → one write fenced on actor id,
+//!    holder, epoch, liveness and the row the probe was made against (which it returns, so
+//!    the next check reads nothing first).
 //! 6. **[`health`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
 //! 7. **[`cms`]** — reads of the CMS, the owner record of a lease, and the one fenced write
 //!    per health check.

@@ -256,6 +256,126 @@ async fn record_health_is_fenced_and_notifies_on_change() {
     assert_eq!(checks, 2);
 }
 
+/// The one statement of a check under a probe lease writes only while the row's state and
+/// target are the ones the probe was made against; otherwise it writes nothing and says
+/// what they are now (the check then probes again), and outside the lease fence it says
+/// nothing at all.
+#[tokio::test]
+async fn record_check_seen_is_fenced_on_the_row_the_probe_saw() {
+    let db = TestDb::new().await;
+    let id = db
+        .insert_instance("pg-seen", "running", Some("host=old.example"))
+        .await;
+    sqlx::query("UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-a' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO toygres_actors.replicas (name, epoch, expires_at) VALUES ('r1', 1, now() + interval '1 hour')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
+         VALUES ($1, 'actor-a', 'r1', 1, now() + interval '1 hour')",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    type Out = (Option<bool>, Option<String>, Option<String>, Option<String>);
+    let write = |holder: &'static str, state: &'static str, target: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, Out>(
+                "SELECT written, previous_status, row_state, row_target
+                   FROM toygres_actors.record_check_seen($1, 'actor-a', $2, 1, $3, $4,
+                                                         'healthy', false, '16.1', 4, NULL)",
+            )
+            .bind(id)
+            .bind(holder)
+            .bind(state)
+            .bind(target)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let checks = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM toygres_cms.instance_health_checks WHERE instance_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let old = Some("host=old.example".to_string());
+    let running = Some("running".to_string());
+
+    // Made against the row as it is: written, and the row comes back.
+    assert_eq!(
+        write("r1", "running", "host=old.example").await,
+        (
+            Some(true),
+            Some("unknown".into()),
+            running.clone(),
+            old.clone()
+        )
+    );
+    assert_eq!(checks().await, 1);
+
+    // The connection string moved under the probe: nothing written, the new one comes back.
+    sqlx::query(
+        "UPDATE toygres_cms.instances SET dns_connection_string = 'host=new.example' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        write("r1", "running", "host=old.example").await,
+        (
+            Some(false),
+            None,
+            running.clone(),
+            Some("host=new.example".into())
+        )
+    );
+    // The state moved: nothing written either.
+    assert_eq!(
+        write("r1", "creating", "host=new.example").await,
+        (
+            Some(false),
+            None,
+            running.clone(),
+            Some("host=new.example".into())
+        )
+    );
+    assert_eq!(checks().await, 1);
+    let (status,): (String,) =
+        sqlx::query_as("SELECT health_status::text FROM toygres_cms.instances WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "healthy", "only the first write counted");
+
+    // Another holder: refused, and the row is not told.
+    assert_eq!(
+        write("r2", "running", "host=new.example").await,
+        (None, None, None, None)
+    );
+    // Against the new row, by the holder: written.
+    assert_eq!(
+        write("r1", "running", "host=new.example").await.0,
+        Some(true)
+    );
+    assert_eq!(checks().await, 2);
+}
+
 /// Everything that defines the schema, as sorted text: columns with types and defaults,
 /// enum labels, triggers, indexes and function bodies.
 async fn catalog(db: &TestDb) -> String {
