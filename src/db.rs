@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgPool};
+use sqlx::{ConnectOptions, Connection, Executor, PgPool};
 
 use crate::conn::ConnConfig;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
@@ -23,7 +23,7 @@ use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database error: {0}")]
-    Sqlx(#[from] sqlx::Error),
+    Sqlx(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
@@ -32,6 +32,71 @@ pub enum DbError {
     Connect(String),
     #[error("session: {0}")]
     Session(String),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        if lost_connection(&e) {
+            connections_suspect();
+        }
+        DbError::Sqlx(e)
+    }
+}
+
+/// Whether `e` says the connection itself is gone (not a statement's own error).
+pub fn lost_connection(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+    ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+// ---------------------------------------------------------------------------------------
+// Which pooled connections are tested before use
+// ---------------------------------------------------------------------------------------
+//
+// sqlx tests a pooled connection with a round trip when it goes back to the pool, and by
+// default again when it is taken out: two round trips around every statement, two thirds of
+// what an idle service sends. The CMS pool tests at take-out only the connections that may
+// have died since their last test: those back in the pool since before the last sign of
+// trouble (the listener's session ended, a statement lost its connection, a server
+// restart), and any idle longer than [`UNTESTED_IDLE_MAX`] (a middlebox or an idle timeout
+// that drops quiet connections unseen).
+
+/// A pooled CMS connection idle longer than this is tested before use, trouble seen or not.
+pub const UNTESTED_IDLE_MAX: Duration = Duration::from_secs(30);
+
+fn process_start() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+/// Milliseconds after [`process_start`] of the last sign of trouble (0: none).
+static SUSPECT_SINCE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The server may have dropped connections (the listener's session ended, a statement lost
+/// its connection): every CMS connection idle since before now is tested before its next use.
+pub fn connections_suspect() {
+    let ms = process_start().elapsed().as_millis() as u64 + 1;
+    SUSPECT_SINCE_MS.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a pooled connection idle for `idle_for` must be tested before use.
+fn needs_test(idle_for: Duration) -> bool {
+    let suspect = SUSPECT_SINCE_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let now = process_start().elapsed().as_millis() as u64;
+    needs_test_at(idle_for, now, suspect)
+}
+
+/// [`needs_test`] at `now_ms`, the last sign of trouble at `suspect_ms` (0: none), both
+/// after [`process_start`].
+fn needs_test_at(idle_for: Duration, now_ms: u64, suspect_ms: u64) -> bool {
+    if idle_for >= UNTESTED_IDLE_MAX {
+        return true;
+    }
+    // Back in the pool (tested on release) at or before the last sign of trouble.
+    let released = now_ms.saturating_sub(idle_for.as_millis() as u64);
+    suspect_ms > 0 && released <= suspect_ms
 }
 
 /// The migrations in `migrations/`, compiled into the binary.
@@ -60,6 +125,18 @@ fn sqlx_options(config: &ConnConfig, application: &str) -> Result<PgConnectOptio
 /// ([`ConnConfig::preflight`]): a certificate problem is then reported in our words, and
 /// only the CAs of `sslrootcert` are trusted for it.
 pub async fn cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    cms_pool_with(url, max_connections, false).await
+}
+
+/// The service's CMS pool: as [`cms_pool`], but a connection is tested before use only when
+/// it may have died since its last test (see [`connections_suspect`]). Only for a process
+/// whose long-lived sessions report trouble (the service's listener, leader session and
+/// store wake listener).
+pub async fn watched_cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    cms_pool_with(url, max_connections, true).await
+}
+
+async fn cms_pool_with(url: &str, max_connections: u32, watched: bool) -> Result<PgPool, DbError> {
     let mut config = ConnConfig::parse(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
     if config.needs_preflight() {
         config
@@ -68,12 +145,24 @@ pub async fn cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError
             .map_err(|e| DbError::Connect(e.to_string()))?;
     }
     let opts = sqlx_options(&config, "toygres-actors")?;
-    let pool = PgPoolOptions::new()
+    process_start();
+    let mut options = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await?;
-    Ok(pool)
+        .acquire_timeout(Duration::from_secs(10));
+    if watched {
+        options = options
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if needs_test(meta.idle_for) {
+                        // A failed test discards the connection; the pool takes another.
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            });
+    }
+    Ok(options.connect_with(opts).await?)
 }
 
 /// Apply `migrations/` (idempotent; safe to run from several replicas at once).
@@ -259,4 +348,22 @@ pub async fn open_database(global: &crate::settings::GlobalArgs) -> anyhow::Resu
         url: pg.url(EMBEDDED_DATABASE),
         embedded: Some(pg),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connections_that_may_have_died_are_tested() {
+        let ms = Duration::from_millis;
+        // No trouble seen: untested unless idle long.
+        assert!(!needs_test_at(ms(5_000), 60_000, 0));
+        assert!(needs_test_at(UNTESTED_IDLE_MAX, 60_000, 0));
+        // Trouble at 50 s: back in the pool at 55 s (tested on release since) → untested;
+        // back at 45 s or at 50 s → tested.
+        assert!(!needs_test_at(ms(5_000), 60_000, 50_000));
+        assert!(needs_test_at(ms(15_000), 60_000, 50_000));
+        assert!(needs_test_at(ms(10_000), 60_000, 50_000));
+    }
 }

@@ -41,6 +41,9 @@ pub async fn run(
         match session(&url, &id, &leading, &stop, &mut reported_error).await {
             Ok(()) => {}
             Err(e) => {
+                // The server may have dropped every connection: the CMS pool tests the ones
+                // idle since before now before their next use (crate::db).
+                crate::db::connections_suspect();
                 if !reported_error {
                     tracing::warn!(error = %e, "leader election session failed; retrying");
                     reported_error = true;

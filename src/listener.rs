@@ -179,6 +179,9 @@ pub async fn run(
         {
             tracing::warn!(error = %e, "listener connection lost or refused");
         }
+        // The server may have dropped every connection (a restart): the CMS pool tests the
+        // ones idle since before now before their next use (crate::db).
+        crate::db::connections_suspect();
         if connected {
             // The server was there a moment ago: reconnect promptly, not after the
             // backoff a string of refused connections had built up.
@@ -235,6 +238,7 @@ async fn session(
         .map_err(|e| e.to_string())?
         .get(0);
     *connected = true;
+    crate::db::connections_suspect();
     metrics::listener_connected(true);
     status.send_modify(|st| {
         st.connected = true;

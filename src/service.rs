@@ -66,7 +66,7 @@ pub async fn start(
     let id = Arc::new(ReplicaId::new(replica.clone()));
     let url = database.url.clone();
 
-    let pool = crate::db::cms_pool(&url, args.cms_pool_max).await?;
+    let pool = crate::db::watched_cms_pool(&url, args.cms_pool_max).await?;
     crate::db::migrate(&pool).await?;
     let store = duro::open_store(
         &url,

@@ -25,6 +25,7 @@ pub async fn listen(
             Err(failure) => failure,
         };
         tracing::debug!(error = %crate::redact::redact_error(&e.to_string()), listened, "store wake listener: connection failed or lost");
+        crate::db::connections_suspect();
         if listened {
             // It was up a moment ago: reconnect promptly, not after the backoff a string of
             // failed attempts had built up.
@@ -54,6 +55,7 @@ async fn session(
         .await
         .map_err(|e| (e, false))?;
     store.wake_all("reconnect");
+    crate::db::connections_suspect();
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -62,8 +64,11 @@ async fn session(
         match next {
             Some(n) => store.on_notification(n.payload()),
             // The connection was lost (sqlx reconnects on the next call): notifications may
-            // have been missed.
-            None => store.wake_all("reconnect"),
+            // have been missed, and the server may have dropped every connection.
+            None => {
+                crate::db::connections_suspect();
+                store.wake_all("reconnect");
+            }
         }
     }
 }
