@@ -77,3 +77,62 @@ BEGIN
     written := true;
 END;
 $$;
+
+-- The same for many checks of one holder in one transaction (one commit for all): a burst's
+-- first checks finish together, and one commit each was their largest cost. Each element is
+-- fenced and answered on its own, in the order given.
+--
+-- A transaction that holds one row's lock and waits for another's can deadlock with the
+-- CMS's own multi-row statements (an UPDATE of many instances locks them in its own order).
+-- So with more than one element nothing here ever waits for a lock: each element's instance
+-- and lease rows are locked with SKIP LOCKED first, and an element whose rows are locked by
+-- someone else (or gone) comes back busy — its writer then writes it alone, as a
+-- one-element call, which waits like record_check_seen (one row lock: no cycle).
+CREATE OR REPLACE FUNCTION toygres_actors.record_checks_seen(
+    p_holder text,
+    p_epoch bigint,
+    p_instance_ids uuid[],
+    p_actor_ids text[],
+    p_states text[],
+    p_targets text[],
+    p_observed text[],
+    p_keep_status boolean[],
+    p_postgres_versions text[],
+    p_response_times_ms integer[],
+    p_errors text[])
+RETURNS TABLE (instance_id uuid, busy boolean, written boolean, previous_status text,
+               row_state text, row_target text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i      integer;
+    v_n    integer := coalesce(array_length(p_instance_ids, 1), 0);
+BEGIN
+    FOR i IN 1 .. v_n LOOP
+        instance_id := p_instance_ids[i];
+        busy := false;
+        written := NULL;
+        previous_status := NULL;
+        row_state := NULL;
+        row_target := NULL;
+        IF v_n > 1 THEN
+            PERFORM 1 FROM toygres_cms.instances c
+              WHERE c.id = p_instance_ids[i] FOR NO KEY UPDATE SKIP LOCKED;
+            busy := NOT FOUND;
+            IF NOT busy THEN
+                PERFORM 1 FROM toygres_actors.probe_leases l
+                  WHERE l.instance_id = p_instance_ids[i] FOR SHARE SKIP LOCKED;
+                busy := NOT FOUND;
+            END IF;
+        END IF;
+        IF NOT busy THEN
+            SELECT r.written, r.previous_status, r.row_state, r.row_target
+              INTO written, previous_status, row_state, row_target
+              FROM toygres_actors.record_check_seen(
+                       p_instance_ids[i], p_actor_ids[i], p_holder, p_epoch, p_states[i],
+                       p_targets[i], p_observed[i], p_keep_status[i], p_postgres_versions[i],
+                       p_response_times_ms[i], p_errors[i]) r;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
