@@ -33,7 +33,7 @@ use duroxide::{ActivityContext, OrchestrationContext};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::check::{ActorDeps, CheckInput, CheckOutcome, fence, health_check};
+use crate::check::{ActorDeps, CheckInput, CheckOutcome, health_check, read_fenced};
 use crate::cms;
 
 /// The actor's input, carried across continue-as-new.
@@ -198,10 +198,7 @@ pub async fn lease(
     input: LeaseInput,
 ) -> Result<CheckOutcome, String> {
     let id = input.instance_id;
-    let row = cms::instance_for_check(&deps.pool, id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let row = match fence(row, actor_id, &input.actor_states) {
+    let row = match read_fenced(&deps.pool, id, actor_id, &input.actor_states).await? {
         Ok(row) => row,
         Err(reason) => return actor_exits(deps, scheduler, id, actor_id, reason).await,
     };

@@ -100,6 +100,19 @@ pub(crate) fn fence(
     Ok(row)
 }
 
+/// Read the row and pass it through [`fence`]: `Ok(Err(reason))` when the actor must end.
+pub(crate) async fn read_fenced(
+    pool: &PgPool,
+    id: Uuid,
+    actor_id: &str,
+    actor_states: &[String],
+) -> Result<Result<cms::CheckRow, String>, String> {
+    let row = cms::instance_for_check(pool, id)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(fence(row, actor_id, actor_states))
+}
+
 /// What one probe observed, ready to be written.
 struct Observation {
     observed: &'static str,
@@ -229,10 +242,7 @@ pub async fn health_check(
     input: CheckInput,
 ) -> Result<CheckOutcome, String> {
     let id = input.instance_id;
-    let row = cms::instance_for_check(&deps.pool, id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let row = match fence(row, actor_id, &input.actor_states) {
+    let row = match read_fenced(&deps.pool, id, actor_id, &input.actor_states).await? {
         Ok(row) => row,
         Err(reason) => return Ok(exit(deps, id, actor_id, reason)),
     };
@@ -267,15 +277,10 @@ pub async fn leased_check(
     let id = input.instance_id;
     let mut seen = match known {
         Some(seen) => seen,
-        None => {
-            let row = cms::instance_for_check(&deps.pool, id)
-                .await
-                .map_err(|e| e.to_string())?;
-            match fence(row, actor_id, &input.actor_states) {
-                Ok(row) => row.into(),
-                Err(reason) => return Ok((exit(deps, id, actor_id, reason), None)),
-            }
-        }
+        None => match read_fenced(&deps.pool, id, actor_id, &input.actor_states).await? {
+            Ok(row) => row.into(),
+            Err(reason) => return Ok((exit(deps, id, actor_id, reason), None)),
+        },
     };
     for _ in 0..2 {
         let obs = observe(deps, &input, seen.target.as_deref()).await;

@@ -266,25 +266,32 @@ async fn record_check_seen_is_fenced_on_the_row_the_probe_saw() {
     let id = db
         .insert_instance("pg-seen", "running", Some("host=old.example"))
         .await;
-    sqlx::query("UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-a' WHERE id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     sqlx::query(
         "INSERT INTO toygres_actors.replicas (name, epoch, expires_at) VALUES ('r1', 1, now() + interval '1 hour')",
     )
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query(
-        "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
-         VALUES ($1, 'actor-a', 'r1', 1, now() + interval '1 hour')",
-    )
-    .bind(id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    // The row names actor-a, whose probe lease replica r1 (epoch 1) holds.
+    let own = |id: uuid::Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-a' WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
+                 VALUES ($1, 'actor-a', 'r1', 1, now() + interval '1 hour')",
+            )
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    own(id).await;
     type Out = (Option<bool>, Option<String>, Option<String>, Option<String>);
     let write = |holder: &'static str, state: &'static str, target: &'static str| {
         let pool = db.pool.clone();
@@ -378,19 +385,7 @@ async fn record_check_seen_is_fenced_on_the_row_the_probe_saw() {
     // Many at once, each fenced and answered on its own: written, changed, not ours.
     let other = db.insert_instance("pg-seen-2", "running", None).await;
     let missing = uuid::Uuid::new_v4();
-    sqlx::query("UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-a' WHERE id = $1")
-        .bind(other)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
-         VALUES ($1, 'actor-a', 'r1', 1, now() + interval '1 hour')",
-    )
-    .bind(other)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    own(other).await;
     let batch = |ids: Vec<uuid::Uuid>| {
         let pool = db.pool.clone();
         async move {
