@@ -4,4 +4,4 @@ SELECT count(*)
   FROM __DUROXIDE__.instances i
   JOIN __DUROXIDE__.executions e
     ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
- WHERE i.orchestration_name = $1 AND i.orchestration_version = $2 AND e.status = 'Running'
+ WHERE i.orchestration_name = $1 AND i.orchestration_version = $2 AND e.status IN ('Running', 'ContinuedAsNew')

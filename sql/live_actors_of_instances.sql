@@ -1,4 +1,5 @@
--- Every actor incarnation that Duroxide still runs or is about to start, of one or many CMS
+-- Every actor incarnation that Duroxide still runs (between two executions included: the
+-- current one closed as ContinuedAsNew, the next one queued) or is about to start, of one or many CMS
 -- instances (ids `actor-<uuid>-…`): $1 = the id prefixes ('actor-<uuid>-'), $2 = the first
 -- string after each prefix (the prefix with its last byte incremented; parallel arrays).
 -- Each prefix is a range walk of the "C"-collation indexes of
@@ -11,7 +12,7 @@ SELECT i.instance_id
     ON i.instance_id COLLATE "C" >= p.lo AND i.instance_id COLLATE "C" < p.hi
   JOIN __DUROXIDE__.executions e
     ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
- WHERE e.status = 'Running'
+ WHERE e.status IN ('Running', 'ContinuedAsNew')
 UNION
 SELECT oq.instance_id
   FROM unnest($1::text[], $2::text[]) AS p(lo, hi)

@@ -18,12 +18,33 @@ pub enum ActorState {
         has_work: bool,
         execution_id: i64,
     },
-    /// Terminal: Completed or Failed (a cancel shows as Failed).
+    /// Terminal: Completed or Failed (a cancel shows as Failed). `ContinuedAsNew` is not
+    /// terminal for the actor ([`runs`]).
     Finished { status: String },
 }
 
 impl ActorState {
     pub fn is_live(&self) -> bool {
         matches!(self, ActorState::Pending | ActorState::Running { .. })
+    }
+}
+
+/// Whether the status of an orchestration's current execution means it runs. Between two
+/// executions (continue-as-new) the current one is closed as `ContinuedAsNew` while the
+/// next one waits in the queue: the actor runs all the same. Taken for finished, every
+/// actor's continue-as-new was a moment in which a resync could see it "missing" and
+/// restart it. The same set is in `sql/live_actors*.sql` and `sql/actors_v1_running.sql`.
+pub fn runs(status: &str) -> bool {
+    matches!(status, "Running" | "ContinuedAsNew")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_actor_between_two_executions_runs() {
+        assert!(super::runs("Running"));
+        assert!(super::runs("ContinuedAsNew"));
+        assert!(!super::runs("Completed"));
+        assert!(!super::runs("Failed"));
     }
 }

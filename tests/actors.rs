@@ -503,3 +503,50 @@ async fn checks_of_instances_started_together_spread_over_the_interval() {
     );
     stack.shutdown().await;
 }
+
+/// An actor between two executions — continue-as-new closed its current execution as
+/// `ContinuedAsNew`, the next one waits in the queue — runs: a resync that catches it there
+/// leaves it alone. Before, the reconciler took it for finished ("missing") and restarted
+/// it: 101 of 10,000 actors in a 90-minute soak.
+#[tokio::test]
+async fn an_actor_caught_between_two_executions_is_not_restarted() {
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_secs(30), 1).await;
+    db.insert_instance("pg-can", "running", Some(&support::reachable_target()))
+        .await;
+    let row = stack.row("pg-can").await;
+    let actor = stack
+        .control
+        .replace(&row, "test", None)
+        .await
+        .unwrap()
+        .new_actor_id
+        .unwrap();
+    wait_until("the actor runs", T, || async {
+        (db.live_actors("pg-can").await.len() == 1).then_some(())
+    })
+    .await;
+    // That moment, held still: the current execution closed as ContinuedAsNew.
+    let closed = sqlx::query(
+        "UPDATE toygres_duroxide.executions e SET status = 'ContinuedAsNew'
+           FROM toygres_duroxide.instances i
+          WHERE i.instance_id = $1 AND e.instance_id = i.instance_id
+            AND e.execution_id = i.current_execution_id",
+    )
+    .bind(&actor)
+    .execute(&db.pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(closed, 1);
+    let trigger = toygres_actors::reconcile::Trigger::Resync;
+    let out = stack
+        .reconciler
+        .reconcile_instance(row.id, &trigger, false, true)
+        .await
+        .unwrap();
+    assert_ne!(out.action, "restart", "{out:?}");
+    assert_ne!(out.action, "start", "{out:?}");
+    assert_eq!(db.actor_id("pg-can").await.as_deref(), Some(actor.as_str()));
+    stack.shutdown().await;
+}

@@ -276,7 +276,9 @@ impl ActorControl {
         Ok(match row {
             None => ActorState::Absent,
             Some((status, _, _, _)) if status == "Pending" => ActorState::Pending,
-            Some((status, last_progress, has_work, execution_id)) if status == "Running" => {
+            Some((status, last_progress, has_work, execution_id))
+                if crate::actor_state::runs(&status) =>
+            {
                 ActorState::Running {
                     last_progress: last_progress.unwrap_or_else(Utc::now),
                     has_work,

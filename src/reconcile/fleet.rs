@@ -196,7 +196,7 @@ impl FleetRow {
                 .map(|_| match (&self.actor_status, self.actor_pending) {
                     (None, true) => ActorState::Pending,
                     (None, false) => ActorState::Absent,
-                    (Some(s), _) if s == "Running" => ActorState::Running {
+                    (Some(s), _) if crate::actor_state::runs(s) => ActorState::Running {
                         last_progress: self.actor_last_progress.unwrap_or_else(Utc::now),
                         has_work: self.actor_has_work,
                         execution_id: self.actor_execution_id.unwrap_or(1),
