@@ -42,6 +42,20 @@ pub(super) async fn continued_as_new(env: &Env, schema: &str) -> Result<i64> {
     .await?)
 }
 
+/// The decisions the service recorded inside the window, by action and trigger ("restart
+/// (stale) 3, …"; empty: none). An actor younger than the window comes from one of them.
+pub(super) async fn decisions_in(env: &Env, from: f64, to: f64) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT action || ' (' || trigger || ')', count(*) FROM toygres_actors.decisions
+          WHERE decided_at >= to_timestamp($1) AND decided_at <= to_timestamp($2)
+          GROUP BY 1 ORDER BY 2 DESC, 1",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&env.pool)
+    .await?)
+}
+
 /// Checks inside the window, and the staleness gaps: every gap between consecutive checks
 /// of one instance inside the window, plus the open gap from each instance's last check to
 /// the window's end (a stuck actor counts).

@@ -26,7 +26,7 @@ use crate::harness::{
 };
 mod figures;
 
-use figures::{continued_as_new, gaps, renewal_lags, renewed_twice};
+use figures::{continued_as_new, decisions_in, gaps, renewal_lags, renewed_twice};
 pub(crate) use figures::{profile, profile_by};
 
 use crate::idle::machine_busy;
@@ -57,6 +57,8 @@ pub struct Run {
     /// Rows whose current actor has continued as new at least once by the end of the window
     /// (a soak must outlast 20 renewals: `--duration 5400s`).
     pub continued_as_new: i64,
+    /// Decisions recorded inside the window, by action and trigger (ours only).
+    pub decisions: Vec<(String, i64)>,
     pub cpu: Cpu,
     /// Busy time of the whole machine over the window (% of one core; /proc/stat).
     pub machine_pct: Option<f64>,
@@ -185,6 +187,24 @@ impl Report {
             DASH,
             None,
         );
+        if r.renewal_lag.samples > 0 {
+            let list: Vec<String> = r
+                .decisions
+                .iter()
+                .map(|(a, n)| format!("{a} {n}"))
+                .collect();
+            row(
+                &format!("{label}: decisions recorded in the window, by action (trigger)"),
+                if list.is_empty() {
+                    "none".into()
+                } else {
+                    list.join(", ")
+                },
+                Baseline::None,
+                DASH,
+                None,
+            );
+        }
         if !r.thirds.is_empty() {
             let shares: Vec<f64> = r
                 .thirds
@@ -516,6 +536,10 @@ impl Probe<'_> {
         let to = now_epoch();
         let actors_running = running_current_in(&env.pool, self.schema).await?;
         let continued_as_new = continued_as_new(env, self.schema).await?;
+        let decisions = match self.service {
+            Some(_) => decisions_in(env, from, to).await?,
+            None => Vec::new(),
+        };
         let (statements, top) = profile(env).await;
         let (checks, staleness) = gaps(env, from, to, n).await?;
         let mut thirds = Vec::new();
@@ -537,6 +561,7 @@ impl Probe<'_> {
             staleness,
             actors_running,
             continued_as_new,
+            decisions,
             cpu,
             machine_pct,
             target_cpu_pct: target_cpu.pg_pct,
