@@ -6,7 +6,7 @@
 //! every lease renewal) passes: the row exists, still names this actor, and its state still
 //! calls for one. The write repeats it atomically, so a check that raced a restart or a
 //! lease move writes nothing. Under a lease the write also compares the state and target the
-//! probe was made against and returns the row as it is now ([`cms::record_checks_seen`]):
+//! probe was made against and returns the row as it is now ([`cms::record_check_seen`]):
 //! the next check probes without reading the row first, one statement per check.
 //!
 //! An instance that answers is healthy only in the role the fleet expects: a primary, or —
@@ -16,8 +16,6 @@
 
 use std::sync::Arc;
 use std::time::Instant;
-
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -144,19 +142,6 @@ impl Observation {
         }
     }
 
-    fn write(&self, id: Uuid, actor_id: &str, seen: &cms::Seen) -> cms::CheckWrite {
-        cms::CheckWrite {
-            instance_id: id,
-            actor_id: actor_id.to_string(),
-            observed: self.observed.to_string(),
-            keep_status: self.keep_status,
-            postgres_version: self.version.clone(),
-            response_time_ms: self.response_ms.map(|ms| ms.min(i32::MAX as u64) as i32),
-            error: self.error.clone(),
-            seen: seen.clone(),
-        }
-    }
-
     fn outcome(&self) -> CheckOutcome {
         CheckOutcome::Checked {
             status: self.observed.to_string(),
@@ -268,7 +253,6 @@ pub async fn health_check(
 /// for the next interval, read afresh).
 pub async fn leased_check(
     deps: &ActorDeps,
-    writer: &Writer,
     actor_id: &str,
     holder: (&str, i64),
     input: CheckInput,
@@ -284,7 +268,14 @@ pub async fn leased_check(
     };
     for _ in 0..2 {
         let obs = observe(deps, &input, seen.target.as_deref()).await;
-        let fenced = writer.write(obs.write(id, actor_id, &seen), holder).await?;
+        let fenced = cms::record_check_seen(
+            &deps.pool,
+            &obs.record(id, actor_id, Some(holder)),
+            holder,
+            &seen,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         match fenced {
             Fenced::Written { previous, now } => {
                 obs.log_change(id, actor_id, &previous);
@@ -306,138 +297,9 @@ pub async fn leased_check(
                 tracing::debug!(instance_id = %id, actor_id, "write refused: probe lease moved, actor superseded, row gone, or our liveness lapsed");
                 return Ok((CheckOutcome::LeaseLost, None));
             }
-            // The writer writes a busy one alone; it never comes back here.
-            Fenced::Busy => return Err("the check write got no answer".into()),
         }
     }
     Err("the row changed twice while probing; checking again next interval".into())
-}
-
-/// Most writes a [`Writer`] puts in one statement.
-const MAX_BATCH: usize = 256;
-
-struct Job {
-    write: cms::CheckWrite,
-    holder: (String, i64),
-    reply: oneshot::Sender<Result<Fenced, String>>,
-}
-
-/// The writes of leased checks, grouped: a write that finds a writer free goes alone, at
-/// once (no added latency); writes that finish while every writer is busy (a burst's first
-/// checks, the fleet after an outage) wait and go together, in one statement and one commit
-/// ([`cms::record_checks_seen`]), up to 256. At most `concurrency` statements at
-/// a time. A grouped write never waits for a row lock (that could deadlock with the CMS's
-/// own multi-row statements): a write whose row is locked comes back busy and is written
-/// alone. A batch that fails is retried one write at a time, so one failure costs no other
-/// check its turn.
-pub struct Writer {
-    tx: mpsc::UnboundedSender<Job>,
-}
-
-impl Writer {
-    /// Starts the writer's task (it ends when the writer is dropped).
-    pub fn spawn(pool: PgPool, concurrency: usize) -> Writer {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_writer(
-            pool,
-            rx,
-            Arc::new(Semaphore::new(concurrency.max(1))),
-        ));
-        Writer { tx }
-    }
-
-    /// Write one check; waits for its statement.
-    pub async fn write(
-        &self,
-        write: cms::CheckWrite,
-        holder: (&str, i64),
-    ) -> Result<Fenced, String> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            write,
-            holder: (holder.0.to_string(), holder.1),
-            reply,
-        };
-        self.tx
-            .send(job)
-            .map_err(|_| "the check writer has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the check writer dropped the write".to_string())?
-    }
-}
-
-async fn run_writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>, slots: Arc<Semaphore>) {
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            write_batch(&pool, batch).await;
-            drop(slot);
-        });
-    }
-}
-
-/// One write in a statement of its own (it may wait for its row's lock).
-async fn write_alone(
-    pool: &PgPool,
-    holder: (&str, i64),
-    write: &cms::CheckWrite,
-) -> Result<Fenced, String> {
-    let answer = cms::record_checks_seen(pool, holder, std::slice::from_ref(write))
-        .await
-        .map_err(|e| e.to_string())?;
-    metrics::check_writes_batched(1);
-    match answer.into_iter().next() {
-        Some(Fenced::Busy) | None => Err("the check write got no answer".into()),
-        Some(answer) => Ok(answer),
-    }
-}
-
-async fn write_batch(pool: &PgPool, mut batch: Vec<Job>) {
-    // One holder per statement (a replica's epoch changes only when it registers again).
-    batch.sort_by(|a, b| (&a.holder, a.write.instance_id).cmp(&(&b.holder, b.write.instance_id)));
-    while !batch.is_empty() {
-        let holder = batch[0].holder.clone();
-        let n = batch.iter().take_while(|j| j.holder == holder).count();
-        let group: Vec<Job> = batch.drain(..n).collect();
-        let writes: Vec<cms::CheckWrite> = group.iter().map(|j| j.write.clone()).collect();
-        let h = (holder.0.as_str(), holder.1);
-        match cms::record_checks_seen(pool, h, &writes).await {
-            Ok(answers) => {
-                metrics::check_writes_batched(writes.len());
-                for (job, answer) in group.into_iter().zip(answers) {
-                    if answer == Fenced::Busy {
-                        // Its row was locked by another transaction: alone, it may wait.
-                        let _ = job.reply.send(write_alone(pool, h, &job.write).await);
-                    } else {
-                        let _ = job.reply.send(Ok(answer));
-                    }
-                }
-            }
-            Err(e) if group.len() > 1 => {
-                tracing::warn!(error = %e, writes = group.len(), "grouped check write failed; writing one at a time");
-                for job in group {
-                    let _ = job.reply.send(write_alone(pool, h, &job.write).await);
-                }
-            }
-            Err(e) => {
-                for job in group {
-                    let _ = job.reply.send(Err(e.to_string()));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

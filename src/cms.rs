@@ -113,7 +113,7 @@ pub async fn record_health(pool: &PgPool, rec: &HealthRecord<'_>) -> Result<Reco
 
 /// What a check under a probe lease was made against: the row's state and probe target.
 /// The fenced write compares both and returns them as they are now, so the next check
-/// probes without reading the row first ([`record_checks_seen`]).
+/// probes without reading the row first ([`record_check_seen`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Seen {
     pub state: String,
@@ -139,7 +139,7 @@ impl From<CheckRow> for Seen {
     }
 }
 
-/// What the write of a check under a probe lease found ([`record_checks_seen`]).
+/// What the write of a check under a probe lease found ([`record_check_seen`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fenced {
     /// Written; the previous health_status, and the row as it is now.
@@ -149,82 +149,45 @@ pub enum Fenced {
     /// The lease, holder, epoch, liveness or actor fence failed (or the row is gone):
     /// nothing written.
     Refused,
-    /// In a grouped write, another transaction held the row's lock (or the row is gone):
-    /// nothing written; write it alone ([`record_checks_seen`]).
-    Busy,
 }
 
-/// One check's write under a probe lease, owned (it waits in [`crate::check::Writer`]'s
-/// queue): what [`HealthRecord`] says, and the row the probe was made against.
-#[derive(Debug, Clone)]
-pub struct CheckWrite {
-    pub instance_id: Uuid,
-    pub actor_id: String,
-    pub observed: String,
-    pub keep_status: bool,
-    pub postgres_version: Option<String>,
-    pub response_time_ms: Option<i32>,
-    /// Already redacted.
-    pub error: Option<String>,
-    pub seen: Seen,
-}
-
-/// Checks under the probe lease of `holder`, in one statement and one commit
-/// (`migrations/0008`): each fenced on actor id, holder, epoch and the holder's liveness
-/// (else [`Fenced::Refused`]) and on the state and target in its `seen` (else
-/// [`Fenced::Changed`]). Answers in the order of `writes`. With more than one write, no
-/// lock is waited for: a write whose rows another transaction holds comes back
-/// [`Fenced::Busy`] (a one-write call waits, and is never busy).
-pub async fn record_checks_seen(
+/// The one statement of a check under a probe lease (`migrations/0008`): fenced like
+/// [`record_health`]'s, and on the state and target in `seen`.
+pub async fn record_check_seen(
     pool: &PgPool,
+    rec: &HealthRecord<'_>,
     holder: (&str, i64),
-    writes: &[CheckWrite],
-) -> Result<Vec<Fenced>, DbError> {
-    let col = |f: fn(&CheckWrite) -> Option<String>| writes.iter().map(f).collect::<Vec<_>>();
-    let ids: Vec<Uuid> = writes.iter().map(|w| w.instance_id).collect();
-    let keep: Vec<bool> = writes.iter().map(|w| w.keep_status).collect();
-    let ms: Vec<Option<i32>> = writes.iter().map(|w| w.response_time_ms).collect();
-    type Row = (
-        Uuid,
-        bool,
-        Option<bool>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(sql::RECORD_CHECKS_SEEN)
-        .bind(holder.0)
-        .bind(holder.1)
-        .bind(&ids)
-        .bind(col(|w| Some(w.actor_id.clone())))
-        .bind(col(|w| Some(w.seen.state.clone())))
-        .bind(col(|w| w.seen.target.clone()))
-        .bind(col(|w| Some(w.observed.clone())))
-        .bind(&keep)
-        .bind(col(|w| w.postgres_version.clone()))
-        .bind(&ms)
-        .bind(col(|w| w.error.clone()))
-        .fetch_all(pool)
-        .await?;
-    let mut by_id: std::collections::HashMap<Uuid, Fenced> = rows
-        .into_iter()
-        .map(|(id, busy, written, previous, state, target)| {
-            let fenced = match (written, state) {
-                _ if busy => Fenced::Busy,
-                (Some(true), Some(state)) => Fenced::Written {
+    seen: &Seen,
+) -> Result<Fenced, DbError> {
+    let row: (Option<bool>, Option<String>, Option<String>, Option<String>) =
+        sqlx::query_as(sql::RECORD_CHECK_SEEN)
+            .bind(rec.instance_id)
+            .bind(rec.actor_id)
+            .bind(holder.0)
+            .bind(holder.1)
+            .bind(&seen.state)
+            .bind(seen.target.as_deref())
+            .bind(rec.observed)
+            .bind(rec.keep_status)
+            .bind(rec.postgres_version)
+            .bind(rec.response_time_ms)
+            .bind(rec.error)
+            .fetch_one(pool)
+            .await?;
+    Ok(match row {
+        (Some(written), previous, Some(state), target) => {
+            let now = Seen { state, target };
+            if written {
+                Fenced::Written {
                     previous: previous.unwrap_or_default(),
-                    now: Seen { state, target },
-                },
-                (Some(false), Some(state)) => Fenced::Changed(Seen { state, target }),
-                _ => Fenced::Refused,
-            };
-            (id, fenced)
-        })
-        .collect();
-    Ok(ids
-        .iter()
-        .map(|id| by_id.remove(id).unwrap_or(Fenced::Refused))
-        .collect())
+                    now,
+                }
+            } else {
+                Fenced::Changed(now)
+            }
+        }
+        _ => Fenced::Refused,
+    })
 }
 
 /// Compare-and-swap `instance_actor_orchestration_id` from `expected` to `new` (`None`

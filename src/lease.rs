@@ -92,7 +92,6 @@ struct State {
 pub struct Scheduler {
     id: Arc<ReplicaId>,
     deps: Arc<ActorDeps>,
-    writer: check::Writer,
     state: Mutex<State>,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -104,12 +103,9 @@ pub struct Scheduler {
 impl Scheduler {
     /// `id` names this replica in the lease table; `max_concurrent` bounds checks at once.
     pub fn new(id: Arc<ReplicaId>, deps: Arc<ActorDeps>, max_concurrent: usize) -> Self {
-        // Writes take a pool connection each; leave most of the pool to everything else.
-        let writer = check::Writer::spawn(deps.pool.clone(), 4);
         Self {
             id,
             deps,
-            writer,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
@@ -318,9 +314,7 @@ impl Scheduler {
         };
         tokio::spawn(async move {
             let holder = (self.id.name(), self.id.epoch());
-            let outcome =
-                check::leased_check(&self.deps, &self.writer, &actor_id, holder, input, known)
-                    .await;
+            let outcome = check::leased_check(&self.deps, &actor_id, holder, input, known).await;
             drop(permit);
             let now = Instant::now();
             let mut guard = self.lock();

@@ -31,8 +31,8 @@
 //!    holder, epoch, liveness and the row the probe was made against (which it returns, so
 //!    the next check reads nothing first).
 //! 6. **[`health`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
-//! 7. **[`cms`]** — reads of the CMS, the owner record of a lease, and the fenced write of
-//!    health checks (those that finish together share one statement: [`check::Writer`]).
+//! 7. **[`cms`]** — reads of the CMS, the owner record of a lease, and the one fenced write
+//!    per health check.
 //! 8. **[`metrics`]** — Prometheus metrics; fleet gauges come from the database, so a dead
 //!    actor or replica cannot hide its own death.
 //!

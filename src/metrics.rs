@@ -22,8 +22,6 @@ use crate::verdict::Verdict;
 pub const HEALTH_CHECKS_TOTAL: &str = "toygres_actors_health_checks_total";
 pub const HEALTH_CHECK_DURATION: &str = "toygres_actors_health_check_duration_seconds";
 pub const PROBE_ANSWERS_TOTAL: &str = "toygres_actors_probe_answers_total";
-pub const CHECK_WRITES_TOTAL: &str = "toygres_actors_check_writes_total";
-pub const CHECK_WRITE_STATEMENTS_TOTAL: &str = "toygres_actors_check_write_statements_total";
 pub const NOTIFICATIONS_TOTAL: &str = "toygres_actors_notifications_total";
 pub const NOTIFICATIONS_INVALID_TOTAL: &str = "toygres_actors_notifications_invalid_total";
 pub const NOTIFICATIONS_DROPPED_TOTAL: &str = "toygres_actors_notifications_dropped_total";
@@ -95,14 +93,6 @@ fn describe() {
         HEALTH_CHECK_DURATION,
         Unit::Seconds,
         "Duration of a health check probe."
-    );
-    describe_counter!(
-        CHECK_WRITES_TOTAL,
-        "Leased checks' fenced writes sent (written, refused or changed)."
-    );
-    describe_counter!(
-        CHECK_WRITE_STATEMENTS_TOTAL,
-        "Statements (and commits) those writes took: writes that finish together go in one."
     );
     describe_counter!(
         PROBE_ANSWERS_TOTAL,
@@ -207,12 +197,6 @@ fn describe() {
 pub fn record_health_check(status: &str, duration: Duration) {
     metrics::counter!(HEALTH_CHECKS_TOTAL, "status" => status.to_string()).increment(1);
     metrics::histogram!(HEALTH_CHECK_DURATION).record(duration.as_secs_f64());
-}
-
-/// One statement carried `writes` leased checks' writes.
-pub fn check_writes_batched(writes: usize) {
-    metrics::counter!(CHECK_WRITE_STATEMENTS_TOTAL).increment(1);
-    metrics::counter!(CHECK_WRITES_TOTAL).increment(writes as u64);
 }
 
 /// A probe the instance answered; `in_recovery`: it is a standby.

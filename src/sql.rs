@@ -59,7 +59,7 @@ sql! {
     RECENT_CHECKS => "recent_checks.sql",
     RECENT_DECISIONS => "recent_decisions.sql",
     RECORD_CHECK => "record_check.sql",
-    RECORD_CHECKS_SEEN => "record_checks_seen.sql",
+    RECORD_CHECK_SEEN => "record_check_seen.sql",
     RECORD_HEALTH => "record_health.sql",
     RELEASE_LEASE => "release_lease.sql",
     REPLICAS => "replicas.sql",

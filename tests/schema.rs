@@ -381,69 +381,6 @@ async fn record_check_seen_is_fenced_on_the_row_the_probe_saw() {
         Some(true)
     );
     assert_eq!(checks().await, 2);
-
-    // Many at once, each fenced and answered on its own: written, changed, not ours.
-    let other = db.insert_instance("pg-seen-2", "running", None).await;
-    let missing = uuid::Uuid::new_v4();
-    own(other).await;
-    let batch = |ids: Vec<uuid::Uuid>| {
-        let pool = db.pool.clone();
-        async move {
-            let n = ids.len();
-            let all = |v: &str| vec![v.to_string(); n];
-            sqlx::query_as::<_, (uuid::Uuid, bool, Option<bool>, Option<String>)>(
-                "SELECT instance_id, busy, written, row_state FROM toygres_actors.record_checks_seen(
-                     'r1', 1, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&ids)
-            .bind(all("actor-a"))
-            .bind(vec!["running", "creating", "running"][..n].to_vec())
-            .bind(vec![Some("host=new.example"), None, None][..n].to_vec())
-            .bind(all("healthy"))
-            .bind(vec![false; n])
-            .bind(vec![None::<String>; n])
-            .bind(vec![Some(3); n])
-            .bind(vec![None::<String>; n])
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-        }
-    };
-    assert_eq!(
-        batch(vec![id, other, missing]).await,
-        vec![
-            (id, false, Some(true), running.clone()),
-            (other, false, Some(false), running.clone()),
-            // Gone (or locked): busy in a group, for its writer to write alone…
-            (missing, true, None, None)
-        ]
-    );
-    // …where it is refused.
-    assert_eq!(
-        batch(vec![missing]).await,
-        vec![(missing, false, None, None)]
-    );
-    assert_eq!(checks().await, 3);
-
-    // A row another transaction holds: a group does not wait for it, the rest is written.
-    let mut holder = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM toygres_cms.instances WHERE id = $1 FOR UPDATE")
-        .bind(other)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), batch(vec![id, other]))
-        .await
-        .expect("a group never waits for a row lock");
-    assert_eq!(
-        got,
-        vec![
-            (id, false, Some(true), running.clone()),
-            (other, true, None, None)
-        ]
-    );
-    holder.rollback().await.unwrap();
-    assert_eq!(checks().await, 4);
 }
 
 /// Everything that defines the schema, as sorted text: columns with types and defaults,

@@ -4,14 +4,14 @@
 //! ([`toygres_actors::cms::prune_health_history`]: batches of 10,000 in a loop within
 //! [`config::PRUNE_BUDGET`] of every [`config::PRUNE_INTERVAL`]). Baseline: the release
 //! before, one batch per pruning period. Beside the pruning, a check's fenced write
-//! (`record_checks_seen`, as the service makes it under a probe lease) is timed in a loop, and the
+//! (`record_check_seen`, as the service makes it under a probe lease) is timed in a loop, and the
 //! same loop before the pruning is the baseline: pruning must not hurt the checks.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde::Serialize;
-use toygres_actors::cms::{self, Fenced};
+use toygres_actors::cms::{self, Fenced, HealthRecord};
 use toygres_actors::config;
 
 use crate::harness::{
@@ -57,25 +57,25 @@ async fn time_writes(
     n: usize,
     stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<Vec<f64>> {
+    let rec = HealthRecord {
+        instance_id: instance,
+        actor_id: ACTOR,
+        holder: Some(HOLDER),
+        observed: "healthy",
+        keep_status: false,
+        postgres_version: Some("16.4"),
+        response_time_ms: Some(1),
+        error: None,
+    };
     let seen: cms::Seen = cms::instance_for_check(pool, instance)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the timed instance is gone"))?
         .into();
-    let write = cms::CheckWrite {
-        instance_id: instance,
-        actor_id: ACTOR.to_string(),
-        observed: "healthy".to_string(),
-        keep_status: false,
-        postgres_version: Some("16.4".to_string()),
-        response_time_ms: Some(1),
-        error: None,
-        seen,
-    };
     let mut out = Vec::with_capacity(n.min(100_000));
     while out.len() < n && !stop.as_ref().is_some_and(|s| *s.borrow()) {
         let t = Instant::now();
-        let fenced = cms::record_checks_seen(pool, HOLDER, std::slice::from_ref(&write)).await?;
-        if !matches!(fenced.first(), Some(Fenced::Written { .. })) {
+        let fenced = cms::record_check_seen(pool, &rec, HOLDER, &seen).await?;
+        if !matches!(fenced, Fenced::Written { .. }) {
             anyhow::bail!("the timed check write was refused by its fence: {fenced:?}");
         }
         out.push(t.elapsed().as_secs_f64());
