@@ -124,16 +124,10 @@ struct Observation {
 }
 
 impl Observation {
-    fn record<'a>(
-        &'a self,
-        id: uuid::Uuid,
-        actor_id: &'a str,
-        holder: Option<(&'a str, i64)>,
-    ) -> HealthRecord<'a> {
+    fn record<'a>(&'a self, id: uuid::Uuid, actor_id: &'a str) -> HealthRecord<'a> {
         HealthRecord {
             instance_id: id,
             actor_id,
-            holder,
             observed: self.observed,
             keep_status: self.keep_status,
             postgres_version: self.version.as_deref(),
@@ -232,7 +226,7 @@ pub async fn health_check(
         Err(reason) => return Ok(exit(deps, id, actor_id, reason)),
     };
     let obs = observe(deps, &input, row.target.as_deref()).await;
-    let recorded = cms::record_health(&deps.pool, &obs.record(id, actor_id, None))
+    let recorded = cms::record_health(&deps.pool, &obs.record(id, actor_id))
         .await
         .map_err(|e| e.to_string())?;
     match recorded {
@@ -268,14 +262,9 @@ pub async fn leased_check(
     };
     for _ in 0..2 {
         let obs = observe(deps, &input, seen.target.as_deref()).await;
-        let fenced = cms::record_check_seen(
-            &deps.pool,
-            &obs.record(id, actor_id, Some(holder)),
-            holder,
-            &seen,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let fenced = cms::record_check_seen(&deps.pool, &obs.record(id, actor_id), holder, &seen)
+            .await
+            .map_err(|e| e.to_string())?;
         match fenced {
             Fenced::Written { previous, now } => {
                 obs.log_change(id, actor_id, &previous);

@@ -63,9 +63,6 @@ pub async fn instance_for_check(pool: &PgPool, id: Uuid) -> Result<Option<CheckR
 pub struct HealthRecord<'a> {
     pub instance_id: Uuid,
     pub actor_id: &'a str,
-    /// The replica (name, epoch) writing under a probe lease (`None`: a version-1 actor's
-    /// activity, fenced by the actor id alone).
-    pub holder: Option<(&'a str, i64)>,
     /// What the probe observed: healthy, unhealthy or unknown.
     pub observed: &'a str,
     /// Leave health_status as it is (a failure below the consecutive-failure threshold).
@@ -85,19 +82,13 @@ pub enum Recorded {
     Superseded,
 }
 
+/// A version-1 actor's check: fenced by the actor id alone (under a probe lease:
+/// [`record_check_seen`]).
 pub async fn record_health(pool: &PgPool, rec: &HealthRecord<'_>) -> Result<Recorded, DbError> {
-    let query = match rec.holder {
-        Some((name, epoch)) => sqlx::query_scalar(sql::RECORD_CHECK)
-            .bind(rec.instance_id)
-            .bind(rec.actor_id)
-            .bind(name)
-            .bind(epoch),
-        None => sqlx::query_scalar(sql::RECORD_HEALTH)
-            .bind(rec.instance_id)
-            .bind(rec.actor_id)
-            .bind(None::<String>),
-    };
-    let previous: Option<String> = query
+    let previous: Option<String> = sqlx::query_scalar(sql::RECORD_HEALTH)
+        .bind(rec.instance_id)
+        .bind(rec.actor_id)
+        .bind(None::<String>)
         .bind(rec.observed)
         .bind(rec.keep_status)
         .bind(rec.postgres_version)
@@ -151,8 +142,8 @@ pub enum Fenced {
     Refused,
 }
 
-/// The one statement of a check under a probe lease (`migrations/0008`): fenced like
-/// [`record_health`]'s, and on the state and target in `seen`.
+/// The one statement of a check under a probe lease (`migrations/0008`): fenced on actor
+/// id, holder, epoch and the holder's liveness, and on the state and target in `seen`.
 pub async fn record_check_seen(
     pool: &PgPool,
     rec: &HealthRecord<'_>,

@@ -58,7 +58,6 @@ sql! {
     PRUNE_HEALTH_HISTORY => "prune_health_history.sql",
     RECENT_CHECKS => "recent_checks.sql",
     RECENT_DECISIONS => "recent_decisions.sql",
-    RECORD_CHECK => "record_check.sql",
     RECORD_CHECK_SEEN => "record_check_seen.sql",
     RECORD_HEALTH => "record_health.sql",
     RELEASE_LEASE => "release_lease.sql",

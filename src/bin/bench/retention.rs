@@ -60,7 +60,6 @@ async fn time_writes(
     let rec = HealthRecord {
         instance_id: instance,
         actor_id: ACTOR,
-        holder: Some(HOLDER),
         observed: "healthy",
         keep_status: false,
         postgres_version: Some("16.4"),
