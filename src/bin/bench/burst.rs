@@ -165,6 +165,7 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
         tokio::time::sleep(POLL).await;
     }
     let restart_in_storm_s = watch.await??;
+    print_restart_path(&env.pool, canary).await;
     let cpu_insert = w.finish(&env);
     let (_, top_insert) = crate::capacity::profile(&env).await;
     let turns1 = metric(&svc.metrics().await, TURNS);
@@ -214,6 +215,36 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
     report.print();
     crate::capacity::print_top("insert burst, pg_stat_statements", &top_insert);
     Ok(report)
+}
+
+/// Where the canary's restart spent its time, from the database's own timestamps (ms after
+/// the request's commit): decided (the swap's transaction), leased to a replica, request
+/// marked handled.
+async fn print_restart_path(pool: &sqlx::PgPool, canary: uuid::Uuid) {
+    type Path = (f64, f64, Option<f64>);
+    let row: Result<Option<Path>, _> = sqlx::query_as(
+        "SELECT extract(epoch FROM d.decided_at - r.requested_at)::float8 * 1000,
+                extract(epoch FROM l.assigned_at - r.requested_at)::float8 * 1000,
+                extract(epoch FROM r.handled_at - r.requested_at)::float8 * 1000
+           FROM toygres_cms.actor_restart_requests r
+           JOIN toygres_cms.instances c ON c.id = r.instance_id
+           JOIN toygres_actors.probe_leases l ON l.instance_id = c.id
+           JOIN LATERAL (SELECT decided_at FROM toygres_actors.decisions
+                          WHERE instance_id = c.id AND action = 'restart'
+                          ORDER BY decided_at DESC LIMIT 1) d ON true
+          WHERE r.instance_id = $1
+          ORDER BY r.requested_at DESC LIMIT 1",
+    )
+    .bind(canary)
+    .fetch_optional(pool)
+    .await;
+    if let Ok(Some((decided, leased, handled))) = row {
+        println!(
+            "restart amid the storm, ms after the request: decided {decided:.0}, leased {leased:.0}, \
+             request handled {}",
+            handled.map_or("–".to_string(), |h| format!("{h:.0}"))
+        );
+    }
 }
 
 /// The canary's actor, once it has one and is healthy.

@@ -67,6 +67,20 @@ impl Env {
             ),
             ("shared_buffers".into(), "512MB".into()),
         ];
+        // BENCH_PGSS_TRACK=all profiles the statements inside functions too (Duroxide's
+        // fetch and ack, our check's write) at some cost; the default counts top level.
+        if let Ok(track) = std::env::var("BENCH_PGSS_TRACK") {
+            opts.settings
+                .push(("pg_stat_statements.track".into(), track));
+        }
+        // BENCH_PG_SETTINGS="name=value;name=value" for a profiling run (auto_explain, …).
+        if let Ok(extra) = std::env::var("BENCH_PG_SETTINGS") {
+            for kv in extra.split(';').filter(|kv| !kv.trim().is_empty()) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    opts.settings.push((k.trim().into(), v.trim().into()));
+                }
+            }
+        }
         let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;
         ensure_database(&pg.url("postgres"), "bench").await?;
         let url = pg.url("bench");
@@ -350,7 +364,11 @@ impl Service {
             .arg(format!("127.0.0.1:{port}"))
             .args(flags)
             .env("DATABASE_URL", url)
-            .env("TOYGRES_ACTORS_LOG", "warn")
+            // BENCH_SERVICE_LOG: the service's log filter for a run that is read afterwards.
+            .env(
+                "TOYGRES_ACTORS_LOG",
+                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

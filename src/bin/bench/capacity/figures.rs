@@ -100,7 +100,12 @@ pub(super) async fn gaps(env: &Env, from: f64, to: f64, n: usize) -> Result<(i64
 /// Statements executed in the bench database since the reset, and the top 8 by time;
 /// `None` and an empty list without pg_stat_statements.
 pub(crate) async fn profile(env: &Env) -> (Option<f64>, Vec<(String, i64, f64)>) {
-    profile_by(env, "total_exec_time", 8).await
+    let rows = if std::env::var_os("BENCH_PGSS_TRACK").is_some() {
+        30
+    } else {
+        8
+    };
+    profile_by(env, "total_exec_time", rows).await
 }
 
 /// As [`profile`], the top `limit` by `order` (a pg_stat_statements column).
