@@ -59,6 +59,8 @@ pub struct ActorDeps {
     pub prober: Arc<Prober>,
     /// The fleet's instances are standbys (`--expect-standby`).
     pub expect_standby: bool,
+    /// How a check's write commits (`--check-commit`).
+    pub check_commit: cms::CheckCommit,
 }
 
 /// The reason recorded for an instance found in recovery where a primary was expected.
@@ -262,9 +264,15 @@ pub async fn leased_check(
     };
     for _ in 0..2 {
         let obs = observe(deps, &input, seen.target.as_deref()).await;
-        let fenced = cms::record_check_seen(&deps.pool, &obs.record(id, actor_id), holder, &seen)
-            .await
-            .map_err(|e| e.to_string())?;
+        let fenced = cms::record_check_seen(
+            &deps.pool,
+            &obs.record(id, actor_id),
+            holder,
+            &seen,
+            deps.check_commit,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         match fenced {
             Fenced::Written { previous, now } => {
                 obs.log_change(id, actor_id, &previous);

@@ -142,30 +142,48 @@ pub enum Fenced {
     Refused,
 }
 
+/// How a check's write commits (`--check-commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckCommit {
+    /// Without waiting for the WAL flush (synchronous_commit off for that transaction).
+    Async,
+    /// As every other write: the commit waits until the row is on disk.
+    Durable,
+}
+
 /// The one statement of a check under a probe lease (`migrations/0008`): fenced on actor
 /// id, holder, epoch and the holder's liveness, and on the state and target in `seen`.
+/// `commit` says whether the write waits for the WAL flush (`sql/record_check_seen.sql`).
 pub async fn record_check_seen(
     pool: &PgPool,
     rec: &HealthRecord<'_>,
     holder: (&str, i64),
     seen: &Seen,
+    commit: CheckCommit,
 ) -> Result<Fenced, DbError> {
-    let row: (Option<bool>, Option<String>, Option<String>, Option<String>) =
-        sqlx::query_as(sql::RECORD_CHECK_SEEN)
-            .bind(rec.instance_id)
-            .bind(rec.actor_id)
-            .bind(holder.0)
-            .bind(holder.1)
-            .bind(&seen.state)
-            .bind(seen.target.as_deref())
-            .bind(rec.observed)
-            .bind(rec.keep_status)
-            .bind(rec.postgres_version)
-            .bind(rec.response_time_ms)
-            .bind(rec.error)
-            .fetch_one(pool)
-            .await?;
-    Ok(match row {
+    type Row = (
+        Option<bool>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let (written, previous, state, target, _async): Row = sqlx::query_as(sql::RECORD_CHECK_SEEN)
+        .bind(rec.instance_id)
+        .bind(rec.actor_id)
+        .bind(holder.0)
+        .bind(holder.1)
+        .bind(&seen.state)
+        .bind(seen.target.as_deref())
+        .bind(rec.observed)
+        .bind(rec.keep_status)
+        .bind(rec.postgres_version)
+        .bind(rec.response_time_ms)
+        .bind(rec.error)
+        .bind(commit == CheckCommit::Async)
+        .fetch_one(pool)
+        .await?;
+    Ok(match (written, previous, state, target) {
         (Some(written), previous, Some(state), target) => {
             let now = Seen { state, target };
             if written {

@@ -103,6 +103,7 @@ pub async fn start(
         pool: pool.clone(),
         prober: prober.clone(),
         expect_standby: args.expect_standby,
+        check_commit: args.check_commit,
     });
     let scheduler = Arc::new(crate::lease::Scheduler::new(
         id.clone(),

@@ -134,6 +134,16 @@ pub struct RunArgs {
     /// Duroxide's dispatcher to pick it up (fenced like any check).
     #[arg(long, env = "TOYGRES_ACTORS_EAGER_FIRST_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
     pub eager_first_check: bool,
+    /// How a check's health write commits: `async` does not wait for the WAL flush (a
+    /// PostgreSQL crash can lose the last fraction of a second of health rows; the next
+    /// check writes them again), `durable` waits as every other write does.
+    #[arg(
+        long,
+        env = "TOYGRES_ACTORS_CHECK_COMMIT",
+        value_enum,
+        default_value = "async"
+    )]
+    pub check_commit: crate::cms::CheckCommit,
     /// How long health history rows are kept.
     #[arg(long, env = "TOYGRES_ACTORS_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub history_retention: Duration,

@@ -481,6 +481,7 @@ impl Stack {
             pool: db.pool.clone(),
             prober: prober.clone(),
             expect_standby: false,
+            check_commit: toygres_actors::cms::CheckCommit::Async,
         });
         let id = Arc::new(toygres_actors::identity::ReplicaId::new("test"));
         let scheduler = Arc::new(toygres_actors::lease::Scheduler::new(id, deps.clone(), 16));

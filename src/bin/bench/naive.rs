@@ -66,6 +66,7 @@ pub async fn worker(url: &str, schema: &str) -> Result<()> {
         pool,
         prober,
         expect_standby: false,
+        check_commit: toygres_actors::cms::CheckCommit::Durable,
     });
     // The naive loop uses only the v1 health-check activity; the scheduler stays idle.
     let scheduler = Arc::new(Scheduler::new(

@@ -73,7 +73,8 @@ async fn time_writes(
     let mut out = Vec::with_capacity(n.min(100_000));
     while out.len() < n && !stop.as_ref().is_some_and(|s| *s.borrow()) {
         let t = Instant::now();
-        let fenced = cms::record_check_seen(pool, &rec, HOLDER, &seen).await?;
+        let fenced =
+            cms::record_check_seen(pool, &rec, HOLDER, &seen, cms::CheckCommit::Async).await?;
         if !matches!(fenced, Fenced::Written { .. }) {
             anyhow::bail!("the timed check write was refused by its fence: {fenced:?}");
         }
