@@ -2,10 +2,12 @@
 //! the API and the CLI share (start, cancel, restart).
 //!
 //! The store lives in schema `toygres_duroxide` (configurable) of the CMS database. Its pool
-//! gets planner settings of its own (`enable_hashjoin/mergejoin/seqscan/sort = off`): the
-//! provider's fetch runs inside PL/pgSQL, whose cached generic plan otherwise scans and sorts
-//! the queues, with cost growing with the fleet. With those settings and the extra index of
-//! `sql/duroxide_extra_index.sql` it is an index walk. `--duroxide-async-commit` adds
+//! gets planner settings of its own (`enable_hashjoin/mergejoin/seqscan/sort/bitmapscan =
+//! off`): the provider's fetch runs inside PL/pgSQL, whose cached generic plan otherwise
+//! scans and sorts the queues, with cost growing with the fleet. With those settings and the
+//! extra index of `sql/duroxide_extra_index.sql` it is an index walk. Without bitmap scans:
+//! in a burst the fetch's lookups of one instance's queued messages ANDed the instance index
+//! (one row) with a bitmap of every visible row (10,000), 1.3 ms each. `--duroxide-async-commit` adds
 //! `synchronous_commit=off` on that pool only.
 //!
 //! Incarnations: every start uses a new orchestration id `actor-<instance uuid>-<random>`,
@@ -89,7 +91,8 @@ pub fn store_url(
     origin: &str,
 ) -> Result<String, DuroError> {
     let mut opts = String::from(
-        "-c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off -c enable_sort=off",
+        "-c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off -c enable_sort=off \
+         -c enable_bitmapscan=off -c jit=off",
     );
     if async_commit {
         opts.push_str(" -c synchronous_commit=off");
