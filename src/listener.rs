@@ -331,7 +331,10 @@ fn handle(
             }
             Err(reason) => invalid(CHANNEL_INSTANCES, &reason, payload),
         },
-        CHANNEL_RESTART_REQUESTED => inbox.restart_requests(),
+        CHANNEL_RESTART_REQUESTED => {
+            tracing::debug!("durable restart requested: handed to the control worker");
+            inbox.restart_requests()
+        }
         CHANNEL_CONTROL if !settings.control_notify => {
             tracing::debug!("control notification ignored (--control-notify=off)")
         }
@@ -345,6 +348,12 @@ fn handle(
             {
                 invalid(CHANNEL_CONTROL, "name longer than 255 characters", payload)
             }
+            // request_actor_restart() also sends this, beside the restart-requested channel:
+            // the durable request is what gets honoured (once), not a second, raw restart.
+            Ok(Control::Restart {
+                request_id: Some(_),
+                ..
+            }) => inbox.restart_requests(),
             Ok(Control::Restart { name, .. }) => {
                 inbox.named(&name, Ask::Restart);
             }

@@ -550,3 +550,56 @@ async fn an_actor_caught_between_two_executions_is_not_restarted() {
     assert_eq!(db.actor_id("pg-can").await.as_deref(), Some(actor.as_str()));
     stack.shutdown().await;
 }
+
+/// A durable restart request read twice — by the control worker and by a full reconcile,
+/// before the first run marked it handled — restarts the actor once: the second run finds
+/// the request handled and only reconciles (the 10,000 burst showed two restarts for one
+/// request). A raw `restart <name>` on the control channel has no request row and restarts.
+#[tokio::test]
+async fn a_restart_request_read_twice_restarts_once() {
+    use toygres_actors::reconcile::{Reconciler, Trigger};
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
+    // No minimum age: the second run must not be held back by it, but by the request.
+    let reconciler = Reconciler::new(
+        stack.control.clone(),
+        Duration::from_secs(300),
+        "test".into(),
+    )
+    .with_restart_limits(Duration::ZERO, 100);
+    db.insert_instance("pg-twice", "running", Some(&support::reachable_target()))
+        .await;
+    let row = stack.row("pg-twice").await;
+    stack
+        .control
+        .replace(&row, "test start", None)
+        .await
+        .unwrap();
+    let first = db.actor_id("pg-twice").await.unwrap();
+    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-twice')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let a = reconciler.honour_restart_request(row.id).await.unwrap();
+    assert_eq!(a.action, "restart", "{a:?}");
+    let second = db.actor_id("pg-twice").await.unwrap();
+    assert_ne!(first, second);
+    let b = reconciler.honour_restart_request(row.id).await.unwrap();
+    assert_ne!(
+        b.action, "restart",
+        "the same request honoured twice: {b:?}"
+    );
+    assert_eq!(db.actor_id("pg-twice").await.unwrap(), second);
+    let restarts = db
+        .scalar_i64("SELECT count(*) FROM toygres_actors.decisions WHERE action = 'restart'")
+        .await;
+    assert_eq!(restarts, 1);
+    // The control channel's restart has no request behind it: it restarts.
+    let c = reconciler
+        .reconcile_instance(row.id, &Trigger::ControlRestart, true, false)
+        .await
+        .unwrap();
+    assert_eq!(c.action, "restart", "{c:?}");
+    assert_ne!(db.actor_id("pg-twice").await.unwrap(), second);
+    stack.shutdown().await;
+}

@@ -139,6 +139,7 @@ impl ControlInbox {
             if requests {
                 match reconciler.pending_restart_requests().await {
                     Ok(ids) => {
+                        tracing::debug!(requests = ids.len(), "pending restart requests read");
                         for id in ids {
                             queue.enqueue(id, Trigger::RestartRequest, true, None);
                         }
@@ -179,7 +180,7 @@ impl ControlInbox {
                 };
                 metrics::notification(CHANNEL_CONTROL, label);
                 match ask {
-                    Ask::Restart => queue.enqueue(row.id, Trigger::RestartRequest, true, None),
+                    Ask::Restart => queue.enqueue(row.id, Trigger::ControlRestart, true, None),
                     Ask::Reconcile => queue.enqueue(row.id, Trigger::ControlReconcile, false, None),
                 }
             }

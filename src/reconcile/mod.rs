@@ -54,8 +54,11 @@ pub enum Trigger {
     Notification { op: String, at: Option<f64> },
     /// The periodic or (re)connect full reconcile.
     Resync,
-    /// A restart asked for on `toygres_actor_control` or with `request_actor_restart()`.
+    /// A durable restart request (`request_actor_restart()`): honoured once, then marked
+    /// handled.
     RestartRequest,
+    /// `restart <name>` on `toygres_actor_control` (no durable request behind it).
+    ControlRestart,
     /// `reconcile <name>` on the control channel.
     ControlReconcile,
     /// The HTTP API or the CLI.
@@ -68,6 +71,7 @@ impl Trigger {
             Trigger::Notification { op, .. } => format!("notify:{op}"),
             Trigger::Resync => "resync".into(),
             Trigger::RestartRequest => "restart-request".into(),
+            Trigger::ControlRestart => "control:restart".into(),
             Trigger::ControlReconcile => "control:reconcile".into(),
             Trigger::Operator(who) => format!("operator:{who}"),
         }
@@ -570,12 +574,21 @@ impl Reconciler {
         }
     }
 
-    /// A restart request (durable or raw NOTIFY): restart if the row calls for an actor,
-    /// then mark the instance's pending requests handled with the outcome.
+    /// A durable restart request: restart if one is still pending and the row calls for an
+    /// actor, then mark the instance's pending requests handled with the outcome.
     pub async fn honour_restart_request(&self, instance: Uuid) -> Result<Outcome, DuroError> {
-        let outcome = self
-            .reconcile_instance(instance, &Trigger::RestartRequest, true, false)
+        // Read twice (control worker and full reconcile) and run one after the other: the
+        // second run finds the request handled and only reconciles.
+        let pending: bool = sqlx::query_scalar(sql::RESTART_REQUEST_PENDING)
+            .bind(instance)
+            .fetch_one(self.pool())
             .await?;
+        let outcome = self
+            .reconcile_instance(instance, &Trigger::RestartRequest, pending, false)
+            .await?;
+        if !pending {
+            return Ok(outcome);
+        }
         let text = match (&outcome.skipped, outcome.action) {
             (None, "restart") => format!(
                 "restarted: new actor {}",
