@@ -3,9 +3,12 @@
 //! up to a bound, and a failed reconcile is retried with backoff without holding up others.
 //! When a storm of hints is queued, plain hints go out in batches to the set-based
 //! reconcile ([`Reconciler::reconcile_batch`]); what a batch does not settle comes back
-//! here and runs one by one.
+//! here and runs one by one. Batches take at most half of the runner slots (each holds a
+//! CMS connection for its transaction): the other half stays free for explicit requests
+//! and single reconciles, which therefore never wait for a batch to finish.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +69,8 @@ pub struct ReconcileQueue {
     wake: Notify,
     /// Signalled whenever the queue becomes empty with nothing in flight (tests, benches).
     idle: Notify,
+    /// Batches running.
+    batches: AtomicUsize,
 }
 
 impl Default for ReconcileQueue {
@@ -80,6 +85,7 @@ impl ReconcileQueue {
             state: Mutex::new(QueueState::default()),
             wake: Notify::new(),
             idle: Notify::new(),
+            batches: AtomicUsize::new(0),
         }
     }
 
@@ -170,9 +176,32 @@ impl ReconcileQueue {
         None
     }
 
-    /// The next work: one job, or — when a storm is queued and the next job is a plain
-    /// hint — a batch of up to [`BATCH_MAX`] plain hints (in queue order).
-    fn take_work(&self) -> Option<Work> {
+    /// The next job that runs on its own now, in queue order: batchable hints of a storm
+    /// are passed over (they wait for a batch slot).
+    fn take_unbatched(&self) -> Option<(Uuid, Job)> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let storm = st.pending.len() >= BATCH_MIN;
+        let QueueState {
+            pending,
+            order,
+            inflight,
+        } = &mut *st;
+        let pos = order.iter().position(|x| {
+            !inflight.contains(x) && pending.get(x).is_some_and(|j| !storm || !j.batchable())
+        })?;
+        let id = order.remove(pos)?;
+        let job = pending.remove(&id)?;
+        inflight.insert(id);
+        Some((id, job))
+    }
+
+    /// The next work: one job, or — when a storm is queued, the next job is a plain hint
+    /// and `batch_room` says a batch may start — a batch of up to [`BATCH_MAX`] plain hints
+    /// (in queue order). Without batch room, only what runs on its own.
+    fn take_work(&self, batch_room: bool) -> Option<Work> {
+        if !batch_room {
+            return self.take_unbatched().map(|(id, job)| Work::One(id, job));
+        }
         let (id, job) = self.take_next()?;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if !job.batchable() || st.pending.len() + 1 < BATCH_MIN {
@@ -202,6 +231,7 @@ impl ReconcileQueue {
         for (x, _) in &batch {
             inflight.insert(*x);
         }
+        self.batches.fetch_add(1, Ordering::SeqCst);
         Some(Work::Batch(batch))
     }
 
@@ -244,13 +274,15 @@ impl ReconcileQueue {
         stop: tokio_util::sync::CancellationToken,
     ) {
         let permits = Arc::new(Semaphore::new(parallelism.max(1)));
+        let batch_slots = (parallelism / 2).max(1);
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
             let next = loop {
                 let notified = self.wake.notified();
-                if let Some(work) = self.take_work() {
+                let batch_room = self.batches.load(Ordering::SeqCst) < batch_slots;
+                if let Some(work) = self.take_work(batch_room) {
                     break Some(work);
                 }
                 tokio::select! {
@@ -260,7 +292,12 @@ impl ReconcileQueue {
             };
             let (id, job) = match next {
                 None => return,
-                Some(Work::One(id, job)) => (id, job),
+                Some(Work::One(id, job)) => {
+                    if job.force_restart {
+                        tracing::debug!(instance_id = %id, trigger = %job.trigger.label(), "explicit request running");
+                    }
+                    (id, job)
+                }
                 Some(Work::Batch(jobs)) => {
                     let queue = self.clone();
                     let reconciler = reconciler.clone();
@@ -333,7 +370,11 @@ impl ReconcileQueue {
             .map(|(id, j)| (*id, j.trigger.clone()))
             .collect();
         let ids: Vec<Uuid> = pairs.iter().map(|(id, _)| *id).collect();
-        match reconciler.reconcile_batch(&pairs).await {
+        let slot = BatchSlot(&self.batches);
+        let result = reconciler.reconcile_batch(&pairs).await;
+        // Its slot is free before its jobs count as done (each wakes the runner).
+        drop(slot);
+        match result {
             Ok(rest) => {
                 let rest: HashSet<Uuid> = rest.into_iter().collect();
                 self.requeue_single(jobs.into_iter().filter(|(id, _)| rest.contains(id)));
@@ -352,6 +393,16 @@ impl ReconcileQueue {
         for id in ids {
             self.done(id);
         }
+    }
+}
+
+/// A running batch's slot, given back when dropped (a panic included: a slot lost for good
+/// would hold every later storm back).
+struct BatchSlot<'a>(&'a AtomicUsize);
+
+impl Drop for BatchSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -392,7 +443,7 @@ mod tests {
         for id in &few {
             q.enqueue(*id, Trigger::Resync, false, None);
         }
-        assert!(matches!(q.take_work(), Some(Work::One(..))));
+        assert!(matches!(q.take_work(true), Some(Work::One(..))));
         let q = ReconcileQueue::new();
         let ids: Vec<Uuid> = (0..BATCH_MAX + BATCH_MIN + 10)
             .map(|_| Uuid::new_v4())
@@ -411,11 +462,11 @@ mod tests {
         let asked = Uuid::new_v4();
         q.enqueue(asked, Trigger::RestartRequest, true, None);
         // The explicit request first, and alone.
-        match q.take_work() {
+        match q.take_work(true) {
             Some(Work::One(id, _)) => assert_eq!(id, asked),
             _ => panic!("the restart request did not come first, alone"),
         }
-        let Some(Work::Batch(batch)) = q.take_work() else {
+        let Some(Work::Batch(batch)) = q.take_work(true) else {
             panic!("no batch for a storm");
         };
         assert_eq!(batch.len(), BATCH_MAX);
@@ -426,7 +477,7 @@ mod tests {
         for (id, _) in &batch {
             q.done(*id);
         }
-        let Some(Work::Batch(rest)) = q.take_work() else {
+        let Some(Work::Batch(rest)) = q.take_work(true) else {
             panic!("the rest of the storm was not batched");
         };
         assert_eq!(
@@ -435,7 +486,7 @@ mod tests {
             "handed-back jobs are never batched again"
         );
         for _ in 0..2 {
-            match q.take_work() {
+            match q.take_work(true) {
                 Some(Work::One(id, job)) => {
                     assert!(job.single);
                     assert!(id == ids[0] || id == ids[1]);
@@ -443,6 +494,47 @@ mod tests {
                 _ => panic!("a handed-back job was batched again"),
             }
         }
+    }
+
+    #[test]
+    fn batches_leave_room_for_what_runs_alone() {
+        let q = ReconcileQueue::new();
+        let hint = || Trigger::Notification {
+            op: "insert".into(),
+            at: None,
+        };
+        let storm: Vec<Uuid> = (0..3 * BATCH_MAX).map(|_| Uuid::new_v4()).collect();
+        for id in &storm {
+            q.enqueue(*id, hint(), false, None);
+        }
+        assert!(matches!(q.take_work(true), Some(Work::Batch(_))));
+        assert_eq!(q.batches.load(Ordering::SeqCst), 1);
+        // No batch room: the storm's hints wait, and nothing else is queued.
+        assert!(q.take_work(false).is_none());
+        // A restart request and a handed-back job still run at once, in queue order.
+        let asked = Uuid::new_v4();
+        q.enqueue(asked, Trigger::RestartRequest, true, None);
+        let back = storm[BATCH_MAX + 5];
+        q.requeue_single([(back, Job::new(hint(), false, None))]);
+        match q.take_work(false) {
+            Some(Work::One(id, _)) => assert_eq!(id, asked),
+            _ => panic!("the restart request waited for batch room"),
+        }
+        match q.take_work(false) {
+            Some(Work::One(id, job)) => {
+                assert_eq!(id, back);
+                assert!(job.single);
+            }
+            _ => panic!("a job that runs alone waited for batch room"),
+        }
+        assert!(q.take_work(false).is_none());
+        // A slot is given back even when its batch panics.
+        let slots = AtomicUsize::new(1);
+        let _ = std::panic::catch_unwind(|| {
+            let _slot = BatchSlot(&slots);
+            panic!("batch failed");
+        });
+        assert_eq!(slots.load(Ordering::SeqCst), 0);
     }
 
     #[test]
