@@ -232,10 +232,13 @@ impl Reconciler {
         force_restart: bool,
         dry_run: bool,
     ) -> Result<Outcome, DuroError> {
+        let t0 = Instant::now();
         let Some(row) = cms::instance_by_id(self.pool(), id).await? else {
             return self.reconcile_deleted(id, trigger, dry_run).await;
         };
+        let read = t0.elapsed();
         let observed = self.observe(row).await?;
+        let observe = t0.elapsed() - read;
         let mut decision = verdict::decide(&observed, &self.rules, Utc::now());
         if force_restart {
             if self.control.wants_actor(&observed.row.state) {
@@ -248,8 +251,15 @@ impl Reconciler {
                 );
             }
         }
-        self.act(&observed, decision, trigger, force_restart, dry_run)
-            .await
+        let outcome = self
+            .act(&observed, decision, trigger, force_restart, dry_run)
+            .await;
+        if force_restart {
+            tracing::debug!(instance_id = %id, read_ms = read.as_millis() as u64,
+                observe_ms = observe.as_millis() as u64,
+                act_ms = (t0.elapsed() - read - observe).as_millis() as u64, "explicit restart timing");
+        }
+        outcome
     }
 
     /// The row is gone: cancel every live incarnation.

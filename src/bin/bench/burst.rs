@@ -121,13 +121,14 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
             sqlx::query("SELECT toygres_cms.request_actor_restart('canary')")
                 .execute(&pool)
                 .await?;
+            let request = asked.elapsed().as_secs_f64();
             while asked.elapsed() < PATIENCE {
                 if restarted(&pool, canary, &before).await? {
-                    return anyhow::Ok(Some(asked.elapsed().as_secs_f64()));
+                    return anyhow::Ok((Some(asked.elapsed().as_secs_f64()), request));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Ok(None)
+            Ok((None, request))
         })
     };
     let (mut all_running_s, mut all_healthy_s) = (None, None);
@@ -164,8 +165,8 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
         }
         tokio::time::sleep(POLL).await;
     }
-    let restart_in_storm_s = watch.await??;
-    print_restart_path(&env.pool, canary).await;
+    let (restart_in_storm_s, request_s) = watch.await??;
+    print_restart_path(&env.pool, canary, request_s).await;
     let cpu_insert = w.finish(&env);
     let (_, top_insert) = crate::capacity::profile(&env).await;
     let turns1 = metric(&svc.metrics().await, TURNS);
@@ -217,10 +218,11 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
     Ok(report)
 }
 
-/// Where the canary's restart spent its time, from the database's own timestamps (ms after
-/// the request's commit): decided (the swap's transaction), leased to a replica, request
-/// marked handled.
-async fn print_restart_path(pool: &sqlx::PgPool, canary: uuid::Uuid) {
+/// Where the canary's restart spent its time: how long the request's own statement took
+/// (its commit included), then from the database's own timestamps (ms after the request's
+/// transaction began): decided (the swap's transaction), leased to a replica, request marked
+/// handled.
+async fn print_restart_path(pool: &sqlx::PgPool, canary: uuid::Uuid, request_s: f64) {
     type Path = (f64, f64, Option<f64>);
     let row: Result<Option<Path>, _> = sqlx::query_as(
         "SELECT extract(epoch FROM d.decided_at - r.requested_at)::float8 * 1000,
@@ -240,8 +242,9 @@ async fn print_restart_path(pool: &sqlx::PgPool, canary: uuid::Uuid) {
     .await;
     if let Ok(Some((decided, leased, handled))) = row {
         println!(
-            "restart amid the storm, ms after the request: decided {decided:.0}, leased {leased:.0}, \
-             request handled {}",
+            "restart amid the storm: the request's statement took {:.0} ms; ms after the request's \
+             start: decided {decided:.0}, leased {leased:.0}, request handled {}",
+            request_s * 1000.0,
             handled.map_or("–".to_string(), |h| format!("{h:.0}"))
         );
     }
