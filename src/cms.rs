@@ -142,14 +142,7 @@ pub enum Fenced {
     Refused,
 }
 
-/// How a check's write commits (`--check-commit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CheckCommit {
-    /// Without waiting for the WAL flush (synchronous_commit off for that transaction).
-    Async,
-    /// As every other write: the commit waits until the row is on disk.
-    Durable,
-}
+pub use crate::config::CheckCommit;
 
 /// The one statement of a check under a probe lease (`migrations/0008`): fenced on actor
 /// id, holder, epoch and the holder's liveness, and on the state and target in `seen`.

@@ -185,6 +185,15 @@ pub fn valid_schema_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// How a check's write commits (`--check-commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckCommit {
+    /// Without waiting for the WAL flush (synchronous_commit off for that transaction).
+    Async,
+    /// As every other write: the commit waits until the row is on disk.
+    Durable,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,7 +143,7 @@ pub struct RunArgs {
         value_enum,
         default_value = "async"
     )]
-    pub check_commit: crate::cms::CheckCommit,
+    pub check_commit: config::CheckCommit,
     /// How long health history rows are kept.
     #[arg(long, env = "TOYGRES_ACTORS_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub history_retention: Duration,

@@ -583,34 +583,4 @@ impl Reconciler {
             tracing::warn!(error = %e, "could not record the decision");
         }
     }
-
-    /// A durable restart request: restart if one is still pending and the row calls for an
-    /// actor, then mark the instance's pending requests handled with the outcome.
-    pub async fn honour_restart_request(&self, instance: Uuid) -> Result<Outcome, DuroError> {
-        // Read twice (control worker and full reconcile) and run one after the other: the
-        // second run finds the request handled and only reconciles.
-        let pending: bool = sqlx::query_scalar(sql::RESTART_REQUEST_PENDING)
-            .bind(instance)
-            .fetch_one(self.pool())
-            .await?;
-        let outcome = self
-            .reconcile_instance(instance, &Trigger::RestartRequest, pending, false)
-            .await?;
-        if !pending {
-            return Ok(outcome);
-        }
-        let text = match (&outcome.skipped, outcome.action) {
-            (None, "restart") => format!(
-                "restarted: new actor {}",
-                outcome.new_actor_id.as_deref().unwrap_or("?")
-            ),
-            _ => format!("not restarted: {}", outcome.reason),
-        };
-        sqlx::query(sql::FINISH_RESTART_REQUESTS)
-            .bind(instance)
-            .bind(&text)
-            .execute(self.pool())
-            .await?;
-        Ok(outcome)
-    }
 }
