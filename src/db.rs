@@ -116,7 +116,7 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
 /// connection turns PostgreSQL's JIT off. With the default `jit_above_cost`, a stale row
 /// estimate is enough to JIT-compile a 30 ms statement for a second (the fleet query after
 /// a burst of 10,000 starts: 1.07 s, inlining and optimisation included).
-const SESSION_OPTIONS: &str = "-c jit=off";
+pub(crate) const SESSION_OPTIONS: &str = "-c jit=off";
 
 fn sqlx_options(config: &ConnConfig, application: &str) -> Result<PgConnectOptions, DbError> {
     let url = config

@@ -266,32 +266,8 @@ async fn record_check_seen_is_fenced_on_the_row_the_probe_saw() {
     let id = db
         .insert_instance("pg-seen", "running", Some("host=old.example"))
         .await;
-    sqlx::query(
-        "INSERT INTO toygres_actors.replicas (name, epoch, expires_at) VALUES ('r1', 1, now() + interval '1 hour')",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
     // The row names actor-a, whose probe lease replica r1 (epoch 1) holds.
-    let own = |id: uuid::Uuid| {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query("UPDATE toygres_cms.instances SET instance_actor_orchestration_id = 'actor-a' WHERE id = $1")
-                .bind(id)
-                .execute(&pool)
-                .await
-                .unwrap();
-            sqlx::query(
-                "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
-                 VALUES ($1, 'actor-a', 'r1', 1, now() + interval '1 hour')",
-            )
-            .bind(id)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    };
-    own(id).await;
+    lease_to_r1(&db, id, "actor-a").await;
     type Out = (Option<bool>, Option<String>, Option<String>, Option<String>);
     let write = |holder: &'static str, state: &'static str, target: &'static str| {
         let pool = db.pool.clone();

@@ -90,9 +90,10 @@ pub fn store_url(
     async_commit: bool,
     origin: &str,
 ) -> Result<String, DuroError> {
-    let mut opts = String::from(
-        "-c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off -c enable_sort=off \
-         -c enable_bitmapscan=off -c jit=off",
+    let mut opts = format!(
+        "{} -c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off \
+         -c enable_sort=off -c enable_bitmapscan=off",
+        crate::db::SESSION_OPTIONS
     );
     if async_commit {
         opts.push_str(" -c synchronous_commit=off");
