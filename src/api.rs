@@ -52,6 +52,8 @@ pub struct Shared {
     pub liveness: watch::Receiver<crate::replica::Liveness>,
     pub listener: watch::Receiver<ListenerStatus>,
     pub worker_only: bool,
+    /// Restarts run on the priority lane when there is one.
+    pub lane: Option<Arc<crate::reconcile::PriorityLane>>,
 }
 
 pub fn router(shared: Shared) -> Router {
@@ -269,7 +271,13 @@ async fn actor_action(
     };
     let result = match action.as_str() {
         "start" => ops::start(&s.reconciler, &name, "api").await,
-        "restart" => ops::restart(&s.reconciler, &name, "api").await,
+        "restart" => match &s.lane {
+            Some(lane) => lane
+                .call(move |lane| async move { ops::restart(&lane, &name, "api").await })
+                .await
+                .unwrap_or_else(|| Err(ops::OpsError::Internal("shutting down".into()))),
+            None => ops::restart(&s.reconciler, &name, "api").await,
+        },
         "cancel" => ops::cancel(&s.reconciler, &name, "api").await,
         other => {
             return error(

@@ -109,7 +109,7 @@ const MIGRATE_LOCK_KEY: i64 = 0x746f_7967_7265_734d;
 /// only: see [`crate::conn`]), never echoing it (it may hold a password).
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
     let config = ConnConfig::parse(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
-    sqlx_options(&config, "toygres-actors")
+    sqlx_options(&config, APPLICATION)
 }
 
 /// Every statement of ours is short (lookups by key, small batches, the fleet query): the
@@ -131,7 +131,7 @@ fn sqlx_options(config: &ConnConfig, application: &str) -> Result<PgConnectOptio
 /// ([`ConnConfig::preflight`]): a certificate problem is then reported in our words, and
 /// only the CAs of `sslrootcert` are trusted for it.
 pub async fn cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    cms_pool_with(url, max_connections, false).await
+    cms_pool_with(url, max_connections, false, APPLICATION).await
 }
 
 /// The service's CMS pool: as [`cms_pool`], but a connection is tested before use only when
@@ -139,10 +139,23 @@ pub async fn cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError
 /// whose long-lived sessions report trouble (the service's listener, leader session and
 /// store wake listener).
 pub async fn watched_cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    cms_pool_with(url, max_connections, true).await
+    cms_pool_with(url, max_connections, true, APPLICATION).await
 }
 
-async fn cms_pool_with(url: &str, max_connections: u32, watched: bool) -> Result<PgPool, DbError> {
+/// The priority lane's own CMS connections ([`crate::reconcile::PriorityLane`]), watched as
+/// the service's pool is; `toygres-actors-lane` in `pg_stat_activity`.
+pub async fn lane_cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    cms_pool_with(url, max_connections, true, "toygres-actors-lane").await
+}
+
+const APPLICATION: &str = "toygres-actors";
+
+async fn cms_pool_with(
+    url: &str,
+    max_connections: u32,
+    watched: bool,
+    application: &str,
+) -> Result<PgPool, DbError> {
     let mut config = ConnConfig::parse(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
     if config.needs_preflight() {
         config
@@ -150,7 +163,7 @@ async fn cms_pool_with(url: &str, max_connections: u32, watched: bool) -> Result
             .await
             .map_err(|e| DbError::Connect(e.to_string()))?;
     }
-    let opts = sqlx_options(&config, "toygres-actors")?;
+    let opts = sqlx_options(&config, application)?;
     process_start();
     let mut options = PgPoolOptions::new()
         .max_connections(max_connections)

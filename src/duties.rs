@@ -14,7 +14,7 @@ use crate::health::Prober;
 use crate::identity::Term;
 use crate::listener::{self, ListenerSettings, ListenerStatus};
 use crate::metrics::{self, FleetEntry, FleetGauges};
-use crate::reconcile::{ControlInbox, ReconcileQueue, Reconciler};
+use crate::reconcile::{ControlInbox, PriorityLane, ReconcileQueue, Reconciler};
 use crate::verdict::Verdict;
 
 pub struct LeaderDuties {
@@ -24,6 +24,8 @@ pub struct LeaderDuties {
     pub parallelism: usize,
     pub resync_interval: Duration,
     pub history_retention: Duration,
+    /// Where explicit restarts run (see [`PriorityLane`]).
+    pub lane: Option<Arc<PriorityLane>>,
 }
 
 /// Start the leader duties whenever we are elected; stop them when we are not.
@@ -46,7 +48,7 @@ pub async fn lead_when_elected(
         duties.reconciler.set_term(Some(term.clone()));
         let term_stop = stop.child_token();
         let queue = Arc::new(ReconcileQueue::new());
-        let inbox = ControlInbox::new();
+        let inbox = ControlInbox::with_lane(duties.lane.clone());
         let handles = vec![
             tokio::spawn(inbox.clone().run(
                 duties.reconciler.clone(),

@@ -97,6 +97,21 @@ impl Prober {
         Ok(self)
     }
 
+    /// A prober of its own with the same settings (timeouts, default root certificate) that
+    /// keeps no connections and runs at most `max_concurrent` probes: the priority lane's.
+    pub fn sibling(&self, max_concurrent: usize) -> Prober {
+        Prober {
+            settings: ProbeSettings {
+                keep_connections: 0,
+                max_concurrent,
+                ..self.settings.clone()
+            },
+            default_root_cert: self.default_root_cert.clone(),
+            kept: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(max_concurrent.max(1)),
+        }
+    }
+
     /// Probe `target` (a connection string) for `instance`.
     pub async fn probe(&self, instance: Uuid, target: &str) -> ProbeResult {
         let _slot = self.slots.acquire().await.ok();

@@ -161,6 +161,38 @@ impl Scheduler {
         self.lease_due(lease, self.origin);
     }
 
+    /// A lease whose first check already ran elsewhere (the priority lane's, for an explicit
+    /// restart): the next check comes after [`jittered`], with that check's failures and
+    /// what its write returned. An entry of the same actor stays as it is.
+    pub fn lease_checked(&self, lease: Lease, failures: u32, seen: Option<cms::Seen>) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if let Some(e) = st.entries.get(&lease.instance_id)
+            && e.lease.actor_id == lease.actor_id
+        {
+            return;
+        }
+        st.next_generation += 1;
+        let generation = st.next_generation;
+        let id = lease.instance_id;
+        let due = Instant::now() + jittered(id, lease.interval);
+        st.entries.insert(
+            id,
+            Entry {
+                due,
+                generation,
+                running: false,
+                failures,
+                spread_next: false,
+                seen,
+                lease,
+            },
+        );
+        st.heap.push(Reverse((due, generation, id)));
+        drop(guard);
+        self.wake.notify_one();
+    }
+
     fn lease_due(&self, lease: Lease, due: Instant) {
         let mut guard = self.lock();
         let st = &mut *guard;

@@ -9,10 +9,12 @@
 //!    triggers of `migrations/0002`), `toygres_actor_control` and
 //!    `toygres_actor_restart_requested`. A notification is only a hint naming an instance;
 //!    the listener only receives and hands over (to the reconcile queue, or the control
-//!    inbox, `reconcile/inbox.rs`, whose worker does the database work).
+//!    inbox, `reconcile/inbox.rs`, whose worker does the database work; restarts to the
+//!    priority lane, `reconcile/lane.rs`: a thread, runtime and connections of its own).
 //! 2. **[`reconcile`]** — level-triggered: for one instance it compares the row (desired) with
 //!    Duroxide's state (actual) and starts, cancels, restarts or leaves the actor, classifying
-//!    it with a [`verdict::Verdict`]; automatic actions are fenced by the leader's term.
+//!    it with a [`verdict::Verdict`] (`reconcile/act.rs` carries the decision out);
+//!    automatic actions are fenced by the leader's term.
 //!    `reconcile/fleet.rs` observes the whole fleet in two queries (the full reconcile after
 //!    every (re)connect and on a timer); `reconcile/queue.rs` is the delivery around it
 //!    (coalescing per instance, bounded concurrency, retry with backoff), which hands a

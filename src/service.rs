@@ -135,7 +135,7 @@ pub async fn start(
         },
     );
     let control = if args.eager_first_check {
-        control.with_eager_first_check(deps, scheduler.clone())
+        control.with_eager_first_check(deps.clone(), scheduler.clone())
     } else {
         control
     };
@@ -145,6 +145,8 @@ pub async fn start(
             .with_restart_limits(args.restart_min_interval, args.restart_rate)
             .with_heal_pause_share(args.heal_pause_share),
     );
+    // Explicit restarts run on a thread, runtime and connections of their own.
+    let lane = crate::reconcile::PriorityLane::start(reconciler.clone(), &url, &deps).await?;
     let liveness = Arc::new(Replica::new(
         pool.clone(),
         scheduler.clone(),
@@ -215,6 +217,7 @@ pub async fn start(
                 parallelism: args.reconcile_parallelism,
                 resync_interval: args.resync_interval,
                 history_retention: args.history_retention,
+                lane: Some(lane.clone()),
             },
             leading_rx.clone(),
             lead_stop.clone(),
@@ -232,6 +235,7 @@ pub async fn start(
         liveness: liveness.liveness(),
         listener: listener_rx,
         worker_only: args.worker_only,
+        lane: Some(lane.clone()),
     };
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
@@ -277,6 +281,9 @@ impl RunningService {
             {
                 tracing::warn!("a leader task did not stop within 10 s");
             }
+        }
+        if let Some(lane) = &self.shared.lane {
+            lane.stop();
         }
         // 2. Probe leases to the live replicas, before anything drains.
         if let Err(e) = self.replica.hand_over().await {

@@ -603,3 +603,49 @@ async fn a_restart_request_read_twice_restarts_once() {
     assert_ne!(db.actor_id("pg-twice").await.unwrap(), second);
     stack.shutdown().await;
 }
+
+/// One request honoured twice at the same moment (the priority lane, and the queue after a
+/// full reconcile) restarts once: the second run waits for the first, finds the request
+/// handled and only reconciles — it neither restarts again nor fails on the swap.
+#[tokio::test]
+async fn a_restart_request_honoured_twice_at_once_restarts_once() {
+    use toygres_actors::reconcile::Reconciler;
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
+    let reconciler = Reconciler::new(
+        stack.control.clone(),
+        Duration::from_secs(300),
+        "test".into(),
+    )
+    .with_restart_limits(Duration::ZERO, 100);
+    db.insert_instance("pg-at-once", "running", Some(&support::reachable_target()))
+        .await;
+    let row = stack.row("pg-at-once").await;
+    stack
+        .control
+        .replace(&row, "test start", None)
+        .await
+        .unwrap();
+    let first = db.actor_id("pg-at-once").await.unwrap();
+    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-at-once')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        reconciler.honour_restart_request(row.id),
+        reconciler.honour_restart_request(row.id)
+    );
+    let (a, b) = (a.expect("first run"), b.expect("second run"));
+    let actions = [a.action, b.action];
+    assert_eq!(
+        actions.iter().filter(|a| **a == "restart").count(),
+        1,
+        "{a:?} {b:?}"
+    );
+    assert_ne!(db.actor_id("pg-at-once").await.unwrap(), first);
+    let restarts = db
+        .scalar_i64("SELECT count(*) FROM toygres_actors.decisions WHERE action = 'restart'")
+        .await;
+    assert_eq!(restarts, 1);
+    stack.shutdown().await;
+}

@@ -263,3 +263,73 @@ where
     assert_eq!(doubly_started_once_decided(db).await, 0);
     assert_eq!(support::doubled_live_actors(db).await, 0);
 }
+
+/// An explicit restart runs on the priority lane — its own thread, runtime and connections —
+/// so nothing that holds up the service's own pool holds it up. Here the service has one
+/// pooled connection and it is stuck: a check's write waits on a row lock this test holds.
+/// A durable restart request of another instance is still done (new actor named, its first
+/// check written) while the lock is held.
+#[tokio::test]
+async fn an_explicit_restart_is_done_while_the_services_pool_is_stuck() {
+    let db = TestDb::new().await;
+    let target = support::reachable_target();
+    db.insert_instance("pg-blocker", "running", Some(&target))
+        .await;
+    db.insert_instance("pg-canary", "running", Some(&target))
+        .await;
+    let mut svc = ServiceProc::start(&db, &["--cms-pool-max", "1"]).await;
+    wait_until("both checked", T, || async {
+        (db.checks_of("pg-blocker").await > 0 && db.checks_of("pg-canary").await > 0).then_some(())
+    })
+    .await;
+    let before = db.actor_id("pg-canary").await.expect("the canary's actor");
+
+    // The blocker's next check (every second) waits on this lock, holding the only pooled
+    // connection of the service.
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM toygres_cms.instances WHERE k8s_name = 'pg-blocker' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let stuck = "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = 'toygres-actors' AND wait_event_type = 'Lock'";
+    wait_until(
+        "the service's pooled connection waits on the lock",
+        T,
+        || async { (db.scalar_i64(stuck).await > 0).then_some(()) },
+    )
+    .await;
+
+    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-canary')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let done = "SELECT count(*) FROM toygres_cms.instances c
+                  JOIN toygres_actors.probe_leases l
+                    ON l.instance_id = c.id AND l.actor_id = c.instance_actor_orchestration_id
+                 WHERE c.k8s_name = 'pg-canary' AND c.last_health_check > l.assigned_at";
+    // Less than the pool's acquire timeout (10 s): the stuck pool never gave way meanwhile.
+    wait_until(
+        "the restart done through the lane",
+        Duration::from_secs(8),
+        || async {
+            (db.actor_id("pg-canary").await.as_deref() != Some(before.as_str())
+                && db.scalar_i64(done).await == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        db.scalar_i64(stuck).await > 0,
+        "the service's pool must still be stuck: the restart did not need it"
+    );
+    let restarts = db
+        .scalar_i64(
+            "SELECT count(*) FROM toygres_actors.decisions
+              WHERE k8s_name = 'pg-canary' AND action = 'restart' AND trigger = 'restart-request'",
+        )
+        .await;
+    assert_eq!(restarts, 1);
+    lock.rollback().await.unwrap();
+    svc.stop();
+}

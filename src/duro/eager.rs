@@ -3,10 +3,12 @@
 //! turn and lease activity (which only confirm or move the lease). A start takes the lease
 //! in its own transaction; a state change right after it is seen.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ActorControl, DuroError};
 use crate::actor::{self, ActorInput};
+use crate::check::{ActorDeps, CheckInput, CheckOutcome};
 use crate::cms::InstanceRow;
 
 /// How a started or changed actor is put on this replica's scheduler.
@@ -69,6 +71,54 @@ impl ActorControl {
     pub(super) fn schedule_first_check(&self, input: &ActorInput, actor_id: &str, how: Eager) {
         if let Some((_, scheduler)) = &self.eager {
             schedule(scheduler, self.first_lease(input, actor_id), how);
+        }
+    }
+
+    /// The same control on the priority lane's connections, with the lane's own checks
+    /// (`deps`): an explicit restart's first check runs inline on the lane, then the
+    /// scheduler takes the lease over for the checks after it.
+    pub fn for_lane(&self, pool: sqlx::PgPool, deps: Arc<ActorDeps>) -> Self {
+        let mut lane = self.clone();
+        lane.pool = pool;
+        if let Some((_, scheduler)) = &self.eager {
+            lane.eager = Some((deps, scheduler.clone()));
+            lane.first_check_inline = true;
+        }
+        lane
+    }
+
+    /// The first check of an actor started here, leased to this replica, run now by the
+    /// caller (the priority lane): neither the scheduler's queue of due checks nor its probe
+    /// slots stand in front of it. The scheduler then checks it on its rhythm; a check that
+    /// could not run goes to the front of the scheduler's queue instead.
+    pub(super) async fn first_check_here(&self, input: &ActorInput, actor_id: &str) {
+        let Some((deps, scheduler)) = &self.eager else {
+            return;
+        };
+        let lease = self.first_lease(input, actor_id);
+        let holder = (scheduler.id().name(), scheduler.id().epoch());
+        let check = CheckInput {
+            instance_id: input.instance_id,
+            actor_states: input.actor_states.clone(),
+            consecutive_failures: 0,
+            unhealthy_after: input.unhealthy_after,
+        };
+        match crate::check::leased_check(deps, actor_id, holder, check, None).await {
+            Ok((
+                CheckOutcome::Checked {
+                    consecutive_failures,
+                    ..
+                },
+                seen,
+            )) => scheduler.lease_checked(lease, consecutive_failures, seen),
+            // The lease moved, the row changed to a state without an actor, or the actor was
+            // superseded meanwhile: nothing of ours to schedule.
+            Ok((CheckOutcome::LeaseLost | CheckOutcome::Exit { .. }, _)) => {}
+            Ok((CheckOutcome::Leased { .. }, _)) => scheduler.lease_first(lease),
+            Err(e) => {
+                tracing::debug!(actor_id, error = %e, "the lane's first check could not run; the scheduler runs it first");
+                scheduler.lease_first(lease);
+            }
         }
     }
 

@@ -224,6 +224,9 @@ pub struct ActorControl {
     /// Duroxide's dispatcher has run the actor's first turn and lease activity (which only
     /// confirm or move the lease): see [`ActorInput::eager_first_check`].
     pub eager: Option<(Arc<ActorDeps>, Arc<crate::lease::Scheduler>)>,
+    /// The priority lane's control ([`ActorControl::for_lane`]): an explicit restart's first
+    /// check runs here, inline, before the restart returns.
+    first_check_inline: bool,
 }
 
 /// The decision a start or restart records in its own transaction, so that no crash can
@@ -252,6 +255,7 @@ impl ActorControl {
             schema: schema.to_string(),
             settings,
             eager: None,
+            first_check_inline: false,
         }
     }
 
@@ -504,7 +508,9 @@ impl ActorControl {
         let leased = self.lease_in(&mut tx, &input, &new_id).await?;
         self.enqueue_and_commit_at(tx, &new_id, &item, urgent)
             .await?;
-        if leased {
+        if leased && urgent && self.first_check_inline {
+            self.first_check_here(&input, &new_id).await;
+        } else if leased {
             let how = if urgent {
                 Eager::LeaseFirst
             } else {

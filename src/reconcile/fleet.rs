@@ -2,6 +2,7 @@
 //! full reconcile that queues (or carries out) whatever needs healing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -138,8 +139,9 @@ impl Reconciler {
     /// A durable restart request: restart if one is still pending and the row calls for an
     /// actor, then mark the instance's pending requests handled with the outcome.
     pub async fn honour_restart_request(&self, instance: Uuid) -> Result<Outcome, DuroError> {
-        // Read twice (control worker and full reconcile) and run one after the other: the
-        // second run finds the request handled and only reconciles.
+        // Read twice (the priority lane, the queue after a full reconcile) and run one after
+        // the other: the second run finds the request handled and only reconciles.
+        let _turn = self.honouring.take(instance).await;
         let pending: bool = sqlx::query_scalar(sql::RESTART_REQUEST_PENDING)
             .bind(instance)
             .fetch_one(self.pool())
@@ -254,5 +256,46 @@ impl FleetRow {
             actor_created_at: self.actor_created_at,
             other_live,
         }
+    }
+}
+
+/// Instances with a restart request being honoured in this process: a second run for the
+/// same instance waits its turn (runs for other instances do not).
+#[derive(Default)]
+pub(super) struct InstanceTurns {
+    busy: std::sync::Mutex<HashSet<Uuid>>,
+    freed: tokio::sync::Notify,
+}
+
+impl InstanceTurns {
+    async fn take(self: &Arc<Self>, id: Uuid) -> Turn {
+        loop {
+            // Registered before the look, so a release in between is not missed.
+            let freed = self.freed.notified();
+            if self.lock().insert(id) {
+                return Turn {
+                    turns: self.clone(),
+                    id,
+                };
+            }
+            freed.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One instance's turn; released on drop (a panic or a cancelled future included).
+struct Turn {
+    turns: Arc<InstanceTurns>,
+    id: Uuid,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.turns.lock().remove(&self.id);
+        self.turns.freed.notify_waiters();
     }
 }

@@ -10,6 +10,10 @@
 //! - a durable restart request (`request_actor_restart()`) is one flag too: the worker reads
 //!   the pending requests from the table, where only that function writes.
 //!
+//! In the service, restarts skip the worker: durable requests and `restart <name>` go
+//! straight to the priority lane ([`super::PriorityLane`]), which bounds and coalesces
+//! names the same way.
+//!
 //! Names are looked up by the worker; unknown ones are dropped and counted as invalid.
 //! Restarts that get through are still bound by the reconciler's per-instance minimum
 //! interval and fleet-wide rate (see [`super::Reconciler`]).
@@ -21,7 +25,9 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReconcileQueue, Reconciler, Trigger};
+use uuid::Uuid;
+
+use super::{PriorityLane, ReconcileQueue, Reconciler, Trigger};
 use crate::config::{self, CHANNEL_CONTROL};
 use crate::metrics;
 
@@ -45,11 +51,22 @@ struct State {
 pub struct ControlInbox {
     state: Mutex<State>,
     wake: Notify,
+    /// Where restarts go when there is one (the service): see [`PriorityLane`].
+    lane: Option<Arc<PriorityLane>>,
 }
 
 impl ControlInbox {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Restarts (durable requests, `restart <name>`) go to the priority lane; the rest is
+    /// worked off here.
+    pub fn with_lane(lane: Option<Arc<PriorityLane>>) -> Arc<Self> {
+        Arc::new(Self {
+            lane,
+            ..Self::default()
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -59,6 +76,9 @@ impl ControlInbox {
     /// A named request; a restart wins over a reconcile of the same name. Returns false
     /// when the inbox is full (the request is dropped and counted).
     pub fn named(&self, name: &str, ask: Ask) -> bool {
+        if let (Some(lane), Ask::Restart) = (&self.lane, ask) {
+            return lane.restart_named(name.to_string());
+        }
         let mut st = self.lock();
         match st.named.get_mut(name) {
             Some(a) => {
@@ -89,6 +109,10 @@ impl ControlInbox {
 
     /// A durable restart request was made (read the table).
     pub fn restart_requests(&self) {
+        if let Some(lane) = &self.lane {
+            lane.restart_requests();
+            return;
+        }
         self.lock().restart_requests = true;
         self.wake.notify_one();
     }
@@ -172,30 +196,41 @@ impl ControlInbox {
     }
 
     async fn resolve(&self, reconciler: &Reconciler, queue: &ReconcileQueue, name: &str, ask: Ask) {
-        match crate::cms::instance_by_name(&reconciler.control.pool, name).await {
-            Ok(Some(row)) => {
-                let label = match ask {
-                    Ask::Restart => "restart",
-                    Ask::Reconcile => "reconcile",
-                };
-                metrics::notification(CHANNEL_CONTROL, label);
-                match ask {
-                    Ask::Restart => queue.enqueue(row.id, Trigger::ControlRestart, true, None),
-                    Ask::Reconcile => queue.enqueue(row.id, Trigger::ControlReconcile, false, None),
-                }
+        if let Some(id) = look_up(reconciler, name, ask).await {
+            match ask {
+                Ask::Restart => queue.enqueue(id, Trigger::ControlRestart, true, None),
+                Ask::Reconcile => queue.enqueue(id, Trigger::ControlReconcile, false, None),
             }
-            Ok(None) => {
-                metrics::invalid_notification(CHANNEL_CONTROL);
-                if !crate::quiet::INVALID_NOTIFICATIONS.admit() {
-                    return;
-                }
+        }
+    }
+}
+
+/// A named control request's instance: counted as received, or as invalid (unknown name)
+/// and logged within the quiet budget.
+pub(super) async fn look_up(reconciler: &Reconciler, name: &str, ask: Ask) -> Option<Uuid> {
+    match crate::cms::instance_by_name(reconciler.pool(), name).await {
+        Ok(Some(row)) => {
+            let label = match ask {
+                Ask::Restart => "restart",
+                Ask::Reconcile => "reconcile",
+            };
+            metrics::notification(CHANNEL_CONTROL, label);
+            Some(row.id)
+        }
+        Ok(None) => {
+            metrics::invalid_notification(CHANNEL_CONTROL);
+            if crate::quiet::INVALID_NOTIFICATIONS.admit() {
                 tracing::warn!(
                     channel = CHANNEL_CONTROL,
                     name = %crate::redact::for_log(name, 80),
                     "invalid notification ignored: unknown instance"
                 );
             }
-            Err(e) => tracing::warn!(error = %e, "control request: lookup failed"),
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "control request: lookup failed");
+            None
         }
     }
 }

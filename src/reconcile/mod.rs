@@ -18,7 +18,7 @@
 //! restart request bypasses it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -31,18 +31,21 @@ use crate::duro::{ActorControl, DuroError};
 use crate::identity::Term;
 use crate::metrics;
 use crate::sql;
-use crate::verdict::{self, Action, Decision, Observed, Rules, Verdict};
+use crate::verdict::{self, Action, Observed, Rules, Verdict};
 
+mod act;
 mod batch;
 mod breaker;
 mod fleet;
 mod inbox;
+mod lane;
 mod limits;
 mod queue;
 
 pub use breaker::HealingBreaker;
 pub use fleet::Fleet;
 pub use inbox::{Ask, ControlInbox};
+pub use lane::PriorityLane;
 use limits::HealBackoff;
 pub use limits::RestartLimits;
 pub use queue::ReconcileQueue;
@@ -100,18 +103,21 @@ pub struct Reconciler {
     /// This replica's name, stored with every decision.
     pub replica: String,
     /// Per-instance heal backoff (stale / zombie / finished → restart).
-    backoff: Mutex<HashMap<Uuid, HealBackoff>>,
+    backoff: Arc<Mutex<HashMap<Uuid, HealBackoff>>>,
     /// In the service, what the reconciler does on its own (everything but operator
     /// requests) is fenced by the leader's term: `None` until elected (and after stepping
     /// down), so a replica that does not lead writes nothing. The CLI is not fenced.
-    term: std::sync::RwLock<Option<Term>>,
+    term: Arc<std::sync::RwLock<Option<Term>>>,
     fenced: bool,
     /// Bounds on restarts (per instance and fleet-wide).
-    pub limits: RestartLimits,
+    pub limits: Arc<RestartLimits>,
     /// Stops healing stale actors when too much of the fleet is stale at once.
-    pub breaker: HealingBreaker,
+    pub breaker: Arc<HealingBreaker>,
     /// Stale instances whose live actor was re-leased here (instead of restarted), and when.
-    released: Mutex<HashMap<Uuid, Instant>>,
+    released: Arc<Mutex<HashMap<Uuid, Instant>>>,
+    /// Restart requests being honoured (the queue's and the priority lane's runs of one
+    /// request take turns: the second finds it handled).
+    honouring: Arc<fleet::InstanceTurns>,
 }
 
 impl Reconciler {
@@ -125,27 +131,51 @@ impl Reconciler {
             control,
             rules,
             replica,
-            backoff: Mutex::new(HashMap::new()),
-            term: std::sync::RwLock::new(None),
+            backoff: Arc::default(),
+            term: Arc::default(),
             fenced: false,
-            limits: RestartLimits::new(
+            limits: Arc::new(RestartLimits::new(
                 config::DEFAULT_RESTART_MIN_INTERVAL,
                 config::DEFAULT_RESTART_RATE,
-            ),
-            breaker: HealingBreaker::new(config::DEFAULT_HEAL_PAUSE_SHARE, interval),
-            released: Mutex::new(HashMap::new()),
+            )),
+            breaker: Arc::new(HealingBreaker::new(
+                config::DEFAULT_HEAL_PAUSE_SHARE,
+                interval,
+            )),
+            released: Arc::default(),
+            honouring: Arc::default(),
+        }
+    }
+
+    /// This reconciler acting through other connections (the priority lane's): term,
+    /// limits, breaker and backoff are shared with it.
+    pub(crate) fn sibling(&self, control: ActorControl) -> Self {
+        Self {
+            control,
+            rules: self.rules.clone(),
+            replica: self.replica.clone(),
+            backoff: self.backoff.clone(),
+            term: self.term.clone(),
+            fenced: self.fenced,
+            limits: self.limits.clone(),
+            breaker: self.breaker.clone(),
+            released: self.released.clone(),
+            honouring: self.honouring.clone(),
         }
     }
 
     /// The share of the fleet stale at once above which healing pauses.
     pub fn with_heal_pause_share(mut self, share: f64) -> Self {
-        self.breaker = HealingBreaker::new(share, self.control.settings.check_interval);
+        self.breaker = Arc::new(HealingBreaker::new(
+            share,
+            self.control.settings.check_interval,
+        ));
         self
     }
 
     /// Restart bounds other than the defaults (the service's flags).
     pub fn with_restart_limits(mut self, min_interval: Duration, per_second: u32) -> Self {
-        self.limits = RestartLimits::new(min_interval, per_second);
+        self.limits = Arc::new(RestartLimits::new(min_interval, per_second));
         self
     }
 
@@ -325,262 +355,5 @@ impl Reconciler {
             tracing::info!(instance_id = %id, actors = ?live, trigger = %trigger.label(), "removed the actors of a deleted instance");
         }
         Ok(outcome)
-    }
-
-    pub(crate) async fn act(
-        &self,
-        obs: &Observed,
-        decision: Decision,
-        trigger: &Trigger,
-        forced: bool,
-        dry_run: bool,
-    ) -> Result<Outcome, DuroError> {
-        let row = &obs.row;
-        let mut outcome = Outcome {
-            instance_id: row.id,
-            k8s_name: row.k8s_name.clone(),
-            verdict: decision.verdict,
-            reason: decision.reason.clone(),
-            action: decision.action.label(),
-            old_actor_id: row.actor_id.clone(),
-            new_actor_id: row.actor_id.clone(),
-            skipped: None,
-        };
-        if decision.action == Action::Noop {
-            self.settle_backoff(row, decision.verdict);
-            metrics::reconcile_action("noop");
-            // A state change of a live actor's row may change what its probe sees (a
-            // connection string arrived with `running`): check it now, not next interval.
-            if let Trigger::Notification { op, .. } = trigger
-                && op == "state"
-                && !dry_run
-                && row.has_target
-                && obs.actor.as_ref().is_some_and(|a| a.is_live())
-                && let Some(actor_id) = &row.actor_id
-                && self.term().is_some()
-            {
-                self.control.check_now(row, actor_id);
-            }
-            return Ok(outcome);
-        }
-        if dry_run {
-            outcome.skipped = Some("dry run".into());
-            return Ok(outcome);
-        }
-        // Heals of an existing actor are rate-limited per instance; first starts and
-        // explicit restarts are not.
-        let is_heal = matches!(decision.action, Action::Restart) && !forced;
-        if is_heal && let Some(wait) = self.backoff_remaining(row.id) {
-            outcome.skipped = Some(format!(
-                "heal backoff: next attempt in {}s",
-                wait.as_secs().max(1)
-            ));
-            tracing::debug!(instance = %crate::redact::for_log(&row.k8s_name, 255), verdict = %decision.verdict, "heal skipped: backoff");
-            metrics::reconcile_action("noop");
-            return Ok(outcome);
-        }
-        // Stale, not asked for: when much of the fleet is stale at once the cause is not the
-        // actors — alert (the breaker's gauge) instead of restarting them. And a stale actor
-        // that is alive is first re-leased here and checked at once; only if that does not
-        // help within one stale period is it restarted.
-        if decision.verdict == Verdict::Stale && !forced {
-            if self.breaker.holds() {
-                outcome.skipped = Some(
-                    "healing paused: too much of the fleet is stale at once (or was, less than a check interval ago)"
-                        .into(),
-                );
-                metrics::reconcile_action("noop");
-                return Ok(outcome);
-            }
-            let live = obs.actor.as_ref().is_some_and(|a| a.is_live());
-            if live
-                && self.term().is_some()
-                && let Some(actor_id) = &row.actor_id
-            {
-                let recently = {
-                    let mut map = self.released.lock().unwrap_or_else(|p| p.into_inner());
-                    let now = Instant::now();
-                    map.retain(|_, t| now.duration_since(*t) < self.rules.stale_after * 2);
-                    let recent = map
-                        .get(&row.id)
-                        .is_some_and(|t| now.duration_since(*t) < self.rules.stale_after);
-                    if !recent {
-                        map.insert(row.id, now);
-                    }
-                    recent
-                };
-                if !recently {
-                    self.control.check_now(row, actor_id);
-                    outcome.action = "re-lease";
-                    outcome.skipped = Some("the live actor was re-leased to this replica and checked at once; a restart follows only if it stays stale".into());
-                    metrics::reconcile_action("noop");
-                    self.log_decision(
-                        row.id,
-                        &row.k8s_name,
-                        "re-lease",
-                        &decision.reason,
-                        row.actor_id.as_deref(),
-                        row.actor_id.as_deref(),
-                        trigger,
-                        None,
-                    )
-                    .await;
-                    return Ok(outcome);
-                }
-            }
-        }
-        // Every restart, asked for or healing, is bound: per instance (a live actor younger
-        // than the minimum interval is not replaced; read from Duroxide, so it holds across
-        // replicas and the CLI) and fleet-wide (a token bucket).
-        if matches!(decision.action, Action::Restart) {
-            let live = obs.actor.as_ref().is_some_and(|a| a.is_live());
-            // A live actor Duroxide has not created yet (its start is queued) is brand new.
-            let age = match obs.actor_created_at {
-                Some(t) => (Utc::now() - t).to_std().unwrap_or_default(),
-                None => Duration::ZERO,
-            };
-            if live && age < self.limits.min_interval {
-                metrics::restart_limited("instance");
-                let wait = self.limits.min_interval - age;
-                if forced {
-                    return Err(DuroError::RateLimited(wait));
-                }
-                outcome.skipped = Some(format!(
-                    "restart held back: the actor is {}s old (minimum interval {}s)",
-                    age.as_secs(),
-                    self.limits.min_interval.as_secs()
-                ));
-                metrics::reconcile_action("noop");
-                return Ok(outcome);
-            }
-            if let Err(wait) = self.limits.take_token() {
-                metrics::restart_limited("fleet");
-                if forced {
-                    return Err(DuroError::RateLimited(wait));
-                }
-                outcome.skipped = Some("restart held back: fleet-wide restart rate".into());
-                metrics::reconcile_action("noop");
-                return Ok(outcome);
-            }
-        }
-        let started = Instant::now();
-        let fence = self.fence_for(trigger)?;
-        let fence = fence.as_ref();
-        // Starts and restarts record their decision in their own transaction.
-        let record = crate::duro::Record {
-            action: decision.action.label(),
-            reason: &decision.reason,
-            trigger: trigger.label(),
-            replica: &self.replica,
-        };
-        let recorded = !matches!(decision.action, Action::Cancel { .. });
-        let result = match &decision.action {
-            Action::Noop => unreachable!("handled above"),
-            Action::Start { named: Some(id) } => self
-                .control
-                .start_named(row, id, fence, Some(&record))
-                .await
-                .map(|_| (row.actor_id.clone(), Some(id.clone()))),
-            Action::Start { named: None } | Action::Restart => {
-                let reason = format!("{}: {}", decision.verdict, decision.reason);
-                let explicit = forced || matches!(trigger, Trigger::Operator(_));
-                self.control
-                    .replace_with(row, &reason, fence, explicit, Some(&record))
-                    .await
-                    .map(|t| (t.old_actor_id, t.new_actor_id))
-            }
-            Action::Cancel { actor_ids } => {
-                let mut r = Ok(());
-                for a in actor_ids {
-                    if let Err(e) = self.control.cancel(a, &decision.reason, fence).await {
-                        r = Err(e);
-                        break;
-                    }
-                }
-                r.map(|_| (actor_ids.first().cloned(), row.actor_id.clone()))
-            }
-        };
-        if is_heal {
-            self.note_heal(row.id);
-        }
-        match result {
-            Ok((old, new)) => {
-                outcome.old_actor_id = old.clone();
-                outcome.new_actor_id = new.clone();
-                metrics::reconcile_action(decision.action.label());
-                if let Trigger::Notification { at: Some(at), .. } = trigger {
-                    let now = Utc::now().timestamp_micros() as f64 / 1e6;
-                    metrics::event_to_action(now - at);
-                }
-                let explicit = forced || matches!(trigger, Trigger::Operator(_));
-                if explicit || crate::quiet::RECONCILED.admit() {
-                    tracing::info!(
-                    instance = %crate::redact::for_log(&row.k8s_name, 255), instance_id = %row.id, verdict = %decision.verdict,
-                    action = decision.action.label(), reason = %decision.reason,
-                    old_actor = old.as_deref().unwrap_or(""), new_actor = new.as_deref().unwrap_or(""),
-                    trigger = %trigger.label(), took_ms = started.elapsed().as_millis() as u64,
-                    "reconciled"
-                    );
-                }
-                if !recorded {
-                    self.log_decision(
-                        row.id,
-                        &row.k8s_name,
-                        decision.action.label(),
-                        &decision.reason,
-                        old.as_deref(),
-                        new.as_deref(),
-                        trigger,
-                        None,
-                    )
-                    .await;
-                }
-                Ok(outcome)
-            }
-            Err(e) => {
-                metrics::reconcile_error();
-                self.log_decision(
-                    row.id,
-                    &row.k8s_name,
-                    decision.action.label(),
-                    &decision.reason,
-                    row.actor_id.as_deref(),
-                    None,
-                    trigger,
-                    Some(&e.to_string()),
-                )
-                .await;
-                Err(e)
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn log_decision(
-        &self,
-        id: Uuid,
-        name: &str,
-        action: &str,
-        reason: &str,
-        old: Option<&str>,
-        new: Option<&str>,
-        trigger: &Trigger,
-        error: Option<&str>,
-    ) {
-        let r = sqlx::query(sql::INSERT_DECISION)
-            .bind(id)
-            .bind(name)
-            .bind(action)
-            .bind(reason)
-            .bind(old)
-            .bind(new)
-            .bind(trigger.label())
-            .bind(&self.replica)
-            .bind(error.map(crate::redact::redact_error))
-            .execute(self.pool())
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not record the decision");
-        }
     }
 }

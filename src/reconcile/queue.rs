@@ -407,7 +407,7 @@ impl Drop for BatchSlot<'_> {
 }
 
 /// Retry delay of a failed reconcile: 100 ms doubling to 30 s.
-fn retry_delay(attempt: u32) -> Duration {
+pub(super) fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(100)
         .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(12)))
         .min(Duration::from_secs(30))
