@@ -48,7 +48,14 @@ const LANE_PROBES: usize = 4;
 /// stays pending for the resync).
 const ATTEMPTS: u32 = 5;
 
-type Job = Box<dyn FnOnce(Arc<Reconciler>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+type Job = Box<dyn FnOnce(Arc<Lane>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// What runs on the lane's thread: the reconciler on the lane's connections, and one slot
+/// per connection (a flood of requests waits for a slot, not for the pool's timeout).
+struct Lane {
+    reconciler: Arc<Reconciler>,
+    slots: tokio::sync::Semaphore,
+}
 
 /// Hands explicit requests to the lane's thread.
 pub struct PriorityLane {
@@ -103,8 +110,11 @@ impl PriorityLane {
                         expect_standby,
                         check_commit,
                     });
-                    let lane =
-                        Arc::new(reconciler.sibling(reconciler.control.for_lane(pool, deps)));
+                    let control = reconciler.control.for_lane(pool, deps);
+                    let lane = Arc::new(Lane {
+                        reconciler: Arc::new(reconciler.sibling(control)),
+                        slots: tokio::sync::Semaphore::new(LANE_CONNECTIONS as usize),
+                    });
                     let _ = ready_tx.send(Ok(()));
                     loop {
                         tokio::select! {
@@ -158,7 +168,11 @@ impl PriorityLane {
         let in_flight = self.named.clone();
         let job: Job = Box::new(move |lane| {
             Box::pin(async move {
-                if let Some(id) = super::inbox::look_up(&lane, &name, Ask::Restart).await {
+                let found = {
+                    let _slot = lane.slots.acquire().await;
+                    super::inbox::look_up(&lane.reconciler, &name, Ask::Restart).await
+                };
+                if let Some(id) = found {
                     explicit(&lane, id, Trigger::ControlRestart).await;
                 }
                 in_flight
@@ -184,7 +198,8 @@ impl PriorityLane {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |lane| {
             Box::pin(async move {
-                let _ = tx.send(f(lane).await);
+                let _slot = lane.slots.acquire().await;
+                let _ = tx.send(f(lane.reconciler.clone()).await);
             })
         });
         self.jobs.send(job).ok()?;
@@ -205,8 +220,12 @@ impl Drop for PriorityLane {
 
 /// Read the pending durable requests and honour each (concurrently: one request does not
 /// wait for another instance's).
-async fn honour_pending(lane: Arc<Reconciler>) {
-    match lane.pending_restart_requests().await {
+async fn honour_pending(lane: Arc<Lane>) {
+    let pending = {
+        let _slot = lane.slots.acquire().await;
+        lane.reconciler.pending_restart_requests().await
+    };
+    match pending {
         Ok(ids) => {
             tracing::debug!(
                 requests = ids.len(),
@@ -225,13 +244,18 @@ async fn honour_pending(lane: Arc<Reconciler>) {
 
 /// One explicit restart, retried as the queue would: a rate-limited one when allowed, a
 /// failed one after a growing delay, at most [`ATTEMPTS`] failures.
-async fn explicit(lane: &Reconciler, id: Uuid, trigger: Trigger) {
+async fn explicit(lane: &Lane, id: Uuid, trigger: Trigger) {
     let mut failures = 0;
     loop {
-        let result = if trigger == Trigger::RestartRequest {
-            lane.honour_restart_request(id).await
-        } else {
-            lane.reconcile_instance(id, &trigger, true, false).await
+        let result = {
+            let _slot = lane.slots.acquire().await;
+            if trigger == Trigger::RestartRequest {
+                lane.reconciler.honour_restart_request(id).await
+            } else {
+                lane.reconciler
+                    .reconcile_instance(id, &trigger, true, false)
+                    .await
+            }
         };
         let delay = match result {
             Ok(_) => return,
