@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::config;
 use crate::db::DbError;
 use crate::sql;
 
@@ -224,16 +225,26 @@ pub async fn prune_health_history(
     let started = std::time::Instant::now();
     let mut total = 0;
     loop {
+        let batch = std::time::Instant::now();
         let n = sqlx::query(sql::PRUNE_HEALTH_HISTORY)
             .bind(retention.as_secs_f64())
+            .bind(config::PRUNE_BATCH)
             .execute(pool)
             .await?
             .rows_affected();
         total += n;
-        if n < 10_000 || started.elapsed() >= budget {
+        if n < config::PRUNE_BATCH as u64 || started.elapsed() >= budget {
             return Ok(total);
         }
+        // Deleting at most PRUNE_DUTY of the time leaves the checks their CPU and WAL.
+        tokio::time::sleep(prune_pause(batch.elapsed())).await;
     }
+}
+
+/// The pause after a full batch of the pruner that took `took`: the pruner deletes at most
+/// [`config::PRUNE_DUTY`] of the time.
+pub fn prune_pause(took: std::time::Duration) -> std::time::Duration {
+    took.mul_f64((1.0 - config::PRUNE_DUTY) / config::PRUNE_DUTY)
 }
 
 /// Who holds an instance's probe lease after [`lease_for_actor`].
@@ -314,4 +325,19 @@ pub async fn release_lease(pool: &PgPool, instance: Uuid, actor_id: &str) -> Res
         .execute(pool)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_pruner_deletes_at_most_its_duty_of_the_time() {
+        let took = Duration::from_millis(6);
+        let pause = prune_pause(took);
+        let duty = took.as_secs_f64() / (took + pause).as_secs_f64();
+        assert!((duty - config::PRUNE_DUTY).abs() < 1e-9, "duty {duty}");
+        assert_eq!(prune_pause(Duration::ZERO), Duration::ZERO);
+    }
 }

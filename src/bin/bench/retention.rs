@@ -1,9 +1,10 @@
 //! `bench retention`: can the pruner keep `instance_health_checks` bounded? 10,000 instances
 //! at 30 s write ~333 rows a second (28.8 M a day); the target is twice that. A backlog of
 //! old rows is seeded, then pruned exactly as the service does it
-//! ([`toygres_actors::cms::prune_health_history`]: batches of 10,000 in a loop within
-//! [`config::PRUNE_BUDGET`] of every [`config::PRUNE_INTERVAL`]). Baseline: the release
-//! before, one batch per pruning period. Beside the pruning, a check's fenced write
+//! ([`toygres_actors::cms::prune_health_history`]: batches of [`config::PRUNE_BATCH`] in a
+//! loop, deleting at most [`config::PRUNE_DUTY`] of the time, within [`config::PRUNE_BUDGET`]
+//! of every [`config::PRUNE_INTERVAL`]). Baseline: one batch of 10,000 per pruning period
+//! (the pruner of the first releases). Beside the pruning, a check's fenced write
 //! (`record_check_seen`, as the service makes it under a probe lease) is timed in a loop, and the
 //! same loop before the pruning is the baseline: pruning must not hurt the checks.
 
