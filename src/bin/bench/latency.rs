@@ -27,6 +27,9 @@ pub struct Report {
     pub event_to_action: Option<(f64, f64)>,
     pub idle_cpu: Cpu,
     pub poll_tradeoff: Vec<PollRun>,
+    /// toygres' create flow: a `creating` row without a connection string set `running`
+    /// with one → its first `healthy` row (the update's trigger clock → `checked_at`).
+    pub create_flow: Quantiles,
 }
 
 /// One run with the eager first check off and a given Duroxide poll interval.
@@ -49,6 +52,7 @@ pub async fn run(
 
     // The service, default settings (eager first check on).
     let svc = measure(&env, inserts, &[], idle_window, "svc").await?;
+    let create_flow = create_flow(&env, CREATE_FLOWS).await?;
 
     // Trade-off: without the eager first check, the first probe waits for Duroxide's poll.
     let n = (inserts / 5).max(10);
@@ -76,6 +80,7 @@ pub async fn run(
         event_to_action: svc.event_to_action,
         idle_cpu: svc.idle_cpu,
         poll_tradeoff,
+        create_flow,
     };
     report.print();
     Ok(report)
@@ -135,6 +140,20 @@ impl Report {
             "p99 ≤ 10 ms",
             self.event_to_action.map(|(_, p99)| p99 <= 0.010),
         );
+        row(
+            &format!(
+                "toygres' create flow ({} rows `creating` → `running` with a connection string): update → healthy, p50 / p99",
+                self.create_flow.samples
+            ),
+            format!(
+                "{} / {}",
+                ms(self.create_flow.p50),
+                ms(self.create_flow.p99)
+            ),
+            vs_floor(self.first_row.p99, self.create_flow.p99, self.first_row.p99),
+            "≤ 1 s",
+            self.create_flow.p99.map(|v| v <= 1.0),
+        );
         let cpu = self.idle_cpu;
         row(
             "idle CPU, service + PostgreSQL (% of one core)",
@@ -166,6 +185,83 @@ impl Report {
             );
         }
     }
+}
+
+/// Rows taken through toygres' create flow, one after the other.
+const CREATE_FLOWS: usize = 50;
+
+/// toygres' create flow on the service at default settings: `n` rows inserted `creating`
+/// without a connection string (their actors report `unknown`), then each set `running`
+/// with one (a real PostgreSQL, the bench's), one at a time: the update's trigger clock →
+/// the first `healthy` row's `checked_at`, from our own LISTEN. The baseline of the row is
+/// the plain insert's commit → first health row p99, measured just before.
+async fn create_flow(env: &Env, n: usize) -> Result<Quantiles> {
+    let svc = Service::start(&env.url, &["--check-interval", "30s"]).await?;
+    let mut events = env
+        .listen("bench-create", &["toygres_health", "toygres_instances"])
+        .await?;
+    for i in 0..n {
+        insert_instance(&env.pool, &format!("create-{i}"), "creating", None).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let unknown: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM toygres_cms.instances
+              WHERE k8s_name LIKE 'create-%' AND health_status::text = 'unknown'
+                AND last_health_check IS NOT NULL",
+        )
+        .fetch_one(&env.pool)
+        .await?;
+        if unknown as usize >= n {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the creating rows got no `unknown` check in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while events.notifications.try_recv().is_ok() {}
+    let target = env.target();
+    let mut took = Vec::new();
+    for i in 0..n {
+        let name = format!("create-{i}");
+        sqlx::query(
+            "UPDATE toygres_cms.instances SET state = 'running', dns_connection_string = $2
+              WHERE k8s_name = $1",
+        )
+        .bind(&name)
+        .bind(&target)
+        .execute(&env.pool)
+        .await?;
+        let (mut at, mut healthy_at) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while at.is_none() || healthy_at.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, events.notifications.recv())
+                .await
+                .context("create flow: not healthy within 60 s")?
+                .context("closed")?;
+            let v: serde_json::Value = serde_json::from_str(n.payload())?;
+            if v["k8s_name"] != name.as_str() {
+                continue;
+            }
+            if n.channel() == "toygres_instances" {
+                at = v["at"].as_f64();
+            } else if v["new"] == "healthy" {
+                let checked = v["checked_at"].as_str().unwrap_or("");
+                let t = chrono::DateTime::parse_from_rfc3339(checked)
+                    .with_context(|| format!("toygres_health checked_at {checked:?}"))?;
+                healthy_at = Some(t.timestamp_micros() as f64 / 1e6);
+            }
+        }
+        if let (Some(at), Some(healthy_at)) = (at, healthy_at) {
+            took.push(healthy_at - at);
+        }
+    }
+    delete_all(&env.pool).await?;
+    drop(svc);
+    Ok(Quantiles::of(took))
 }
 
 /// Trigger NOTIFY → a plain LISTEN connection, over single inserts (rows in state
