@@ -165,6 +165,23 @@ impl Scheduler {
     /// restart): the next check comes after [`jittered`], with that check's failures and
     /// what its write returned. An entry of the same actor stays as it is.
     pub fn lease_checked(&self, lease: Lease, failures: u32, seen: Option<cms::Seen>) {
+        let due = Instant::now() + jittered(lease.instance_id, lease.interval);
+        self.insert_new(lease, due, false, failures, seen);
+    }
+
+    fn lease_due(&self, lease: Lease, due: Instant) {
+        self.insert_new(lease, due, due <= Instant::now(), 0, None);
+    }
+
+    /// A new entry due at `due`, unless the instance's entry is already this actor's.
+    fn insert_new(
+        &self,
+        lease: Lease,
+        due: Instant,
+        spread_next: bool,
+        failures: u32,
+        seen: Option<cms::Seen>,
+    ) {
         let mut guard = self.lock();
         let st = &mut *guard;
         if let Some(e) = st.entries.get(&lease.instance_id)
@@ -175,7 +192,6 @@ impl Scheduler {
         st.next_generation += 1;
         let generation = st.next_generation;
         let id = lease.instance_id;
-        let due = Instant::now() + jittered(id, lease.interval);
         st.entries.insert(
             id,
             Entry {
@@ -183,36 +199,8 @@ impl Scheduler {
                 generation,
                 running: false,
                 failures,
-                spread_next: false,
+                spread_next,
                 seen,
-                lease,
-            },
-        );
-        st.heap.push(Reverse((due, generation, id)));
-        drop(guard);
-        self.wake.notify_one();
-    }
-
-    fn lease_due(&self, lease: Lease, due: Instant) {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        if let Some(e) = st.entries.get_mut(&lease.instance_id)
-            && e.lease.actor_id == lease.actor_id
-        {
-            return;
-        }
-        st.next_generation += 1;
-        let generation = st.next_generation;
-        let id = lease.instance_id;
-        st.entries.insert(
-            id,
-            Entry {
-                due,
-                generation,
-                running: false,
-                failures: 0,
-                spread_next: due <= Instant::now(),
-                seen: None,
                 lease,
             },
         );

@@ -551,35 +551,51 @@ async fn an_actor_caught_between_two_executions_is_not_restarted() {
     stack.shutdown().await;
 }
 
+/// `name` inserted and started, then a durable restart request made for it; a reconciler
+/// with no minimum age between restarts (a second run must be held back by the request, not
+/// by the actor's age). Returns it, the row and the first actor's id.
+async fn a_started_actor_asked_to_restart(
+    db: &TestDb,
+    stack: &Stack,
+    name: &str,
+) -> (
+    toygres_actors::reconcile::Reconciler,
+    toygres_actors::cms::InstanceRow,
+    String,
+) {
+    let reconciler = toygres_actors::reconcile::Reconciler::new(
+        stack.control.clone(),
+        Duration::from_secs(300),
+        "test".into(),
+    )
+    .with_restart_limits(Duration::ZERO, 100);
+    db.insert_instance(name, "running", Some(&support::reachable_target()))
+        .await;
+    let row = stack.row(name).await;
+    stack
+        .control
+        .replace(&row, "test start", None)
+        .await
+        .unwrap();
+    let first = db.actor_id(name).await.unwrap();
+    sqlx::query("SELECT toygres_cms.request_actor_restart($1)")
+        .bind(name)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    (reconciler, row, first)
+}
+
 /// A durable restart request read twice — by the control worker and by a full reconcile,
 /// before the first run marked it handled — restarts the actor once: the second run finds
 /// the request handled and only reconciles (the 10,000 burst showed two restarts for one
 /// request). A raw `restart <name>` on the control channel has no request row and restarts.
 #[tokio::test]
 async fn a_restart_request_read_twice_restarts_once() {
-    use toygres_actors::reconcile::{Reconciler, Trigger};
+    use toygres_actors::reconcile::Trigger;
     let db = TestDb::new().await;
     let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
-    // No minimum age: the second run must not be held back by it, but by the request.
-    let reconciler = Reconciler::new(
-        stack.control.clone(),
-        Duration::from_secs(300),
-        "test".into(),
-    )
-    .with_restart_limits(Duration::ZERO, 100);
-    db.insert_instance("pg-twice", "running", Some(&support::reachable_target()))
-        .await;
-    let row = stack.row("pg-twice").await;
-    stack
-        .control
-        .replace(&row, "test start", None)
-        .await
-        .unwrap();
-    let first = db.actor_id("pg-twice").await.unwrap();
-    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-twice')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let (reconciler, row, first) = a_started_actor_asked_to_restart(&db, &stack, "pg-twice").await;
     let a = reconciler.honour_restart_request(row.id).await.unwrap();
     assert_eq!(a.action, "restart", "{a:?}");
     let second = db.actor_id("pg-twice").await.unwrap();
@@ -609,28 +625,10 @@ async fn a_restart_request_read_twice_restarts_once() {
 /// handled and only reconciles — it neither restarts again nor fails on the swap.
 #[tokio::test]
 async fn a_restart_request_honoured_twice_at_once_restarts_once() {
-    use toygres_actors::reconcile::Reconciler;
     let db = TestDb::new().await;
     let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
-    let reconciler = Reconciler::new(
-        stack.control.clone(),
-        Duration::from_secs(300),
-        "test".into(),
-    )
-    .with_restart_limits(Duration::ZERO, 100);
-    db.insert_instance("pg-at-once", "running", Some(&support::reachable_target()))
-        .await;
-    let row = stack.row("pg-at-once").await;
-    stack
-        .control
-        .replace(&row, "test start", None)
-        .await
-        .unwrap();
-    let first = db.actor_id("pg-at-once").await.unwrap();
-    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-at-once')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let (reconciler, row, first) =
+        a_started_actor_asked_to_restart(&db, &stack, "pg-at-once").await;
     let (a, b) = tokio::join!(
         reconciler.honour_restart_request(row.id),
         reconciler.honour_restart_request(row.id)

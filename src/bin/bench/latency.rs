@@ -187,6 +187,14 @@ impl Report {
     }
 }
 
+/// The `checked_at` of a `toygres_health` notification, in epoch seconds.
+fn checked_at(v: &serde_json::Value) -> Result<f64> {
+    let checked = v["checked_at"].as_str().unwrap_or("");
+    let t = chrono::DateTime::parse_from_rfc3339(checked)
+        .with_context(|| format!("toygres_health checked_at {checked:?}"))?;
+    Ok(t.timestamp_micros() as f64 / 1e6)
+}
+
 /// Rows taken through toygres' create flow, one after the other.
 const CREATE_FLOWS: usize = 50;
 
@@ -249,10 +257,7 @@ async fn create_flow(env: &Env, n: usize) -> Result<Quantiles> {
             if n.channel() == "toygres_instances" {
                 at = v["at"].as_f64();
             } else if v["new"] == "healthy" {
-                let checked = v["checked_at"].as_str().unwrap_or("");
-                let t = chrono::DateTime::parse_from_rfc3339(checked)
-                    .with_context(|| format!("toygres_health checked_at {checked:?}"))?;
-                healthy_at = Some(t.timestamp_micros() as f64 / 1e6);
+                healthy_at = Some(checked_at(&v)?);
             }
         }
         if let (Some(at), Some(healthy_at)) = (at, healthy_at) {
@@ -348,10 +353,7 @@ async fn measure(
             if n.channel() == "toygres_instances" {
                 at = v["at"].as_f64();
             } else {
-                let checked = v["checked_at"].as_str().unwrap_or("");
-                let t = chrono::DateTime::parse_from_rfc3339(checked)
-                    .with_context(|| format!("toygres_health checked_at {checked:?}"))?;
-                row_at = Some(t.timestamp_micros() as f64 / 1e6);
+                row_at = Some(checked_at(&v)?);
             }
         }
         let (Some(at), Some(row_at)) = (at, row_at) else {
