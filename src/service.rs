@@ -283,7 +283,7 @@ impl RunningService {
             }
         }
         if let Some(lane) = &self.shared.lane {
-            lane.stop();
+            lane.stop().await;
         }
         // 2. Probe leases to the live replicas, before anything drains.
         if let Err(e) = self.replica.hand_over().await {

@@ -11,6 +11,9 @@ use crate::actor::{self, ActorInput};
 use crate::check::{ActorDeps, CheckInput, CheckOutcome};
 use crate::cms::InstanceRow;
 
+/// How long an explicit restart's inline first check may take on the priority lane.
+const FIRST_CHECK_WAIT: Duration = Duration::from_secs(1);
+
 /// How a started or changed actor is put on this replica's scheduler.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Eager {
@@ -103,7 +106,15 @@ impl ActorControl {
             consecutive_failures: 0,
             unhealthy_after: input.unhealthy_after,
         };
-        match crate::check::leased_check(deps, actor_id, holder, check, None).await {
+        // A slow or unreachable target must not hold the lane (and the request's turn): past
+        // FIRST_CHECK_WAIT the scheduler runs the check instead, first.
+        let checked = tokio::time::timeout(
+            FIRST_CHECK_WAIT,
+            crate::check::leased_check(deps, actor_id, holder, check, None),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {FIRST_CHECK_WAIT:?}")));
+        match checked {
             Ok((
                 CheckOutcome::Checked {
                     consecutive_failures,

@@ -22,7 +22,9 @@
 //! backoff are shared, so a restart through the lane is fenced and bounded exactly as one
 //! through the queue, and one request read twice (the lane, the resync's queue) restarts
 //! once. A run that fails is retried (a rate-limited one when allowed); a durable request
-//! that still fails stays pending and the resync honours it.
+//! that still fails stays pending and the resync honours it. A stopping lane gives its runs
+//! in flight a few seconds, so that a restart that committed also marks its request handled
+//! (a request cut off in between is honoured again: at least once, never lost).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -44,9 +46,11 @@ use crate::metrics;
 const LANE_CONNECTIONS: u32 = 4;
 /// Probes of the lane at once (first checks of explicit restarts).
 const LANE_PROBES: usize = 4;
-/// Failed runs of one explicit request before the lane gives it up (a durable request
-/// stays pending for the resync).
+/// Failed runs of one durable request before the lane leaves it to the resync (it stays
+/// pending); a `restart <name>`, which has no durable row, is retried until done.
 const ATTEMPTS: u32 = 5;
+/// How long a stopping lane waits for its runs in flight.
+const DRAIN: Duration = Duration::from_secs(5);
 
 type Job = Box<dyn FnOnce(Arc<Lane>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -55,6 +59,57 @@ type Job = Box<dyn FnOnce(Arc<Lane>) -> Pin<Box<dyn Future<Output = ()> + Send>>
 struct Lane {
     reconciler: Arc<Reconciler>,
     slots: tokio::sync::Semaphore,
+    stop: CancellationToken,
+    /// Instances whose durable request is being honoured here: a second read of the pending
+    /// requests (each request notifies twice) does not start a second run.
+    honouring: Mutex<HashSet<Uuid>>,
+    /// One read of the pending requests at a time: (reading, read again when done).
+    reads: Mutex<(bool, bool)>,
+    /// Runs in flight, drained when the lane stops (so that a restart that committed also
+    /// marks its request handled).
+    running: std::sync::atomic::AtomicUsize,
+    idle: Notify,
+}
+
+impl Lane {
+    fn run(self: &Arc<Self>) -> Run {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Run(self.clone())
+    }
+
+    /// Runs in flight at most `wait` longer.
+    async fn drain(&self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let idle = self.idle.notified();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(
+                    "priority lane: runs still in flight at stop; a durable request they had not marked handled is honoured again by the next leader"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// A run in flight on the lane (see [`Lane::drain`]).
+struct Run(Arc<Lane>);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self
+            .0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Hands explicit requests to the lane's thread.
@@ -65,6 +120,8 @@ pub struct PriorityLane {
     /// Names of `restart <name>` requests waiting or running: one run per name, at most
     /// [`config::CONTROL_INBOX_MAX`] names (anyone who can CONNECT can NOTIFY).
     named: Arc<Mutex<HashSet<String>>>,
+    /// True once the lane's thread has drained and ended.
+    stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PriorityLane {
@@ -83,6 +140,7 @@ impl PriorityLane {
         let prober = deps.prober.sibling(LANE_PROBES);
         let (expect_standby, check_commit) = (deps.expect_standby, deps.check_commit);
         let (wake, done) = (requests.clone(), stop.clone());
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
             .name("priority-lane".into())
             .spawn(move || {
@@ -114,23 +172,42 @@ impl PriorityLane {
                     let lane = Arc::new(Lane {
                         reconciler: Arc::new(reconciler.sibling(control)),
                         slots: tokio::sync::Semaphore::new(LANE_CONNECTIONS as usize),
+                        stop: done.clone(),
+                        honouring: Mutex::default(),
+                        reads: Mutex::default(),
+                        running: Default::default(),
+                        idle: Notify::new(),
                     });
                     let _ = ready_tx.send(Ok(()));
                     loop {
                         tokio::select! {
                             job = inbox.recv() => match job {
                                 Some(job) => {
-                                    tokio::spawn(job(lane.clone()));
+                                    let run = lane.run();
+                                    tokio::spawn(async move {
+                                        job(run.0.clone()).await;
+                                        drop(run);
+                                    });
                                 }
-                                None => return,
+                                None => break,
                             },
                             _ = wake.notified() => {
-                                tokio::spawn(honour_pending(lane.clone()));
+                                let mut reads = lock(&lane.reads);
+                                if reads.0 {
+                                    reads.1 = true;
+                                } else {
+                                    *reads = (true, false);
+                                    tokio::spawn(honour_pending(lane.clone()));
+                                }
                             }
-                            _ = done.cancelled() => return,
+                            _ = done.cancelled() => break,
                         }
                     }
+                    done.cancel();
+                    lane.drain(DRAIN).await;
+                    lane.reconciler.pool().close().await;
                 });
+                let _ = stopped_tx.send(true);
             })
             .map_err(|e| DuroError::Provider(e.to_string()))?;
         ready
@@ -140,6 +217,7 @@ impl PriorityLane {
             jobs,
             requests,
             stop,
+            stopped,
             named: Arc::default(),
         }))
     }
@@ -154,7 +232,7 @@ impl PriorityLane {
     /// [`config::CONTROL_INBOX_MAX`] names, requests are dropped and counted (false).
     pub fn restart_named(&self, name: String) -> bool {
         {
-            let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+            let mut named = lock(&self.named);
             if named.contains(&name) {
                 return true;
             }
@@ -166,6 +244,7 @@ impl PriorityLane {
             named.insert(name.clone());
         }
         let in_flight = self.named.clone();
+        let name_again = name.clone();
         let job: Job = Box::new(move |lane| {
             Box::pin(async move {
                 let found = {
@@ -175,14 +254,12 @@ impl PriorityLane {
                 if let Some(id) = found {
                     explicit(&lane, id, Trigger::ControlRestart).await;
                 }
-                in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
+                lock(&in_flight).remove(&name);
             })
         });
         if self.jobs.send(job).is_err() {
             tracing::warn!("the priority lane is stopped: control restart dropped");
+            lock(&self.named).remove(&name_again);
             return false;
         }
         true
@@ -206,9 +283,13 @@ impl PriorityLane {
         rx.await.ok()
     }
 
-    /// Stop the lane (its runs in flight are dropped: a durable request stays pending).
-    pub fn stop(&self) {
+    /// Stop the lane: no new runs; runs in flight get [`DRAIN`] to finish (a restart that
+    /// committed then marks its request handled), then the lane's connections close.
+    pub async fn stop(&self) {
         self.stop.cancel();
+        let mut stopped = self.stopped.clone();
+        let _ =
+            tokio::time::timeout(DRAIN + Duration::from_secs(1), stopped.wait_for(|s| *s)).await;
     }
 }
 
@@ -221,32 +302,57 @@ impl Drop for PriorityLane {
 /// Read the pending durable requests and honour each (concurrently: one request does not
 /// wait for another instance's).
 async fn honour_pending(lane: Arc<Lane>) {
-    let pending = {
-        let _slot = lane.slots.acquire().await;
-        lane.reconciler.pending_restart_requests().await
-    };
-    match pending {
-        Ok(ids) => {
-            tracing::debug!(
-                requests = ids.len(),
-                "priority lane: pending restart requests read"
-            );
-            for id in ids {
-                let lane = lane.clone();
-                tokio::spawn(async move { explicit(&lane, id, Trigger::RestartRequest).await });
+    let _run = lane.run();
+    loop {
+        let pending = {
+            let _slot = lane.slots.acquire().await;
+            lane.reconciler.pending_restart_requests().await
+        };
+        match pending {
+            Ok(ids) => {
+                tracing::debug!(
+                    requests = ids.len(),
+                    "priority lane: pending restart requests read"
+                );
+                for id in ids {
+                    if !lock(&lane.honouring).insert(id) {
+                        continue; // being honoured here already
+                    }
+                    let run = lane.run();
+                    tokio::spawn(async move {
+                        explicit(&run.0, id, Trigger::RestartRequest).await;
+                        lock(&run.0.honouring).remove(&id);
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "priority lane: reading pending restart requests failed; the resync honours them")
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "priority lane: reading pending restart requests failed; the resync honours them")
+        let mut reads = lock(&lane.reads);
+        if reads.1 && !lane.stop.is_cancelled() {
+            reads.1 = false;
+        } else {
+            *reads = (false, false);
+            return;
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// One explicit restart, retried as the queue would: a rate-limited one when allowed, a
-/// failed one after a growing delay, at most [`ATTEMPTS`] failures.
+/// failed one after a growing delay (capped at 30 s) until it succeeds, this replica stops
+/// leading or the lane stops; a durable request after [`ATTEMPTS`] failures is left pending
+/// for the resync (which honours it through the queue).
 async fn explicit(lane: &Lane, id: Uuid, trigger: Trigger) {
     let mut failures = 0;
     loop {
+        if lane.stop.is_cancelled() {
+            return;
+        }
         let result = {
             let _slot = lane.slots.acquire().await;
             if trigger == Trigger::RestartRequest {
@@ -269,9 +375,9 @@ async fn explicit(lane: &Lane, id: Uuid, trigger: Trigger) {
             }
             Err(e) => {
                 failures += 1;
-                if failures >= ATTEMPTS {
-                    tracing::warn!(instance_id = %id, trigger = %trigger.label(), error = %e,
-                        "priority lane: explicit restart failed {ATTEMPTS} times; a durable request stays pending for the resync");
+                if failures >= ATTEMPTS && trigger == Trigger::RestartRequest {
+                    tracing::warn!(instance_id = %id, error = %e,
+                        "priority lane: restart request failed {ATTEMPTS} times; it stays pending and the resync honours it");
                     return;
                 }
                 let delay = super::queue::retry_delay(failures);
@@ -280,6 +386,9 @@ async fn explicit(lane: &Lane, id: Uuid, trigger: Trigger) {
                 delay
             }
         };
-        tokio::time::sleep(delay.max(Duration::from_millis(10))).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay.max(Duration::from_millis(10))) => {}
+            _ = lane.stop.cancelled() => return,
+        }
     }
 }
