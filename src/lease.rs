@@ -166,6 +166,27 @@ impl Scheduler {
     /// what its write returned. An entry of the same actor stays as it is.
     pub fn lease_checked(&self, lease: Lease, failures: u32, seen: Option<cms::Seen>) {
         let due = Instant::now() + jittered(lease.instance_id, lease.interval);
+        {
+            // Picked up meanwhile (the actor's own lease turn, the replica tick): that entry
+            // takes this check's outcome and rhythm, unless a check of its own is running.
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            if let Some(e) = st.entries.get_mut(&lease.instance_id)
+                && e.lease.actor_id == lease.actor_id
+            {
+                if !e.running {
+                    st.next_generation += 1;
+                    e.generation = st.next_generation;
+                    e.due = due;
+                    e.failures = failures;
+                    e.seen = seen;
+                    e.spread_next = false;
+                    st.heap
+                        .push(Reverse((due, e.generation, lease.instance_id)));
+                }
+                return;
+            }
+        }
         self.insert_new(lease, due, false, failures, seen);
     }
 
