@@ -236,8 +236,10 @@ pub async fn prune_health_history(
         if n < config::PRUNE_BATCH as u64 || started.elapsed() >= budget {
             return Ok(total);
         }
-        // Deleting at most PRUNE_DUTY of the time leaves the checks their CPU and WAL.
-        tokio::time::sleep(prune_pause(batch.elapsed())).await;
+        // Deleting at most PRUNE_DUTY of the time leaves the checks their CPU and WAL; the
+        // pause never runs past the budget.
+        let left = budget.saturating_sub(started.elapsed());
+        tokio::time::sleep(prune_pause(batch.elapsed()).min(left)).await;
     }
 }
 
