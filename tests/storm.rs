@@ -333,3 +333,46 @@ async fn an_explicit_restart_is_done_while_the_services_pool_is_stuck() {
     lock.rollback().await.unwrap();
     svc.stop();
 }
+
+/// The lane runs an explicit restart's first check inline, but a target that never answers
+/// does not hold the lane or the request: past a second the scheduler takes the check over,
+/// and the request is marked handled long before the probe's 10 s connect timeout.
+#[tokio::test]
+async fn a_restart_of_an_unanswering_instance_is_handled_without_waiting_for_its_probe() {
+    let db = TestDb::new().await;
+    let (hole, _accepting) = support::black_hole().await;
+    db.insert_instance("pg-hole", "running", Some(&hole)).await;
+    let mut svc = ServiceProc::start(
+        &db,
+        &[
+            "--probe-connect-timeout",
+            "10s",
+            "--probe-query-timeout",
+            "10s",
+        ],
+    )
+    .await;
+    wait_until("an actor", T, || async { db.actor_id("pg-hole").await }).await;
+    let before = db.actor_id("pg-hole").await.expect("the actor");
+    let asked = std::time::Instant::now();
+    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-hole')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let handled = "SELECT count(*) FROM toygres_cms.actor_restart_requests
+                    WHERE k8s_name = 'pg-hole' AND handled_at IS NOT NULL";
+    wait_until("the request handled", T, || async {
+        (db.scalar_i64(handled).await == 1).then_some(())
+    })
+    .await;
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the request waited {took:?} for a probe that cannot answer"
+    );
+    assert_ne!(
+        db.actor_id("pg-hole").await.as_deref(),
+        Some(before.as_str())
+    );
+    svc.stop();
+}
