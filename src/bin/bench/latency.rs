@@ -187,6 +187,37 @@ impl Report {
     }
 }
 
+/// For instance `name`, from a LISTEN on `toygres_instances` and `toygres_health`: the
+/// trigger's clock of its change and the `checked_at` of the first health event that `want`
+/// accepts (epoch seconds; at most 60 s).
+async fn trigger_and_health(
+    events: &mut toygres_actors::db::PgSession,
+    name: &str,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> Result<(f64, f64)> {
+    let (mut at, mut checked) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let (Some(at), Some(checked)) = (at, checked) {
+            return Ok((at, checked));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, events.notifications.recv())
+            .await
+            .with_context(|| format!("{name}: no change and health event within 60 s"))?
+            .context("closed")?;
+        let v: serde_json::Value = serde_json::from_str(n.payload())?;
+        if v["k8s_name"] != name {
+            continue;
+        }
+        if n.channel() == "toygres_instances" {
+            at = v["at"].as_f64();
+        } else if want(&v) {
+            checked = Some(checked_at(&v)?);
+        }
+    }
+}
+
 /// The `checked_at` of a `toygres_health` notification, in epoch seconds.
 fn checked_at(v: &serde_json::Value) -> Result<f64> {
     let checked = v["checked_at"].as_str().unwrap_or("");
@@ -242,27 +273,9 @@ async fn create_flow(env: &Env, n: usize) -> Result<Quantiles> {
         .bind(&target)
         .execute(&env.pool)
         .await?;
-        let (mut at, mut healthy_at) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while at.is_none() || healthy_at.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let n = tokio::time::timeout(left, events.notifications.recv())
-                .await
-                .context("create flow: not healthy within 60 s")?
-                .context("closed")?;
-            let v: serde_json::Value = serde_json::from_str(n.payload())?;
-            if v["k8s_name"] != name.as_str() {
-                continue;
-            }
-            if n.channel() == "toygres_instances" {
-                at = v["at"].as_f64();
-            } else if v["new"] == "healthy" {
-                healthy_at = Some(checked_at(&v)?);
-            }
-        }
-        if let (Some(at), Some(healthy_at)) = (at, healthy_at) {
-            took.push(healthy_at - at);
-        }
+        let healthy = |v: &serde_json::Value| v["new"] == "healthy";
+        let (at, healthy_at) = trigger_and_health(&mut events, &name, healthy).await?;
+        took.push(healthy_at - at);
     }
     delete_all(&env.pool).await?;
     drop(svc);
@@ -337,28 +350,7 @@ async fn measure(
         let name = format!("{tag}-{i}");
         insert_instance(&env.pool, &name, "running", Some(&target)).await?;
         // The trigger's clock and the health row's, from our own LISTEN.
-        let mut at = None;
-        let mut row_at = None;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while at.is_none() || row_at.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let n = tokio::time::timeout(left, health.notifications.recv())
-                .await
-                .context("no notification within 30 s")?
-                .context("closed")?;
-            let v: serde_json::Value = serde_json::from_str(n.payload())?;
-            if v["k8s_name"] != name.as_str() {
-                continue;
-            }
-            if n.channel() == "toygres_instances" {
-                at = v["at"].as_f64();
-            } else {
-                row_at = Some(checked_at(&v)?);
-            }
-        }
-        let (Some(at), Some(row_at)) = (at, row_at) else {
-            unreachable!("the loop above runs until both are known")
-        };
+        let (at, row_at) = trigger_and_health(&mut health, &name, |_| true).await?;
         let accept = tokio::time::timeout(Duration::from_secs(30), accepts.recv())
             .await?
             .context("recorder closed")?;
