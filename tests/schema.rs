@@ -794,3 +794,72 @@ async fn only_operators_may_request_a_restart() {
         .await;
     }
 }
+
+/// A replica that rejoined after an outage balances only once it holds all its own leases
+/// again. Its tick takes them back with SKIP LOCKED; two of them held by someone else at
+/// that instant stay under its old epoch, and the same tick must not take a lease from its
+/// peer to make up for them (its next tick takes them back, and the peer would then take
+/// one back: a swap; seen in `tests/failover.rs` after a database outage).
+#[tokio::test]
+async fn a_rejoined_replica_does_not_balance_while_its_own_leases_are_locked() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO toygres_actors.replicas (name, epoch, expires_at)
+         VALUES ('a', 1, now() + interval '1 hour'), ('b', 3, now() + interval '1 hour')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut of_b = Vec::new();
+    for i in 0..6 {
+        let id = db
+            .insert_instance(&format!("pg-re-{i}"), "running", None)
+            .await;
+        // a holds three under its live epoch, b three under the epoch it had before the outage.
+        let (holder, epoch) = if i < 3 { ("a", 1i64) } else { ("b", 2i64) };
+        sqlx::query(
+            "INSERT INTO toygres_actors.probe_leases (instance_id, actor_id, holder, holder_epoch, expires_at)
+             VALUES ($1, $2, $3, $4, now() + interval '1 hour')",
+        )
+        .bind(id)
+        .bind(format!("actor-{i}"))
+        .bind(holder)
+        .bind(epoch)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        if holder == "b" {
+            of_b.push(id);
+        }
+    }
+    // Two of b's leases held by a check or a renewal at the instant of b's tick.
+    let mut held = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM toygres_actors.probe_leases WHERE instance_id = ANY($1) FOR UPDATE")
+        .bind(&of_b[..2])
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let (status, claimed, stolen): (String, i32, i32) = sqlx::query_as(
+        "SELECT status, claimed, stolen FROM toygres_actors.replica_tick('b', 3, 15, 10, true)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    held.rollback().await.unwrap();
+    assert_eq!((status.as_str(), claimed), ("ok", 1));
+    assert_eq!(
+        stolen, 0,
+        "b took a lease from a while two of its own were still to take back"
+    );
+    let (_, claimed, stolen): (String, i32, i32) = sqlx::query_as(
+        "SELECT status, claimed, stolen FROM toygres_actors.replica_tick('b', 3, 15, 10, true)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (claimed, stolen),
+        (2, 0),
+        "the next tick takes the rest back, balanced 3 / 3"
+    );
+}
