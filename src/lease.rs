@@ -163,51 +163,56 @@ impl Scheduler {
 
     /// A lease whose first check already ran elsewhere (the priority lane's, for an explicit
     /// restart): the next check comes after [`jittered`], with that check's failures and
-    /// what its write returned. An entry of the same actor picked up meanwhile (the actor's
-    /// own lease turn, the replica tick) takes them over, unless a check of its own runs.
+    /// what its write returned. An entry of the same actor stays as it is.
     pub fn lease_checked(&self, lease: Lease, failures: u32, seen: Option<cms::Seen>) {
         let due = Instant::now() + jittered(lease.instance_id, lease.interval);
-        self.upsert(lease, due, false, failures, seen, true);
+        {
+            // Picked up meanwhile (the actor's own lease turn, the replica tick): that entry
+            // takes this check's outcome and rhythm, unless a check of its own is running.
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            if let Some(e) = st.entries.get_mut(&lease.instance_id)
+                && e.lease.actor_id == lease.actor_id
+            {
+                if !e.running {
+                    st.next_generation += 1;
+                    e.generation = st.next_generation;
+                    e.due = due;
+                    e.failures = failures;
+                    e.seen = seen;
+                    e.spread_next = false;
+                    st.heap
+                        .push(Reverse((due, e.generation, lease.instance_id)));
+                }
+                return;
+            }
+        }
+        self.insert_new(lease, due, false, failures, seen);
     }
 
     fn lease_due(&self, lease: Lease, due: Instant) {
-        self.upsert(lease, due, due <= Instant::now(), 0, None, false);
+        self.insert_new(lease, due, due <= Instant::now(), 0, None);
     }
 
-    /// A new entry due at `due`. The instance's entry of the same actor stays as it is,
-    /// unless `take_over` (and no check of its runs): then it takes this due time, failures
-    /// and `seen`.
-    fn upsert(
+    /// A new entry due at `due`, unless the instance's entry is already this actor's.
+    fn insert_new(
         &self,
         lease: Lease,
         due: Instant,
         spread_next: bool,
         failures: u32,
         seen: Option<cms::Seen>,
-        take_over: bool,
     ) {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let id = lease.instance_id;
-        if let Some(e) = st.entries.get_mut(&id)
+        if let Some(e) = st.entries.get(&lease.instance_id)
             && e.lease.actor_id == lease.actor_id
         {
-            if !take_over || e.running {
-                return;
-            }
-            st.next_generation += 1;
-            e.generation = st.next_generation;
-            e.due = due;
-            e.failures = failures;
-            e.seen = seen;
-            e.spread_next = spread_next;
-            st.heap.push(Reverse((due, e.generation, id)));
-            drop(guard);
-            self.wake.notify_one();
             return;
         }
         st.next_generation += 1;
         let generation = st.next_generation;
+        let id = lease.instance_id;
         st.entries.insert(
             id,
             Entry {
