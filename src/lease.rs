@@ -163,7 +163,8 @@ impl Scheduler {
 
     /// A lease whose first check already ran elsewhere (the priority lane's, for an explicit
     /// restart): the next check comes after [`jittered`], with that check's failures and
-    /// what its write returned. An entry of the same actor stays as it is.
+    /// what its write returned. An entry of the same actor picked up meanwhile (the actor's
+    /// own lease turn, the replica tick) takes them over, unless a check of its own runs.
     pub fn lease_checked(&self, lease: Lease, failures: u32, seen: Option<cms::Seen>) {
         let due = Instant::now() + jittered(lease.instance_id, lease.interval);
         {
