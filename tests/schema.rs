@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::postgres::PgListener;
-use support::TestDb;
+use support::{TestDb, wait_until};
 
 /// Receive notifications until `sentinel` arrives on `channel`; returns what came before it.
 /// The sentinel is sent after the statement under test has committed, and PostgreSQL
@@ -861,5 +861,118 @@ async fn a_rejoined_replica_does_not_balance_while_its_own_leases_are_locked() {
         (claimed, stolen),
         (2, 0),
         "the next tick takes the rest back, balanced 3 / 3"
+    );
+}
+
+async fn session(db: &TestDb) -> (sqlx::PgConnection, i32) {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    (c, pid)
+}
+
+async fn tick(c: &mut sqlx::PgConnection, name: &str, epoch: i64) -> Option<i64> {
+    sqlx::query_scalar("SELECT toygres_actors.leader_tick($1, $2, 10, $3)")
+        .bind(name)
+        .bind(epoch)
+        .bind(LEGACY_KEY)
+        .fetch_one(c)
+        .await
+        .unwrap()
+}
+
+const LEGACY_KEY: i64 = 0x5eed_1eaf;
+
+/// A follower's tick never touches the legacy advisory lock while another replica holds a
+/// live term, so the leader's tick cannot mistake it for an older release leading through
+/// the lock. Seen in `tests/failover.rs` (a partition healed): the healed replica's tick
+/// took the free lock, found the new leader and unlocked; the leader's tick in that instant
+/// saw a holder other than the pid it recorded and resigned. Here a third session holds the
+/// leader row so that both ticks are inside the function at once, deterministically.
+#[tokio::test]
+async fn a_followers_tick_does_not_make_the_leader_resign() {
+    let db = TestDb::new().await;
+    // p leads through the lock, then freezes past its term; q takes over without the lock
+    // (its holder is p's own session), and p's old session goes away, freeing the lock.
+    let (mut p_old, _) = session(&db).await;
+    assert_eq!(tick(&mut p_old, "p", 1).await, Some(1));
+    sqlx::query("UPDATE toygres_actors.leader SET expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (mut q, q_pid) = session(&db).await;
+    assert_eq!(tick(&mut q, "q", 1).await, Some(2));
+    drop(p_old);
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND objid = ($1::bigint & 4294967295)::oid
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    wait_until(
+        "p's old session to let the lock go",
+        Duration::from_secs(10),
+        || async {
+            let n: i64 = sqlx::query_scalar(held)
+                .bind(LEGACY_KEY)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            (n == 0).then_some(())
+        },
+    )
+    .await;
+
+    // The healed p ticks and so does q, both waiting on the leader row held elsewhere.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM toygres_actors.leader WHERE id = 1 FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let waiting = |pid: i32| {
+        let pool = db.pool.clone();
+        async move {
+            let w: Option<String> =
+                sqlx::query_scalar("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1")
+                    .bind(pid)
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap()
+                    .flatten();
+            (w.as_deref() == Some("Lock")).then_some(())
+        }
+    };
+    let (mut p_new, p_pid) = session(&db).await;
+    let p_tick = tokio::spawn(async move { tick(&mut p_new, "p", 2).await });
+    wait_until("p's tick to wait", Duration::from_secs(10), || {
+        waiting(p_pid)
+    })
+    .await;
+    let q_tick = tokio::spawn(async move {
+        let term = tick(&mut q, "q", 1).await;
+        (term, q)
+    });
+    wait_until("q's tick to wait", Duration::from_secs(10), || {
+        waiting(q_pid)
+    })
+    .await;
+    blocker.commit().await.unwrap();
+
+    assert_eq!(p_tick.await.unwrap(), None, "p follows");
+    let (term, _q) = q_tick.await.unwrap();
+    assert_eq!(
+        term,
+        Some(2),
+        "the leader resigned because a follower ticked"
+    );
+    let (holder, lock_pid): (String, Option<i32>) =
+        sqlx::query_as("SELECT holder, lock_pid FROM toygres_actors.leader WHERE id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (holder.as_str(), lock_pid),
+        ("q", Some(q_pid)),
+        "q leads and holds the lock now"
     );
 }
