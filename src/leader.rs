@@ -16,7 +16,9 @@
 //!
 //! Rolling upgrade: releases before terms led by holding a session advisory lock. The tick
 //! takes that lock too when it can and never leads while a session it does not know holds
-//! it (`migrations/0004`), so there are never two reconcilers across versions.
+//! it (`migrations/0004`), so there are never two reconcilers across versions. A tick reads
+//! the leader row first and touches the lock only when its replica leads or takes over
+//! (`migrations/0011`): a follower's tick must never look like an older release's lock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
