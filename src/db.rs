@@ -99,6 +99,75 @@ fn needs_test_at(idle_for: Duration, now_ms: u64, suspect_ms: u64) -> bool {
     suspect_ms > 0 && released <= suspect_ms
 }
 
+/// Closes the connections a pool keeps beyond its recent need. sqlx hands out its idle
+/// connections first in, first out, so under light steady load (idle actors: a statement
+/// every few hundred milliseconds) every connection is used in turn, none stays idle long
+/// enough for the idle timeout, and a pool keeps the size of its last burst for good: 16
+/// idle backends on the CMS and 8 of Duroxide's per replica, each a process on the CMS
+/// server. [`PoolTrimmer::sample`] notes the connections in use (called every ten seconds
+/// by the service's sweep), and [`PoolTrimmer::trim`] (every minute) closes idle ones
+/// beyond the most seen in use plus [`crate::config::POOL_SPARE`]. A burst opens them again
+/// as it needs them (a connection costs a few milliseconds).
+pub struct PoolTrimmer {
+    pool: PgPool,
+    name: &'static str,
+    peak: usize,
+}
+
+impl PoolTrimmer {
+    /// `name` labels the pool in logs and in `toygres_actors_pool_connections_trimmed_total`.
+    pub fn new(pool: PgPool, name: &'static str) -> Self {
+        PoolTrimmer {
+            pool,
+            name,
+            peak: 0,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn in_use(&self) -> usize {
+        (self.pool.size() as usize).saturating_sub(self.pool.num_idle())
+    }
+
+    /// Note how many connections are in use right now.
+    pub fn sample(&mut self) {
+        self.peak = self.peak.max(self.in_use());
+    }
+
+    /// Close the idle connections beyond the peak since the last trim plus the spare;
+    /// returns how many were closed. Starts a new window.
+    pub async fn trim(&mut self) -> usize {
+        self.sample();
+        let keep = self.peak + crate::config::POOL_SPARE;
+        let before = self.pool.size();
+        let mut closed = 0;
+        while self.pool.size() as usize > keep {
+            // None: no idle connection left, or a task is waiting for one.
+            let Some(conn) = self.pool.try_acquire() else {
+                break;
+            };
+            // Closing fails only if the connection is broken already: gone either way. A
+            // server that does not take the goodbye in time gets a dropped socket instead.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+            closed += 1;
+        }
+        if closed > 0 {
+            tracing::debug!(
+                pool = self.name,
+                closed,
+                before,
+                peak_in_use = self.peak,
+                "closed idle pooled connections beyond recent need"
+            );
+        }
+        self.peak = 0;
+        closed
+    }
+}
+
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -1,7 +1,7 @@
 //! The leader's duties and the periodic work every replica does, each a small loop with a
 //! stop token: the listener, the reconcile queue, the resync timer and the pruner run while
-//! this replica leads in a term ([`lead_when_elected`]); the fleet gauges and the probe
-//! connection sweep run everywhere.
+//! this replica leads in a term ([`lead_when_elected`]); the fleet gauges, the probe
+//! connection sweep and the pools' trim run everywhere.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,17 +269,32 @@ pub async fn poll_fleet(
     }
 }
 
-pub async fn sweep_probes(prober: Arc<Prober>, idle: Duration, stop: CancellationToken) {
+/// Every replica's housekeeping every [`crate::quiet::BURST_WINDOW`]: flush the log
+/// summaries, sample the pools' use; every minute, close probe connections idle longer than
+/// `idle` and the pools' connections beyond their recent need ([`crate::db::PoolTrimmer`]).
+pub async fn sweep_probes(
+    prober: Arc<Prober>,
+    idle: Duration,
+    mut pools: Vec<crate::db::PoolTrimmer>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(crate::quiet::BURST_WINDOW);
     let mut ticks = 0u32;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                // Summaries of per-instance log lines every window; the probe sweep every minute.
+                // Summaries of per-instance log lines every window; the probe sweep and the
+                // pools' trim every minute (their use sampled every window).
                 crate::quiet::flush_all();
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(6) {
                     prober.sweep(idle);
+                    for pool in &mut pools {
+                        let closed = pool.trim().await;
+                        metrics::pool_trimmed(pool.name(), closed);
+                    }
+                } else {
+                    pools.iter_mut().for_each(crate::db::PoolTrimmer::sample);
                 }
             }
             _ = stop.cancelled() => return,

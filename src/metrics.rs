@@ -46,6 +46,7 @@ pub const LEASE_RENEWAL_LAG: &str = "toygres_actors_lease_renewal_lag_seconds";
 pub const DUROXIDE_TURNS: &str = "toygres_actors_duroxide_turns_total";
 pub const DUROXIDE_FETCHES: &str = "toygres_actors_duroxide_fetches_total";
 pub const DUROXIDE_WAKEUPS: &str = "toygres_actors_duroxide_wakeups_total";
+pub const POOL_TRIMMED: &str = "toygres_actors_pool_connections_trimmed_total";
 
 /// Latency buckets (seconds) for the sub-millisecond-to-seconds histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -187,6 +188,10 @@ fn describe() {
         DUROXIDE_WAKEUPS,
         "Wake-ups of waiting Duroxide fetches, by queue and source (enqueue, ack, completion, abandon, notify, reconnect)."
     );
+    describe_counter!(
+        POOL_TRIMMED,
+        "Idle connections closed because their pool (cms, duroxide) held more than it needed over the last minute plus a spare of 2."
+    );
     describe_histogram!(
         NOTIFY_ROUNDTRIP,
         Unit::Seconds,
@@ -318,6 +323,11 @@ pub fn store_wakeup(queue: &'static str, source: &'static str) {
     metrics::counter!(DUROXIDE_WAKEUPS, "queue" => queue, "source" => source).increment(1);
 }
 
+/// Idle pooled connections closed because the pool had more than it recently needed.
+pub fn pool_trimmed(pool: &'static str, n: usize) {
+    metrics::counter!(POOL_TRIMMED, "pool" => pool).increment(n as u64);
+}
+
 /// Zero every labelled counter we export, so the series exist before the first event
 /// (alerts on `rate()` and dashboards need them).
 pub fn initialise_series() {
@@ -331,6 +341,9 @@ pub fn initialise_series() {
     }
     for how in ["claimed", "balanced"] {
         metrics::counter!(LEASES_MOVED, "how" => how).increment(0);
+    }
+    for pool in ["cms", "duroxide"] {
+        metrics::counter!(POOL_TRIMMED, "pool" => pool).increment(0);
     }
     metrics::gauge!(LEASES_HELD).set(0.0);
     for status in ["healthy", "unhealthy", "unknown"] {

@@ -173,6 +173,10 @@ pub async fn start(
         token.clone(),
     )));
     tasks.push(tokio::spawn(scheduler.clone().run(token.clone())));
+    let pools = vec![
+        crate::db::PoolTrimmer::new(pool.clone(), "cms"),
+        crate::db::PoolTrimmer::new(store.inner().pool().clone(), "duroxide"),
+    ];
     tasks.push(tokio::spawn(crate::store::listen(
         store,
         pool.clone(),
@@ -182,6 +186,7 @@ pub async fn start(
     tasks.push(tokio::spawn(sweep_probes(
         prober,
         args.check_interval * 3,
+        pools,
         token.clone(),
     )));
 

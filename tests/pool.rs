@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::TestDb;
+use support::{TestDb, wait_until};
 
 #[tokio::test]
 async fn backends_killed_behind_the_pools_back_cost_at_most_one_statement() {
@@ -74,4 +74,92 @@ async fn backends_killed_behind_the_pools_back_cost_at_most_one_statement() {
     }
     eprintln!("statements failed after the kill: {failed}");
     pool.close().await;
+}
+
+/// After a burst a pool keeps its size for good under light load (sqlx hands out idle
+/// connections first in, first out, so none idles long enough to time out); the trimmer
+/// closes what was not needed over its window, keeping the peak in use plus a spare, and
+/// never a connection in use.
+#[tokio::test]
+async fn a_pool_is_trimmed_to_its_recent_need_after_a_burst() {
+    let db = TestDb::new().await;
+    let pool = toygres_actors::db::watched_cms_pool(&db.url, 8)
+        .await
+        .unwrap();
+    let mut trimmer = toygres_actors::db::PoolTrimmer::new(pool.clone(), "cms");
+    // A burst: eight at once, all seen in use by the trimmer.
+    let mut held = Vec::new();
+    let mut pids = Vec::new();
+    for _ in 0..8 {
+        let mut c = pool.acquire().await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        pids.push(pid);
+        held.push(c);
+    }
+    trimmer.sample();
+    drop(held);
+    wait_until(
+        "all eight back",
+        std::time::Duration::from_secs(10),
+        || async { (pool.num_idle() == 8).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        trimmer.trim().await,
+        0,
+        "the burst's window needed all eight"
+    );
+    assert_eq!(pool.size(), 8);
+
+    // Then light load: one statement at a time (every connection still used in turn), and
+    // one connection held across the trim.
+    let mut kept = pool.acquire().await.unwrap();
+    let kept_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *kept)
+        .await
+        .unwrap();
+    // sqlx returns a dropped connection to the pool in a task of its own: the service
+    // samples at instants unrelated to its statements, so here each sample waits for that.
+    let settled = || async { (pool.num_idle() + 1 == pool.size() as usize).then_some(()) };
+    for _ in 0..20 {
+        sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+        wait_until(
+            "the statement's connection back",
+            std::time::Duration::from_secs(10),
+            settled,
+        )
+        .await;
+        trimmer.sample();
+    }
+    let closed = trimmer.trim().await;
+    assert_eq!(
+        (closed, pool.size()),
+        (5, 3),
+        "peak 1 in use + 2 spare are kept of eight"
+    );
+    // The held connection was not touched, and the closed backends are gone.
+    let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+        .bind(kept_pid)
+        .fetch_one(&mut *kept)
+        .await
+        .unwrap();
+    assert_eq!(alive, 1);
+    drop(kept);
+    wait_until(
+        "the pool's backends down to three",
+        std::time::Duration::from_secs(10),
+        || async {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                    .bind(&pids)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            (n == 3).then_some(())
+        },
+    )
+    .await;
 }
