@@ -5,6 +5,17 @@
 //! every timer and duty at its default (30 s checks, 4-minute renewals, heartbeats, leader
 //! term, fleet gauges). Then the same with `--duroxide-wait off` (duroxide-pg's own
 //! polling) in the same run, as the comparison.
+//!
+//! On this VM class two agents that are neither ours nor PostgreSQL's grow with every process
+//! on the machine: the kernel's DAMON reclaim thread (`kdamond`: it samples pages and walks
+//! every mapping of each, so every backend mapping the shared buffers adds to it) and the
+//! VM's init agent (pid 1). Their share is reported apart (their own CPU time, from
+//! /proc/<pid>/stat), and a control window holds as many idle sessions as the service did
+//! (no service, no statements) to show what the backends' mere existence costs them. It is
+//! not subtracted from the machine's figure: /proc/stat samples busy time on the tick, the
+//! per-process times do not, and the two disagree by more than the target's margin for work
+//! that wakes for a fraction of a tick (the control's agents grew by more than the machine
+//! did). The baseline is the mean of a window before the services and one after them.
 
 use std::time::{Duration, Instant};
 
@@ -32,12 +43,51 @@ pub(crate) fn machine_busy() -> Option<f64> {
     Some((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / 100.0)
 }
 
-/// The machine's busy share (% of one core) over `window`.
-async fn machine_pct(window: Duration) -> Option<f64> {
-    let (b0, t0) = (machine_busy()?, Instant::now());
+/// CPU seconds so far of this VM's own agents, which are not ours and not PostgreSQL's but
+/// whose work grows with every process on the machine: the kernel's DAMON threads
+/// (`kdamond.*`: this VM's memory reclaim samples pages and walks every mapping of each,
+/// so each PostgreSQL backend mapping the shared buffers adds to it) and pid 1 (here the
+/// VM's init agent, which also watches processes).
+fn vm_agents_busy() -> Option<f64> {
+    let mut total = crate::harness::cpu_seconds(1)?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.starts_with("kdamond") {
+            total += crate::harness::cpu_seconds(pid).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
+/// The machine's busy share over `window` and, within it, the VM's agents' (both in % of
+/// one core).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Busy {
+    pub machine_pct: f64,
+    pub agents_pct: Option<f64>,
+}
+
+async fn machine_pct(window: Duration) -> Option<Busy> {
+    let (b0, a0, t0) = (machine_busy()?, vm_agents_busy(), Instant::now());
     tokio::time::sleep(window).await;
-    let b1 = machine_busy()?;
-    Some(100.0 * (b1 - b0) / t0.elapsed().as_secs_f64())
+    let (b1, a1) = (machine_busy()?, vm_agents_busy());
+    let wall = t0.elapsed().as_secs_f64();
+    Some(Busy {
+        machine_pct: 100.0 * (b1 - b0) / wall,
+        agents_pct: a1.zip(a0).map(|(b, a)| 100.0 * (b - a) / wall),
+    })
+}
+
+/// Two windows of the machine with PostgreSQL alone, one before the services and one after:
+/// their mean is the baseline, so a drift of the machine over the run shows as their gap.
+fn mean(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some((a + b) / 2.0),
+        (a, b) => a.or(b),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -47,6 +97,10 @@ pub struct Run {
     pub machine_pct: Option<f64>,
     /// The same, less the baseline (PostgreSQL alone).
     pub added_pct: Option<f64>,
+    /// The VM's agents' busy share in the window, and their share of `added_pct` (less
+    /// theirs in the baseline).
+    pub agents_pct: Option<f64>,
+    pub agents_added_pct: Option<f64>,
     /// Per process: the service and every PostgreSQL process.
     pub cpu: Cpu,
     /// Fetches from Duroxide's queues per second (the store's counter).
@@ -55,16 +109,33 @@ pub struct Run {
     pub statements_per_s: Option<f64>,
     /// The window's most frequent statements: (statement, calls, total ms).
     pub top: Vec<(String, i64, f64)>,
+    /// The service's sessions on the server at the window's end (CMS, Duroxide, leader,
+    /// listener and the probes' kept connections, which this bench points at the same
+    /// server).
+    pub backends: Option<i64>,
+}
+
+/// The control: PostgreSQL with as many idle sessions as the service held, and no service.
+#[derive(Debug, Serialize)]
+pub struct Control {
+    pub sessions: i64,
+    pub added_pct: Option<f64>,
+    pub agents_added_pct: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub actors: usize,
     pub window_s: f64,
-    /// PostgreSQL alone (no service), % of one core.
+    /// PostgreSQL alone (no service), % of one core: the mean of the windows before and after.
     pub baseline_pct: Option<f64>,
+    pub baseline_before: Option<Busy>,
+    pub baseline_after: Option<Busy>,
+    /// The VM's agents' share of the baseline.
+    pub baseline_agents_pct: Option<f64>,
     pub waiting: Run,
     pub polling: Run,
+    pub control: Control,
 }
 
 /// Fetches that reached duroxide-pg (`toygres_actors_duroxide_fetches_total`, results `item`
@@ -91,7 +162,6 @@ async fn measure(
     actors: usize,
     insert: bool,
     (warmup, window): (Duration, Duration),
-    baseline: Option<f64>,
 ) -> Result<Run> {
     let svc = Service::start(&env.url, &["--duroxide-wait", wait]).await?;
     if insert {
@@ -112,10 +182,17 @@ async fn measure(
         .await;
     let w = CpuWindow::start(env, Some(svc.pid()));
     let t0 = Instant::now();
-    let machine = machine_pct(window).await;
+    let busy = machine_pct(window).await;
+    let machine = busy.map(|b| b.machine_pct);
     let cpu = w.finish(env);
     // Idle, what runs how often matters more than what took longest.
     let (statements, top) = crate::capacity::profile_by(env, "calls", 16).await;
+    let backends: Option<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'toygres-actors%'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .ok();
     let f1 = fetches(&svc.metrics().await);
     let fetches_per_s = f1
         .zip(f0)
@@ -124,30 +201,53 @@ async fn measure(
     Ok(Run {
         label: label.to_string(),
         machine_pct: machine,
-        added_pct: machine.zip(baseline).map(|(m, b)| m - b),
+        // Set against the baseline once it is known (see `run`).
+        added_pct: None,
+        agents_pct: busy.and_then(|b| b.agents_pct),
+        agents_added_pct: None,
         cpu,
         fetches_per_s,
         statements_per_s,
         top,
+        backends,
     })
+}
+
+/// The machine with `n` idle sessions open on the server (no statement runs on them) and
+/// no service: what merely having that many backends costs this VM.
+async fn control(env: &Env, n: i64, window: Duration) -> Result<Option<Busy>> {
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        sessions.push(
+            toygres_actors::db::connect_session(
+                &env.target(),
+                "bench-idle-control",
+                Duration::from_secs(5),
+            )
+            .await?,
+        );
+    }
+    let busy = machine_pct(window).await;
+    drop(sessions);
+    Ok(busy)
 }
 
 pub async fn run(actors: usize, window: Duration, warmup: Duration) -> Result<Report> {
     let env = Env::start().await?;
     // PostgreSQL alone (after its start-up settles).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let baseline_pct = machine_pct(window).await;
-    let waiting = measure(
+    let before = machine_pct(window).await;
+    // The runs are judged against the mean of both baselines, known only at the end.
+    let mut waiting = measure(
         &env,
         "toygres-actors (fetches wait for wake-ups)",
         "on",
         actors,
         true,
         (warmup, window),
-        baseline_pct,
     )
     .await?;
-    let polling = measure(
+    let mut polling = measure(
         &env,
         "--duroxide-wait off (duroxide-pg polls every 250 ms)",
         "off",
@@ -155,13 +255,43 @@ pub async fn run(actors: usize, window: Duration, warmup: Duration) -> Result<Re
         false,
         // The same actors, their renewals spread already: past the restart is enough.
         (warmup.min(Duration::from_secs(45)), window),
-        baseline_pct,
     )
     .await?;
+    // Every service stopped: PostgreSQL alone again (its backends of the runs are gone).
+    let after = machine_pct(window).await;
+    let baseline_pct = mean(before.map(|b| b.machine_pct), after.map(|b| b.machine_pct));
+    let sessions = waiting.backends.unwrap_or(0);
+    let control_busy = if sessions > 0 {
+        control(&env, sessions, window).await?
+    } else {
+        None
+    };
+    let baseline_agents_pct = mean(
+        before.and_then(|b| b.agents_pct),
+        after.and_then(|b| b.agents_pct),
+    );
+    for r in [&mut waiting, &mut polling] {
+        r.added_pct = r.machine_pct.zip(baseline_pct).map(|(m, b)| m - b);
+        r.agents_added_pct = r.agents_pct.zip(baseline_agents_pct).map(|(a, b)| a - b);
+    }
+    let control = Control {
+        sessions,
+        added_pct: control_busy
+            .zip(baseline_pct)
+            .map(|(c, b)| c.machine_pct - b),
+        agents_added_pct: control_busy
+            .and_then(|c| c.agents_pct)
+            .zip(baseline_agents_pct)
+            .map(|(c, b)| c - b),
+    };
     let report = Report {
         actors,
+        control,
         window_s: window.as_secs_f64(),
         baseline_pct,
+        baseline_before: before,
+        baseline_after: after,
+        baseline_agents_pct,
         waiting,
         polling,
     };
@@ -176,8 +306,20 @@ impl Report {
             self.actors, self.window_s
         ));
         row(
-            "machine, PostgreSQL alone (the baseline; % of one core)",
-            pct(self.baseline_pct, 2),
+            "machine, PostgreSQL alone (the baseline, mean of a window before and one after the services; % of one core)",
+            format!(
+                "{} (before {}, after {})",
+                pct(self.baseline_pct, 2),
+                pct(self.baseline_before.map(|b| b.machine_pct), 2),
+                pct(self.baseline_after.map(|b| b.machine_pct), 2)
+            ),
+            Baseline::None,
+            DASH,
+            None,
+        );
+        row(
+            "of which the VM's agents (kdamond, pid 1), PostgreSQL alone",
+            pct(self.baseline_agents_pct, 2),
             Baseline::None,
             DASH,
             None,
@@ -202,6 +344,13 @@ impl Report {
                 } else {
                     None
                 },
+            );
+            row(
+                &format!("{}: of which the VM's agents (kdamond, pid 1)", r.label),
+                pct(r.agents_added_pct, 2),
+                Baseline::None,
+                DASH,
+                None,
             );
             row(
                 &format!(
@@ -232,6 +381,23 @@ impl Report {
                 None,
             );
         }
+        row(
+            &format!(
+                "control, no service: PostgreSQL with {} idle sessions (as many as the service held): added over the baseline (% of one core)",
+                self.control.sessions
+            ),
+            pct(self.control.added_pct, 2),
+            Baseline::None,
+            DASH,
+            None,
+        );
+        row(
+            "control, no service: of which the VM's agents (kdamond, pid 1)",
+            pct(self.control.agents_added_pct, 2),
+            Baseline::None,
+            DASH,
+            None,
+        );
         crate::capacity::print_top(
             &format!("{}, the window", self.waiting.label),
             &self.waiting.top,
