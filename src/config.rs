@@ -160,8 +160,8 @@ pub const LEADER_TICK_TIMEOUT: Duration = Duration::from_secs(3);
 /// still taken by the leader, so an older replica never leads beside a newer one during a
 /// rolling upgrade (see `migrations/0004`).
 pub const LEADER_LOCK_KEY: i64 = 0x746f_7967_7265_7341;
-/// Connection pools keep this many connections beyond the most they had in use at once
-/// over the last minute (see [`crate::db::PoolTrimmer`]); the rest are closed.
+/// Connection pools keep this many connections beyond the most seen in use at the last
+/// minute's samples (every 10 s; see [`crate::db::PoolTrimmer`]); the idle rest are closed.
 pub const POOL_SPARE: usize = 2;
 /// How often the fleet gauges (verdicts, per-instance series) are recomputed from the DB.
 pub const DEFAULT_FLEET_POLL_INTERVAL: Duration = Duration::from_secs(5);

@@ -106,8 +106,10 @@ fn needs_test_at(idle_for: Duration, now_ms: u64, suspect_ms: u64) -> bool {
 /// idle backends on the CMS and 8 of Duroxide's per replica, each a process on the CMS
 /// server. [`PoolTrimmer::sample`] notes the connections in use (called every ten seconds
 /// by the service's sweep), and [`PoolTrimmer::trim`] (every minute) closes idle ones
-/// beyond the most seen in use plus [`crate::config::POOL_SPARE`]. A burst opens them again
-/// as it needs them (a connection costs a few milliseconds).
+/// beyond the most seen in use at those samples plus [`crate::config::POOL_SPARE`]. The
+/// samples are instants, not a true peak: a burst shorter than their spacing may be missed,
+/// and its connections are opened again when it recurs (a connection costs a few
+/// milliseconds; at most a few a minute).
 pub struct PoolTrimmer {
     pool: PgPool,
     name: &'static str,
@@ -143,8 +145,13 @@ impl PoolTrimmer {
         self.sample();
         let keep = self.peak + crate::config::POOL_SPARE;
         let before = self.pool.size();
+        // Counted once: connections handed back while we close are not taken for idle ones
+        // (use growing meanwhile keeps them), and the loop stops once use exceeds the peak.
+        let excess = (before as usize)
+            .saturating_sub(keep)
+            .min(self.pool.num_idle());
         let mut closed = 0;
-        while self.pool.size() as usize > keep {
+        while closed < excess && self.in_use() <= self.peak {
             // None: no idle connection left, or a task is waiting for one.
             let Some(conn) = self.pool.try_acquire() else {
                 break;

@@ -187,12 +187,14 @@ async fn measure(
     let cpu = w.finish(env);
     // Idle, what runs how often matters more than what took longest.
     let (statements, top) = crate::capacity::profile_by(env, "calls", 16).await;
+    // The bench's own pool has the service's application name too: not counted.
     let backends: Option<i64> = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'toygres-actors%'",
     )
     .fetch_one(&env.pool)
     .await
-    .ok();
+    .ok()
+    .map(|n: i64| n - i64::from(env.pool.size()));
     let f1 = fetches(&svc.metrics().await);
     let fetches_per_s = f1
         .zip(f0)
