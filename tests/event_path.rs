@@ -196,7 +196,12 @@ async fn rows_written_while_the_service_is_down_are_reconciled_at_start() {
             .then_some(())
     })
     .await;
-    assert_eq!(db.live_actors("pg-d").await.len(), 1);
+    // `converged` counts an actor still queued for its first turn as live; this counts only
+    // a running one, which follows within the dispatcher's first fetch.
+    wait_until("pg-d's actor running", T, || async {
+        (db.live_actors("pg-d").await.len() == 1).then_some(())
+    })
+    .await;
     let c_after = db.actor_id("pg-c").await.unwrap();
     assert_ne!(
         c_before, c_after,
