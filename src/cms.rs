@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::config;
 use crate::db::DbError;
+use crate::identity::Term;
 use crate::sql;
 
 /// An instance as the reconciler and the operator surface see it. Never holds the
@@ -213,14 +214,17 @@ pub async fn swap_actor_id(
     Ok(row.is_some())
 }
 
-/// Delete health history older than `retention`, batch after batch (10,000 rows each, so no
-/// long lock) until none is left or `budget` is spent; returns rows deleted. One batch per
-/// pruning period could not keep up with a large fleet (10,000 instances at 30 s write
-/// 28.8 M rows a day).
+/// Delete health history older than `retention`, batch after batch ([`config::PRUNE_BATCH`]
+/// rows each, so no long lock) until none is left or `budget` is spent; returns rows
+/// deleted. One batch per pruning period could not keep up with a large fleet (10,000
+/// instances at 30 s write 28.8 M rows a day). With a `fence` (the leader's term) each batch
+/// asserts the term before it scans: a leader that lost its term mid-pass deletes nothing
+/// more (the batch fails with `TA001`).
 pub async fn prune_health_history(
     pool: &PgPool,
     retention: std::time::Duration,
     budget: std::time::Duration,
+    fence: Option<&Term>,
 ) -> Result<u64, DbError> {
     let started = std::time::Instant::now();
     let mut total = 0;
@@ -229,6 +233,9 @@ pub async fn prune_health_history(
         let n = sqlx::query(sql::PRUNE_HEALTH_HISTORY)
             .bind(retention.as_secs_f64())
             .bind(config::PRUNE_BATCH)
+            .bind(fence.map(|t| t.name.as_str()))
+            .bind(fence.map(|t| t.epoch))
+            .bind(fence.map(|t| t.term))
             .execute(pool)
             .await?
             .rows_affected();

@@ -135,19 +135,37 @@ async fn prune_timer(reconciler: Arc<Reconciler>, retention: Duration, stop: Can
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(e) = prune_once(&reconciler, retention).await {
-            tracing::warn!(error = %e, "pruning failed");
+        // A step-down ends the pass at once (its batches are fenced by the term as well).
+        tokio::select! {
+            r = prune_once(&reconciler, retention) => if let Err(e) = r {
+                tracing::warn!(error = %e, "pruning failed");
+            },
+            _ = stop.cancelled() => {
+                tracing::info!("pruning stopped: no longer the leader");
+                return;
+            }
         }
     }
 }
 
-/// One pruning pass (also used by tests and benchmarks).
+/// One pruning pass (also used by tests and benchmarks). A fenced reconciler (the service)
+/// prunes only in its term: the CMS deletes assert it in each statement, and Duroxide's bulk
+/// deletes (which run outside our transactions) are preceded by a check of it.
 pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow::Result<()> {
     let control = &reconciler.control;
-    let history =
-        crate::cms::prune_health_history(&control.pool, retention, config::PRUNE_BUDGET).await?;
+    let fence = reconciler.duty_fence()?;
+    let history = crate::cms::prune_health_history(
+        &control.pool,
+        retention,
+        config::PRUNE_BUDGET,
+        fence.as_ref(),
+    )
+    .await?;
     let decisions = sqlx::query(crate::sql::PRUNE_DECISIONS)
         .bind(retention.as_secs_f64())
+        .bind(fence.as_ref().map(|t| t.name.as_str()))
+        .bind(fence.as_ref().map(|t| t.epoch))
+        .bind(fence.as_ref().map(|t| t.term))
         .execute(&control.pool)
         .await?
         .rows_affected();
@@ -160,6 +178,7 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
     .await?;
     let mut executions = 0;
     if !with_old.is_empty() {
+        control.begin(fence.as_ref()).await?.commit().await?;
         let r = control
             .client
             .prune_executions_bulk(
@@ -186,6 +205,7 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
     .await?;
     let mut deleted = 0;
     if !finished.is_empty() {
+        control.begin(fence.as_ref()).await?.commit().await?;
         let r = control
             .client
             .delete_instance_bulk(duroxide::InstanceFilter {

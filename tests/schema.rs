@@ -976,3 +976,60 @@ async fn a_followers_tick_does_not_make_the_leader_resign() {
         "q leads and holds the lock now"
     );
 }
+
+/// The leader's pruning is fenced by its term (principle 6: a process that wakes up after
+/// losing its term writes nothing): a batch presenting a term that is over deletes no row
+/// and fails with `TA001`; the live term's batch deletes the old rows.
+#[tokio::test]
+async fn a_pruning_batch_of_a_lost_term_deletes_nothing() {
+    use toygres_actors::identity::Term;
+    let db = TestDb::new().await;
+    let id = db.insert_instance("pg-old", "running", None).await;
+    sqlx::query(
+        "INSERT INTO toygres_cms.instance_health_checks (instance_id, status, checked_at)
+         SELECT $1, 'healthy', now() - interval '8 days' - g * interval '1 second'
+           FROM generate_series(1, 50) g",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let old = || db.scalar_i64("SELECT count(*) FROM toygres_cms.instance_health_checks");
+    let (mut p, _) = session(&db).await;
+    let term = tick(&mut p, "p", 1).await.expect("p leads");
+    let week = Duration::from_secs(7 * 86_400);
+    let budget = Duration::from_secs(10);
+
+    // q's term 1 of an earlier leadership, or p's own earlier term: both over.
+    for lost in [
+        Term {
+            name: "q".into(),
+            epoch: 1,
+            term,
+        },
+        Term {
+            name: "p".into(),
+            epoch: 1,
+            term: term - 1,
+        },
+    ] {
+        let e = toygres_actors::cms::prune_health_history(&db.pool, week, budget, Some(&lost))
+            .await
+            .expect_err("a lost term's batch must fail");
+        assert!(e.to_string().contains("is over"), "{e}");
+        assert_eq!(old().await, 50, "nothing deleted under {lost:?}");
+    }
+    let live = Term {
+        name: "p".into(),
+        epoch: 1,
+        term,
+    };
+    let n = toygres_actors::cms::prune_health_history(&db.pool, week, budget, Some(&live))
+        .await
+        .unwrap();
+    assert_eq!(
+        (n, old().await),
+        (50, 0),
+        "the live term's pass deletes the old rows"
+    );
+}

@@ -201,7 +201,16 @@ impl Reconciler {
     /// The fence for an action with this trigger: operator requests are explicit and go
     /// through on any replica; everything else needs the current term.
     pub(crate) fn fence_for(&self, trigger: &Trigger) -> Result<Option<Term>, DuroError> {
-        if !self.fenced || matches!(trigger, Trigger::Operator(_)) {
+        if matches!(trigger, Trigger::Operator(_)) {
+            return Ok(None);
+        }
+        self.duty_fence()
+    }
+
+    /// The fence for the leader's own writes (actions, pruning): the current term when
+    /// fenced, `None` when not (tests, tools).
+    pub(crate) fn duty_fence(&self) -> Result<Option<Term>, DuroError> {
+        if !self.fenced {
             return Ok(None);
         }
         self.term().map(Some).ok_or(DuroError::NotLeader)

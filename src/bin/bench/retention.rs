@@ -152,9 +152,14 @@ pub async fn run(backlog: usize) -> Result<Report> {
     let t = Instant::now();
     let mut deleted = 0;
     loop {
-        let n =
-            toygres_actors::cms::prune_health_history(&env.pool, RETENTION, config::PRUNE_BUDGET)
-                .await?;
+        // No leader here: unfenced (the service's batches assert its term, one more call).
+        let n = toygres_actors::cms::prune_health_history(
+            &env.pool,
+            RETENTION,
+            config::PRUNE_BUDGET,
+            None,
+        )
+        .await?;
         deleted += n;
         if n == 0 || deleted >= backlog as u64 {
             break;
