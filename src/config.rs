@@ -163,6 +163,9 @@ pub const LEADER_LOCK_KEY: i64 = 0x746f_7967_7265_7341;
 /// Connection pools keep this many connections beyond the most seen in use at the last
 /// minute's samples (every 10 s; see [`crate::db::PoolTrimmer`]); the idle rest are closed.
 pub const POOL_SPARE: usize = 2;
+/// The priority lane's connections ([`crate::db::lane_cms_pool`]) close after this long
+/// idle: explicit restarts are rare, and an idle backend still costs the server.
+pub const LANE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the fleet gauges (verdicts, per-instance series) are recomputed from the DB.
 pub const DEFAULT_FLEET_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How long one pruning pass may spend on health history (paced batches in a loop): a

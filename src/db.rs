@@ -207,7 +207,7 @@ fn sqlx_options(config: &ConnConfig, application: &str) -> Result<PgConnectOptio
 /// ([`ConnConfig::preflight`]): a certificate problem is then reported in our words, and
 /// only the CAs of `sslrootcert` are trusted for it.
 pub async fn cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    cms_pool_with(url, max_connections, false, APPLICATION).await
+    cms_pool_with(url, max_connections, false, APPLICATION, None).await
 }
 
 /// The service's CMS pool: as [`cms_pool`], but a connection is tested before use only when
@@ -215,13 +215,23 @@ pub async fn cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError
 /// whose long-lived sessions report trouble (the service's listener, leader session and
 /// store wake listener).
 pub async fn watched_cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    cms_pool_with(url, max_connections, true, APPLICATION).await
+    cms_pool_with(url, max_connections, true, APPLICATION, None).await
 }
 
 /// The priority lane's own CMS connections ([`crate::reconcile::PriorityLane`]), watched as
-/// the service's pool is; `toygres-actors-lane` in `pg_stat_activity`.
+/// the service's pool is; `toygres-actors-lane` in `pg_stat_activity`. Explicit restarts
+/// are rare: a lane connection idle for [`crate::config::LANE_IDLE_TIMEOUT`] is closed (sqlx's
+/// default keeps one 10 minutes), so an idle service holds none; the next restart pays one
+/// connect.
 pub async fn lane_cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    cms_pool_with(url, max_connections, true, "toygres-actors-lane").await
+    cms_pool_with(
+        url,
+        max_connections,
+        true,
+        "toygres-actors-lane",
+        Some(crate::config::LANE_IDLE_TIMEOUT),
+    )
+    .await
 }
 
 const APPLICATION: &str = "toygres-actors";
@@ -231,6 +241,7 @@ async fn cms_pool_with(
     max_connections: u32,
     watched: bool,
     application: &str,
+    idle_timeout: Option<Duration>,
 ) -> Result<PgPool, DbError> {
     let mut config = ConnConfig::parse(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
     if config.needs_preflight() {
@@ -244,6 +255,9 @@ async fn cms_pool_with(
     let mut options = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10));
+    if let Some(idle) = idle_timeout {
+        options = options.idle_timeout(idle);
+    }
     if watched {
         options = options
             .test_before_acquire(false)

@@ -163,3 +163,34 @@ async fn a_pool_is_trimmed_to_its_recent_need_after_a_burst() {
     )
     .await;
 }
+
+/// The priority lane's connections serve rare explicit restarts: one idle for
+/// `LANE_IDLE_TIMEOUT` (60 s) is closed by the pool's reaper (which runs as often), so an
+/// idle service holds none of them; sqlx's default would keep it 10 minutes.
+#[tokio::test]
+async fn the_lanes_connections_close_after_a_minute_idle() {
+    let db = TestDb::new().await;
+    let pool = toygres_actors::db::lane_cms_pool(&db.url, 4).await.unwrap();
+    sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+    let lane_sessions = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'toygres-actors-lane' AND datname = current_database()",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        n
+    };
+    assert!(lane_sessions().await >= 1, "the lane's pool is connected");
+    let t0 = std::time::Instant::now();
+    wait_until(
+        "the lane's idle connections closed",
+        toygres_actors::config::LANE_IDLE_TIMEOUT * 2 + std::time::Duration::from_secs(20),
+        || async { (pool.size() == 0 && lane_sessions().await == 0).then_some(()) },
+    )
+    .await;
+    eprintln!("the lane's connections closed after {:?}", t0.elapsed());
+    // The next restart still finds a connection.
+    sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+}
