@@ -61,6 +61,11 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
         c.between(&format!("idle.{run}.added_pct"), -200.0, 200.0);
         c.cpu(&format!("idle.{run}.cpu"), false);
         c.between(&format!("idle.{run}.fetches_per_s"), -0.001, 10_000.0);
+        // The probes go through the pooler (the default): its CPU is measured, and the
+        // server holds the service's sessions and the pooler's few, not one per actor's
+        // kept connection plus them.
+        c.between(&format!("idle.{run}.pooler_pct"), -0.001, 200.0);
+        c.between(&format!("idle.{run}.backends"), 1.0, 30.0);
     }
     // Polling fetches every 250 ms per dispatcher slot; waiting fetches about every 5 s.
     assert!(

@@ -6,6 +6,15 @@
 //! term, fleet gauges). Then the same with `--duroxide-wait off` (duroxide-pg's own
 //! polling) in the same run, as the comparison.
 //!
+//! `--targets pooled` (the default, as in `capacity`) puts a PgBouncer in transaction mode
+//! in front of that PostgreSQL for the probes, started before the first baseline window: the
+//! probes keep their connections to it and each check still runs its query on the real
+//! server, but the server holds a few backends for them instead of one per instance (in
+//! production each probe's backend lives on the instance's own server, not beside the
+//! service). `--targets direct` points every probe at the server itself: 100 kept
+//! connections are 100 backends on this machine. The pooler's CPU counts in the machine's
+//! figure and is shown apart.
+//!
 //! On this VM class two agents that are neither ours nor PostgreSQL's grow with every process
 //! on the machine: the kernel's DAMON reclaim thread (`kdamond`: it samples pages and walks
 //! every mapping of each, so every backend mapping the shared buffers adds to it) and the
@@ -22,10 +31,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+use crate::capacity::Targets;
 use crate::harness::{
-    Baseline, Cpu, CpuWindow, DASH, Env, Service, checked_count, header, insert_many, metric, pct,
-    row,
+    Baseline, Cpu, CpuWindow, DASH, Env, Service, checked_count, cpu_seconds, header, insert_many,
+    metric, pct, row,
 };
+use crate::pooler::Pooler;
 
 /// Busy time of the whole machine so far, in seconds of one core (/proc/stat's first line:
 /// user + nice + system + irq + softirq + steal, in USER_HZ = 100 ticks a second).
@@ -103,15 +114,17 @@ pub struct Run {
     pub agents_added_pct: Option<f64>,
     /// Per process: the service and every PostgreSQL process.
     pub cpu: Cpu,
+    /// The probes' pooler (`--targets pooled`), % of one core.
+    pub pooler_pct: Option<f64>,
     /// Fetches from Duroxide's queues per second (the store's counter).
     pub fetches_per_s: Option<f64>,
     /// Statements the bench database ran per second in the window (pg_stat_statements).
     pub statements_per_s: Option<f64>,
     /// The window's most frequent statements: (statement, calls, total ms).
     pub top: Vec<(String, i64, f64)>,
-    /// The service's sessions on the server at the window's end (CMS, Duroxide, leader,
-    /// listener and the probes' kept connections, which this bench points at the same
-    /// server).
+    /// Client backends on the server at the window's end, less the bench's own pool: the
+    /// service's (CMS, Duroxide, leader, listener) and the probes' (one per kept connection
+    /// with `--targets direct`, the pooler's few with `pooled`).
     pub backends: Option<i64>,
 }
 
@@ -126,6 +139,8 @@ pub struct Control {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub actors: usize,
+    /// `pooled` or `direct` (see the module doc).
+    pub targets: String,
     pub window_s: f64,
     /// PostgreSQL alone (no service), % of one core: the mean of the windows before and after.
     pub baseline_pct: Option<f64>,
@@ -155,17 +170,35 @@ fn fetches(metrics: &str) -> Option<f64> {
     total
 }
 
+/// Where the instances' probes connect: the server itself, or the pooler in front of it.
+struct Setup<'a> {
+    env: &'a Env,
+    pooler: Option<&'a Pooler>,
+}
+
+impl Setup<'_> {
+    fn target(&self) -> String {
+        self.pooler
+            .map_or_else(|| self.env.target(), Pooler::target)
+    }
+
+    fn pooler_seconds(&self) -> Option<f64> {
+        self.pooler.and_then(|p| cpu_seconds(p.pid()))
+    }
+}
+
 async fn measure(
-    env: &Env,
+    setup: &Setup<'_>,
     label: &str,
     wait: &str,
     actors: usize,
     insert: bool,
     (warmup, window): (Duration, Duration),
 ) -> Result<Run> {
+    let env = setup.env;
     let svc = Service::start(&env.url, &["--duroxide-wait", wait]).await?;
     if insert {
-        insert_many(&env.pool, "idle", actors, "running", Some(&env.target())).await?;
+        insert_many(&env.pool, "idle", actors, "running", Some(&setup.target())).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while checked_count(&env.pool).await? < actors as i64 {
@@ -181,15 +214,20 @@ async fn measure(
         .execute(&env.pool)
         .await;
     let w = CpuWindow::start(env, Some(svc.pid()));
+    let p0 = setup.pooler_seconds();
     let t0 = Instant::now();
     let busy = machine_pct(window).await;
     let machine = busy.map(|b| b.machine_pct);
     let cpu = w.finish(env);
+    let pooler_pct = setup
+        .pooler_seconds()
+        .zip(p0)
+        .map(|(b, a)| 100.0 * (b - a) / t0.elapsed().as_secs_f64());
     // Idle, what runs how often matters more than what took longest.
     let (statements, top) = crate::capacity::profile_by(env, "calls", 16).await;
-    // The bench's own pool has the service's application name too: not counted.
+    // The bench's own pool is not counted.
     let backends: Option<i64> = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'toygres-actors%'",
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
     )
     .fetch_one(&env.pool)
     .await
@@ -208,12 +246,17 @@ async fn measure(
         agents_pct: busy.and_then(|b| b.agents_pct),
         agents_added_pct: None,
         cpu,
+        pooler_pct,
         fetches_per_s,
         statements_per_s,
         top,
         backends,
     })
 }
+
+/// Backends the probes' pooler may open on the server: 3.3 checks a second of well under a
+/// millisecond each need one; a start-up's first checks a few.
+const POOLER_SERVER_CONNECTIONS: u32 = 4;
 
 /// The machine with `n` idle sessions open on the server (no statement runs on them) and
 /// no service: what merely having that many backends costs this VM.
@@ -234,14 +277,32 @@ async fn control(env: &Env, n: i64, window: Duration) -> Result<Option<Busy>> {
     Ok(busy)
 }
 
-pub async fn run(actors: usize, window: Duration, warmup: Duration) -> Result<Report> {
+pub async fn run(
+    actors: usize,
+    window: Duration,
+    warmup: Duration,
+    targets: Targets,
+) -> Result<Report> {
     let env = Env::start().await?;
+    // The pooler is part of the probe target: running, idle, in the baseline too.
+    let pooler = match targets {
+        Targets::Pooled => Some(Pooler::start(
+            env.pg.port(),
+            POOLER_SERVER_CONNECTIONS,
+            true,
+        )?),
+        Targets::Direct => None,
+    };
+    let setup = Setup {
+        env: &env,
+        pooler: pooler.as_ref(),
+    };
     // PostgreSQL alone (after its start-up settles).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = machine_pct(window).await;
     // The runs are judged against the mean of both baselines, known only at the end.
     let mut waiting = measure(
-        &env,
+        &setup,
         "toygres-actors (fetches wait for wake-ups)",
         "on",
         actors,
@@ -250,7 +311,7 @@ pub async fn run(actors: usize, window: Duration, warmup: Duration) -> Result<Re
     )
     .await?;
     let mut polling = measure(
-        &env,
+        &setup,
         "--duroxide-wait off (duroxide-pg polls every 250 ms)",
         "off",
         actors,
@@ -288,6 +349,10 @@ pub async fn run(actors: usize, window: Duration, warmup: Duration) -> Result<Re
     };
     let report = Report {
         actors,
+        targets: match targets {
+            Targets::Pooled => "pooled".into(),
+            Targets::Direct => "direct".into(),
+        },
         control,
         window_s: window.as_secs_f64(),
         baseline_pct,
@@ -304,8 +369,13 @@ pub async fn run(actors: usize, window: Duration, warmup: Duration) -> Result<Re
 impl Report {
     fn print(&self) {
         header(&format!(
-            "Idle — {} actors at default settings probing a real PostgreSQL, measured over {} s (machine level, /proc/stat)",
-            self.actors, self.window_s
+            "Idle — {} actors at default settings probing a real PostgreSQL ({}), measured over {} s (machine level, /proc/stat)",
+            self.actors,
+            match self.targets.as_str() {
+                "pooled" => "through a PgBouncer in transaction mode in front of it",
+                _ => "directly: a backend per kept connection",
+            },
+            self.window_s
         ));
         row(
             "machine, PostgreSQL alone (the baseline, mean of a window before and one after the services; % of one core)",
@@ -360,6 +430,24 @@ impl Report {
                     r.label
                 ),
                 format!("{} + {}", pct(r.cpu.service_pct, 2), pct(r.cpu.pg_pct, 2)),
+                Baseline::None,
+                DASH,
+                None,
+            );
+            if r.pooler_pct.is_some() {
+                row(
+                    &format!("{}: the probes' PgBouncer (% of one core)", r.label),
+                    pct(r.pooler_pct, 2),
+                    Baseline::None,
+                    DASH,
+                    None,
+                );
+            }
+            row(
+                &format!("{}: client backends on the server", r.label),
+                r.backends
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| DASH.into()),
                 Baseline::None,
                 DASH,
                 None,

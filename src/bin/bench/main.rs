@@ -76,6 +76,11 @@ enum Scenario {
         window: String,
         #[arg(long, default_value = "60s")]
         warmup: String,
+        /// What the probes connect to: `pooled` (a PgBouncer in transaction mode in front of
+        /// the bench's PostgreSQL; the probes keep their connections to it) or `direct` (the
+        /// server itself: a backend per kept connection on this machine).
+        #[arg(long, value_enum, default_value = "pooled")]
+        targets: capacity::Targets,
     },
     /// N instances inserted in one transaction → all actors running and checked; then deleted.
     Burst {
@@ -163,7 +168,8 @@ fn main() -> Result<()> {
                 actors,
                 window,
                 warmup,
-            } => idle::run(actors, dur(&window)?, dur(&warmup)?)
+                targets,
+            } => idle::run(actors, dur(&window)?, dur(&warmup)?, targets)
                 .await
                 .map(drop),
             Scenario::Burst {

@@ -31,7 +31,13 @@ pub async fn run() -> Result<()> {
     };
     let summary = Summary {
         latency: latency::run(20, &["50ms".into()], Duration::from_secs(2)).await?,
-        idle: idle::run(5, Duration::from_secs(2), Duration::from_secs(1)).await?,
+        idle: idle::run(
+            5,
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            capacity::Targets::Pooled,
+        )
+        .await?,
         burst,
         burst_pooled,
         capacity: capacity::run(
