@@ -47,6 +47,7 @@ pub const DUROXIDE_TURNS: &str = "toygres_actors_duroxide_turns_total";
 pub const DUROXIDE_FETCHES: &str = "toygres_actors_duroxide_fetches_total";
 pub const DUROXIDE_WAKEUPS: &str = "toygres_actors_duroxide_wakeups_total";
 pub const POOL_TRIMMED: &str = "toygres_actors_pool_connections_trimmed_total";
+pub const LANE_RESTARTS: &str = "toygres_actors_lane_restarts_total";
 
 /// Latency buckets (seconds) for the sub-millisecond-to-seconds histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -192,6 +193,10 @@ fn describe() {
         POOL_TRIMMED,
         "Idle connections closed because their pool (cms, duroxide) held more than it needed over the last minute plus a spare of 2."
     );
+    describe_counter!(
+        LANE_RESTARTS,
+        "Explicit restarts on the priority lane, by request (request: durable; control: restart <name>) and outcome (done, not_leader, retry: failed or rate limited, tried again; left_pending: a durable request that failed 5 times, left to the resync)."
+    );
     describe_histogram!(
         NOTIFY_ROUNDTRIP,
         Unit::Seconds,
@@ -328,6 +333,11 @@ pub fn pool_trimmed(pool: &'static str, n: usize) {
     metrics::counter!(POOL_TRIMMED, "pool" => pool).increment(n as u64);
 }
 
+/// An explicit restart's attempt on the priority lane, by request and outcome.
+pub fn lane_restart(request: &'static str, outcome: &'static str) {
+    metrics::counter!(LANE_RESTARTS, "request" => request, "outcome" => outcome).increment(1);
+}
+
 /// Zero every labelled counter we export, so the series exist before the first event
 /// (alerts on `rate()` and dashboards need them).
 pub fn initialise_series() {
@@ -344,6 +354,12 @@ pub fn initialise_series() {
     }
     for pool in ["cms", "duroxide"] {
         metrics::counter!(POOL_TRIMMED, "pool" => pool).increment(0);
+    }
+    for request in ["request", "control"] {
+        for outcome in ["done", "not_leader", "retry", "left_pending"] {
+            metrics::counter!(LANE_RESTARTS, "request" => request, "outcome" => outcome)
+                .increment(0);
+        }
     }
     metrics::gauge!(LEASES_HELD).set(0.0);
     for status in ["healthy", "unhealthy", "unknown"] {

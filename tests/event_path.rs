@@ -615,6 +615,14 @@ async fn control_notify_off_ignores_raw_requests_but_not_durable_ones() {
         ),
         "the raw restart was counted as handled"
     );
+    // The durable request ran on the priority lane, and its metric says so.
+    let on_lane = support::metric(
+        &svc,
+        "toygres_actors_lane_restarts_total",
+        &["request=\"request\"", "outcome=\"done\""],
+    )
+    .await;
+    assert_eq!(on_lane, 1.0, "one durable restart done on the lane");
 }
 
 /// toygres' own create flow: the row is inserted `creating` with no connection string (the

@@ -348,6 +348,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// leading or the lane stops; a durable request after [`ATTEMPTS`] failures is left pending
 /// for the resync (which honours it through the queue).
 async fn explicit(lane: &Lane, id: Uuid, trigger: Trigger) {
+    let request = if trigger == Trigger::RestartRequest {
+        "request"
+    } else {
+        "control"
+    };
     let mut failures = 0;
     loop {
         if lane.stop.is_cancelled() {
@@ -364,22 +369,29 @@ async fn explicit(lane: &Lane, id: Uuid, trigger: Trigger) {
             }
         };
         let delay = match result {
-            Ok(_) => return,
+            Ok(_) => {
+                metrics::lane_restart(request, "done");
+                return;
+            }
             Err(DuroError::TermOver(_) | DuroError::NotLeader) => {
+                metrics::lane_restart(request, "not_leader");
                 tracing::debug!(instance_id = %id, "priority lane: not the leader; the leader honours it");
                 return;
             }
             Err(DuroError::RateLimited(wait)) => {
+                metrics::lane_restart(request, "retry");
                 tracing::debug!(instance_id = %id, retry_in_ms = wait.as_millis() as u64, "restart held back by the rate limits");
                 wait
             }
             Err(e) => {
                 failures += 1;
                 if failures >= ATTEMPTS && trigger == Trigger::RestartRequest {
+                    metrics::lane_restart(request, "left_pending");
                     tracing::warn!(instance_id = %id, error = %e,
                         "priority lane: restart request failed {ATTEMPTS} times; it stays pending and the resync honours it");
                     return;
                 }
+                metrics::lane_restart(request, "retry");
                 let delay = super::queue::retry_delay(failures);
                 tracing::warn!(instance_id = %id, attempt = failures, retry_in_ms = delay.as_millis() as u64,
                     error = %e, "priority lane: explicit restart failed; will retry");
