@@ -116,15 +116,9 @@ impl Env {
         // With its exited children's (backends, autovacuum workers: reaped by the
         // postmaster, their CPU time moves to its cutime/cstime).
         let mut total = cpu_seconds(postmaster)? + children_cpu_seconds(postmaster)?;
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for e in dir.flatten() {
-                if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>()
-                    && parent_of(pid) == Some(postmaster)
-                {
-                    // A backend that exited between listing and reading adds nothing.
-                    total += cpu_seconds(pid).unwrap_or(0.0);
-                }
-            }
+        for pid in pids().filter(|&pid| parent_of(pid) == Some(postmaster)) {
+            // A backend that exited between listing and reading adds nothing.
+            total += cpu_seconds(pid).unwrap_or(0.0);
         }
         Some(total)
     }
@@ -236,6 +230,15 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
     // The command name may contain spaces: split after the closing parenthesis.
     let rest = &s[s.rfind(')')? + 2..];
     Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The pids of the processes alive now (an unreadable /proc lists none).
+pub fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
 }
 
 fn parent_of(pid: i32) -> Option<i32> {

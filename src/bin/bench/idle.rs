@@ -60,14 +60,11 @@ pub(crate) fn machine_busy() -> Option<f64> {
 /// so each PostgreSQL backend mapping the shared buffers adds to it) and pid 1 (here the
 /// VM's init agent, which also watches processes).
 fn vm_agents_busy() -> Option<f64> {
-    let mut total = crate::harness::cpu_seconds(1)?;
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    let mut total = cpu_seconds(1)?;
+    for pid in crate::harness::pids() {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.starts_with("kdamond") {
-            total += crate::harness::cpu_seconds(pid).unwrap_or(0.0);
+            total += cpu_seconds(pid).unwrap_or(0.0);
         }
     }
     Some(total)
@@ -139,8 +136,8 @@ pub struct Control {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub actors: usize,
-    /// `pooled` or `direct` (see the module doc).
-    pub targets: String,
+    /// What the probes connect to (see the module doc).
+    pub targets: Targets,
     pub window_s: f64,
     /// PostgreSQL alone (no service), % of one core: the mean of the windows before and after.
     pub baseline_pct: Option<f64>,
@@ -349,10 +346,7 @@ pub async fn run(
     };
     let report = Report {
         actors,
-        targets: match targets {
-            Targets::Pooled => "pooled".into(),
-            Targets::Direct => "direct".into(),
-        },
+        targets,
         control,
         window_s: window.as_secs_f64(),
         baseline_pct,
@@ -371,9 +365,9 @@ impl Report {
         header(&format!(
             "Idle — {} actors at default settings probing a real PostgreSQL ({}), measured over {} s (machine level, /proc/stat)",
             self.actors,
-            match self.targets.as_str() {
-                "pooled" => "through a PgBouncer in transaction mode in front of it",
-                _ => "directly: a backend per kept connection",
+            match self.targets {
+                Targets::Pooled => "through a PgBouncer in transaction mode in front of it",
+                Targets::Direct => "directly: a backend per kept connection",
             },
             self.window_s
         ));

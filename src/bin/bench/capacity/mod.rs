@@ -34,7 +34,8 @@ use crate::naive;
 use crate::pooler::Pooler;
 
 /// What the instances probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Targets {
     /// Through a PgBouncer in transaction mode (needs `pgbouncer`); default probe settings.
     Pooled,
