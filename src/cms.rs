@@ -230,12 +230,10 @@ pub async fn prune_health_history(
     let mut total = 0;
     loop {
         let batch = std::time::Instant::now();
-        let n = sqlx::query(sql::PRUNE_HEALTH_HISTORY)
+        let query = sqlx::query(sql::PRUNE_HEALTH_HISTORY)
             .bind(retention.as_secs_f64())
-            .bind(config::PRUNE_BATCH)
-            .bind(fence.map(|t| t.name.as_str()))
-            .bind(fence.map(|t| t.epoch))
-            .bind(fence.map(|t| t.term))
+            .bind(config::PRUNE_BATCH);
+        let n = bind_fence(query, fence)
             .execute(pool)
             .await?
             .rows_affected();
@@ -248,6 +246,32 @@ pub async fn prune_health_history(
         let left = budget.saturating_sub(started.elapsed());
         tokio::time::sleep(prune_pause(batch.elapsed()).min(left)).await;
     }
+}
+
+/// Delete decisions older than `retention` (one batch of at most 10,000), fenced by the
+/// leader's term as [`prune_health_history`] is; returns rows deleted.
+pub async fn prune_decisions(
+    pool: &PgPool,
+    retention: std::time::Duration,
+    fence: Option<&Term>,
+) -> Result<u64, DbError> {
+    let query = sqlx::query(sql::PRUNE_DECISIONS).bind(retention.as_secs_f64());
+    Ok(bind_fence(query, fence)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
+/// A pruning statement's last three parameters: the term's name, epoch and number, or NULLs
+/// for an unfenced pass (the SQL then skips `toygres_actors.assert_term`).
+fn bind_fence<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    fence: Option<&'q Term>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(fence.map(|t| t.name.as_str()))
+        .bind(fence.map(|t| t.epoch))
+        .bind(fence.map(|t| t.term))
 }
 
 /// The pause after a full batch of the pruner that took `took`: the pruner deletes at most

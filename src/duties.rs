@@ -161,14 +161,7 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
         fence.as_ref(),
     )
     .await?;
-    let decisions = sqlx::query(crate::sql::PRUNE_DECISIONS)
-        .bind(retention.as_secs_f64())
-        .bind(fence.as_ref().map(|t| t.name.as_str()))
-        .bind(fence.as_ref().map(|t| t.epoch))
-        .bind(fence.as_ref().map(|t| t.term))
-        .execute(&control.pool)
-        .await?
-        .rows_affected();
+    let decisions = crate::cms::prune_decisions(&control.pool, retention, fence.as_ref()).await?;
     let with_old: Vec<String> = sqlx::query_scalar(&crate::sql::with_duroxide_schema(
         crate::sql::ACTORS_WITH_OLD_EXECUTIONS,
         &control.schema,

@@ -191,11 +191,14 @@ fn describe() {
     );
     describe_counter!(
         POOL_TRIMMED,
-        "Idle connections closed because their pool (cms, duroxide) held more than it needed over the last minute plus a spare of 2."
+        format!(
+            "Idle connections closed because their pool (cms, duroxide) held more than it needed over the last minute plus a spare of {}.",
+            crate::config::POOL_SPARE
+        )
     );
     describe_counter!(
         LANE_RESTARTS,
-        "Explicit restarts on the priority lane, by request (request: durable; control: restart <name>) and outcome (done, not_leader, retry: failed or rate limited, tried again; left_pending: a durable request that failed 5 times, left to the resync)."
+        "Explicit restarts on the priority lane, by request (request: durable; control: restart <name>) and outcome (done, not_leader, retry: failed or rate limited, tried again; left_pending: a durable request that failed every attempt, left to the resync)."
     );
     describe_histogram!(
         NOTIFY_ROUNDTRIP,
