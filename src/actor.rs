@@ -10,7 +10,10 @@
 //! probe → one fenced write) every `interval_ms`. A health check thus costs one read and one
 //! write instead of two Duroxide turns; the durable loop turns only once per renewal. The write is fenced on the actor id, the holder and its
 //! epoch and liveness, so probing never doubles when a lease moves. After
-//! `iterations_per_execution` renewals the actor continues as new.
+//! `iterations_per_execution` renewals the actor continues as new. An incarnation the service
+//! started took its lease in the start's own transaction (`leased_at_start`): its first
+//! iteration begins with the timer, so a fresh actor costs one Duroxide turn until its second
+//! renewal.
 //!
 //! **Version 1** (kept registered so actors started by it replay, and upgraded to v2 at
 //! their next continue-as-new) ran the health check as its activity on every iteration:
@@ -59,6 +62,14 @@ pub struct ActorInput {
     /// iteration then begins with the timer.
     #[serde(default)]
     pub eager_first_check: bool,
+    /// v2: the transaction that started this incarnation also recorded it as the owner of
+    /// its instance's probe lease (the service's eager lease), so the first iteration's
+    /// renewal would only repeat that write: it begins with the timer instead. A burst of
+    /// starts then costs one Duroxide turn per actor instead of two turns and an activity.
+    /// Honoured by orchestration version 2.1.0 only; absent (false) in the inputs of older
+    /// releases.
+    #[serde(default)]
+    pub leased_at_start: bool,
 }
 
 /// Input of one lease renewal.
@@ -79,10 +90,28 @@ pub const DEFAULT_LEASE_RENEW: Duration = Duration::from_secs(240);
 /// does not stop probing.
 pub const LEASE_OVERLAP: u32 = 3;
 
-/// Version 2: renew the probe lease, sleep, repeat; continue as new every few renewals.
+/// Version 2 (2.1.0): renew the probe lease, sleep, repeat; continue as new every few
+/// renewals. An incarnation whose start took its lease begins with the timer.
 pub async fn instance_actor_v2(
     ctx: OrchestrationContext,
+    input: ActorInput,
+) -> Result<String, String> {
+    lease_loop(ctx, input, true).await
+}
+
+/// Version 2.0.0: the same loop, renewing first in every execution whatever the input says
+/// (the behaviour its stored histories and the release before's replicas have).
+pub async fn instance_actor_v2_0(
+    ctx: OrchestrationContext,
+    input: ActorInput,
+) -> Result<String, String> {
+    lease_loop(ctx, input, false).await
+}
+
+async fn lease_loop(
+    ctx: OrchestrationContext,
     mut input: ActorInput,
+    honour_leased_at_start: bool,
 ) -> Result<String, String> {
     let renew = Duration::from_millis(
         input
@@ -92,27 +121,10 @@ pub async fn instance_actor_v2(
     );
     let iterations = input.iterations_per_execution.max(1);
     for i in 0..iterations {
-        let lease = LeaseInput {
-            instance_id: input.instance_id,
-            actor_states: input.actor_states.clone(),
-            interval_ms: input.interval_ms,
-            lease_ms: (renew * LEASE_OVERLAP).as_millis() as u64,
-            unhealthy_after: input.unhealthy_after,
-        };
-        match ctx
-            .schedule_activity_typed::<LeaseInput, CheckOutcome>(
-                crate::config::ACTIVITY_LEASE,
-                &lease,
-            )
-            .await
-        {
-            Ok(CheckOutcome::Exit { reason }) => {
-                ctx.trace_info(format!("actor for {} exits: {reason}", input.k8s_name));
-                return Ok(reason);
-            }
-            Ok(_) => {}
-            // Could not renew now (e.g. the CMS was unreachable): the lease outlives one miss.
-            Err(e) => ctx.trace_warn(format!("lease renewal of {} failed: {e}", input.k8s_name)),
+        let leased_at_start =
+            honour_leased_at_start && i == 0 && input.executions == 0 && input.leased_at_start;
+        if !leased_at_start && let Some(reason) = renew_lease(&ctx, &input, renew).await {
+            return Ok(reason);
         }
         // A fresh actor's second renewal comes after between an eighth of a period and a full
         // one, fixed per instance id: actors started together (a burst, an install on an existing
@@ -128,6 +140,34 @@ pub async fn instance_actor_v2(
     }
     input.executions += 1;
     ctx.continue_as_new_typed(&input).await
+}
+
+/// One renewal of the actor's probe lease: `Some(reason)` when the actor is to exit.
+async fn renew_lease(
+    ctx: &OrchestrationContext,
+    input: &ActorInput,
+    renew: Duration,
+) -> Option<String> {
+    let lease = LeaseInput {
+        instance_id: input.instance_id,
+        actor_states: input.actor_states.clone(),
+        interval_ms: input.interval_ms,
+        lease_ms: (renew * LEASE_OVERLAP).as_millis() as u64,
+        unhealthy_after: input.unhealthy_after,
+    };
+    match ctx
+        .schedule_activity_typed::<LeaseInput, CheckOutcome>(crate::config::ACTIVITY_LEASE, &lease)
+        .await
+    {
+        Ok(CheckOutcome::Exit { reason }) => {
+            ctx.trace_info(format!("actor for {} exits: {reason}", input.k8s_name));
+            return Some(reason);
+        }
+        Ok(_) => {}
+        // Could not renew now (e.g. the CMS was unreachable): the lease outlives one miss.
+        Err(e) => ctx.trace_warn(format!("lease renewal of {} failed: {e}", input.k8s_name)),
+    }
+    None
 }
 
 /// The first timer: between an eighth of an interval and a full one, fixed per instance id.
@@ -255,6 +295,18 @@ async fn actor_exits(
         tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
     }
     Ok(CheckOutcome::Exit { reason })
+}
+
+/// Every version of the actor orchestration, as registered with Duroxide: the current one
+/// for new starts, the older ones so that their stored actors replay.
+pub fn register_orchestrations(
+    builder: duroxide::runtime::registry::OrchestrationRegistryBuilder,
+) -> duroxide::runtime::registry::OrchestrationRegistryBuilder {
+    use crate::config::{ACTOR_ORCHESTRATION, ACTOR_VERSION, ACTOR_VERSION_V1, ACTOR_VERSION_V2_0};
+    builder
+        .register_versioned_typed(ACTOR_ORCHESTRATION, ACTOR_VERSION_V1, instance_actor)
+        .register_versioned_typed(ACTOR_ORCHESTRATION, ACTOR_VERSION_V2_0, instance_actor_v2_0)
+        .register_versioned_typed(ACTOR_ORCHESTRATION, ACTOR_VERSION, instance_actor_v2)
 }
 
 /// The activities as registered with Duroxide.

@@ -74,7 +74,13 @@ pub const MAX_CONTROL_PAYLOAD: usize = 8000;
 pub const ACTOR_ORCHESTRATION: &str = "toygres::InstanceActor";
 /// Current version of the actor orchestration. Bump (and keep the old registration) when
 /// its replay behaviour changes, so in-flight actors keep running on the code they began with.
-pub const ACTOR_VERSION: &str = "2.0.0";
+/// 2.1.0: an incarnation whose start took its lease skips its first renewal
+/// ([`crate::actor::ActorInput::leased_at_start`]).
+pub const ACTOR_VERSION: &str = "2.1.0";
+/// 2.0.0: the probe-lease actor that renews first in every execution; registered so that
+/// its actors replay, and so that in a rolling upgrade an execution begun by a replica of
+/// the release before (which resolves a start to 2.0.0) replays the same anywhere.
+pub const ACTOR_VERSION_V2_0: &str = "2.0.0";
 /// The first version, registered so that actors it started still replay.
 pub const ACTOR_VERSION_V1: &str = "1.0.0";
 /// The activity of a v1 actor iteration: read row → probe → record.

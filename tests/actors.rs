@@ -402,7 +402,9 @@ async fn lease_renewals_record_their_lag_from_database_timestamps() {
 
 /// Actors started together do not renew together forever: a fresh actor's second renewal
 /// comes after between an eighth of a renewal period and a full one, fixed per instance id
-/// (its first runs at once). Read from Duroxide's history: the first timer's duration.
+/// (its first is the lease the start took in its own transaction). Read from Duroxide's
+/// history: the first timer's duration, and no renewal activity before it — a fresh actor
+/// costs one turn, not two turns and an activity.
 #[tokio::test]
 async fn a_burst_of_fresh_actors_spreads_its_second_renewals() {
     let db = TestDb::new().await;
@@ -449,6 +451,32 @@ async fn a_burst_of_fresh_actors_spreads_its_second_renewals() {
     }
     let distinct: std::collections::HashSet<i64> = waits.iter().map(|(_, ms)| *ms).collect();
     assert!(distinct.len() > N / 2, "spread: {distinct:?}");
+    let (activities, turns): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE h.event_data::jsonb->>'type' = 'ActivityScheduled'),
+                count(*) FILTER (WHERE h.event_data::jsonb->>'type' = 'OrchestrationStarted')
+           FROM toygres_cms.instances i
+           JOIN toygres_duroxide.history h
+             ON h.instance_id = i.instance_actor_orchestration_id
+          WHERE i.k8s_name LIKE 'pg-spread-%' AND h.execution_id = 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(turns, N as i64, "one start per actor");
+    assert_eq!(activities, 0, "no renewal before the first timer");
+    // The start's own lease stands in for that renewal: each actor owns its lease, held by
+    // the service for three renewal periods.
+    let leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_actors.probe_leases l
+           JOIN toygres_cms.instances i
+             ON i.id = l.instance_id AND i.instance_actor_orchestration_id = l.actor_id
+          WHERE i.k8s_name LIKE 'pg-spread-%'
+            AND l.expires_at > clock_timestamp() + interval '10 minutes'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leased, N as i64, "leases taken with the starts");
     drop(svc);
 }
 
@@ -645,5 +673,89 @@ async fn a_restart_request_honoured_twice_at_once_restarts_once() {
         .scalar_i64("SELECT count(*) FROM toygres_actors.decisions WHERE action = 'restart'")
         .await;
     assert_eq!(restarts, 1);
+    stack.shutdown().await;
+}
+
+/// A rolling upgrade mixes releases: a replica of the release before resolves a start to
+/// orchestration version 2.0.0, which renews first whatever the input says; this release
+/// keeps 2.0.0 registered with exactly that behaviour, so such an execution replays the same
+/// here, and only 2.1.0 honours `leased_at_start`. Read from Duroxide's history: the renewal
+/// activities scheduled before each actor's first timer, and both still running.
+#[tokio::test]
+async fn version_2_0_still_renews_first_and_only_2_1_skips_a_lease_taken_at_start() {
+    use toygres_actors::{actor::ActorInput, config, duro::new_actor_id};
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
+    let mut ids = Vec::new();
+    for (name, version) in [
+        ("pg-v20", config::ACTOR_VERSION_V2_0),
+        ("pg-v21", config::ACTOR_VERSION),
+    ] {
+        db.insert_instance(name, "running", Some(&support::reachable_target()))
+            .await;
+        let row = stack.row(name).await;
+        let actor = new_actor_id(row.id);
+        sqlx::query(
+            "UPDATE toygres_cms.instances SET instance_actor_orchestration_id = $1 WHERE id = $2",
+        )
+        .bind(&actor)
+        .bind(row.id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let input = ActorInput {
+            instance_id: row.id,
+            k8s_name: name.into(),
+            interval_ms: 300,
+            iterations_per_execution: 3,
+            unhealthy_after: 1,
+            actor_states: vec!["creating".into(), "running".into()],
+            consecutive_failures: 0,
+            executions: 0,
+            // Ten minutes: the first timer (an eighth of that at least) outlasts the test.
+            lease_renew_ms: Some(600_000),
+            eager_first_check: true,
+            leased_at_start: true,
+        };
+        stack
+            .control
+            .client
+            .start_orchestration_versioned(
+                actor.clone(),
+                config::ACTOR_ORCHESTRATION,
+                version,
+                serde_json::to_string(&input).unwrap(),
+            )
+            .await
+            .unwrap();
+        ids.push((actor, version));
+    }
+    for (actor, version) in &ids {
+        let activities: i64 = wait_until("the actor's first timer", T, || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FILTER (WHERE event_data::jsonb->>'type' = 'ActivityScheduled')
+                   FROM toygres_duroxide.history
+                  WHERE instance_id = $1 AND execution_id = 1
+                 HAVING count(*) FILTER (WHERE event_data::jsonb->>'type' = 'TimerCreated') > 0",
+            )
+            .bind(actor)
+            .fetch_optional(&db.pool)
+            .await
+            .ok()
+            .flatten()
+        })
+        .await;
+        let want = if *version == config::ACTOR_VERSION_V2_0 {
+            1
+        } else {
+            0
+        };
+        assert_eq!(
+            activities, want,
+            "renewals before the first timer, {version}"
+        );
+        let status = db.orchestration_status(actor).await.map(|s| s.0);
+        assert_eq!(status.as_deref(), Some("Running"), "{version}");
+    }
     stack.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! The eager lease: a started (or changed) actor is leased to this replica and put on its
 //! probe scheduler at once, instead of after Duroxide's dispatcher has run the actor's first
-//! turn and lease activity (which only confirm or move the lease). A start takes the lease
-//! in its own transaction; a state change right after it is seen.
+//! turn and lease activity. A start takes the lease in its own transaction, so the actor
+//! skips that first renewal ([`ActorInput::leased_at_start`]); a state change right after it
+//! is seen.
 
 use std::sync::Arc;
 use std::time::Duration;

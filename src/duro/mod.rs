@@ -152,18 +152,7 @@ pub async fn start_runtime(
 ) -> Arc<Runtime> {
     let activities: ActivityRegistry =
         actor::register_activities(ActivityRegistry::builder(), deps, scheduler).build();
-    let orchestrations = OrchestrationRegistry::builder()
-        .register_versioned_typed(
-            config::ACTOR_ORCHESTRATION,
-            config::ACTOR_VERSION_V1,
-            actor::instance_actor,
-        )
-        .register_versioned_typed(
-            config::ACTOR_ORCHESTRATION,
-            config::ACTOR_VERSION,
-            actor::instance_actor_v2,
-        )
-        .build();
+    let orchestrations = actor::register_orchestrations(OrchestrationRegistry::builder()).build();
     let options = RuntimeOptions {
         orchestration_concurrency: settings.orchestration_concurrency.max(1),
         worker_concurrency: settings.worker_concurrency.max(1),
@@ -317,6 +306,9 @@ impl ActorControl {
             consecutive_failures: 0,
             executions: 0,
             eager_first_check: self.eager.is_some(),
+            // Every start of an eager control takes the lease in its own transaction
+            // (`lease_in`, `sql/lease_new_actors.sql`).
+            leased_at_start: self.eager.is_some(),
             lease_renew_ms: Some(self.settings.lease_renew.as_millis() as u64),
         }
     }

@@ -457,9 +457,10 @@ async fn run_naive(
 }
 
 /// Waits until every row has a first health check and every actor has run — for our actors,
-/// until every actor has renewed its lease a second time, so the start's transient (every
-/// start, first renewal and spread second renewal going through Duroxide together) is over
-/// (at most 30 min) — then one and a half intervals more so first timers (spread over the
+/// until every actor has renewed its lease a second time (the start takes the lease, the
+/// first renewal comes spread over a renewal period, the second a period after it), so the
+/// start's transient (every start and the first spread renewals going through Duroxide
+/// together) is over (at most 30 min) — then one and a half intervals more so first timers (spread over the
 /// first interval) have fired. The window measures the steady state; `bench burst` measures
 /// the start.
 async fn warm_up(env: &Env, n: usize, interval: Duration, schema: &str, ours: bool) -> Result<()> {
