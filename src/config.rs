@@ -160,6 +160,16 @@ pub const LEADER_TICK: Duration = Duration::from_secs(2);
 /// …and the term lapses this long after its last renewal. A frozen or partitioned leader
 /// is replaced within this plus one follower tick (12 s), well inside the 15 s promise.
 pub const LEADER_TTL: Duration = Duration::from_secs(10);
+/// After the election session was lost (e.g. PostgreSQL restarted), the first reconnect is
+/// tried this soon; each further failure doubles the pause, up to [`LEADER_RETRY_MAX`]. A
+/// replica whose session just ended most likely still holds its term (the TTL runs from its
+/// last renewal), so reconnecting at once brings the listener back as soon as the server is.
+pub const LEADER_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between two reconnects of the election session: once the database is
+/// back after an outage of any length, the leader (and with it the listener and the full
+/// reconcile that judges what went stale) is back within this. A refused connection costs
+/// the server nothing; a connection that hangs is bounded by its own 5 s timeout.
+pub const LEADER_RETRY_MAX: Duration = Duration::from_millis(500);
 /// A renewal that has not answered within this is treated as failed.
 pub const LEADER_TICK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Advisory lock key of releases before leader terms (the ASCII bytes of "toygres" + "A"):

@@ -39,6 +39,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut reported_error = false;
+    // Failed sessions in a row (none ticked in between): the pause before the next grows.
+    let mut failures: u32 = 0;
     while !stop.is_cancelled() {
         match session(&url, &id, &leading, &stop, &mut reported_error).await {
             Ok(()) => {}
@@ -47,10 +49,12 @@ pub async fn run(
                 // idle since before now before their next use (crate::db).
                 crate::db::connections_suspect();
                 if !reported_error {
+                    // The session ticked since the last failure: start the pauses over.
+                    failures = 0;
                     tracing::warn!(error = %e, "leader election session failed; retrying");
                     reported_error = true;
                 } else {
-                    tracing::debug!(error = %e, "leader election session failed again");
+                    tracing::debug!(error = %e, failures, "leader election session failed again");
                 }
             }
         }
@@ -58,12 +62,22 @@ pub async fn run(
             break;
         }
         step_down(&leading, "leadership session ended");
+        let pause = retry_pause(failures);
+        failures = failures.saturating_add(1);
         tokio::select! {
-            _ = tokio::time::sleep(config::LEADER_TICK) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => break,
         }
     }
     step_down(&leading, "shutting down");
+}
+
+/// The pause before reconnecting after `failures` failed sessions in a row:
+/// [`config::LEADER_RETRY_FIRST`] doubled per failure, at most [`config::LEADER_RETRY_MAX`].
+fn retry_pause(failures: u32) -> Duration {
+    config::LEADER_RETRY_FIRST
+        .saturating_mul(1u32 << failures.min(16))
+        .min(config::LEADER_RETRY_MAX)
 }
 
 fn step_down(leading: &watch::Sender<Option<Term>>, why: &str) {
@@ -151,5 +165,19 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_pauses_start_short_and_stay_short() {
+        assert_eq!(retry_pause(0), Duration::from_millis(100));
+        assert_eq!(retry_pause(1), Duration::from_millis(200));
+        assert_eq!(retry_pause(2), Duration::from_millis(400));
+        assert_eq!(retry_pause(3), config::LEADER_RETRY_MAX);
+        assert_eq!(retry_pause(u32::MAX), config::LEADER_RETRY_MAX);
     }
 }
