@@ -1,9 +1,10 @@
 //! Hostile input: what a role with nothing but CONNECT on the CMS can throw at the service,
 //! measured. Each flood is sent as separate transactions (PostgreSQL folds identical
 //! notifications within one transaction into one). Throughout, `/healthz` is sampled every
-//! 20 ms (p99 must stay ≤ 50 ms) and a real event is timed during the flood: an insert of a
-//! new instance (commit → its actor started) and a restart of another instance (request →
-//! the row names a new actor) — neither may be delayed by more than 1 s.
+//! 5 ms (p99 must stay ≤ 50 ms; see [`sample_healthz`] for how a stall is weighed) and a real
+//! event is timed during the flood: an insert of a new instance (commit → its actor started)
+//! and a restart of another instance (request → the row names a new actor) — neither may be
+//! delayed by more than 1 s.
 //!
 //! The whole table is measured twice: with the service steady, and with PostgreSQL
 //! restarted (`pg_ctl restart -m fast`) in the middle of each flood. In its own test binary
@@ -45,15 +46,26 @@ async fn flood(url: &str, channel: &str, payloads: impl Iterator<Item = String>)
     started.elapsed()
 }
 
-/// Samples `/healthz` until stopped; returns the latencies in ms.
+/// How often `/healthz` is asked.
+const SAMPLE_EVERY: Duration = Duration::from_millis(5);
+
+/// Samples `/healthz` every [`SAMPLE_EVERY`] until stopped; returns the latencies in ms.
+///
+/// One request at a time, so a reply that takes L ms also stands for the requests that were
+/// due while it was awaited: they are recorded as L − 5, L − 10, … ms (down to 5 ms), and the
+/// next request is due 5 ms after the reply. A stall thus weighs by its length, not as one
+/// sample, and the p99 is a p99 of time, not the worst of a hundred samples. A failed
+/// request counts as the 2 s timeout.
 fn sample_healthz(http: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<f64>> {
     tokio::spawn(async move {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap();
+        let every = SAMPLE_EVERY.as_secs_f64() * 1000.0;
         let mut out = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !stop.load(Ordering::SeqCst) {
             tick.tick().await;
             let t = Instant::now();
@@ -62,11 +74,17 @@ fn sample_healthz(http: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            out.push(if ok {
+            let ms = if ok {
                 t.elapsed().as_secs_f64() * 1000.0
             } else {
                 2000.0
-            });
+            };
+            out.push(ms);
+            let mut missed = ms - every;
+            while missed >= every {
+                out.push(missed);
+                missed -= every;
+            }
         }
         out
     })
@@ -157,6 +175,9 @@ struct Row {
     flood: &'static str,
     sent_in: Duration,
     healthz_p99: f64,
+    /// The slowest single reply: a stall (e.g. PostgreSQL's backends exiting at a restart,
+    /// which on this two-core machine takes the CPU the service shares with it) shows here.
+    healthz_max: f64,
     insert: Duration,
     restart: Duration,
     effect: String,
@@ -167,6 +188,7 @@ impl Row {
         if let Some((stop, sampler)) = self.sampling.take() {
             stop.store(true, Ordering::SeqCst);
             let lat = sampler.await.unwrap();
+            self.healthz_max = lat.iter().copied().fold(f64::NAN, f64::max);
             self.healthz_p99 = p99(lat);
         }
     }
@@ -211,6 +233,7 @@ async fn one_flood(
         flood: label,
         sent_in: d1 + d2,
         healthz_p99: f64::NAN,
+        healthz_max: f64::NAN,
         sampling: Some((stop, sampler)),
         insert,
         restart,
@@ -402,10 +425,11 @@ async fn floods_from_a_connect_only_role_are_bounded() {
 
     for (when, r) in &rows {
         support::append_reliability_row(&format!(
-            "| hostile: {} ({when}) | sent in {:.1} s | /healthz p99 {:.1} ms | insert → actor {:.0} ms | restart of another → done {:.0} ms | {} |",
+            "| hostile: {} ({when}) | sent in {:.1} s | /healthz p99 {:.1} ms, max {:.0} ms | insert → actor {:.0} ms | restart of another → done {:.0} ms | {} |",
             r.flood,
             r.sent_in.as_secs_f64(),
             r.healthz_p99,
+            r.healthz_max,
             r.insert.as_secs_f64() * 1000.0,
             r.restart.as_secs_f64() * 1000.0,
             r.effect
@@ -418,19 +442,19 @@ async fn floods_from_a_connect_only_role_are_bounded() {
             r.flood,
             r.healthz_p99
         );
-        if *when == "steady" {
-            assert!(
-                r.insert <= Duration::from_secs(1),
-                "{}: insert delayed {:?}",
-                r.flood,
-                r.insert
-            );
-            assert!(
-                r.restart <= Duration::from_secs(1),
-                "{}: restart delayed {:?}",
-                r.flood,
-                r.restart
-            );
-        }
+        // In both runs: the real events are made before this flood's restart, but may find
+        // the listener reconnecting after the previous one's.
+        assert!(
+            r.insert <= Duration::from_secs(1),
+            "{} ({when}): insert delayed {:?}",
+            r.flood,
+            r.insert
+        );
+        assert!(
+            r.restart <= Duration::from_secs(1),
+            "{} ({when}): restart delayed {:?}",
+            r.flood,
+            r.restart
+        );
     }
 }
