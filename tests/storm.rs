@@ -291,12 +291,23 @@ async fn an_explicit_restart_is_done_while_the_services_pool_is_stuck() {
         .execute(&mut *lock)
         .await
         .unwrap();
-    let stuck = "SELECT count(*) FROM pg_stat_activity
-                  WHERE application_name = 'toygres-actors' AND wait_event_type = 'Lock'";
+    let holder: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *lock)
+        .await
+        .unwrap();
+    // Blocked by this test's lock, not merely waiting on some lock: pg_stat_activity lists
+    // the whole cluster, and the tests running beside this one (each in its own database)
+    // have services of the same name that wait on locks of their own — storm.rs's SIGKILL
+    // test holds one on its decisions table, on which its service's pruner waits.
+    let stuck = format!(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = 'toygres-actors'
+            AND {holder} = ANY(pg_blocking_pids(pid))"
+    );
     wait_until(
         "the service's pooled connection waits on the lock",
         T,
-        || async { (db.scalar_i64(stuck).await > 0).then_some(()) },
+        || async { (db.scalar_i64(&stuck).await > 0).then_some(()) },
     )
     .await;
 
@@ -320,7 +331,7 @@ async fn an_explicit_restart_is_done_while_the_services_pool_is_stuck() {
     )
     .await;
     assert!(
-        db.scalar_i64(stuck).await > 0,
+        db.scalar_i64(&stuck).await > 0,
         "the service's pool must still be stuck: the restart did not need it"
     );
     let restarts = db
