@@ -4,7 +4,6 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config;
 use crate::db::{EMBEDDED_DATABASE, open_database};
 use crate::settings::{DemoArgs, GlobalArgs, LogFormat, RunArgs};
 
@@ -103,12 +102,7 @@ pub fn duroxide_pool_max(cli: &Cli) -> Option<u32> {
 
 /// Execute a parsed command line; returns the process exit code.
 pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
-    if !config::valid_schema_name(&cli.global.duroxide_schema) {
-        anyhow::bail!(
-            "--duroxide-schema `{}` is not a plain lower-case identifier",
-            cli.global.duroxide_schema
-        );
-    }
+    cli.global.validate_schemas()?;
     let command = match cli.command {
         Some(c) => c,
         None => Command::Run(Box::new(RunArgs::from_env()?)),
@@ -231,10 +225,14 @@ async fn operator_reconciler(global: &GlobalArgs) -> anyhow::Result<crate::recon
             lease_renew: args.lease_renew_interval,
         },
     );
+    let legacy = global
+        .legacy_schema()
+        .map(|schema| crate::legacy::Legacy::new(&url, schema));
     Ok(crate::reconcile::Reconciler::new(
         control,
         args.stale_after,
         format!("cli-{}", std::process::id()),
     )
-    .with_restart_limits(args.restart_min_interval, args.restart_rate))
+    .with_restart_limits(args.restart_min_interval, args.restart_rate)
+    .with_legacy(legacy))
 }

@@ -199,9 +199,37 @@ pub const PRUNE_DUTY: f64 = 0.1;
 /// How often finished Duroxide executions and old health history are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Duroxide schema default (spec). Use another when toygres' own server already runs a
-/// Duroxide runtime on `toygres_duroxide` of the same database.
-pub const DEFAULT_DUROXIDE_SCHEMA: &str = "toygres_duroxide";
+/// Duroxide schema default (spec): a store of our own. toygres' own server runs its Duroxide
+/// runtime on `toygres_duroxide` of the same database; two runtimes on one store fetch each
+/// other's work (and abandon it until Duroxide poisons it).
+pub const DEFAULT_DUROXIDE_SCHEMA: &str = "toygres_actors_duroxide";
+
+/// Where toygres' own server runs Duroxide (`--legacy-duroxide-schema`): its instance actors
+/// there are adopted (ours started, theirs cancelled through a client on that schema).
+pub const DEFAULT_LEGACY_DUROXIDE_SCHEMA: &str = "toygres_duroxide";
+
+/// `--legacy-duroxide-schema off`: no adoption.
+pub const LEGACY_OFF: &str = "off";
+
+/// toygres' own instance actor orchestration (started by its create flow and its restart
+/// API as `actor-<k8s_name>`). Found in the legacy store, it is adopted.
+pub const TOYGRES_ACTOR_ORCHESTRATION: &str =
+    "toygres-orchestrations::orchestration::instance-actor";
+
+/// The orchestrations this service registers: a store that holds any other is not ours.
+pub const REGISTERED_ORCHESTRATIONS: &[&str] = &[ACTOR_ORCHESTRATION];
+
+/// The activities this service registers.
+pub const REGISTERED_ACTIVITIES: &[&str] = &[ACTIVITY_HEALTH_CHECK, ACTIVITY_LEASE];
+
+/// Instance actors in the legacy store: toygres' own, and ours from a deployment that ran
+/// its store there before the default moved.
+pub const LEGACY_ACTOR_ORCHESTRATIONS: &[&str] =
+    &[TOYGRES_ACTOR_ORCHESTRATION, ACTOR_ORCHESTRATION];
+
+/// How often a store that showed foreign work is checked again while our dispatchers
+/// hold off it.
+pub const FOREIGN_RECHECK: Duration = Duration::from_secs(5);
 
 /// Reject schema names we would have to quote: they are spliced into SQL.
 pub fn valid_schema_name(name: &str) -> bool {
@@ -232,6 +260,7 @@ mod tests {
     #[test]
     fn schema_names() {
         assert!(valid_schema_name("toygres_duroxide"));
+        assert!(valid_schema_name(DEFAULT_DUROXIDE_SCHEMA));
         assert!(valid_schema_name("_x1"));
         assert!(!valid_schema_name(""));
         assert!(!valid_schema_name("1abc"));

@@ -20,11 +20,14 @@
 //!    (coalescing per instance, bounded concurrency, retry with backoff), which hands a
 //!    storm of hints in batches to `reconcile/batch.rs`, the set-based path (starts,
 //!    deletes and cancels of many instances, one transaction each; `duro/batch.rs`).
-//! 3. **[`duro`]** — the Duroxide runtime on duroxide-pg, in schema `toygres_duroxide` of the
-//!    same database, and the start/cancel/restart primitives: the actor-id swap and the
-//!    start or cancel enqueue commit in one transaction with the term check. The runtime
-//!    and client use [`store`]: duroxide-pg behind a wrapper whose fetches wait for a
-//!    wake-up instead of polling, one in flight per queue.
+//! 3. **[`duro`]** — the Duroxide runtime on duroxide-pg, in a schema of its own
+//!    (`toygres_actors_duroxide`) of the same database, and the start/cancel/restart
+//!    primitives: the actor-id swap and the start or cancel enqueue commit in one
+//!    transaction with the term check. The runtime and client use [`store`]: duroxide-pg
+//!    behind a wrapper whose fetches wait for a wake-up instead of polling, one in flight per
+//!    queue, and which keeps out of foreign work (`store/foreign.rs`). [`legacy`] reads
+//!    toygres' own store (`toygres_duroxide`) for instance actors to adopt, and retires them
+//!    through a Duroxide client there.
 //! 4. **[`actor`]** — the instance actor orchestration, the durable owner of an instance:
 //!    record the owner of its probe lease → durable timer → continue-as-new every few
 //!    renewals; fenced by `instance_actor_orchestration_id`. Version 1 stays registered.
@@ -73,6 +76,7 @@ pub mod health;
 pub mod identity;
 pub mod leader;
 pub mod lease;
+pub mod legacy;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

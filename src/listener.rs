@@ -49,7 +49,7 @@ pub fn parse_instance_event(payload: &str) -> Result<InstanceEvent, String> {
     let ev: InstanceEvent =
         serde_json::from_str(payload).map_err(|e| format!("not the trigger's JSON: {e}"))?;
     match ev.op.as_str() {
-        "insert" | "delete" | "state" => Ok(ev),
+        "insert" | "delete" | "state" | "actor" => Ok(ev),
         other => Err(format!("unknown op `{}`", truncate(other, 40))),
     }
 }
@@ -370,6 +370,7 @@ fn op_label(op: &str) -> &'static str {
     match op {
         "insert" => "insert",
         "delete" => "delete",
+        "actor" => "actor",
         _ => "state",
     }
 }

@@ -48,6 +48,9 @@ pub const DUROXIDE_FETCHES: &str = "toygres_actors_duroxide_fetches_total";
 pub const DUROXIDE_WAKEUPS: &str = "toygres_actors_duroxide_wakeups_total";
 pub const POOL_TRIMMED: &str = "toygres_actors_pool_connections_trimmed_total";
 pub const LANE_RESTARTS: &str = "toygres_actors_lane_restarts_total";
+pub const LEGACY_ACTORS_RUNNING: &str = "toygres_actors_legacy_actors_running";
+pub const STORE_FOREIGN_ITEMS: &str = "toygres_actors_store_foreign_items";
+pub const STORE_FOREIGN_GIVEN_BACK: &str = "toygres_actors_store_foreign_given_back_total";
 
 /// Latency buckets (seconds) for the sub-millisecond-to-seconds histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -200,6 +203,18 @@ fn describe() {
         LANE_RESTARTS,
         "Explicit restarts on the priority lane, by request (request: durable; control: restart <name>) and outcome (done, not_leader, retry: failed or rate limited, tried again; left_pending: a durable request that failed every attempt, left to the resync)."
     );
+    describe_gauge!(
+        LEGACY_ACTORS_RUNNING,
+        "Instance actors still running in the legacy store (--legacy-duroxide-schema, where toygres' own server runs Duroxide): each is adopted (ours started, it cancelled) within a resync; one that stays is an adoption that fails."
+    );
+    describe_gauge!(
+        STORE_FOREIGN_ITEMS,
+        "Items in our Duroxide store of orchestrations or activities this service does not register (another runtime's work: our dispatchers hold off the store while it is above zero)."
+    );
+    describe_counter!(
+        STORE_FOREIGN_GIVEN_BACK,
+        "Foreign items our dispatchers fetched and gave back at once, their attempt uncounted, by queue."
+    );
     describe_histogram!(
         NOTIFY_ROUNDTRIP,
         Unit::Seconds,
@@ -341,6 +356,21 @@ pub fn lane_restart(request: &'static str, outcome: &'static str) {
     metrics::counter!(LANE_RESTARTS, "request" => request, "outcome" => outcome).increment(1);
 }
 
+/// Instance actors still running in the legacy store.
+pub fn legacy_actors_running(n: usize) {
+    metrics::gauge!(LEGACY_ACTORS_RUNNING).set(n as f64);
+}
+
+/// Foreign items found in our store by the last check.
+pub fn store_foreign_items(n: i64) {
+    metrics::gauge!(STORE_FOREIGN_ITEMS).set(n as f64);
+}
+
+/// A foreign item fetched by our dispatcher and given back.
+pub fn store_foreign_given_back(queue: &'static str) {
+    metrics::counter!(STORE_FOREIGN_GIVEN_BACK, "queue" => queue).increment(1);
+}
+
 /// Zero every labelled counter we export, so the series exist before the first event
 /// (alerts on `rate()` and dashboards need them).
 pub fn initialise_series() {
@@ -371,7 +401,12 @@ pub fn initialise_series() {
     for in_recovery in ["true", "false"] {
         metrics::counter!(PROBE_ANSWERS_TOTAL, "in_recovery" => in_recovery).absolute(0);
     }
-    for action in ["start", "cancel", "delete", "restart", "noop"] {
+    metrics::gauge!(LEGACY_ACTORS_RUNNING).set(0.0);
+    metrics::gauge!(STORE_FOREIGN_ITEMS).set(0.0);
+    for queue in ["orchestrator", "worker"] {
+        metrics::counter!(STORE_FOREIGN_GIVEN_BACK, "queue" => queue).absolute(0);
+    }
+    for action in ["start", "cancel", "delete", "restart", "adopt", "noop"] {
         metrics::counter!(RECONCILE_ACTIONS_TOTAL, "action" => action).absolute(0);
     }
     for channel in [
@@ -385,6 +420,7 @@ pub fn initialise_series() {
         (crate::config::CHANNEL_INSTANCES, "insert"),
         (crate::config::CHANNEL_INSTANCES, "delete"),
         (crate::config::CHANNEL_INSTANCES, "state"),
+        (crate::config::CHANNEL_INSTANCES, "actor"),
         (crate::config::CHANNEL_CONTROL, "restart"),
         (crate::config::CHANNEL_CONTROL, "reconcile"),
     ] {

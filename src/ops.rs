@@ -298,6 +298,8 @@ pub struct Explanation {
     pub actor_executions: Option<i64>,
     pub actor_history_events: Option<i64>,
     pub other_live_actors: Vec<String>,
+    /// Instance actors of this instance alive in toygres' own store (to be adopted).
+    pub legacy_actors: Vec<String>,
     pub verdict: Verdict,
     pub reason: String,
     pub would_do: &'static str,
@@ -358,6 +360,7 @@ pub async fn explain(reconciler: &Reconciler, name: &str) -> Result<Explanation,
         actor_executions: executions,
         actor_history_events: events,
         other_live_actors: obs.other_live.clone(),
+        legacy_actors: obs.legacy.iter().map(|l| l.actor_id.clone()).collect(),
         verdict: d.verdict,
         reason: d.reason,
         would_do: d.action.label(),
@@ -450,6 +453,12 @@ pub fn render_explanation(e: &Explanation) -> String {
     }
     if !e.other_live_actors.is_empty() {
         out.push_str(&format!("also live  {}\n", e.other_live_actors.join(", ")));
+    }
+    if !e.legacy_actors.is_empty() {
+        out.push_str(&format!(
+            "legacy     {} (toygres' own store)\n",
+            e.legacy_actors.join(", ")
+        ));
     }
     out.push_str(&format!("verdict    {} — {}\n", e.verdict, e.reason));
     out.push_str(&format!(

@@ -139,9 +139,13 @@ pub async fn start(
     } else {
         control
     };
+    let legacy = global
+        .legacy_schema()
+        .map(|schema| crate::legacy::Legacy::new(&url, schema));
     let reconciler = Arc::new(
         Reconciler::new(control, args.stale_after, replica.clone())
             .fenced()
+            .with_legacy(legacy)
             .with_restart_limits(args.restart_min_interval, args.restart_rate)
             .with_heal_pause_share(args.heal_pause_share),
     );

@@ -27,6 +27,12 @@ pub struct GlobalArgs {
     /// Schema of the Duroxide store in the CMS database.
     #[arg(long, env = "TOYGRES_ACTORS_DUROXIDE_SCHEMA", default_value = config::DEFAULT_DUROXIDE_SCHEMA, global = true)]
     pub duroxide_schema: String,
+    /// Schema where toygres' own server runs Duroxide: instance actors found there (toygres'
+    /// `actor-<k8s_name>`, or ours from a store that used to live there) are adopted — ours
+    /// started, theirs cancelled through a client on that schema; no runtime of ours runs
+    /// there. `off` disables adoption.
+    #[arg(long, env = "TOYGRES_ACTORS_LEGACY_DUROXIDE_SCHEMA", default_value = config::DEFAULT_LEGACY_DUROXIDE_SCHEMA, global = true)]
+    pub legacy_duroxide_schema: String,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
     #[arg(
         long,
@@ -38,6 +44,33 @@ pub struct GlobalArgs {
     /// Log format.
     #[arg(long, env = "TOYGRES_ACTORS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    /// The legacy store to adopt from: `None` when turned off, or when it is our own store.
+    pub fn legacy_schema(&self) -> Option<&str> {
+        let s = self.legacy_duroxide_schema.as_str();
+        (s != config::LEGACY_OFF && s != self.duroxide_schema).then_some(s)
+    }
+
+    /// Schema names are spliced into SQL: plain lower-case identifiers only.
+    pub fn validate_schemas(&self) -> anyhow::Result<()> {
+        if !config::valid_schema_name(&self.duroxide_schema) {
+            anyhow::bail!(
+                "--duroxide-schema `{}` is not a plain lower-case identifier",
+                self.duroxide_schema
+            );
+        }
+        if self.legacy_duroxide_schema != config::LEGACY_OFF
+            && !config::valid_schema_name(&self.legacy_duroxide_schema)
+        {
+            anyhow::bail!(
+                "--legacy-duroxide-schema `{}` is not a plain lower-case identifier (or `off`)",
+                self.legacy_duroxide_schema
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -33,6 +33,7 @@ sql! {
     ENQUEUE_ORCHESTRATOR_WORK => "enqueue_orchestrator_work.sql",
     ENQUEUE_ORCHESTRATOR_WORK_MANY => "enqueue_orchestrator_work_many.sql",
     FINISHED_ACTORS => "finished_actors.sql",
+    FOREIGN_WORK => "foreign_work.sql",
     FINISH_RESTART_REQUESTS => "finish_restart_requests.sql",
     FLEET => "fleet.sql",
     FLEET_OF => "fleet_of.sql",
@@ -44,6 +45,8 @@ sql! {
     LEADER_RESIGN => "leader_resign.sql",
     LEADER_TICK => "leader_tick.sql",
     LEASE_FOR_ACTOR => "lease_for_actor.sql",
+    LEGACY_ACTORS => "legacy_actors.sql",
+    LEGACY_ACTORS_NAMED => "legacy_actors_named.sql",
     LEASE_NEW_ACTORS => "lease_new_actors.sql",
     RENEW_LEASE => "renew_lease.sql",
     LISTEN => "listen.sql",
@@ -71,6 +74,13 @@ sql! {
     SWAP_ACTOR_ID => "swap_actor_id.sql",
     SWAP_ACTOR_IDS => "swap_actor_ids.sql",
     TRY_ADVISORY_LOCK => "try_advisory_lock.sql",
+}
+
+/// Substitute the legacy store's schema (where toygres' own server runs Duroxide) into a
+/// statement: placeholder `__LEGACY__`.
+pub fn with_legacy_schema(sql: &str, schema: &str) -> String {
+    debug_assert!(crate::config::valid_schema_name(schema));
+    sql.replace("__LEGACY__", schema)
 }
 
 /// Substitute the Duroxide schema into a statement.

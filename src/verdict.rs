@@ -83,6 +83,12 @@ pub enum Action {
     Cancel {
         actor_ids: Vec<String>,
     },
+    /// Adopt the instance actors of the legacy store (toygres' own): start ours first when
+    /// `start` (the row names the legacy one), then retire them.
+    Adopt {
+        actor_ids: Vec<String>,
+        start: bool,
+    },
 }
 
 impl Action {
@@ -93,6 +99,7 @@ impl Action {
             Action::Start { .. } => "start",
             Action::Restart => "restart",
             Action::Cancel { .. } => "cancel",
+            Action::Adopt { .. } => "adopt",
         }
     }
 }
@@ -107,6 +114,8 @@ pub struct Observed {
     pub actor_created_at: Option<DateTime<Utc>>,
     /// Live incarnations other than `row.actor_id`.
     pub other_live: Vec<String>,
+    /// Instance actors of this instance alive in the legacy store (toygres' own Duroxide).
+    pub legacy: Vec<crate::legacy::LegacyActor>,
 }
 
 /// The verdict, its reason in words, and the healing action.
@@ -138,6 +147,9 @@ pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
     let expected = rules.actor_states.contains(&row.state);
     let current_live = obs.actor.as_ref().is_some_and(ActorState::is_live);
 
+    if !obs.legacy.is_empty() {
+        return adopt(obs, expected, current_live);
+    }
     if !expected {
         let mut live = obs.other_live.clone();
         if current_live && let Some(id) = &row.actor_id {
@@ -169,7 +181,8 @@ pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
             action: Action::Start { named: None },
         };
     };
-    let owned = actor_id.starts_with(crate::config::ACTOR_ID_PREFIX);
+    // Ours: `actor-<this row's id>-<suffix>` (toygres' own are `actor-<k8s_name>`).
+    let owned = crate::duro::instance_of_actor(actor_id) == Some(row.id);
     match obs.actor.as_ref().unwrap_or(&ActorState::Absent) {
         ActorState::Absent => {
             return Decision {
@@ -262,6 +275,50 @@ pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
     }
 }
 
+/// An instance whose actor (or a stray) lives in the legacy store.
+fn adopt(obs: &Observed, expected: bool, current_live: bool) -> Decision {
+    let row = &obs.row;
+    let ids: Vec<String> = obs.legacy.iter().map(|l| l.actor_id.clone()).collect();
+    let named = row.actor_id.as_ref().is_some_and(|id| ids.contains(id));
+    let (verdict, start, reason) = if !expected {
+        (
+            Verdict::Orphan,
+            false,
+            format!(
+                "state `{}` calls for no actor, but legacy actor {} runs in toygres' store: retire it",
+                row.state,
+                ids.join(", ")
+            ),
+        )
+    } else if current_live && !named {
+        (
+            Verdict::Orphan,
+            false,
+            format!(
+                "legacy actor {} still runs in toygres' store beside ours: retire it",
+                ids.join(", ")
+            ),
+        )
+    } else {
+        (
+            Verdict::Missing,
+            true,
+            format!(
+                "the row names {}, an instance actor in toygres' store, not ours: adopt it (start ours, retire it)",
+                row.actor_id.as_deref().unwrap_or(&ids[0])
+            ),
+        )
+    };
+    Decision {
+        verdict,
+        reason,
+        action: Action::Adopt {
+            actor_ids: ids,
+            start,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +371,7 @@ mod tests {
             actor,
             actor_created_at: Some(now - TimeDelta::seconds(created_ago)),
             other_live: vec![],
+            legacy: vec![],
         }
     }
 
@@ -345,9 +403,10 @@ mod tests {
             (d.verdict, d.action),
             (Verdict::Missing, Action::Start { named: None })
         );
+        let ours = format!("actor-{}-0123456789ab", Uuid::nil());
         let d = decide(
             &obs(
-                row("running", Some("actor-x"), None, now),
+                row("running", Some(&ours), None, now),
                 Some(ActorState::Absent),
                 0,
                 now,
@@ -355,12 +414,19 @@ mod tests {
             &rules(),
             now,
         );
-        assert_eq!(
-            d.action,
-            Action::Start {
-                named: Some("actor-x".into())
-            }
+        assert_eq!(d.action, Action::Start { named: Some(ours) });
+        // toygres' own id (`actor-<k8s_name>`) is not ours to start under.
+        let d = decide(
+            &obs(
+                row("running", Some("actor-pg"), None, now),
+                Some(ActorState::Absent),
+                0,
+                now,
+            ),
+            &rules(),
+            now,
         );
+        assert_eq!(d.action, Action::Start { named: None });
         let d = decide(
             &obs(
                 row("running", Some("toygres-own-id"), None, now),
@@ -526,5 +592,64 @@ mod tests {
         r.health_status = "unhealthy".into();
         let d = decide(&obs(r, running(now, 5, true), 100, now), &rules(), now);
         assert_eq!((d.verdict, d.action), (Verdict::Unhealthy, Action::Noop));
+    }
+
+    #[test]
+    fn a_legacy_actor_is_adopted_or_retired() {
+        use crate::legacy::{LegacyActor, LegacyKind};
+        let now = Utc::now();
+        let toygres = LegacyActor {
+            actor_id: "actor-pg".into(),
+            kind: LegacyKind::Toygres,
+        };
+        // The row names toygres' actor: start ours, retire it.
+        let mut o = obs(
+            row("running", Some("actor-pg"), Some(5), now),
+            Some(ActorState::Absent),
+            10,
+            now,
+        );
+        o.legacy = vec![toygres.clone()];
+        let d = decide(&o, &rules(), now);
+        assert_eq!(
+            (d.verdict, d.action),
+            (
+                Verdict::Missing,
+                Action::Adopt {
+                    actor_ids: vec!["actor-pg".into()],
+                    start: true
+                }
+            )
+        );
+        // Ours runs and the row names it; toygres' still runs: retire it only.
+        let mut o = obs(
+            row("running", Some("actor-b"), Some(5), now),
+            running(now, 5, true),
+            10,
+            now,
+        );
+        o.legacy = vec![toygres.clone()];
+        let d = decide(&o, &rules(), now);
+        assert_eq!(
+            (d.verdict, d.action),
+            (
+                Verdict::Orphan,
+                Action::Adopt {
+                    actor_ids: vec!["actor-pg".into()],
+                    start: false
+                }
+            )
+        );
+        // No actor wanted: retire it.
+        let mut o = obs(
+            row("stopped", Some("actor-pg"), Some(5), now),
+            Some(ActorState::Absent),
+            10,
+            now,
+        );
+        o.legacy = vec![toygres];
+        let d = decide(&o, &rules(), now);
+        assert_eq!(d.verdict, Verdict::Orphan);
+        assert!(matches!(d.action, Action::Adopt { start: false, .. }));
     }
 }

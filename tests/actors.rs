@@ -298,7 +298,7 @@ async fn actor_history_stays_bounded_and_pruning_removes_old_executions() {
     // The test stack renews every 500 ms and continues as new every 3 renewals.
     let count_executions = || async {
         sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM toygres_duroxide.executions WHERE instance_id = $1",
+            "SELECT count(*) FROM toygres_actors_duroxide.executions WHERE instance_id = $1",
         )
         .bind(&actor)
         .fetch_one(&db.pool)
@@ -314,7 +314,7 @@ async fn actor_history_stays_bounded_and_pruning_removes_old_executions() {
         "checks every 50 ms meanwhile"
     );
     let max_events: i64 = sqlx::query_scalar(
-        "SELECT max(c) FROM (SELECT count(*) c FROM toygres_duroxide.history WHERE instance_id = $1 GROUP BY execution_id) x",
+        "SELECT max(c) FROM (SELECT count(*) c FROM toygres_actors_duroxide.history WHERE instance_id = $1 GROUP BY execution_id) x",
     )
     .bind(&actor)
     .fetch_one(&db.pool)
@@ -328,7 +328,7 @@ async fn actor_history_stays_bounded_and_pruning_removes_old_executions() {
         .await
         .unwrap();
     let left: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM toygres_duroxide.executions WHERE instance_id = $1",
+        "SELECT count(*) FROM toygres_actors_duroxide.executions WHERE instance_id = $1",
     )
     .bind(&actor)
     .fetch_one(&db.pool)
@@ -424,7 +424,7 @@ async fn a_burst_of_fresh_actors_spreads_its_second_renewals() {
             "SELECT i.id, (h.event_data::jsonb->>'fire_at_ms')::int8
                         - (h.event_data::jsonb->>'timestamp_ms')::int8
                FROM toygres_cms.instances i
-               JOIN toygres_duroxide.history h
+               JOIN toygres_actors_duroxide.history h
                  ON h.instance_id = i.instance_actor_orchestration_id
               WHERE i.k8s_name LIKE 'pg-spread-%' AND h.execution_id = 1
                 AND h.event_data::jsonb->>'type' = 'TimerCreated'",
@@ -455,7 +455,7 @@ async fn a_burst_of_fresh_actors_spreads_its_second_renewals() {
         "SELECT count(*) FILTER (WHERE h.event_data::jsonb->>'type' = 'ActivityScheduled'),
                 count(*) FILTER (WHERE h.event_data::jsonb->>'type' = 'OrchestrationStarted')
            FROM toygres_cms.instances i
-           JOIN toygres_duroxide.history h
+           JOIN toygres_actors_duroxide.history h
              ON h.instance_id = i.instance_actor_orchestration_id
           WHERE i.k8s_name LIKE 'pg-spread-%' AND h.execution_id = 1",
     )
@@ -556,8 +556,8 @@ async fn an_actor_caught_between_two_executions_is_not_restarted() {
     .await;
     // That moment, held still: the current execution closed as ContinuedAsNew.
     let closed = sqlx::query(
-        "UPDATE toygres_duroxide.executions e SET status = 'ContinuedAsNew'
-           FROM toygres_duroxide.instances i
+        "UPDATE toygres_actors_duroxide.executions e SET status = 'ContinuedAsNew'
+           FROM toygres_actors_duroxide.instances i
           WHERE i.instance_id = $1 AND e.instance_id = i.instance_id
             AND e.execution_id = i.current_execution_id",
     )
@@ -734,7 +734,7 @@ async fn version_2_0_still_renews_first_and_only_2_1_skips_a_lease_taken_at_star
         let activities: i64 = wait_until("the actor's first timer", T, || async {
             sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FILTER (WHERE event_data::jsonb->>'type' = 'ActivityScheduled')
-                   FROM toygres_duroxide.history
+                   FROM toygres_actors_duroxide.history
                   WHERE instance_id = $1 AND execution_id = 1
                  HAVING count(*) FILTER (WHERE event_data::jsonb->>'type' = 'TimerCreated') > 0",
             )

@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 
 const INSTALL_HINT: &str = "install Debian package `prometheus` (apt-get install -y prometheus)";
 
-const ALERTS: [&str; 10] = [
+const ALERTS: [&str; 12] = [
     "ToygresActorStale",
     "ToygresActorMissing",
     "ToygresActorZombie",
@@ -29,6 +29,8 @@ const ALERTS: [&str; 10] = [
     "ToygresChecksLagging",
     "ToygresActorsHealingPaused",
     "ToygresActorsRenewalsLate",
+    "ToygresLegacyActorSurvives",
+    "ToygresActorsForeignWork",
 ];
 
 /// The crate root. Cargo always sets `CARGO_MANIFEST_DIR`; a standalone

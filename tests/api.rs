@@ -670,9 +670,9 @@ async fn snapshot(db: &TestDb) -> String {
     .await
     .unwrap();
     let counts: (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM toygres_duroxide.instances),
-                (SELECT count(*) FROM toygres_duroxide.executions),
-                (SELECT count(*) FROM toygres_duroxide.orchestrator_queue),
+        "SELECT (SELECT count(*) FROM toygres_actors_duroxide.instances),
+                (SELECT count(*) FROM toygres_actors_duroxide.executions),
+                (SELECT count(*) FROM toygres_actors_duroxide.orchestrator_queue),
                 (SELECT count(*) FROM toygres_actors.decisions)",
     )
     .fetch_one(&db.pool)

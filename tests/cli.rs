@@ -121,7 +121,7 @@ async fn duroxide_pool_max_bounds_the_store_pool() {
             .await;
         most.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
         let started = db
-            .scalar_i64("SELECT count(*) FROM toygres_duroxide.instances")
+            .scalar_i64("SELECT count(*) FROM toygres_actors_duroxide.instances")
             .await;
         (started >= 40).then_some(())
     })

@@ -24,8 +24,8 @@ async fn max_live_per_instance(db: &TestDb) -> i64 {
     sqlx::query_scalar(
         "SELECT COALESCE(max(n), 0) FROM (
             SELECT substr(i.instance_id, 7, 36) AS inst, count(*) AS n
-              FROM toygres_duroxide.instances i
-              JOIN toygres_duroxide.executions e
+              FROM toygres_actors_duroxide.instances i
+              JOIN toygres_actors_duroxide.executions e
                 ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
              WHERE e.status = 'Running'
              GROUP BY 1) x",
@@ -343,7 +343,7 @@ async fn one_leader_among_two_replicas_and_failover_within_ten_seconds() {
             while !s2.load(std::sync::atomic::Ordering::Relaxed) {
                 let n: i64 = sqlx::query_scalar(
                     "SELECT COALESCE(max(n), 0) FROM (SELECT substr(i.instance_id, 7, 36), count(*) n
-                       FROM toygres_duroxide.instances i JOIN toygres_duroxide.executions e
+                       FROM toygres_actors_duroxide.instances i JOIN toygres_actors_duroxide.executions e
                          ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
                       WHERE e.status = 'Running' GROUP BY 1) x",
                 )
@@ -447,12 +447,12 @@ async fn zombie_actor_is_detected_and_healed() {
     // (the pending timer) is gone. Retry until we catch it waiting on its timer.
     let zombie_since = wait_until("queue items of the actor removed", T, || async {
         let mut tx = db.pool.begin().await.ok()?;
-        sqlx::query("DELETE FROM toygres_duroxide.orchestrator_queue WHERE instance_id = $1")
+        sqlx::query("DELETE FROM toygres_actors_duroxide.orchestrator_queue WHERE instance_id = $1")
             .bind(&actor)
             .execute(&mut *tx)
             .await
             .ok()?;
-        sqlx::query("DELETE FROM toygres_duroxide.worker_queue WHERE instance_id = $1")
+        sqlx::query("DELETE FROM toygres_actors_duroxide.worker_queue WHERE instance_id = $1")
             .bind(&actor)
             .execute(&mut *tx)
             .await
@@ -460,8 +460,8 @@ async fn zombie_actor_is_detected_and_healed() {
         tx.commit().await.ok()?;
         // Still running and nothing queued for it any more?
         let queued: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM toygres_duroxide.orchestrator_queue WHERE instance_id = $1)
-                  + (SELECT count(*) FROM toygres_duroxide.worker_queue WHERE instance_id = $1)",
+            "SELECT (SELECT count(*) FROM toygres_actors_duroxide.orchestrator_queue WHERE instance_id = $1)
+                  + (SELECT count(*) FROM toygres_actors_duroxide.worker_queue WHERE instance_id = $1)",
         )
         .bind(&actor)
         .fetch_one(&db.pool)

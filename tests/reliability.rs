@@ -64,8 +64,8 @@ async fn audit(db: &TestDb) -> (Vec<String>, i64, Vec<String>) {
     .await
     .unwrap();
     let live: Vec<String> = sqlx::query_scalar(
-        "SELECT i.instance_id FROM toygres_duroxide.instances i
-           JOIN toygres_duroxide.executions e
+        "SELECT i.instance_id FROM toygres_actors_duroxide.instances i
+           JOIN toygres_actors_duroxide.executions e
              ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
           WHERE e.status = 'Running'",
     )
@@ -128,7 +128,7 @@ impl DoubleSampler {
             while !s.load(Ordering::Relaxed) {
                 let n: i64 = sqlx::query_scalar(
                     "SELECT COALESCE(max(n), 0) FROM (SELECT substr(i.instance_id, 7, 36), count(*) n
-                       FROM toygres_duroxide.instances i JOIN toygres_duroxide.executions e
+                       FROM toygres_actors_duroxide.instances i JOIN toygres_actors_duroxide.executions e
                          ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
                       WHERE e.status = 'Running' GROUP BY 1) x",
                 )

@@ -20,7 +20,7 @@ use support::TestDb;
 use tokio_util::sync::CancellationToken;
 use toygres_actors::store::{self, Store};
 
-const SCHEMA: &str = "toygres_duroxide";
+const SCHEMA: &str = "toygres_actors_duroxide";
 
 async fn open(db: &TestDb, max_wait: Option<Duration>) -> Arc<Store> {
     let store = toygres_actors::duro::open_store(&db.url, SCHEMA, false, &db.pool)

@@ -36,7 +36,7 @@ impl Factory {
 impl ProviderFactory for Factory {
     async fn create_provider(&self) -> Arc<dyn Provider> {
         let schema = format!("v_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        toygres_actors::duro::open_store(&self.url, &schema, false, &self.pool)
+        toygres_actors::duro::open_unguarded_store(&self.url, &schema, false, &self.pool)
             .await
             .expect("open store")
     }

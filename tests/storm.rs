@@ -161,12 +161,12 @@ async fn a_delete_and_stop_storm_is_cancelled_in_batches() {
     // Deleted rows' actors are gone from Duroxide altogether: no instance, no queued work.
     let left = db
         .scalar_i64(
-            "SELECT (SELECT count(*) FROM toygres_duroxide.instances)
-                  + (SELECT count(*) FROM toygres_duroxide.orchestrator_queue q
-                      WHERE NOT EXISTS (SELECT 1 FROM toygres_duroxide.instances i
+            "SELECT (SELECT count(*) FROM toygres_actors_duroxide.instances)
+                  + (SELECT count(*) FROM toygres_actors_duroxide.orchestrator_queue q
+                      WHERE NOT EXISTS (SELECT 1 FROM toygres_actors_duroxide.instances i
                                          WHERE i.instance_id = q.instance_id))
-                  + (SELECT count(*) FROM toygres_duroxide.worker_queue w
-                      WHERE NOT EXISTS (SELECT 1 FROM toygres_duroxide.instances i
+                  + (SELECT count(*) FROM toygres_actors_duroxide.worker_queue w
+                      WHERE NOT EXISTS (SELECT 1 FROM toygres_actors_duroxide.instances i
                                          WHERE i.instance_id = w.instance_id))",
         )
         .await;
@@ -251,7 +251,7 @@ where
         .scalar_i64("SELECT count(*) FROM toygres_actors.decisions")
         .await;
     let queued = db
-        .scalar_i64("SELECT count(*) FROM toygres_duroxide.orchestrator_queue")
+        .scalar_i64("SELECT count(*) FROM toygres_actors_duroxide.orchestrator_queue")
         .await;
     assert_eq!(
         (named, decided, queued),

@@ -1,7 +1,7 @@
 //! Duroxide: the runtime on duroxide-pg, and the actor lifecycle primitives the reconciler,
 //! the API and the CLI share (start, cancel, restart).
 //!
-//! The store lives in schema `toygres_duroxide` (configurable) of the CMS database. Its pool
+//! The store lives in schema `toygres_actors_duroxide` (configurable) of the CMS database. Its pool
 //! gets planner settings of its own (`enable_hashjoin/mergejoin/seqscan/sort/bitmapscan =
 //! off`): the provider's fetch runs inside PL/pgSQL, whose cached generic plan otherwise
 //! scans and sorts the queues, with cost growing with the fleet. With those settings and the
@@ -65,6 +65,10 @@ pub enum DuroError {
     NotLeader,
     #[error("restart held back by the restart rate limits: try again in {}s", .0.as_secs().max(1))]
     RateLimited(Duration),
+    #[error(transparent)]
+    Foreign(#[from] crate::store::ForeignStore),
+    #[error("legacy store `{schema}`: {message}")]
+    Legacy { schema: String, message: String },
 }
 
 impl From<sqlx::Error> for DuroError {
@@ -107,13 +111,42 @@ pub fn store_url(
 }
 
 /// Open the store (duroxide-pg applies its own migrations here), add our indexes, the
-/// wake-up triggers and queue autovacuum settings, and wrap it ([`Store`]).
+/// wake-up triggers and queue autovacuum settings, and wrap it ([`Store`]). A schema that
+/// holds another runtime's work is refused before anything is written there, and the
+/// wrapper gives back any foreign item its dispatchers fetch later (`store/foreign.rs`).
 pub async fn open_store(
     url: &str,
     schema: &str,
     async_commit: bool,
     cms: &PgPool,
 ) -> Result<Arc<Store>, DuroError> {
+    crate::store::refuse_foreign(cms, schema).await?;
+    Ok(Arc::new(
+        open_wrapped(url, schema, async_commit, cms)
+            .await?
+            .guarded(),
+    ))
+}
+
+/// [`open_store`] without the foreign-work checks: for Duroxide's provider validation,
+/// whose test orchestrations are not ours.
+pub async fn open_unguarded_store(
+    url: &str,
+    schema: &str,
+    async_commit: bool,
+    cms: &PgPool,
+) -> Result<Arc<Store>, DuroError> {
+    Ok(Arc::new(
+        open_wrapped(url, schema, async_commit, cms).await?,
+    ))
+}
+
+async fn open_wrapped(
+    url: &str,
+    schema: &str,
+    async_commit: bool,
+    cms: &PgPool,
+) -> Result<Store, DuroError> {
     let mut config =
         ConnConfig::parse(url).map_err(|e| crate::db::DbError::BadUrl(e.to_string()))?;
     if config.needs_preflight() {
@@ -138,9 +171,7 @@ pub async fn open_store(
     }
     let wake = sql::with_duroxide_schema(sql::DUROXIDE_WAKE, schema);
     sqlx::raw_sql(&wake).execute(cms).await?;
-    Ok(Arc::new(
-        Store::new(Arc::new(provider), schema).with_origin(&origin),
-    ))
+    Ok(Store::new(Arc::new(provider), schema).with_origin(&origin))
 }
 
 /// Start the Duroxide runtime with the actor orchestration and its activity registered.

@@ -141,9 +141,18 @@ impl Reconciler {
                 metrics::reconcile_action("noop");
                 return Ok(outcome);
             }
+        }
+        // Adoption starts ours at the fleet-wide restart rate (a store's worth of legacy
+        // actors is re-created at that pace, never all at once).
+        if matches!(
+            decision.action,
+            Action::Restart | Action::Adopt { start: true, .. }
+        ) {
             if let Err(wait) = self.limits.take_token() {
                 metrics::restart_limited("fleet");
-                if forced {
+                // An adoption is retried when the bucket allows (a legacy actor keeps writing
+                // until then), not left to the next resync.
+                if forced || matches!(decision.action, Action::Adopt { .. }) {
                     return Err(DuroError::RateLimited(wait));
                 }
                 outcome.skipped = Some("restart held back: fleet-wide restart rate".into());
@@ -161,7 +170,10 @@ impl Reconciler {
             trigger: trigger.label(),
             replica: &self.replica,
         };
-        let recorded = !matches!(decision.action, Action::Cancel { .. });
+        let recorded = !matches!(
+            decision.action,
+            Action::Cancel { .. } | Action::Adopt { start: false, .. }
+        );
         let result = match &decision.action {
             Action::Noop => unreachable!("handled above"),
             Action::Start { named: Some(id) } => self
@@ -177,6 +189,7 @@ impl Reconciler {
                     .await
                     .map(|t| (t.old_actor_id, t.new_actor_id))
             }
+            Action::Adopt { start, .. } => self.adopt(obs, &decision, *start, fence, &record).await,
             Action::Cancel { actor_ids } => {
                 let mut r = Ok(());
                 for a in actor_ids {
@@ -241,6 +254,53 @@ impl Reconciler {
                 Err(e)
             }
         }
+    }
+
+    /// Adopt the instance's legacy actors: ours started first when `start` (the row's id
+    /// swapped from the legacy one, the decision in the same fenced transaction), then each
+    /// legacy actor retired through the legacy store's client. A crash in between leaves a
+    /// legacy actor beside ours, which the next observation retires.
+    async fn adopt(
+        &self,
+        obs: &Observed,
+        decision: &Decision,
+        start: bool,
+        fence: Option<&crate::identity::Term>,
+        record: &crate::duro::Record<'_>,
+    ) -> Result<(Option<String>, Option<String>), DuroError> {
+        let row = &obs.row;
+        let Some(legacy) = self.legacy() else {
+            return Err(DuroError::Provider("legacy store not configured".into()));
+        };
+        let (old, new) = if start {
+            let reason = format!("{}: {}", decision.verdict, decision.reason);
+            let t = self
+                .control
+                .replace_with(row, &reason, fence, false, Some(record))
+                .await?;
+            // Our own incarnation the legacy id displaced on the row (ours started on the
+            // insert, then toygres wrote its id) goes with it.
+            for stray in &obs.other_live {
+                self.control.cancel(stray, &reason, fence).await?;
+            }
+            (t.old_actor_id, t.new_actor_id)
+        } else {
+            // Only while our term lasts (no start's transaction checked it).
+            drop(self.control.begin(fence).await?);
+            (
+                obs.legacy.first().map(|l| l.actor_id.clone()),
+                row.actor_id.clone(),
+            )
+        };
+        for actor in &obs.legacy {
+            legacy.retire(actor, "adopted by toygres-actors").await?;
+            tracing::info!(
+                instance = %crate::redact::for_log(&row.k8s_name, 255), instance_id = %row.id,
+                legacy_actor = %actor.actor_id, schema = legacy.schema(), kind = ?actor.kind,
+                actor = new.as_deref().unwrap_or(""), "legacy actor adopted"
+            );
+        }
+        Ok((old, new))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -35,11 +35,13 @@ impl Reconciler {
                 live_by_instance.entry(id).or_default().push(a);
             }
         }
+        let mut legacy = self.legacy_actors().await;
         let now = Utc::now();
         let mut instances = Vec::with_capacity(rows.len());
         for r in rows {
             let live = live_by_instance.remove(&r.id).unwrap_or_default();
-            let observed = r.into_observed(live);
+            let mut observed = r.into_observed(live);
+            observed.legacy = legacy.remove(&Some(observed.row.id)).unwrap_or_default();
             let decision = verdict::decide(&observed, &self.rules, now);
             instances.push((observed, decision));
         }
@@ -47,6 +49,25 @@ impl Reconciler {
             instances,
             deleted_with_live_actors: live_by_instance.into_iter().collect(),
         })
+    }
+
+    /// Every instance actor alive in toygres' store, by instance (counted in
+    /// `toygres_actors_legacy_actors_running`). A store we cannot read is logged and read as
+    /// empty: it must not stop the fleet's own reconcile.
+    async fn legacy_actors(&self) -> crate::legacy::LegacyByInstance {
+        let Some(legacy) = self.legacy() else {
+            return Default::default();
+        };
+        match legacy.live(self.pool()).await {
+            Ok(found) => {
+                metrics::legacy_actors_running(found.values().map(Vec::len).sum());
+                found
+            }
+            Err(e) => {
+                tracing::warn!(schema = legacy.schema(), error = %e, "could not read the legacy store's instance actors");
+                Default::default()
+            }
+        }
     }
 
     /// One full pass: classify everything; queue (or, with `direct`, carry out) whatever
@@ -255,6 +276,7 @@ impl FleetRow {
             actor,
             actor_created_at: self.actor_created_at,
             other_live,
+            legacy: Vec::new(),
         }
     }
 }

@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::actor_state::ActorState;
 use crate::cms::{self, InstanceRow};
 use crate::config;
 use crate::duro::{ActorControl, DuroError};
@@ -118,6 +119,8 @@ pub struct Reconciler {
     /// Restart requests being honoured (the queue's and the priority lane's runs of one
     /// request take turns: the second finds it handled).
     honouring: Arc<fleet::InstanceTurns>,
+    /// toygres' own store, whose instance actors are adopted (`None`: adoption off).
+    legacy: Option<Arc<crate::legacy::Legacy>>,
 }
 
 impl Reconciler {
@@ -144,6 +147,7 @@ impl Reconciler {
             )),
             released: Arc::default(),
             honouring: Arc::default(),
+            legacy: None,
         }
     }
 
@@ -161,7 +165,18 @@ impl Reconciler {
             breaker: self.breaker.clone(),
             released: self.released.clone(),
             honouring: self.honouring.clone(),
+            legacy: self.legacy.clone(),
         }
+    }
+
+    /// Adopt the instance actors of toygres' own store (`--legacy-duroxide-schema`).
+    pub fn with_legacy(mut self, legacy: Option<Arc<crate::legacy::Legacy>>) -> Self {
+        self.legacy = legacy;
+        self
+    }
+
+    pub(crate) fn legacy(&self) -> Option<&Arc<crate::legacy::Legacy>> {
+        self.legacy.as_ref()
     }
 
     /// The share of the fleet stale at once above which healing pauses.
@@ -242,11 +257,24 @@ impl Reconciler {
                 .filter(|a| a != current)
                 .collect(),
         };
+        // An id Duroxide does not know here may be an instance actor in toygres' store (its
+        // create flow and restart API write `actor-<k8s_name>` on the row).
+        let legacy = match (&self.legacy, &row.actor_id, &actor) {
+            (Some(legacy), Some(id), Some(ActorState::Absent)) => {
+                let ids = [
+                    id.clone(),
+                    format!("{}{}", config::ACTOR_ID_PREFIX, row.k8s_name),
+                ];
+                legacy.live_named(self.pool(), &ids).await?
+            }
+            _ => Vec::new(),
+        };
         Ok(Observed {
             row,
             actor,
             actor_created_at: created,
             other_live,
+            legacy,
         })
     }
 
@@ -279,7 +307,7 @@ impl Reconciler {
         let observed = self.observe(row).await?;
         let observe = t0.elapsed() - read;
         let mut decision = verdict::decide(&observed, &self.rules, Utc::now());
-        if force_restart {
+        if force_restart && !matches!(decision.action, Action::Adopt { start: true, .. }) {
             if self.control.wants_actor(&observed.row.state) {
                 decision.action = Action::Restart;
                 decision.reason = format!("restart requested ({})", decision.reason);

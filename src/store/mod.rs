@@ -56,9 +56,11 @@ use duroxide_pg::PostgresProvider;
 use crate::config;
 use crate::metrics;
 
+pub(crate) mod foreign;
 mod lane;
 mod listen;
 
+pub use foreign::{ForeignGuard, ForeignStore, ForeignWork, foreign_work, refuse_foreign};
 use lane::Lane;
 pub use listen::listen;
 
@@ -85,6 +87,9 @@ pub struct Store {
     /// Whether this process ever took a session-bound activity: until it does, it owns no
     /// session, and the runtime's periodic session-lock renewal has nothing to renew.
     sessions_seen: std::sync::atomic::AtomicBool,
+    /// The service's store: items of orchestrations and activities we do not register are
+    /// given back untouched, and the store held off until they are gone ([`Store::guarded`]).
+    guard: Option<ForeignGuard>,
 }
 
 /// Lock tokens remembered at most (beyond that the map starts afresh, and an ack of a token
@@ -109,6 +114,25 @@ impl Store {
             held: std::sync::Mutex::new(HashMap::new()),
             origin: None,
             sessions_seen: std::sync::atomic::AtomicBool::new(false),
+            guard: None,
+        }
+    }
+
+    /// Keep out of foreign work (the service's runtime; Duroxide's provider validation runs
+    /// its own test orchestrations on an unguarded store).
+    pub fn guarded(mut self) -> Self {
+        self.guard = Some(ForeignGuard::new(&self.schema));
+        self
+    }
+
+    /// With a guard that holds off the store: wait a little and answer "nothing".
+    async fn held_off(&self, poll_timeout: Duration) -> bool {
+        match &self.guard {
+            Some(g) if !g.may_fetch(self.inner.pool()).await => {
+                tokio::time::sleep(ForeignGuard::hold_for(poll_timeout)).await;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -334,12 +358,27 @@ impl Provider for Store {
         poll_timeout: Duration,
         filter: Option<&DispatcherCapabilityFilter>,
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
+        if self.held_off(poll_timeout).await {
+            return Ok(None);
+        }
         let found = self
             .waiting_fetch(&self.orch, poll_timeout, || {
                 self.inner
                     .fetch_orchestration_item(lock_timeout, Duration::ZERO, filter)
             })
             .await?;
+        // Another runtime's orchestration ("Unknown": messages with no instance yet, which
+        // the runtime settles itself): given back at once, its attempt uncounted.
+        if let (Some(guard), Some(((item, token, _), _))) = (&self.guard, &found)
+            && item.orchestration_name != "Unknown"
+            && !ForeignGuard::ours_orchestration(&item.orchestration_name)
+        {
+            self.inner
+                .abandon_orchestration_item(token, None, true)
+                .await?;
+            guard.found("orchestrator", &item.orchestration_name);
+            return Ok(None);
+        }
         Ok(found.map(|((item, token, attempts), generation)| {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
             if held.len() >= MAX_HELD {
@@ -444,12 +483,23 @@ impl Provider for Store {
         session: Option<&SessionFetchConfig>,
         tag_filter: &TagFilter,
     ) -> Result<Option<(WorkItem, String, u32)>, ProviderError> {
+        if self.held_off(poll_timeout).await {
+            return Ok(None);
+        }
         let found = self
             .waiting_fetch(&self.work, poll_timeout, || {
                 self.inner
                     .fetch_work_item(lock_timeout, Duration::ZERO, session, tag_filter)
             })
             .await?;
+        if let (Some(guard), Some(((WorkItem::ActivityExecute { name, .. }, token, _), _))) =
+            (&self.guard, &found)
+            && !ForeignGuard::ours_activity(name)
+        {
+            self.inner.abandon_work_item(token, None, true).await?;
+            guard.found("worker", name);
+            return Ok(None);
+        }
         Ok(found.map(|(item, _)| {
             if matches!(
                 &item.0,

@@ -209,8 +209,8 @@ impl TestDb {
     /// Live (Running or queued-start) actor orchestrations of the instance, per Duroxide.
     pub async fn live_actors(&self, name: &str) -> Vec<String> {
         sqlx::query_scalar(
-            "SELECT i.instance_id FROM toygres_duroxide.instances i
-               JOIN toygres_duroxide.executions e
+            "SELECT i.instance_id FROM toygres_actors_duroxide.instances i
+               JOIN toygres_actors_duroxide.executions e
                  ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
               WHERE e.status = 'Running'
                 AND i.instance_id LIKE 'actor-' || (SELECT id FROM toygres_cms.instances WHERE k8s_name = $1) || '-%'",
@@ -224,8 +224,8 @@ impl TestDb {
     /// Duroxide status of an orchestration (None when unknown).
     pub async fn orchestration_status(&self, id: &str) -> Option<(String, Option<String>)> {
         sqlx::query_as(
-            "SELECT e.status, e.output FROM toygres_duroxide.instances i
-               JOIN toygres_duroxide.executions e
+            "SELECT e.status, e.output FROM toygres_actors_duroxide.instances i
+               JOIN toygres_actors_duroxide.executions e
                  ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
               WHERE i.instance_id = $1",
         )
@@ -468,7 +468,7 @@ impl Stack {
     pub async fn start(db: &TestDb, interval: Duration, unhealthy_after: u32) -> Stack {
         use std::sync::Arc;
         use toygres_actors::{check, duro, health, reconcile};
-        let store = duro::open_store(&db.url, "toygres_duroxide", false, &db.pool)
+        let store = duro::open_store(&db.url, "toygres_actors_duroxide", false, &db.pool)
             .await
             .expect("open store");
         let prober = Arc::new(health::Prober::new(health::ProbeSettings {
@@ -510,7 +510,7 @@ impl Stack {
         let control = duro::ActorControl::new(
             db.pool.clone(),
             store,
-            "toygres_duroxide",
+            "toygres_actors_duroxide",
             duro::ActorSettings {
                 check_interval: interval,
                 iterations_per_execution: 3,
@@ -582,8 +582,8 @@ pub async fn doubled_live_actors(db: &TestDb) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM (
              SELECT substr(i.instance_id, 7, 36)
-               FROM toygres_duroxide.instances i
-               JOIN toygres_duroxide.executions e
+               FROM toygres_actors_duroxide.instances i
+               JOIN toygres_actors_duroxide.executions e
                  ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
               WHERE i.orchestration_name = 'toygres::InstanceActor' AND e.status = 'Running'
               GROUP BY 1 HAVING count(*) > 1) d",
@@ -603,13 +603,13 @@ pub async fn problems(db: &TestDb) -> Vec<String> {
     .await
     .unwrap();
     let live: Vec<String> = sqlx::query_scalar(
-        "SELECT i.instance_id FROM toygres_duroxide.instances i
-           JOIN toygres_duroxide.executions e
+        "SELECT i.instance_id FROM toygres_actors_duroxide.instances i
+           JOIN toygres_actors_duroxide.executions e
              ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
           WHERE e.status = 'Running'
          UNION ALL
-         SELECT DISTINCT q.instance_id FROM toygres_duroxide.orchestrator_queue q
-          WHERE NOT EXISTS (SELECT 1 FROM toygres_duroxide.instances i WHERE i.instance_id = q.instance_id)",
+         SELECT DISTINCT q.instance_id FROM toygres_actors_duroxide.orchestrator_queue q
+          WHERE NOT EXISTS (SELECT 1 FROM toygres_actors_duroxide.instances i WHERE i.instance_id = q.instance_id)",
     )
     .fetch_all(&db.pool)
     .await

@@ -190,7 +190,7 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
     let mut actors_left = -1;
     let deadline = Instant::now() + PATIENCE;
     while all_gone_s.is_none() && Instant::now() < deadline {
-        actors_left = running_any(&env.pool, "toygres_duroxide").await?;
+        actors_left = running_any(&env.pool, "toygres_actors_duroxide").await?;
         if actors_left == 0 {
             all_gone_s = Some((t1.elapsed() - deleted).as_secs_f64());
         }

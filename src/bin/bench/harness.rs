@@ -175,7 +175,7 @@ pub async fn delete_all(pool: &PgPool) -> Result<()> {
 
 /// Rows whose current actor Duroxide runs right now.
 pub async fn running_current(pool: &PgPool) -> Result<i64> {
-    running_current_in(pool, "toygres_duroxide").await
+    running_current_in(pool, "toygres_actors_duroxide").await
 }
 
 /// Rows whose current actor (`instance_actor_orchestration_id`) runs in a Duroxide schema.

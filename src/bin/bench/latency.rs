@@ -365,7 +365,8 @@ async fn measure(
     );
     delete_all(&env.pool).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while running_any(&env.pool, "toygres_duroxide").await? > 0 && Instant::now() < deadline {
+    while running_any(&env.pool, "toygres_actors_duroxide").await? > 0 && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Idle: nothing to do for the service but its timers and polls.

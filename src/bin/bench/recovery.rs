@@ -136,21 +136,21 @@ impl Report {
 async fn problems(pool: &PgPool, enqueued: bool) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "WITH live AS (
-            SELECT i.instance_id, substr(i.instance_id, 7, 36) AS inst FROM toygres_duroxide.instances i
-              JOIN toygres_duroxide.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+            SELECT i.instance_id, substr(i.instance_id, 7, 36) AS inst FROM toygres_actors_duroxide.instances i
+              JOIN toygres_actors_duroxide.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
              WHERE e.status = 'Running')
          SELECT
            (SELECT count(*) FROM toygres_cms.instances c
              WHERE c.state::text IN ('creating', 'running')
                AND NOT EXISTS (SELECT 1 FROM live WHERE live.instance_id = c.instance_actor_orchestration_id)
-               AND NOT ($1 AND EXISTS (SELECT 1 FROM toygres_duroxide.orchestrator_queue q
+               AND NOT ($1 AND EXISTS (SELECT 1 FROM toygres_actors_duroxide.orchestrator_queue q
                                         WHERE q.instance_id = c.instance_actor_orchestration_id
                                           AND q.work_item LIKE '{\"StartOrchestration\"%')))
          + (SELECT count(*) FROM live
              WHERE NOT EXISTS (SELECT 1 FROM toygres_cms.instances c
                                 WHERE c.instance_actor_orchestration_id = live.instance_id
                                   AND c.state::text IN ('creating', 'running'))
-               AND NOT ($1 AND EXISTS (SELECT 1 FROM toygres_duroxide.orchestrator_queue q
+               AND NOT ($1 AND EXISTS (SELECT 1 FROM toygres_actors_duroxide.orchestrator_queue q
                                         WHERE q.instance_id = live.instance_id
                                           AND q.work_item LIKE '{\"CancelInstance\"%')))",
     )

@@ -402,12 +402,12 @@ async fn run_ours(
         .await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    warm_up(env, n, interval, "toygres_duroxide", true).await?;
+    warm_up(env, n, interval, "toygres_actors_duroxide", true).await?;
     let probe = Probe {
         env,
         target: &target_env,
         pid: Some(svc.pid()),
-        schema: "toygres_duroxide",
+        schema: "toygres_actors_duroxide",
         service: Some(&svc),
         pooler: pooler.as_ref(),
     };

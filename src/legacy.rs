@@ -1,0 +1,174 @@
+//! The legacy store: where toygres' own server runs Duroxide (`--legacy-duroxide-schema`,
+//! default `toygres_duroxide`), and the instance actors that live there.
+//!
+//! toygres' create flow starts an instance actor `actor-<k8s_name>` and writes its id on the
+//! row; its restart API starts another and overwrites the column. A deployment of ours whose
+//! store used to be that schema left its own actors there too. Either kind is *adopted*: our
+//! actor is started (fenced, a start like any other, the row's id swapped compare-and-set) and
+//! the legacy one retired — toygres' actor cancelled through a Duroxide client on that schema,
+//! which toygres' own runtime carries out; one of ours deleted there outright, as no runtime of
+//! ours runs there any more. No runtime of ours ever runs on the legacy schema, nothing is
+//! migrated there (the client verifies the schema, never changes it), and nothing but instance
+//! actors is read or touched. Our role needs on that schema: USAGE, SELECT on `instances` and
+//! `executions`, and EXECUTE on the procedures a cancel and a delete call (docs/operations.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use duroxide::Client;
+use duroxide_pg::{MigrationPolicy, PostgresProvider, ProviderConfig};
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::config;
+use crate::conn::ConnConfig;
+use crate::duro::DuroError;
+use crate::sql;
+use crate::store::foreign::undefined_table;
+
+/// One instance actor alive in the legacy store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyActor {
+    pub actor_id: String,
+    pub kind: LegacyKind,
+}
+
+/// Whose actor it is: decides how it is retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyKind {
+    /// toygres' own (`toygres-orchestrations::orchestration::instance-actor`): cancelled.
+    Toygres,
+    /// Ours, from when our store lived on that schema: deleted there.
+    Ours,
+}
+
+impl LegacyKind {
+    fn of(orchestration: &str) -> LegacyKind {
+        if orchestration == config::ACTOR_ORCHESTRATION {
+            LegacyKind::Ours
+        } else {
+            LegacyKind::Toygres
+        }
+    }
+}
+
+/// Every live legacy actor, by the CMS instance it serves (`None`: no row matches it).
+pub type LegacyByInstance = HashMap<Option<Uuid>, Vec<LegacyActor>>;
+
+/// The legacy store: read with our CMS pool, written through a Duroxide client.
+pub struct Legacy {
+    schema: String,
+    url: String,
+    /// Opened on first use (toygres' server may create its schema after we start).
+    client: Mutex<Option<Client>>,
+}
+
+impl Legacy {
+    pub fn new(url: &str, schema: &str) -> Arc<Legacy> {
+        Arc::new(Legacy {
+            schema: schema.to_string(),
+            url: url.to_string(),
+            client: Mutex::new(None),
+        })
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> DuroError {
+        DuroError::Legacy {
+            schema: self.schema.clone(),
+            message: crate::redact::redact_error(&message.to_string()),
+        }
+    }
+
+    /// Every instance actor alive in the legacy store, by instance (the fleet-wide resync).
+    /// Empty while the schema does not exist.
+    pub async fn live(&self, pool: &PgPool) -> Result<LegacyByInstance, DuroError> {
+        let rows: Result<Vec<(String, String, Option<Uuid>)>, sqlx::Error> =
+            sqlx::query_as(&sql::with_legacy_schema(sql::LEGACY_ACTORS, &self.schema))
+                .bind(config::LEGACY_ACTOR_ORCHESTRATIONS)
+                .fetch_all(pool)
+                .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if undefined_table(&e) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut by_instance = LegacyByInstance::new();
+        for (actor_id, orchestration, instance) in rows {
+            by_instance.entry(instance).or_default().push(LegacyActor {
+                actor_id,
+                kind: LegacyKind::of(&orchestration),
+            });
+        }
+        Ok(by_instance)
+    }
+
+    /// Which of `ids` (one instance's: the id its row names, `actor-<k8s_name>`) are alive
+    /// in the legacy store.
+    pub async fn live_named(
+        &self,
+        pool: &PgPool,
+        ids: &[String],
+    ) -> Result<Vec<LegacyActor>, DuroError> {
+        let rows: Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
+            &sql::with_legacy_schema(sql::LEGACY_ACTORS_NAMED, &self.schema),
+        )
+        .bind(config::LEGACY_ACTOR_ORCHESTRATIONS)
+        .bind(ids)
+        .fetch_all(pool)
+        .await;
+        match rows {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|(actor_id, orchestration)| LegacyActor {
+                    actor_id,
+                    kind: LegacyKind::of(&orchestration),
+                })
+                .collect()),
+            Err(e) if undefined_table(&e) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A client on the legacy schema: verified, never migrated.
+    async fn client(&self) -> Result<Client, DuroError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnConfig::parse(&self.url).map_err(|e| self.error(e))?;
+        let url = config
+            .sqlx_url("toygres-actors-legacy", crate::db::SESSION_OPTIONS)
+            .map_err(|e| self.error(e))?;
+        let mut provider_config = ProviderConfig::url(url);
+        provider_config.schema_name = Some(self.schema.clone());
+        provider_config.migration_policy = MigrationPolicy::VerifyOnly;
+        let provider = PostgresProvider::new_with_config(provider_config)
+            .await
+            .map_err(|e| self.error(format!("{e:#}")))?;
+        let client = Client::new(Arc::new(provider));
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Retire a legacy actor: toygres' cancelled (its runtime carries the cancel out), ours
+    /// deleted outright. Idempotent.
+    pub async fn retire(&self, actor: &LegacyActor, reason: &str) -> Result<(), DuroError> {
+        let client = self.client().await?;
+        match actor.kind {
+            LegacyKind::Toygres => client
+                .cancel_instance(&actor.actor_id, reason)
+                .await
+                .map_err(|e| self.error(e)),
+            LegacyKind::Ours => client
+                .delete_instance(&actor.actor_id, true)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(e)),
+        }
+    }
+}
