@@ -5,6 +5,11 @@
 //! the previous release's binary (built from git history by `scripts/test.sh`, path in
 //! `TOYGRES_ACTORS_PREV_BIN`) beside this release's, in the documented upgrade order, and
 //! samples both replicas' leadership the whole time: there must never be two reconcilers.
+//!
+//! It is also the move of the Duroxide store: the previous release ran its store on
+//! `toygres_duroxide` (toygres' own server's schema); this one runs on `toygres_actors_duroxide`
+//! and adopts the actors the previous release left in `toygres_duroxide` (ours started in the
+//! new store, the old ones deleted there), touching nothing of toygres' that lives there.
 
 mod support;
 
@@ -143,7 +148,22 @@ async fn rolling_upgrade_from_the_previous_release_never_runs_two_reconcilers() 
 
     // The previous release is stopped (rolled): the new one takes over within 15 s.
     let stopped = Instant::now();
+    let stopped_at = chrono::Utc::now();
     old.stop();
+    // toygres' own server has work in its store (a create nobody ran yet): never ours to touch.
+    let toygres_store = std::sync::Arc::new(
+        duroxide_pg::PostgresProvider::new_with_schema(&db.url, Some("toygres_duroxide"))
+            .await
+            .expect("toygres' store"),
+    );
+    duroxide::Client::new(toygres_store)
+        .start_orchestration(
+            "create-pg-toygres",
+            "toygres-orchestrations::orchestration::create-instance",
+            "{}",
+        )
+        .await
+        .expect("enqueue toygres' work");
     wait_until("the new release leads", Duration::from_secs(15), || async {
         is_leader(&new.http).await.then_some(())
     })
@@ -186,6 +206,66 @@ async fn rolling_upgrade_from_the_previous_release_never_runs_two_reconcilers() 
     .await;
     let doubled = support::doubled_live_actors(&db).await;
     assert_eq!(doubled, 0, "an instance has two live actors");
+
+    // The store moved: every row names a live actor in the new store, none of ours lives on in
+    // toygres_duroxide, and each move is an `adopt` decision.
+    wait_until(
+        "every actor moved to the new store",
+        Duration::from_secs(60),
+        || async {
+            let moved = db
+                .scalar_i64(
+                    "SELECT count(*) FROM toygres_cms.instances c
+                       JOIN toygres_actors_duroxide.executions e
+                         ON e.instance_id = c.instance_actor_orchestration_id AND e.status = 'Running'",
+                )
+                .await;
+            let left = db
+                .scalar_i64(
+                    "SELECT count(*) FROM toygres_duroxide.instances i
+                       JOIN toygres_duroxide.executions e
+                         ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+                      WHERE i.orchestration_name = 'toygres::InstanceActor'
+                        AND e.status IN ('Running', 'ContinuedAsNew')",
+                )
+                .await;
+            (moved == 12 && left == 0).then_some(())
+        },
+    )
+    .await;
+    let adopted = db
+        .scalar_i64(
+            "SELECT count(DISTINCT instance_id) FROM toygres_actors.decisions
+              WHERE action = 'adopt' AND error IS NULL AND replica = 'new-release'",
+        )
+        .await;
+    assert!(adopted >= 11, "adopt decisions for {adopted} instances");
+    // Nothing of toygres' touched: its queued start was never fetched.
+    let attempts: i32 = sqlx::query_scalar(
+        "SELECT attempt_count FROM toygres_duroxide.orchestrator_queue
+          WHERE instance_id = 'create-pg-toygres'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("toygres' start still queued");
+    assert_eq!(attempts, 0, "toygres' work was fetched");
+    // No instance went unchecked longer than the handoff bound across the move.
+    let gap: f64 = sqlx::query_scalar(
+        "SELECT coalesce(max(gap), 0)::float8 FROM (
+             SELECT extract(epoch FROM checked_at - lag(checked_at)
+                        OVER (PARTITION BY instance_id ORDER BY checked_at)) AS gap
+               FROM toygres_cms.instance_health_checks
+              WHERE checked_at > $1 - interval '40 seconds') g",
+    )
+    .bind(stopped_at)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    eprintln!("longest gap between two checks of an instance across the move: {gap:.1} s");
+    assert!(
+        gap <= toygres_actors::config::HANDOFF_BOUND.as_secs_f64(),
+        "an instance went {gap:.1} s without a check across the move"
+    );
 
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.await;

@@ -66,7 +66,7 @@ pub enum DuroError {
     #[error("restart held back by the restart rate limits: try again in {}s", .0.as_secs().max(1))]
     RateLimited(Duration),
     #[error(transparent)]
-    Foreign(#[from] crate::store::ForeignStore),
+    Foreign(#[from] crate::store::Refused),
     #[error("legacy store `{schema}`: {message}")]
     Legacy { schema: String, message: String },
 }

@@ -43,6 +43,15 @@ pub struct ForeignStore {
     pub default: &'static str,
 }
 
+/// Why a store was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Foreign(#[from] ForeignStore),
+    #[error("checking the Duroxide store for foreign work: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
 /// "name (n items), …", at most a handful of names.
 pub fn describe(found: &[ForeignWork]) -> String {
     let mut parts: Vec<String> = found
@@ -89,17 +98,18 @@ pub(crate) fn undefined_table(e: &sqlx::Error) -> bool {
 }
 
 /// Fail when `schema` holds foreign work (before we open, migrate or run anything there).
-pub async fn refuse_foreign(pool: &PgPool, schema: &str) -> Result<(), crate::duro::DuroError> {
+pub async fn refuse_foreign(pool: &PgPool, schema: &str) -> Result<(), Refused> {
     let found = foreign_work(pool, schema).await?;
     metrics::store_foreign_items(found.iter().map(|f| f.items).sum());
     if found.is_empty() {
         return Ok(());
     }
-    Err(crate::duro::DuroError::Foreign(ForeignStore {
+    Err(ForeignStore {
         schema: schema.to_string(),
         found: describe(&found),
         default: config::DEFAULT_DUROXIDE_SCHEMA,
-    }))
+    }
+    .into())
 }
 
 /// A running store's watch for foreign work its dispatchers fetched.

@@ -60,7 +60,7 @@ pub(crate) mod foreign;
 mod lane;
 mod listen;
 
-pub use foreign::{ForeignGuard, ForeignStore, ForeignWork, foreign_work, refuse_foreign};
+pub use foreign::{ForeignGuard, ForeignStore, ForeignWork, Refused, foreign_work, refuse_foreign};
 use lane::Lane;
 pub use listen::listen;
 
