@@ -299,23 +299,8 @@ async fn beside_toygres_every_instance_ends_with_one_actor_ours_and_no_toygres_w
                         AND c.instance_actor_orchestration_id LIKE 'actor-' || c.id::text || '-%'",
                 )
                 .await;
-            let live_ours = db
-                .scalar_i64(
-                    "SELECT count(*) FROM toygres_actors_duroxide.instances i
-                       JOIN toygres_actors_duroxide.executions e
-                         ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
-                      WHERE e.status = 'Running'",
-                )
-                .await;
-            let live_legacy = db
-                .scalar_i64(
-                    "SELECT count(*) FROM toygres_duroxide.instances i
-                       JOIN toygres_duroxide.executions e
-                         ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
-                      WHERE i.orchestration_name = 'toygres-orchestrations::orchestration::instance-actor'
-                        AND e.status IN ('Running', 'ContinuedAsNew')",
-                )
-                .await;
+            let live_ours = support::alive_in(&db, "toygres_actors_duroxide", "toygres::InstanceActor").await;
+            let live_legacy = support::alive_in(&db, TOYGRES_SCHEMA, ACTOR).await;
             if started.elapsed() > Duration::from_secs(60) {
                 eprintln!("ours named {ours_named}, ours live {live_ours}, legacy live {live_legacy}");
             }

@@ -220,15 +220,7 @@ async fn rolling_upgrade_from_the_previous_release_never_runs_two_reconcilers() 
                          ON e.instance_id = c.instance_actor_orchestration_id AND e.status = 'Running'",
                 )
                 .await;
-            let left = db
-                .scalar_i64(
-                    "SELECT count(*) FROM toygres_duroxide.instances i
-                       JOIN toygres_duroxide.executions e
-                         ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
-                      WHERE i.orchestration_name = 'toygres::InstanceActor'
-                        AND e.status IN ('Running', 'ContinuedAsNew')",
-                )
-                .await;
+            let left = support::alive_in(&db, "toygres_duroxide", "toygres::InstanceActor").await;
             (moved == 12 && left == 0).then_some(())
         },
     )

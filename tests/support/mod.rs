@@ -670,3 +670,18 @@ pub async fn metric(svc: &ServiceProc, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Orchestrations of `orchestration` alive in the Duroxide store `schema` (Running, or between
+/// two executions).
+pub async fn alive_in(db: &TestDb, schema: &str, orchestration: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {schema}.instances i
+           JOIN {schema}.executions e
+             ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+          WHERE i.orchestration_name = $1 AND e.status IN ('Running', 'ContinuedAsNew')"
+    ))
+    .bind(orchestration)
+    .fetch_one(&db.pool)
+    .await
+    .expect("count live orchestrations")
+}
