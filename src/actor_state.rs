@@ -48,3 +48,36 @@ mod tests {
         assert!(!super::runs("Failed"));
     }
 }
+
+/// The CMS instance an actor id of ours belongs to (`actor-<instance uuid>-<suffix>`).
+pub fn instance_of_actor(actor_id: &str) -> Option<uuid::Uuid> {
+    let rest = actor_id.strip_prefix(crate::config::ACTOR_ID_PREFIX)?;
+    uuid::Uuid::parse_str(rest.get(..36)?).ok()
+}
+
+/// One instance actor alive in the legacy store (where toygres' own server runs Duroxide).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyActor {
+    pub actor_id: String,
+    pub kind: LegacyKind,
+}
+
+/// Whose legacy actor it is: decides how it is retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyKind {
+    /// toygres' own (`toygres-orchestrations::orchestration::instance-actor`): cancelled.
+    Toygres,
+    /// Ours, from when our store lived on that schema: deleted there.
+    Ours,
+}
+
+impl LegacyKind {
+    /// The kind of an instance actor orchestration found in the legacy store.
+    pub fn of(orchestration: &str) -> LegacyKind {
+        if orchestration == crate::config::ACTOR_ORCHESTRATION {
+            LegacyKind::Ours
+        } else {
+            LegacyKind::Toygres
+        }
+    }
+}

@@ -227,6 +227,10 @@ pub const REGISTERED_ACTIVITIES: &[&str] = &[ACTIVITY_HEALTH_CHECK, ACTIVITY_LEA
 pub const LEGACY_ACTOR_ORCHESTRATIONS: &[&str] =
     &[TOYGRES_ACTOR_ORCHESTRATION, ACTOR_ORCHESTRATION];
 
+/// How often a missing legacy store is looked for again (toygres' server creates its schema
+/// at its first start, which may come after ours).
+pub const LEGACY_RECHECK: Duration = Duration::from_secs(60);
+
 /// How often a store that showed foreign work is checked again while our dispatchers
 /// hold off it.
 pub const FOREIGN_RECHECK: Duration = Duration::from_secs(5);

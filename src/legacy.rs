@@ -27,31 +27,7 @@ use crate::duro::DuroError;
 use crate::sql;
 use crate::store::foreign::undefined_table;
 
-/// One instance actor alive in the legacy store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LegacyActor {
-    pub actor_id: String,
-    pub kind: LegacyKind,
-}
-
-/// Whose actor it is: decides how it is retired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LegacyKind {
-    /// toygres' own (`toygres-orchestrations::orchestration::instance-actor`): cancelled.
-    Toygres,
-    /// Ours, from when our store lived on that schema: deleted there.
-    Ours,
-}
-
-impl LegacyKind {
-    fn of(orchestration: &str) -> LegacyKind {
-        if orchestration == config::ACTOR_ORCHESTRATION {
-            LegacyKind::Ours
-        } else {
-            LegacyKind::Toygres
-        }
-    }
-}
+pub use crate::actor_state::{LegacyActor, LegacyKind};
 
 /// Every live legacy actor, by the CMS instance it serves (`None`: no row matches it).
 pub type LegacyByInstance = HashMap<Option<Uuid>, Vec<LegacyActor>>;
@@ -62,6 +38,10 @@ pub struct Legacy {
     url: String,
     /// Opened on first use (toygres' server may create its schema after we start).
     client: Mutex<Option<Client>>,
+    /// When the schema was last found missing: looked for again after
+    /// [`config::LEGACY_RECHECK`], so that a deployment without toygres' server does not
+    /// send PostgreSQL a failing statement (an ERROR in its log) every fleet poll.
+    absent_since: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Legacy {
@@ -70,7 +50,31 @@ impl Legacy {
             schema: schema.to_string(),
             url: url.to_string(),
             client: Mutex::new(None),
+            absent_since: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether the legacy store exists, as last seen while it did not (the fleet polls).
+    async fn present_cached(&self, pool: &PgPool) -> Result<bool, DuroError> {
+        {
+            let absent = self.absent_since.lock().unwrap_or_else(|p| p.into_inner());
+            if absent.is_some_and(|t| t.elapsed() < config::LEGACY_RECHECK) {
+                return Ok(false);
+            }
+        }
+        self.present(pool).await
+    }
+
+    /// Whether the legacy store exists now (one instance's lookup, which is rare: its row
+    /// names an id our store does not know).
+    async fn present(&self, pool: &PgPool) -> Result<bool, DuroError> {
+        let found: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!("{}.executions", self.schema))
+            .fetch_one(pool)
+            .await?;
+        *self.absent_since.lock().unwrap_or_else(|p| p.into_inner()) =
+            (!found).then(std::time::Instant::now);
+        Ok(found)
     }
 
     pub fn schema(&self) -> &str {
@@ -87,6 +91,9 @@ impl Legacy {
     /// Every instance actor alive in the legacy store, by instance (the fleet-wide resync).
     /// Empty while the schema does not exist.
     pub async fn live(&self, pool: &PgPool) -> Result<LegacyByInstance, DuroError> {
+        if !self.present_cached(pool).await? {
+            return Ok(LegacyByInstance::new());
+        }
         let rows: Result<Vec<(String, String, Option<Uuid>)>, sqlx::Error> =
             sqlx::query_as(&sql::with_legacy_schema(sql::LEGACY_ACTORS, &self.schema))
                 .bind(config::LEGACY_ACTOR_ORCHESTRATIONS)
@@ -114,6 +121,9 @@ impl Legacy {
         pool: &PgPool,
         ids: &[String],
     ) -> Result<Vec<LegacyActor>, DuroError> {
+        if !self.present(pool).await? {
+            return Ok(Vec::new());
+        }
         let rows: Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
             &sql::with_legacy_schema(sql::LEGACY_ACTORS_NAMED, &self.schema),
         )

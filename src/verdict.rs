@@ -115,7 +115,7 @@ pub struct Observed {
     /// Live incarnations other than `row.actor_id`.
     pub other_live: Vec<String>,
     /// Instance actors of this instance alive in the legacy store (toygres' own Duroxide).
-    pub legacy: Vec<crate::legacy::LegacyActor>,
+    pub legacy: Vec<crate::actor_state::LegacyActor>,
 }
 
 /// The verdict, its reason in words, and the healing action.
@@ -182,7 +182,7 @@ pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
         };
     };
     // Ours: `actor-<this row's id>-<suffix>` (toygres' own are `actor-<k8s_name>`).
-    let owned = crate::duro::instance_of_actor(actor_id) == Some(row.id);
+    let owned = crate::actor_state::instance_of_actor(actor_id) == Some(row.id);
     match obs.actor.as_ref().unwrap_or(&ActorState::Absent) {
         ActorState::Absent => {
             return Decision {
@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn a_legacy_actor_is_adopted_or_retired() {
-        use crate::legacy::{LegacyActor, LegacyKind};
+        use crate::actor_state::{LegacyActor, LegacyKind};
         let now = Utc::now();
         let toygres = LegacyActor {
             actor_id: "actor-pg".into(),

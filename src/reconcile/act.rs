@@ -147,18 +147,17 @@ impl Reconciler {
         if matches!(
             decision.action,
             Action::Restart | Action::Adopt { start: true, .. }
-        ) {
-            if let Err(wait) = self.limits.take_token() {
-                metrics::restart_limited("fleet");
-                // An adoption is retried when the bucket allows (a legacy actor keeps writing
-                // until then), not left to the next resync.
-                if forced || matches!(decision.action, Action::Adopt { .. }) {
-                    return Err(DuroError::RateLimited(wait));
-                }
-                outcome.skipped = Some("restart held back: fleet-wide restart rate".into());
-                metrics::reconcile_action("noop");
-                return Ok(outcome);
+        ) && let Err(wait) = self.limits.take_token()
+        {
+            metrics::restart_limited("fleet");
+            // An adoption is retried when the bucket allows (a legacy actor keeps writing
+            // until then), not left to the next resync.
+            if forced || matches!(decision.action, Action::Adopt { .. }) {
+                return Err(DuroError::RateLimited(wait));
             }
+            outcome.skipped = Some("restart held back: fleet-wide restart rate".into());
+            metrics::reconcile_action("noop");
+            return Ok(outcome);
         }
         let started = Instant::now();
         let fence = self.fence_for(trigger)?;

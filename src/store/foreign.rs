@@ -16,6 +16,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use duroxide::providers::{OrchestrationItem, Provider, ProviderError, WorkItem};
+use duroxide_pg::PostgresProvider;
 use sqlx::PgPool;
 
 use crate::config;
@@ -187,8 +189,48 @@ impl ForeignGuard {
         }
     }
 
-    /// How long a fetch that may not go ahead waits before it answers "nothing".
-    pub fn hold_for(poll_timeout: Duration) -> Duration {
-        poll_timeout.min(config::FOREIGN_RECHECK)
+    /// While holding off: wait a little (at most the caller's poll timeout) and say so.
+    pub async fn held_off(&self, pool: &PgPool, poll_timeout: Duration) -> bool {
+        if self.may_fetch(pool).await {
+            return false;
+        }
+        tokio::time::sleep(poll_timeout.min(config::FOREIGN_RECHECK)).await;
+        true
+    }
+
+    /// Give a fetched orchestration item back untouched (its attempt uncounted) when it is
+    /// another runtime's ("Unknown": messages with no instance yet, which the runtime
+    /// settles itself, are not foreign). Returns whether it did.
+    pub async fn gave_back_orchestration(
+        &self,
+        inner: &PostgresProvider,
+        item: &OrchestrationItem,
+        token: &str,
+    ) -> Result<bool, ProviderError> {
+        let name = &item.orchestration_name;
+        if name == "Unknown" || Self::ours_orchestration(name) {
+            return Ok(false);
+        }
+        inner.abandon_orchestration_item(token, None, true).await?;
+        self.found("orchestrator", name);
+        Ok(true)
+    }
+
+    /// Give a fetched activity back untouched when it is another runtime's.
+    pub async fn gave_back_work(
+        &self,
+        inner: &PostgresProvider,
+        item: &WorkItem,
+        token: &str,
+    ) -> Result<bool, ProviderError> {
+        let WorkItem::ActivityExecute { name, .. } = item else {
+            return Ok(false);
+        };
+        if Self::ours_activity(name) {
+            return Ok(false);
+        }
+        inner.abandon_work_item(token, None, true).await?;
+        self.found("worker", name);
+        Ok(true)
     }
 }

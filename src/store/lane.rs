@@ -14,7 +14,9 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use duroxide::providers::WorkItem;
 
 use tokio::sync::Notify;
 
@@ -161,6 +163,28 @@ impl Lane {
             let mut dues = self.dues.lock().unwrap_or_else(|p| p.into_inner());
             dues.push(Reverse((now + *after, level + 1)));
         }
+    }
+}
+
+/// The `Instant` of a wall-clock time in milliseconds since the epoch (`None`: now or past).
+pub(super) fn due_instant(at_ms: u64) -> Option<Instant> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    let ahead = at_ms.checked_sub(now_ms).filter(|ms| *ms > 0)?;
+    Some(Instant::now() + Duration::from_millis(ahead))
+}
+
+pub(super) fn delay_instant(delay: Option<Duration>) -> Option<Instant> {
+    delay.filter(|d| !d.is_zero()).map(|d| Instant::now() + d)
+}
+
+/// When a durable timer's item becomes visible (`None`: not a timer, or due already).
+pub(super) fn timer_due(item: &WorkItem) -> Option<Instant> {
+    match item {
+        WorkItem::TimerFired { fire_at_ms, .. } => due_instant(*fire_at_ms),
+        _ => None,
     }
 }
 

@@ -44,7 +44,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use duroxide::Event;
 use duroxide::providers::{
@@ -61,7 +61,7 @@ mod lane;
 mod listen;
 
 pub use foreign::{ForeignGuard, ForeignStore, ForeignWork, Refused, foreign_work, refuse_foreign};
-use lane::Lane;
+use lane::{Lane, delay_instant, timer_due};
 pub use listen::listen;
 
 /// duroxide-pg's provider with waiting fetches, single-flight per queue and wake-ups.
@@ -87,8 +87,7 @@ pub struct Store {
     /// Whether this process ever took a session-bound activity: until it does, it owns no
     /// session, and the runtime's periodic session-lock renewal has nothing to renew.
     sessions_seen: std::sync::atomic::AtomicBool,
-    /// The service's store: items of orchestrations and activities we do not register are
-    /// given back untouched, and the store held off until they are gone ([`Store::guarded`]).
+    /// Keeps out of foreign work ([`Store::guarded`]).
     guard: Option<ForeignGuard>,
 }
 
@@ -127,13 +126,8 @@ impl Store {
 
     /// With a guard that holds off the store: wait a little and answer "nothing".
     async fn held_off(&self, poll_timeout: Duration) -> bool {
-        match &self.guard {
-            Some(g) if !g.may_fetch(self.inner.pool()).await => {
-                tokio::time::sleep(ForeignGuard::hold_for(poll_timeout)).await;
-                true
-            }
-            _ => false,
-        }
+        let pool = self.inner.pool();
+        matches!(&self.guard, Some(g) if g.held_off(pool, poll_timeout).await)
     }
 
     /// The origin that `inner`'s connections name in the trigger's wake-ups
@@ -320,28 +314,6 @@ impl Store {
     }
 }
 
-/// The `Instant` of a wall-clock time in milliseconds since the epoch (`None`: now or past).
-fn due_instant(at_ms: u64) -> Option<Instant> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_millis() as u64;
-    let ahead = at_ms.checked_sub(now_ms).filter(|ms| *ms > 0)?;
-    Some(Instant::now() + Duration::from_millis(ahead))
-}
-
-fn delay_instant(delay: Option<Duration>) -> Option<Instant> {
-    delay.filter(|d| !d.is_zero()).map(|d| Instant::now() + d)
-}
-
-/// When a durable timer's item becomes visible (`None`: not a timer, or due already).
-fn timer_due(item: &WorkItem) -> Option<Instant> {
-    match item {
-        WorkItem::TimerFired { fire_at_ms, .. } => due_instant(*fire_at_ms),
-        _ => None,
-    }
-}
-
 #[async_trait::async_trait]
 impl Provider for Store {
     fn name(&self) -> &str {
@@ -370,13 +342,10 @@ impl Provider for Store {
         // Another runtime's orchestration ("Unknown": messages with no instance yet, which
         // the runtime settles itself): given back at once, its attempt uncounted.
         if let (Some(guard), Some(((item, token, _), _))) = (&self.guard, &found)
-            && item.orchestration_name != "Unknown"
-            && !ForeignGuard::ours_orchestration(&item.orchestration_name)
+            && guard
+                .gave_back_orchestration(&self.inner, item, token)
+                .await?
         {
-            self.inner
-                .abandon_orchestration_item(token, None, true)
-                .await?;
-            guard.found("orchestrator", &item.orchestration_name);
             return Ok(None);
         }
         Ok(found.map(|((item, token, attempts), generation)| {
@@ -492,12 +461,9 @@ impl Provider for Store {
                     .fetch_work_item(lock_timeout, Duration::ZERO, session, tag_filter)
             })
             .await?;
-        if let (Some(guard), Some(((WorkItem::ActivityExecute { name, .. }, token, _), _))) =
-            (&self.guard, &found)
-            && !ForeignGuard::ours_activity(name)
+        if let (Some(guard), Some(((item, token, _), _))) = (&self.guard, &found)
+            && guard.gave_back_work(&self.inner, item, token).await?
         {
-            self.inner.abandon_work_item(token, None, true).await?;
-            guard.found("worker", name);
             return Ok(None);
         }
         Ok(found.map(|(item, _)| {
