@@ -172,6 +172,17 @@ pub const LEADER_RETRY_FIRST: Duration = Duration::from_millis(100);
 pub const LEADER_RETRY_MAX: Duration = Duration::from_millis(500);
 /// A renewal that has not answered within this is treated as failed.
 pub const LEADER_TICK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Server-side bounds that keep a lock of ours from outliving its owner (migrations/0013):
+/// a fenced transaction waits at most this long for any lock (a CMS row someone else holds:
+/// that one reconcile fails and is retried)…
+pub const FENCE_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// …and every session of the service's pools ends a transaction left idle (a frozen or
+/// partitioned client) after this. Together under the leader TTL (2 + 5 < 10 s): a frozen
+/// leader's fences and their locks are gone before its term can be taken over.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reconcile that met a CMS row held by someone else is tried again after this (not
+/// counted as a failure: it is the row's holder, not us, that is slow).
+pub const ROW_HELD_RETRY: Duration = Duration::from_millis(200);
 /// Advisory lock key of releases before leader terms (the ASCII bytes of "toygres" + "A"):
 /// still taken by the leader, so an older replica never leads beside a newer one during a
 /// rolling upgrade (see `migrations/0004`).

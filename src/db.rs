@@ -194,9 +194,27 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
 /// a burst of 10,000 starts: 1.07 s, inlining and optimisation included).
 pub(crate) const SESSION_OPTIONS: &str = "-c jit=off";
 
+/// The service's own sessions (its CMS pool, the priority lane, the Duroxide store): as
+/// [`SESSION_OPTIONS`], and a transaction left idle by a frozen or partitioned client is ended
+/// by the server after [`crate::config::IDLE_IN_TRANSACTION_TIMEOUT`], its locks with it.
+pub(crate) fn service_session_options() -> String {
+    format!(
+        "{SESSION_OPTIONS} -c idle_in_transaction_session_timeout={}",
+        crate::config::IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    )
+}
+
 fn sqlx_options(config: &ConnConfig, application: &str) -> Result<PgConnectOptions, DbError> {
+    sqlx_options_with(config, application, SESSION_OPTIONS)
+}
+
+fn sqlx_options_with(
+    config: &ConnConfig,
+    application: &str,
+    session_options: &str,
+) -> Result<PgConnectOptions, DbError> {
     let url = config
-        .sqlx_url(application, SESSION_OPTIONS)
+        .sqlx_url(application, session_options)
         .map_err(|e| DbError::BadUrl(e.to_string()))?;
     url.parse::<PgConnectOptions>()
         .map(|o| o.log_statements(tracing::log::LevelFilter::Trace))
@@ -250,7 +268,12 @@ async fn cms_pool_with(
             .await
             .map_err(|e| DbError::Connect(e.to_string()))?;
     }
-    let opts = sqlx_options(&config, application)?;
+    // The service's pools (watched) bound a transaction its client left idle.
+    let opts = if watched {
+        sqlx_options_with(&config, application, &service_session_options())?
+    } else {
+        sqlx_options(&config, application)?
+    };
     process_start();
     let mut options = PgPoolOptions::new()
         .max_connections(max_connections)

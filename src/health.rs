@@ -270,8 +270,10 @@ async fn probe_query(client: &tokio_postgres::Client) -> Result<ProbeRow, String
         .iter()
         .find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(ProbeRow {
-                version: r.get(0).map(str::to_owned),
-                in_recovery: r.get(1).map(|v| v == "t"),
+                // try_get: a target that answers with fewer columns (a proxy, not PostgreSQL)
+                // is a failed probe, not a panic.
+                version: r.try_get(0).ok().flatten().map(str::to_owned),
+                in_recovery: r.try_get(1).ok().flatten().map(|v| v == "t"),
             }),
             _ => None,
         })

@@ -356,7 +356,14 @@ impl Scheduler {
         };
         tokio::spawn(async move {
             let holder = (self.id.name(), self.id.epoch());
-            let outcome = check::leased_check(&self.deps, &actor_id, holder, input, known).await;
+            // A panic in the check (a bug, an answer we did not expect) is an error like any
+            // other: the entry is rescheduled below, never left marked running.
+            let outcome = crate::panics::caught(
+                "check",
+                check::leased_check(&self.deps, &actor_id, holder, input, known),
+            )
+            .await
+            .unwrap_or_else(|panic| Err(format!("the check panicked: {panic}")));
             drop(permit);
             let now = Instant::now();
             let mut guard = self.lock();

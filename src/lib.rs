@@ -54,7 +54,7 @@
 //!
 //! Around them: [`service`] (wires it all and shuts down in order), [`cli`] (parses and
 //! calls down), [`api`] and [`ops`] (HTTP and the operator operations the CLI shares),
-//! [`demo`], [`embedded_pg`] (a private PostgreSQL when no `DATABASE_URL` is given), [`db`]
+//! [`demo`], [`panics`] (a panic in spawned work caught, logged and counted), [`embedded_pg`] (a private PostgreSQL when no `DATABASE_URL` is given), [`db`]
 //! and [`sql`] (connections, migrations, statement texts), [`conn`] (one libpq-style
 //! connection configuration, TLS included, for every connection) and [`redact`] (no
 //! password leaves the process).
@@ -81,6 +81,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
+pub mod panics;
 pub mod quiet;
 pub mod reconcile;
 pub mod redact;

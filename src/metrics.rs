@@ -48,6 +48,7 @@ pub const DUROXIDE_FETCHES: &str = "toygres_actors_duroxide_fetches_total";
 pub const DUROXIDE_WAKEUPS: &str = "toygres_actors_duroxide_wakeups_total";
 pub const POOL_TRIMMED: &str = "toygres_actors_pool_connections_trimmed_total";
 pub const LANE_RESTARTS: &str = "toygres_actors_lane_restarts_total";
+pub const TASK_PANICS: &str = "toygres_actors_task_panics_total";
 pub const LEGACY_ACTORS_RUNNING: &str = "toygres_actors_legacy_actors_running";
 pub const STORE_FOREIGN_ITEMS: &str = "toygres_actors_store_foreign_items";
 pub const STORE_FOREIGN_GIVEN_BACK: &str = "toygres_actors_store_foreign_given_back_total";
@@ -203,6 +204,10 @@ fn describe() {
         LANE_RESTARTS,
         "Explicit restarts on the priority lane, by request (request: durable; control: restart <name>) and outcome (done, not_leader, retry: failed or rate limited, tried again; left_pending: a durable request that failed every attempt, left to the resync)."
     );
+    describe_counter!(
+        TASK_PANICS,
+        "Panics caught in spawned work, by task (check: one scheduled health check; reconcile: one instance's reconcile); the work is retried at its next turn."
+    );
     describe_gauge!(
         LEGACY_ACTORS_RUNNING,
         "Instance actors still running in the legacy store (--legacy-duroxide-schema, where toygres' own server runs Duroxide): each is adopted (ours started, it cancelled) within a resync; one that stays is an adoption that fails."
@@ -356,6 +361,11 @@ pub fn lane_restart(request: &'static str, outcome: &'static str) {
     metrics::counter!(LANE_RESTARTS, "request" => request, "outcome" => outcome).increment(1);
 }
 
+/// A panic caught in spawned work.
+pub fn task_panicked(task: &'static str) {
+    metrics::counter!(TASK_PANICS, "task" => task).increment(1);
+}
+
 /// Instance actors still running in the legacy store.
 pub fn legacy_actors_running(n: usize) {
     metrics::gauge!(LEGACY_ACTORS_RUNNING).set(n as f64);
@@ -402,6 +412,9 @@ pub fn initialise_series() {
         metrics::counter!(PROBE_ANSWERS_TOTAL, "in_recovery" => in_recovery).absolute(0);
     }
     metrics::gauge!(LEGACY_ACTORS_RUNNING).set(0.0);
+    for task in ["check", "reconcile"] {
+        metrics::counter!(TASK_PANICS, "task" => task).absolute(0);
+    }
     metrics::gauge!(STORE_FOREIGN_ITEMS).set(0.0);
     for queue in ["orchestrator", "worker"] {
         metrics::counter!(STORE_FOREIGN_GIVEN_BACK, "queue" => queue).absolute(0);

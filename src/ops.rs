@@ -273,6 +273,10 @@ pub async fn cancel(
         .bind(format!("operator:{who}"))
         .bind(&reconciler.replica)
         .bind(None::<String>)
+        // An operator's request: not fenced by a term.
+        .bind(None::<String>)
+        .bind(None::<i64>)
+        .bind(None::<i64>)
         .execute(&reconciler.control.pool)
         .await?;
     Ok(ActionResult {

@@ -23,7 +23,7 @@ use toygres_actors::store::{self, Store};
 const SCHEMA: &str = "toygres_actors_duroxide";
 
 async fn open(db: &TestDb, max_wait: Option<Duration>) -> Arc<Store> {
-    let store = toygres_actors::duro::open_store(&db.url, SCHEMA, false, &db.pool)
+    let store = toygres_actors::duro::open_unguarded_store(&db.url, SCHEMA, false, &db.pool)
         .await
         .expect("open store");
     match max_wait {

@@ -66,8 +66,19 @@ pub enum DuroError {
     RateLimited(Duration),
     #[error(transparent)]
     Foreign(#[from] crate::store::Refused),
+    #[error("panicked: {0}")]
+    Panicked(String),
     #[error("legacy store `{schema}`: {message}")]
     Legacy { schema: String, message: String },
+}
+
+impl DuroError {
+    /// A lock wait of a fenced transaction ran out (55P03, `lock_timeout`): a CMS row held
+    /// by someone else. Retried shortly; not a failure of ours.
+    pub fn row_held(&self) -> bool {
+        matches!(self, DuroError::Db(crate::db::DbError::Sqlx(e))
+            if e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "55P03"))
+    }
 }
 
 impl From<sqlx::Error> for DuroError {

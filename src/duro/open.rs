@@ -25,7 +25,7 @@ pub fn store_url(
     let mut opts = format!(
         "{} -c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off \
          -c enable_sort=off -c enable_bitmapscan=off",
-        crate::db::SESSION_OPTIONS
+        crate::db::service_session_options()
     );
     if async_commit {
         opts.push_str(" -c synchronous_commit=off");

@@ -314,6 +314,10 @@ impl Reconciler {
         trigger: &Trigger,
         error: Option<&str>,
     ) {
+        // Fenced as the action was: a replica that lost its term records nothing.
+        let Ok(fence) = self.fence_for(trigger) else {
+            return;
+        };
         let r = sqlx::query(sql::INSERT_DECISION)
             .bind(id)
             .bind(name)
@@ -324,6 +328,9 @@ impl Reconciler {
             .bind(trigger.label())
             .bind(&self.replica)
             .bind(error.map(crate::redact::redact_error))
+            .bind(fence.as_ref().map(|t| t.name.as_str()))
+            .bind(fence.as_ref().map(|t| t.epoch))
+            .bind(fence.as_ref().map(|t| t.term))
             .execute(self.pool())
             .await;
         if let Err(e) = r {

@@ -383,6 +383,11 @@ async fn explicit(lane: &Lane, id: Uuid, trigger: Trigger) {
                 tracing::debug!(instance_id = %id, retry_in_ms = wait.as_millis() as u64, "restart held back by the rate limits");
                 wait
             }
+            Err(e) if e.row_held() => {
+                metrics::lane_restart(request, "retry");
+                tracing::debug!(instance_id = %id, "the instance's row is held by another session; will retry");
+                crate::config::ROW_HELD_RETRY
+            }
             Err(e) => {
                 failures += 1;
                 if failures >= ATTEMPTS && trigger == Trigger::RestartRequest {

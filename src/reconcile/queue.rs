@@ -311,13 +311,19 @@ impl ReconcileQueue {
             let queue = self.clone();
             let reconciler = reconciler.clone();
             tokio::spawn(async move {
-                let result = if job.trigger == Trigger::RestartRequest {
-                    reconciler.honour_restart_request(id).await
-                } else {
-                    reconciler
-                        .reconcile_instance(id, &job.trigger, job.force_restart, false)
-                        .await
-                };
+                // A panic is a failure like any other: retried with backoff, never leaving
+                // the instance marked in flight.
+                let result = crate::panics::caught("reconcile", async {
+                    if job.trigger == Trigger::RestartRequest {
+                        reconciler.honour_restart_request(id).await
+                    } else {
+                        reconciler
+                            .reconcile_instance(id, &job.trigger, job.force_restart, false)
+                            .await
+                    }
+                })
+                .await
+                .unwrap_or_else(|panic| Err(crate::duro::DuroError::Panicked(panic)));
                 drop(permit);
                 if let Err(
                     crate::duro::DuroError::TermOver(_) | crate::duro::DuroError::NotLeader,
@@ -330,12 +336,15 @@ impl ReconcileQueue {
                     let (attempt, delay) = match &e {
                         // Held back by the restart limits: try again when allowed, not as a failure.
                         crate::duro::DuroError::RateLimited(wait) => (job.attempt, *wait),
+                        e if e.row_held() => (job.attempt, crate::config::ROW_HELD_RETRY),
                         _ => {
                             let attempt = job.attempt + 1;
                             (attempt, retry_delay(attempt))
                         }
                     };
-                    if matches!(e, crate::duro::DuroError::RateLimited(_)) {
+                    if e.row_held() {
+                        tracing::debug!(instance_id = %id, retry_in_ms = delay.as_millis() as u64, "the instance's row is held by another session; will retry");
+                    } else if matches!(e, crate::duro::DuroError::RateLimited(_)) {
                         tracing::debug!(instance_id = %id, retry_in_ms = delay.as_millis() as u64, "restart held back by the rate limits");
                     } else {
                         tracing::warn!(instance_id = %id, attempt, retry_in_ms = delay.as_millis() as u64,
