@@ -212,6 +212,7 @@ async fn operator_reconciler(global: &GlobalArgs) -> anyhow::Result<crate::recon
     };
     let args = RunArgs::from_env()?;
     let pool = crate::db::cms_pool(&url, 4).await?;
+    crate::clock::sync(&pool).await?;
     let store = crate::duro::open_store(&url, &global.duroxide_schema, false, &pool).await?;
     let control = crate::duro::ActorControl::new(
         pool,

@@ -231,6 +231,9 @@ pub async fn poll_fleet(
             _ = stop.cancelled() => return,
         }
         let started = tokio::time::Instant::now();
+        if let Err(e) = crate::clock::sync(reconciler.pool()).await {
+            tracing::debug!(error = %e, "could not read the database's clock; keeping the last reading");
+        }
         let fleet = reconciler.fleet().await;
         // Every `every`, unless the query itself costs more than its share of the time.
         let cost = started.elapsed();

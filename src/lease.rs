@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 /// When the next check of an instance last checked at `last` is due, from now: keep the
 /// rhythm of earlier checks (made here or on another replica), at once if overdue.
 pub fn first_due(last: Option<chrono::DateTime<chrono::Utc>>, interval: Duration) -> Duration {
-    let since = last.and_then(|t| (chrono::Utc::now() - t).to_std().ok());
+    let since = last.map(crate::clock::age);
     match since {
         Some(age) if age < interval => interval - age,
         _ => Duration::ZERO,

@@ -47,7 +47,7 @@
 //! [`duties`] (the leader's duties while it leads in a term, and the periodic work every
 //! replica does).
 //!
-//! Shared vocabulary: [`settings`] (every flag and its environment variable, parsed and
+//! Shared vocabulary: [`clock`] (the database's clock, the only one that decides), [`settings`] (every flag and its environment variable, parsed and
 //! validated), [`actor_state`] (Duroxide's view of one actor), [`config`] (names and
 //! defaults with their reasons), [`quiet`] (the default log filter, requested-cancel
 //! suppression, burst summaries) and [`logging`] (where log lines go).
@@ -64,6 +64,7 @@ pub mod actor_state;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod cms;
 pub mod config;
 pub mod conn;

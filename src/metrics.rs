@@ -322,7 +322,7 @@ pub fn actors_v1_running(n: i64) {
 }
 
 pub fn resync_done() {
-    metrics::gauge!(LAST_RESYNC).set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    metrics::gauge!(LAST_RESYNC).set(crate::clock::now_seconds());
 }
 
 pub fn notify_roundtrip(seconds: f64) {
@@ -514,7 +514,7 @@ impl FleetGauges {
             let n = entries.iter().filter(|e| e.verdict == v).count();
             let _ = writeln!(out, "toygres_actors_instances{{verdict=\"{v}\"}} {n}");
         }
-        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let now = crate::clock::now_seconds();
         let ages: Vec<f64> = entries
             .iter()
             .filter_map(|e| e.awaiting_check_since.map(|t| (now - t).max(0.0)))

@@ -113,7 +113,7 @@ pub async fn list(
     only: Option<Verdict>,
 ) -> Result<Vec<ActorView>, OpsError> {
     let fleet = reconciler.fleet().await?;
-    let now = Utc::now();
+    let now = crate::clock::now();
     let mut out: Vec<ActorView> = fleet
         .instances
         .iter()
@@ -153,8 +153,9 @@ async fn find(reconciler: &Reconciler, name: &str) -> Result<InstanceRow, OpsErr
 pub async fn status(reconciler: &Reconciler, name: &str) -> Result<ActorView, OpsError> {
     let row = find(reconciler, name).await?;
     let obs = reconciler.observe(row).await?;
-    let d = verdict::decide(&obs, &reconciler.rules, Utc::now());
-    Ok(view(&obs, &d, Utc::now()))
+    let now = crate::clock::now();
+    let d = verdict::decide(&obs, &reconciler.rules, now);
+    Ok(view(&obs, &d, now))
 }
 
 /// The result of start / restart / cancel.
@@ -335,7 +336,7 @@ pub struct DecisionView {
 pub async fn explain(reconciler: &Reconciler, name: &str) -> Result<Explanation, OpsError> {
     let row = find(reconciler, name).await?;
     let obs = reconciler.observe(row.clone()).await?;
-    let d = verdict::decide(&obs, &reconciler.rules, Utc::now());
+    let d = verdict::decide(&obs, &reconciler.rules, crate::clock::now());
     let pool = &reconciler.control.pool;
     let (executions, events) = match &row.actor_id {
         Some(id) => {

@@ -67,6 +67,8 @@ pub async fn start(
     let url = database.url.clone();
 
     let pool = crate::db::watched_cms_pool(&url, args.cms_pool_max).await?;
+    // The database's clock decides every age and expiry (crate::clock).
+    crate::clock::sync(&pool).await?;
     crate::db::migrate(&pool).await?;
     let store = duro::open_store(
         &url,

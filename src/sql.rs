@@ -24,6 +24,7 @@ sql! {
     ASSIGNED_LEASES => "assigned_leases.sql",
     BACKEND_PID => "backend_pid.sql",
     DATABASE_EXISTS => "database_exists.sql",
+    DB_NOW => "db_now.sql",
     DELETE_ACTOR_INSTANCES => "delete_actor_instances.sql",
     DUROXIDE_EXTRA_INDEX => "duroxide_extra_index.sql",
     DUROXIDE_INSTANCE_ID_INDEX => "duroxide_instance_id_index.sql",

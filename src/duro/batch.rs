@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::{ActorControl, DuroError, new_actor_id};
@@ -110,7 +109,7 @@ impl ActorControl {
         ))
         .bind(instances)
         .bind(items)
-        .bind(Utc::now())
+        .bind(crate::clock::visible_now())
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -228,7 +228,7 @@ impl ActorControl {
                 if crate::actor_state::runs(&status) =>
             {
                 ActorState::Running {
-                    last_progress: last_progress.unwrap_or_else(Utc::now),
+                    last_progress: last_progress.unwrap_or_else(crate::clock::now),
                     has_work,
                     execution_id: execution_id.unwrap_or(1),
                 }
@@ -308,9 +308,9 @@ impl ActorControl {
         first: bool,
     ) -> Result<(), DuroError> {
         let visible = if first {
-            Utc::now() - chrono::Duration::hours(1)
+            crate::clock::visible_now() - chrono::Duration::hours(1)
         } else {
-            Utc::now()
+            crate::clock::visible_now()
         };
         let json = serde_json::to_string(item).map_err(|e| DuroError::Provider(e.to_string()))?;
         sqlx::query(&sql::with_duroxide_schema(

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::{Outcome, Reconciler, Trigger};
@@ -124,7 +123,7 @@ impl Reconciler {
             let live = obs.actor.as_ref().is_some_and(|a| a.is_live());
             // A live actor Duroxide has not created yet (its start is queued) is brand new.
             let age = match obs.actor_created_at {
-                Some(t) => (Utc::now() - t).to_std().unwrap_or_default(),
+                Some(t) => crate::clock::age(t),
                 None => Duration::ZERO,
             };
             if live && age < self.limits.min_interval {
@@ -209,7 +208,7 @@ impl Reconciler {
                 outcome.new_actor_id = new.clone();
                 metrics::reconcile_action(decision.action.label());
                 if let Trigger::Notification { at: Some(at), .. } = trigger {
-                    let now = Utc::now().timestamp_micros() as f64 / 1e6;
+                    let now = crate::clock::now_seconds();
                     metrics::event_to_action(now - at);
                 }
                 let explicit = forced || matches!(trigger, Trigger::Operator(_));

@@ -25,7 +25,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::fleet::FleetRow;
@@ -95,7 +94,7 @@ impl Reconciler {
             .start_batch(&plan.starts, fence.as_ref(), &self.replica)
             .await
             .inspect_err(|_| metrics::reconcile_error())?;
-        let now_s = Utc::now().timestamp_micros() as f64 / 1e6;
+        let now_s = crate::clock::now_seconds();
         for (id, _) in &done {
             if let Some(at) = plan.clocks.get(id) {
                 metrics::event_to_action(now_s - at);
@@ -155,7 +154,7 @@ impl Reconciler {
         } else {
             self.control.live_actors_of(&lookup).await?
         };
-        let now = Utc::now();
+        let now = crate::clock::now();
         let mut plan = Plan::default();
         for (id, trigger) in jobs {
             let actors = live.remove(id).unwrap_or_default();

@@ -36,7 +36,7 @@ impl Reconciler {
             }
         }
         let mut legacy = self.legacy_actors().await;
-        let now = Utc::now();
+        let now = crate::clock::now();
         let mut instances = Vec::with_capacity(rows.len());
         for r in rows {
             let live = live_by_instance.remove(&r.id).unwrap_or_default();
@@ -250,7 +250,7 @@ impl FleetRow {
                     (None, true) => ActorState::Pending,
                     (None, false) => ActorState::Absent,
                     (Some(s), _) if crate::actor_state::runs(s) => ActorState::Running {
-                        last_progress: self.actor_last_progress.unwrap_or_else(Utc::now),
+                        last_progress: self.actor_last_progress.unwrap_or_else(crate::clock::now),
                         has_work: self.actor_has_work,
                         execution_id: self.actor_execution_id.unwrap_or(1),
                     },

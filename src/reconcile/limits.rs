@@ -69,9 +69,9 @@ impl Reconciler {
         let entry = map.entry(id).or_insert(HealBackoff {
             attempts: 0,
             next_at: Instant::now(),
-            healed_at: Utc::now(),
+            healed_at: crate::clock::now(),
         });
-        entry.healed_at = Utc::now();
+        entry.healed_at = crate::clock::now();
         entry.attempts = entry.attempts.saturating_add(1);
         let factor = 2u32.saturating_pow(entry.attempts.saturating_sub(1).min(16));
         let delay = config::HEAL_BACKOFF_MIN

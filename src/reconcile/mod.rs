@@ -306,7 +306,7 @@ impl Reconciler {
         let read = t0.elapsed();
         let observed = self.observe(row).await?;
         let observe = t0.elapsed() - read;
-        let mut decision = verdict::decide(&observed, &self.rules, Utc::now());
+        let mut decision = verdict::decide(&observed, &self.rules, crate::clock::now());
         if force_restart && !matches!(decision.action, Action::Adopt { start: true, .. }) {
             if self.control.wants_actor(&observed.row.state) {
                 decision.action = Action::Restart;

@@ -245,6 +245,8 @@ pub struct ServiceProc {
     pub args: Vec<String>,
     /// Another build of the service (the previous release, for the upgrade test).
     pub bin: Option<std::path::PathBuf>,
+    /// Extra environment for the process (a skewed wall clock through libfaketime).
+    pub env: Vec<(String, String)>,
 }
 
 /// Settings short enough for tests.
@@ -285,22 +287,59 @@ impl ServiceProc {
             i += 2;
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::launch(&db.url, args, None).await
+        Self::launch(&db.url, args, None, Vec::new()).await
     }
 
     /// Start `toygres-actors run` against `url` with the shipped defaults (every timer at its
     /// production value) plus `extra`, and wait until it is ready.
     pub async fn start_production(url: &str, extra: &[&str]) -> ServiceProc {
-        Self::launch(url, extra.iter().map(|s| s.to_string()).collect(), None).await
+        Self::launch(
+            url,
+            extra.iter().map(|s| s.to_string()).collect(),
+            None,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Like [`ServiceProc::start_production`], with the process's wall clock `skew` off (a
+    /// libfaketime offset such as `+2m`; the monotonic clock stays true). Needs Debian's
+    /// `faketime` package (scripts/test.sh installs it).
+    pub async fn start_production_skewed(url: &str, extra: &[&str], skew: &str) -> ServiceProc {
+        let lib = std::fs::read_dir("/usr/lib")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|arch| arch.path().join("faketime/libfaketimeMT.so.1"))
+            .find(|p| p.exists())
+            .expect("libfaketimeMT.so.1 is missing: install Debian package `faketime`");
+        let lib = lib.to_string_lossy().into_owned();
+        let env = vec![
+            ("LD_PRELOAD".into(), lib),
+            ("FAKETIME".into(), skew.into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ];
+        Self::launch(
+            url,
+            extra.iter().map(|s| s.to_string()).collect(),
+            None,
+            env,
+        )
+        .await
     }
 
     /// Like [`ServiceProc::start_production`], with another build of the service.
     pub async fn start_binary(bin: &std::path::Path, url: &str, extra: &[&str]) -> ServiceProc {
         let args = extra.iter().map(|s| s.to_string()).collect();
-        Self::launch(url, args, Some(bin.to_path_buf())).await
+        Self::launch(url, args, Some(bin.to_path_buf()), Vec::new()).await
     }
 
-    async fn launch(url: &str, args: Vec<String>, bin: Option<std::path::PathBuf>) -> ServiceProc {
+    async fn launch(
+        url: &str,
+        args: Vec<String>,
+        bin: Option<std::path::PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> ServiceProc {
         let mut s = ServiceProc {
             child: None,
             http: String::new(),
@@ -311,6 +350,7 @@ impl ServiceProc {
             url: url.to_string(),
             args,
             bin,
+            env,
         };
         s.spawn().await;
         s
@@ -356,6 +396,7 @@ impl ServiceProc {
             .args(&named)
             .args(&self.args)
             .env("DATABASE_URL", &self.url)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "TOYGRES_ACTORS_LOG",
                 "info,toygres_actors=debug,sqlx::postgres::notice=warn",
