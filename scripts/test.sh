@@ -6,7 +6,7 @@
 #
 # Needs PostgreSQL server binaries (initdb, pg_ctl, postgres), promtool, systemd-analyze, strace,
 # pgbouncer (the pooled probe targets of `bench burst`, run small by tests/bench_smoke.rs) and
-# libfaketime (skewed replica clocks, tests/clocks.rs). As root with apt-get they are installed
+# libfaketime (skewed replica clocks, tests/faults.rs). As root with apt-get they are installed
 # from Debian's `postgresql`, `prometheus`, `systemd`, `strace`, `pgbouncer` and `faketime`
 # packages; otherwise the script stops and names the package to install.
 #
@@ -29,7 +29,7 @@ have_promtool || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; } || missing+=(pgbouncer)
-# libfaketime: a replica's skewed wall clock (tests/clocks.rs).
+# libfaketime: a replica's skewed wall clock (tests/faults.rs).
 compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null 2>&1 || missing+=(faketime)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(npm)

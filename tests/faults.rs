@@ -1,0 +1,459 @@
+//! Faults in the middle of things, at production timers (30 s checks, the default TTLs):
+//!
+//! - **no hostage locks** (migrations/0013): a CMS row held by someone else delays its own
+//!   instance and never costs the leader its term; a leader frozen inside a fenced
+//!   transaction is replaced, and writes nothing when it wakes;
+//! - **one clock** (src/clock.rs): a leading replica whose wall clock is two minutes fast or
+//!   slow (libfaketime, the monotonic clock left true) beside one with a true clock changes
+//!   nothing: nothing judged stale, lagging or missing, nothing healed, checks on their rhythm
+//!   by the database's clock, a new row's actor at once;
+//! - **odd targets**: a target that speaks PostgreSQL's protocol but answers the probe with
+//!   fewer columns than asked (a proxy, a look-alike) is checked at every interval, no panic.
+//!
+//! The scenarios of one kind run side by side in one test (each in its own database with its
+//! own services): they wait on production timers, not on the CPU.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::{ServiceProc, TestDb, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_rows_and_frozen_leaders_take_no_hostage() {
+    tokio::join!(
+        a_held_cms_row_delays_its_instance_only_and_never_costs_the_term(),
+        a_leader_frozen_in_a_fenced_transaction_is_replaced_and_writes_nothing(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_skewed_leader_clock_changes_nothing() {
+    tokio::join!(
+        skewed_leader_changes_nothing("+2m"),
+        skewed_leader_changes_nothing("-2m"),
+    );
+}
+
+// --- no hostage locks -----------------------------------------------------------------
+
+/// The leader row: holder and term.
+async fn leader(db: &TestDb) -> Option<(String, i64)> {
+    sqlx::query_as("SELECT holder, term FROM toygres_actors.leader WHERE id = 1")
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Two replicas at the shipped defaults, `a` leading; returns them. The restart minimum
+/// interval (30 s: a young actor is not replaced) is lifted so that the restart is asked of
+/// an actor a few seconds old; every timer the faults depend on keeps its production value.
+async fn two_replicas(db: &TestDb) -> (ServiceProc, ServiceProc) {
+    let a =
+        ServiceProc::start_production(&db.url, &["--replica", "a", "--restart-min-interval", "0s"])
+            .await;
+    wait_until("a leads", Duration::from_secs(30), || async {
+        a.is_leader().await.then_some(())
+    })
+    .await;
+    let b =
+        ServiceProc::start_production(&db.url, &["--replica", "b", "--restart-min-interval", "0s"])
+            .await;
+    (a, b)
+}
+
+/// A CMS transaction that updated the instance's row and has not committed (as an open psql
+/// session or a slow CMS transaction would): the row is held FOR NO KEY UPDATE.
+async fn hold_row(db: &TestDb, name: &str) -> (sqlx::Transaction<'static, sqlx::Postgres>, i32) {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE toygres_cms.instances SET tags = tags WHERE k8s_name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    (tx, pid)
+}
+
+/// How many sessions of this database named `application` wait on `holder`'s locks, directly
+/// or behind another waiter (a row's second waiter waits on the first one's tuple lock, not
+/// on the holder). `pg_stat_activity` is cluster-wide: other tests' services share the names.
+async fn blocked_by(db: &TestDb, holder: i32, application: &str) -> i64 {
+    db.scalar_i64(&format!(
+        "WITH RECURSIVE chain(pid) AS (
+             SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND {holder} = ANY(pg_blocking_pids(pid))
+             UNION
+             SELECT a.pid FROM pg_stat_activity a JOIN chain c ON c.pid = ANY(pg_blocking_pids(a.pid))
+              WHERE a.datname = current_database())
+         SELECT count(*) FROM pg_stat_activity a JOIN chain c ON c.pid = a.pid
+          WHERE a.application_name = '{application}'"
+    ))
+    .await
+}
+
+/// The priority lane's sessions: explicit restarts run there.
+const LANE: &str = "toygres-actors-lane";
+
+async fn has_actor(db: &TestDb, name: &str) -> bool {
+    db.actor_id(name).await.is_some()
+}
+
+async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
+    let db = TestDb::new().await;
+    let target = support::reachable_target();
+    let (a, _b) = two_replicas(&db).await;
+    db.insert_instance("pg-held", "running", Some(&target))
+        .await;
+    wait_until("pg-held checked", Duration::from_secs(30), || async {
+        (db.checks_of("pg-held").await > 0).then_some(())
+    })
+    .await;
+    let before = db.actor_id("pg-held").await.expect("an actor");
+    let term = leader(&db).await.expect("a leader row");
+    assert_eq!(term.0, "a");
+
+    let (tx, holder) = hold_row(&db, "pg-held").await;
+    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-held')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until(
+        "the restart waits on the held row",
+        Duration::from_secs(10),
+        || async { (blocked_by(&db, holder, LANE).await > 0).then_some(()) },
+    )
+    .await;
+
+    // 90 s of hold: the leader keeps its term, and every insert elsewhere gets its actor
+    // within a second.
+    let held_at = Instant::now();
+    let mut n = 0;
+    let mut slowest = Duration::ZERO;
+    while held_at.elapsed() < Duration::from_secs(90) {
+        let name = format!("pg-other-{n}");
+        n += 1;
+        let t0 = Instant::now();
+        db.insert_instance(&name, "running", Some(&target)).await;
+        wait_until(
+            &format!("{name} gets an actor within 1 s while pg-held is held"),
+            Duration::from_secs(1),
+            || async { has_actor(&db, &name).await.then_some(()) },
+        )
+        .await;
+        slowest = slowest.max(t0.elapsed());
+        assert_eq!(
+            leader(&db).await,
+            Some(term.clone()),
+            "the leader lost its term while a CMS row was held"
+        );
+        assert!(a.is_leader().await, "a stepped down during the hold");
+        // One insert every ~5 s: the wait is a condition on the clock, not a sleep.
+        let next = t0 + Duration::from_secs(5);
+        wait_until("the next insert's turn", Duration::from_secs(6), || async {
+            (Instant::now() >= next).then_some(())
+        })
+        .await;
+    }
+    eprintln!("{n} inserts during the 90 s hold, slowest insert → actor {slowest:?}");
+    assert_eq!(
+        db.actor_id("pg-held").await.as_deref(),
+        Some(before.as_str())
+    );
+
+    // Released: the held instance is restarted within 2 s.
+    tx.commit().await.unwrap();
+    let released = Instant::now();
+    wait_until(
+        "pg-held restarted within 2 s of the release",
+        Duration::from_secs(2),
+        || async {
+            (db.actor_id("pg-held").await.as_deref() != Some(before.as_str())).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "pg-held restarted {:?} after the release",
+        released.elapsed()
+    );
+    assert_eq!(leader(&db).await, Some(term), "one term throughout");
+}
+
+async fn a_leader_frozen_in_a_fenced_transaction_is_replaced_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let target = support::reachable_target();
+    let (a, b) = two_replicas(&db).await;
+    db.insert_instance("pg-held", "running", Some(&target))
+        .await;
+    wait_until("pg-held has its actor", Duration::from_secs(30), || async {
+        has_actor(&db, "pg-held").await.then_some(())
+    })
+    .await;
+    let (_, old_term) = leader(&db).await.expect("a leader row");
+
+    // The leader's restart of pg-held waits on the held row, inside its fenced transaction
+    // (after assert_term, before its commit); the leader freezes there.
+    let (tx, holder) = hold_row(&db, "pg-held").await;
+    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-held')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until(
+        "the leader's fenced restart waits on the held row",
+        Duration::from_secs(10),
+        || async { (blocked_by(&db, holder, LANE).await > 0).then_some(()) },
+    )
+    .await;
+    a.signal(Signal::SIGSTOP);
+    let frozen_at = chrono::Utc::now();
+    let frozen = Instant::now();
+    tx.commit().await.unwrap();
+
+    // Another replica leads, and a new instance gets a live actor within 20 s of the freeze.
+    db.insert_instance("pg-after", "running", Some(&target))
+        .await;
+    wait_until(
+        "pg-after gets an actor from another leader",
+        Duration::from_secs(20),
+        || async { has_actor(&db, "pg-after").await.then_some(()) },
+    )
+    .await;
+    let took = frozen.elapsed();
+    eprintln!("a new leader started pg-after's actor {took:?} after the leader froze");
+    assert!(took <= Duration::from_secs(20));
+    let (holder_now, term_now) = leader(&db).await.expect("a leader row");
+    assert_eq!(holder_now, "b");
+    assert!(term_now > old_term);
+    assert!(b.is_leader().await);
+
+    // Woken, the old leader notices it lost its term and writes nothing.
+    a.signal(Signal::SIGCONT);
+    wait_until(
+        "a knows it does not lead",
+        Duration::from_secs(15),
+        || async { (!a.is_leader().await).then_some(()) },
+    )
+    .await;
+    // The restart request is honoured once, by the new leader.
+    wait_until(
+        "the pending restart honoured",
+        Duration::from_secs(30),
+        || async {
+            (db.scalar_i64(
+                "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE handled_at IS NOT NULL",
+            )
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let by_a = db
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM toygres_actors.decisions
+              WHERE replica = 'a' AND decided_at > '{}'::timestamptz",
+            frozen_at.to_rfc3339()
+        ))
+        .await;
+    assert_eq!(
+        by_a, 0,
+        "the frozen leader wrote decisions after it lost its term"
+    );
+    assert!(b.is_leader().await, "one leader after the old one woke");
+}
+
+// --- one clock ---------------------------------------------------------------------
+
+const FLEET: usize = 20;
+
+async fn skewed_leader_changes_nothing(skew: &str) {
+    let db = TestDb::new().await;
+    let target = support::reachable_target();
+    let skewed =
+        ServiceProc::start_production_skewed(&db.url, &["--replica", "skewed"], skew).await;
+    wait_until(
+        "the skewed replica leads",
+        Duration::from_secs(30),
+        || async { skewed.is_leader().await.then_some(()) },
+    )
+    .await;
+    let other = ServiceProc::start_production(&db.url, &["--replica", "true-clock"]).await;
+    for i in 0..FLEET {
+        db.insert_instance(&format!("pg-clock-{i}"), "running", Some(&target))
+            .await;
+    }
+    wait_until(
+        "every instance checked",
+        Duration::from_secs(40),
+        || async {
+            (db.scalar_i64(
+                "SELECT count(*) FROM toygres_cms.instances WHERE last_health_check IS NULL",
+            )
+            .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Past a resync (60 s) and two check intervals: every verdict and gauge has been computed
+    // many times by both replicas.
+    let since = Instant::now();
+    wait_until("75 s of service", Duration::from_secs(80), || async {
+        (since.elapsed() >= Duration::from_secs(75)).then_some(())
+    })
+    .await;
+
+    // An insert gets its actor at once.
+    let t0 = Instant::now();
+    db.insert_instance("pg-clock-new", "running", Some(&target))
+        .await;
+    wait_until(
+        "pg-clock-new has an actor within 1 s",
+        Duration::from_secs(1),
+        || async { db.actor_id("pg-clock-new").await.map(|_| ()) },
+    )
+    .await;
+    eprintln!("skew {skew}: insert → actor {:?}", t0.elapsed());
+
+    let healed = db
+        .scalar_i64("SELECT count(*) FROM toygres_actors.decisions WHERE action <> 'start'")
+        .await;
+    assert_eq!(healed, 0, "skew {skew}: something was healed or restarted");
+    let oldest: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(now() - last_health_check))::float8
+           FROM toygres_cms.instances WHERE k8s_name LIKE 'pg-clock-%' AND k8s_name <> 'pg-clock-new'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    eprintln!("skew {skew}: oldest last check {oldest:.1} s by the database's clock");
+    assert!(
+        oldest <= 45.0,
+        "skew {skew}: a last check is {oldest:.1} s old"
+    );
+    for svc in [&skewed, &other] {
+        let lagging = support::metric(svc, "toygres_actors_checks_lagging", &[]).await;
+        let oldest_gauge =
+            support::metric(svc, "toygres_actors_oldest_check_age_seconds", &[]).await;
+        let bad = support::metric(svc, "toygres_actors_instances", &["verdict=\"stale\""]).await
+            + support::metric(svc, "toygres_actors_instances", &["verdict=\"missing\""]).await
+            + support::metric(svc, "toygres_actors_instances", &["verdict=\"zombie\""]).await;
+        eprintln!(
+            "skew {skew}: lagging {lagging}, oldest-check gauge {oldest_gauge:.1} s, stale/missing/zombie {bad}"
+        );
+        assert_eq!(
+            lagging, 0.0,
+            "skew {skew}: a replica reports lagging checks"
+        );
+        assert_eq!(
+            bad, 0.0,
+            "skew {skew}: a replica reports stale, missing or zombie actors"
+        );
+        assert!(
+            oldest_gauge <= 45.0,
+            "skew {skew}: oldest check age gauge {oldest_gauge}"
+        );
+    }
+}
+
+// --- odd targets -------------------------------------------------------------------
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Answer one client: trust auth, then every simple query with one text column.
+async fn serve(mut sock: tokio::net::TcpStream) -> std::io::Result<()> {
+    // Startup (an SSLRequest first, answered "no", then the startup message).
+    loop {
+        let len = sock.read_i32().await? as usize;
+        let mut body = vec![0; len.saturating_sub(4)];
+        sock.read_exact(&mut body).await?;
+        if body.get(..4) == Some(&80877103_i32.to_be_bytes()[..]) {
+            sock.write_all(b"N").await?;
+            continue;
+        }
+        break;
+    }
+    let mut hello = message(b'R', &0_i32.to_be_bytes());
+    hello.extend(message(b'S', b"server_version\x0016.0\x00"));
+    hello.extend(message(b'Z', b"I"));
+    sock.write_all(&hello).await?;
+    loop {
+        let tag = sock.read_u8().await?;
+        let len = sock.read_i32().await? as usize;
+        let mut body = vec![0; len.saturating_sub(4)];
+        sock.read_exact(&mut body).await?;
+        match tag {
+            b'Q' => {
+                let mut field = b"version\x00".to_vec();
+                field.extend_from_slice(&0_i32.to_be_bytes()); // table oid
+                field.extend_from_slice(&0_i16.to_be_bytes()); // column number
+                field.extend_from_slice(&25_i32.to_be_bytes()); // text
+                field.extend_from_slice(&(-1_i16).to_be_bytes());
+                field.extend_from_slice(&(-1_i32).to_be_bytes());
+                field.extend_from_slice(&0_i16.to_be_bytes());
+                let mut desc = 1_i16.to_be_bytes().to_vec();
+                desc.extend(field);
+                let value = b"PostgreSQL 16.0 (look-alike)";
+                let mut row = 1_i16.to_be_bytes().to_vec();
+                row.extend_from_slice(&(value.len() as i32).to_be_bytes());
+                row.extend_from_slice(value);
+                let mut reply = message(b'T', &desc);
+                reply.extend(message(b'D', &row));
+                reply.extend(message(b'C', b"SELECT 1\x00"));
+                reply.extend(message(b'Z', b"I"));
+                sock.write_all(&reply).await?;
+            }
+            b'X' => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_answering_with_one_column_is_checked_at_every_interval() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(serve(sock));
+        }
+    });
+    let db = TestDb::new().await;
+    db.insert_instance(
+        "pg-one-column",
+        "running",
+        Some(&format!("postgres://toygres@127.0.0.1:{port}/postgres")),
+    )
+    .await;
+    let svc = ServiceProc::start(&db, &[]).await;
+    // FAST_ARGS: a check every second. Three of them: the instance is checked again and
+    // again (a panic in the first would have left it unchecked for good).
+    wait_until(
+        "pg-one-column checked three times",
+        Duration::from_secs(30),
+        || async { (db.checks_of("pg-one-column").await >= 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        support::metric(
+            &svc,
+            "toygres_actors_task_panics_total",
+            &["task=\"check\""]
+        )
+        .await,
+        0.0,
+        "the probe panicked"
+    );
+    server.abort();
+}
