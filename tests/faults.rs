@@ -8,7 +8,9 @@
 //!   nothing: nothing judged stale, lagging or missing, nothing healed, checks on their rhythm
 //!   by the database's clock, a new row's actor at once;
 //! - **odd targets**: a target that speaks PostgreSQL's protocol but answers the probe with
-//!   fewer columns than asked (a proxy, a look-alike) is checked at every interval, no panic.
+//!   fewer columns than asked (a proxy, a look-alike) is checked at every interval, no panic;
+//! - **forged hints**: `state` hints for real instances, which anyone who can CONNECT may send,
+//!   probe no instance more often than its interval and move no lease.
 //!
 //! The scenarios of one kind run side by side in one test (each in its own database with its
 //! own services): they wait on production timers, not on the CPU.
@@ -80,6 +82,27 @@ async fn hold_row(db: &TestDb, name: &str) -> (sqlx::Transaction<'static, sqlx::
     (tx, pid)
 }
 
+/// Hold `name`'s row, ask for a restart of it, and return once the leader's restart (on its
+/// priority lane, inside its fenced transaction) waits on the row.
+async fn hold_row_and_ask_a_restart(
+    db: &TestDb,
+    name: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let (tx, holder) = hold_row(db, name).await;
+    sqlx::query("SELECT toygres_cms.request_actor_restart($1)")
+        .bind(name)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until(
+        "the leader's fenced restart waits on the held row",
+        Duration::from_secs(10),
+        || async { (blocked_by(db, holder, LANE).await > 0).then_some(()) },
+    )
+    .await;
+    tx
+}
+
 /// How many sessions of this database named `application` wait on `holder`'s locks, directly
 /// or behind another waiter (a row's second waiter waits on the first one's tuple lock, not
 /// on the holder). `pg_stat_activity` is cluster-wide: other tests' services share the names.
@@ -118,17 +141,7 @@ async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
     let term = leader(&db).await.expect("a leader row");
     assert_eq!(term.0, "a");
 
-    let (tx, holder) = hold_row(&db, "pg-held").await;
-    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-held')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    wait_until(
-        "the restart waits on the held row",
-        Duration::from_secs(10),
-        || async { (blocked_by(&db, holder, LANE).await > 0).then_some(()) },
-    )
-    .await;
+    let tx = hold_row_and_ask_a_restart(&db, "pg-held").await;
 
     // 90 s of hold: the leader keeps its term, and every insert elsewhere gets its actor
     // within a second.
@@ -198,17 +211,7 @@ async fn a_leader_frozen_in_a_fenced_transaction_is_replaced_and_writes_nothing(
 
     // The leader's restart of pg-held waits on the held row, inside its fenced transaction
     // (after assert_term, before its commit); the leader freezes there.
-    let (tx, holder) = hold_row(&db, "pg-held").await;
-    sqlx::query("SELECT toygres_cms.request_actor_restart('pg-held')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    wait_until(
-        "the leader's fenced restart waits on the held row",
-        Duration::from_secs(10),
-        || async { (blocked_by(&db, holder, LANE).await > 0).then_some(()) },
-    )
-    .await;
+    let tx = hold_row_and_ask_a_restart(&db, "pg-held").await;
     a.signal(Signal::SIGSTOP);
     let frozen_at = chrono::Utc::now();
     let frozen = Instant::now();
@@ -456,4 +459,95 @@ async fn a_target_answering_with_one_column_is_checked_at_every_interval() {
         "the probe panicked"
     );
     server.abort();
+}
+
+// --- forged hints --------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_state_hints_probe_no_more_and_move_no_lease() {
+    const N: usize = 20;
+    const HINTS: usize = 2_000;
+    let db = TestDb::new().await;
+    let target = support::reachable_target();
+    let (_a, _b) = two_replicas(&db).await;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        ids.push(
+            db.insert_instance(&format!("pg-forged-{i}"), "running", Some(&target))
+                .await,
+        );
+    }
+    let holders = || async {
+        sqlx::query_as::<_, (uuid::Uuid, String)>(
+            "SELECT instance_id, holder FROM toygres_actors.probe_leases ORDER BY instance_id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    // Every instance checked, and the leases balanced over both replicas and settled (the
+    // same holders over two replica ticks).
+    let before = wait_until("leases balanced and settled", Duration::from_secs(40), || async {
+        let checked = db
+            .scalar_i64("SELECT count(*) FROM toygres_cms.instances WHERE last_health_check IS NOT NULL")
+            .await;
+        let first = holders().await;
+        let spread = first.iter().map(|(_, h)| h).collect::<std::collections::HashSet<_>>().len();
+        if checked < N as i64 || first.len() < N || spread < 2 {
+            return None;
+        }
+        let since = Instant::now();
+        wait_until("two replica ticks", Duration::from_secs(6), || async {
+            (since.elapsed() >= Duration::from_secs(5)).then_some(())
+        })
+        .await;
+        (holders().await == first).then_some(first)
+    })
+    .await;
+
+    let from: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let flood_started = Instant::now();
+    let pool = toygres_actors::db::cms_pool(&db.url, 1).await.unwrap();
+    for i in 0..HINTS {
+        let id = ids[i % N];
+        let payload = format!(
+            r#"{{"op":"state","id":"{id}","k8s_name":"pg-forged-{}","old_state":"creating","new_state":"running"}}"#,
+            i % N
+        );
+        sqlx::query("SELECT pg_notify('toygres_instances', $1)")
+            .bind(payload)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // Past the flood by a few seconds: every hint has been read and reconciled.
+    let sent = flood_started.elapsed();
+    let after_flood = Instant::now();
+    wait_until("5 s after the flood", Duration::from_secs(6), || async {
+        (after_flood.elapsed() >= Duration::from_secs(5)).then_some(())
+    })
+    .await;
+    let window = flood_started.elapsed();
+    let most: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(n), 0) FROM (
+             SELECT count(*) AS n FROM toygres_cms.instance_health_checks
+              WHERE checked_at > $1 GROUP BY instance_id) c",
+    )
+    .bind(from)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // The normal rate over the window (one check per 30 s, rounded up) plus one.
+    let allowed = (window.as_secs_f64() / 30.0).ceil() as i64 + 1;
+    eprintln!(
+        "{HINTS} forged state hints for {N} instances sent in {sent:?}: at most {most} checks of one instance in {window:?} (allowed {allowed})"
+    );
+    assert!(
+        most <= allowed,
+        "forged hints probed an instance {most} times in {window:?}"
+    );
+    assert_eq!(holders().await, before, "a forged hint moved a lease");
 }

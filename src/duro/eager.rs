@@ -22,8 +22,11 @@ pub(super) enum Eager {
     Lease,
     /// Leased here, first check before every check already due (an explicit restart).
     LeaseFirst,
-    /// Leased here even from a live holder, and checked now (a state change).
+    /// Leased here even from a live holder, and checked now (a stale actor re-leased).
     CheckNow,
+    /// Checked now where its lease is free or already here; a live holder keeps it and checks
+    /// at its own interval (a state change: a hint anyone can forge never moves a lease).
+    CheckNowIfFree,
 }
 
 impl ActorControl {
@@ -143,6 +146,13 @@ impl ActorControl {
         self.lease_here_and_check(&input, actor_id, Eager::CheckNow);
     }
 
+    /// After a state change of the row: check at once if the lease is free or held here; a
+    /// live holder elsewhere is left alone (it checks at its interval).
+    pub fn check_changed_now(&self, row: &InstanceRow, actor_id: &str) {
+        let input = self.input_for(row);
+        self.lease_here_and_check(&input, actor_id, Eager::CheckNowIfFree);
+    }
+
     pub(super) fn lease_here_and_check(&self, input: &ActorInput, actor_id: &str, how: Eager) {
         let Some((deps, scheduler)) = &self.eager else {
             return;
@@ -151,6 +161,7 @@ impl ActorControl {
         let actor_id = actor_id.to_string();
         let owner_ttl = self.owner_ttl();
         let lease = self.first_lease(input, &actor_id);
+        let take = !matches!(how, Eager::CheckNowIfFree);
         tokio::spawn(async move {
             let me = (scheduler.id().name(), scheduler.id().epoch());
             match crate::cms::lease_for_actor(
@@ -159,7 +170,7 @@ impl ActorControl {
                 &actor_id,
                 me,
                 owner_ttl,
-                true,
+                take,
             )
             .await
             {
@@ -177,6 +188,6 @@ fn schedule(scheduler: &crate::lease::Scheduler, lease: crate::lease::Lease, how
     match how {
         Eager::Lease => scheduler.lease(lease),
         Eager::LeaseFirst => scheduler.lease_first(lease),
-        Eager::CheckNow => scheduler.check_now(lease),
+        Eager::CheckNow | Eager::CheckNowIfFree => scheduler.check_now(lease),
     }
 }

@@ -37,16 +37,21 @@ impl Reconciler {
             self.settle_backoff(row, decision.verdict);
             metrics::reconcile_action("noop");
             // A state change of a live actor's row may change what its probe sees (a
-            // connection string arrived with `running`): check it now, not next interval.
+            // connection string arrived with `running`): check it now, not next interval —
+            // only if the row really changed since its last check (a hint anyone can forge,
+            // the row is the truth: `updated_at` moves with every write of the row, and a
+            // check's own write leaves it before `last_health_check`), and never by taking a
+            // live holder's lease.
             if let Trigger::Notification { op, .. } = trigger
                 && op == "state"
                 && !dry_run
                 && row.has_target
+                && row.last_health_check.is_none_or(|t| row.updated_at > t)
                 && obs.actor.as_ref().is_some_and(|a| a.is_live())
                 && let Some(actor_id) = &row.actor_id
                 && self.term().is_some()
             {
-                self.control.check_now(row, actor_id);
+                self.control.check_changed_now(row, actor_id);
             }
             return Ok(outcome);
         }
