@@ -511,7 +511,13 @@ async fn forged_state_hints_probe_no_more_and_move_no_lease() {
         .unwrap();
     let flood_started = Instant::now();
     let pool = toygres_actors::db::cms_pool(&db.url, 1).await.unwrap();
+    // Paced over about 5 s (100 hints every 250 ms), so that every hint could trigger a probe
+    // of its own rather than fold into one already under way.
+    let mut pace = tokio::time::interval(Duration::from_millis(250));
     for i in 0..HINTS {
+        if i % 100 == 0 {
+            pace.tick().await;
+        }
         let id = ids[i % N];
         let payload = format!(
             r#"{{"op":"state","id":"{id}","k8s_name":"pg-forged-{}","old_state":"creating","new_state":"running"}}"#,
