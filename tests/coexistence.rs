@@ -179,7 +179,7 @@ fn run_to_exit(db: &TestDb, args: &[&str]) -> (Option<i32>, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_store_holding_foreign_work_is_refused_and_left_untouched() {
+async fn foreign_work_is_refused_at_start_and_given_back_untouched_later() {
     let db = TestDb::new().await;
     // toygres' create flow, pointed (wrongly) at our default store: a start nobody ran yet.
     let provider = Arc::new(
@@ -225,6 +225,79 @@ async fn a_store_holding_foreign_work_is_refused_and_left_untouched() {
     wait_until("the service leads", Duration::from_secs(30), || async {
         svc.is_leader().await.then_some(())
     })
+    .await;
+
+    // Another runtime's start enqueued in our running store later: our dispatcher gives it
+    // back at once with its attempt uncounted, the gauge shows it, and the store is held off
+    // until it is gone.
+    let ours = Arc::new(
+        PostgresProvider::new_with_schema(&db.url, Some("toygres_actors_own"))
+            .await
+            .expect("our store"),
+    );
+    Client::new(ours)
+        .start_orchestration("create-pg-y", CREATE, "{}")
+        .await
+        .expect("enqueue a toygres start in our store");
+    wait_until(
+        "the foreign start given back",
+        Duration::from_secs(30),
+        || async {
+            (support::metric(&svc, "toygres_actors_store_foreign_given_back_total", &[]).await
+                >= 1.0
+                && support::metric(&svc, "toygres_actors_store_foreign_items", &[]).await >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let attempts: i32 = sqlx::query_scalar(
+        "SELECT attempt_count FROM toygres_actors_own.orchestrator_queue
+          WHERE instance_id = 'create-pg-y'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the foreign start is still queued");
+    assert_eq!(
+        attempts, 0,
+        "our dispatcher counted an attempt of foreign work"
+    );
+    // Someone clears it: the dispatchers fetch again, and a new row's actor takes its turn.
+    for table in ["orchestrator_queue", "instances"] {
+        sqlx::query(&format!(
+            "DELETE FROM toygres_actors_own.{table} WHERE instance_id = 'create-pg-y'"
+        ))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    wait_until(
+        "the store is clean again",
+        Duration::from_secs(30),
+        || async {
+            (support::metric(&svc, "toygres_actors_store_foreign_items", &[]).await == 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    db.insert_instance(
+        "pg-after-foreign",
+        "running",
+        Some(&support::reachable_target()),
+    )
+    .await;
+    wait_until(
+        "the new actor's first turn",
+        Duration::from_secs(30),
+        || async {
+            let id = db.actor_id("pg-after-foreign").await?;
+            let turned = db
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM toygres_actors_own.executions WHERE instance_id = '{id}'"
+                ))
+                .await;
+            (turned > 0).then_some(())
+        },
+    )
     .await;
     assert_eq!(svc.stop().code(), Some(0));
 }

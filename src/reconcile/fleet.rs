@@ -70,6 +70,26 @@ impl Reconciler {
         }
     }
 
+    /// Every full pass checks our store for another runtime's work (as the start did): the
+    /// gauge behind ToygresActorsForeignWork shows it before any dispatcher of ours meets it.
+    async fn look_for_foreign_work(&self) {
+        match crate::store::foreign_work(self.pool(), &self.control.schema).await {
+            Ok(found) => {
+                metrics::store_foreign_items(found.iter().map(|f| f.items).sum());
+                if !found.is_empty() {
+                    tracing::error!(
+                        schema = %self.control.schema,
+                        found = %crate::store::describe_foreign(&found),
+                        "our Duroxide store holds another runtime's work: give each runtime a schema of its own (--duroxide-schema)"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check our Duroxide store for foreign work")
+            }
+        }
+    }
+
     /// One full pass: classify everything; queue (or, with `direct`, carry out) whatever
     /// needs healing; honour durable restart requests. Returns what it found and did.
     pub async fn full_reconcile(
@@ -77,6 +97,7 @@ impl Reconciler {
         queue: Option<&ReconcileQueue>,
         dry_run: bool,
     ) -> Result<Vec<Outcome>, DuroError> {
+        self.look_for_foreign_work().await;
         let fleet = self.fleet().await?;
         let expected = fleet
             .instances
