@@ -79,7 +79,7 @@ impl Reconciler {
                 if !found.is_empty() {
                     tracing::error!(
                         schema = %self.control.schema,
-                        found = %crate::store::describe_foreign(&found),
+                        found = %crate::store::foreign::describe(&found),
                         "our Duroxide store holds another runtime's work: give each runtime a schema of its own (--duroxide-schema)"
                     );
                 }

@@ -60,10 +60,7 @@ pub(crate) mod foreign;
 mod lane;
 mod listen;
 
-pub use foreign::{
-    ForeignGuard, ForeignStore, ForeignWork, Refused, describe as describe_foreign, foreign_work,
-    refuse_foreign,
-};
+pub use foreign::{ForeignGuard, ForeignStore, ForeignWork, Refused, foreign_work, refuse_foreign};
 use lane::{Lane, delay_instant, timer_due};
 pub use listen::listen;
 
