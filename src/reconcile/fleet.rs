@@ -74,16 +74,14 @@ impl Reconciler {
     /// gauge behind ToygresActorsForeignWork shows it before any dispatcher of ours meets it.
     async fn look_for_foreign_work(&self) {
         match crate::store::foreign_work(self.pool(), &self.control.schema).await {
-            Ok(found) => {
-                metrics::store_foreign_items(found.iter().map(|f| f.items).sum());
-                if !found.is_empty() {
-                    tracing::error!(
-                        schema = %self.control.schema,
-                        found = %crate::store::foreign::describe(&found),
-                        "our Duroxide store holds another runtime's work: give each runtime a schema of its own (--duroxide-schema)"
-                    );
-                }
+            Ok(found) if !found.is_empty() => {
+                tracing::error!(
+                    schema = %self.control.schema,
+                    found = %crate::store::foreign::describe(&found),
+                    "our Duroxide store holds another runtime's work: give each runtime a schema of its own (--duroxide-schema)"
+                );
             }
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "could not check our Duroxide store for foreign work")
             }

@@ -75,6 +75,7 @@ pub fn describe(found: &[ForeignWork]) -> String {
 }
 
 /// What `schema` holds that we do not register (empty when the schema does not exist yet).
+/// Every reading also sets `toygres_actors_store_foreign_items`.
 pub async fn foreign_work(pool: &PgPool, schema: &str) -> Result<Vec<ForeignWork>, sqlx::Error> {
     let rows: Result<Vec<(String, i64)>, sqlx::Error> =
         sqlx::query_as(&sql::with_duroxide_schema(sql::FOREIGN_WORK, schema))
@@ -82,14 +83,16 @@ pub async fn foreign_work(pool: &PgPool, schema: &str) -> Result<Vec<ForeignWork
             .bind(config::REGISTERED_ACTIVITIES)
             .fetch_all(pool)
             .await;
-    match rows {
-        Ok(rows) => Ok(rows
+    let found: Vec<ForeignWork> = match rows {
+        Ok(rows) => rows
             .into_iter()
             .map(|(name, items)| ForeignWork { name, items })
-            .collect()),
-        Err(e) if undefined_table(&e) => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+            .collect(),
+        Err(e) if undefined_table(&e) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    metrics::store_foreign_items(found.iter().map(|f| f.items).sum());
+    Ok(found)
 }
 
 /// PostgreSQL's "relation does not exist" (42P01): a schema nobody created yet.
@@ -102,7 +105,6 @@ pub(crate) fn undefined_table(e: &sqlx::Error) -> bool {
 /// Fail when `schema` holds foreign work (before we open, migrate or run anything there).
 pub async fn refuse_foreign(pool: &PgPool, schema: &str) -> Result<(), Refused> {
     let found = foreign_work(pool, schema).await?;
-    metrics::store_foreign_items(found.iter().map(|f| f.items).sum());
     if found.is_empty() {
         return Ok(());
     }
@@ -173,15 +175,11 @@ impl ForeignGuard {
         }
         match foreign_work(pool, &self.schema).await {
             Ok(found) if found.is_empty() => {
-                metrics::store_foreign_items(0);
                 self.holding.store(false, Ordering::SeqCst);
                 tracing::info!(schema = %self.schema, "no foreign work left in our Duroxide store: dispatchers fetch again");
                 true
             }
-            Ok(found) => {
-                metrics::store_foreign_items(found.iter().map(|f| f.items).sum());
-                false
-            }
+            Ok(_) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "could not check the Duroxide store for foreign work");
                 false
