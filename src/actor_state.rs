@@ -71,6 +71,16 @@ pub enum LegacyKind {
     Ours,
 }
 
+impl LegacyActor {
+    /// An instance actor found in the legacy store, by its id and orchestration name.
+    pub fn found(actor_id: String, orchestration: &str) -> LegacyActor {
+        LegacyActor {
+            actor_id,
+            kind: LegacyKind::of(orchestration),
+        }
+    }
+}
+
 impl LegacyKind {
     /// The kind of an instance actor orchestration found in the legacy store.
     pub fn of(orchestration: &str) -> LegacyKind {

@@ -9,8 +9,8 @@
 //! which toygres' own runtime carries out; one of ours deleted there outright, as no runtime of
 //! ours runs there any more. No runtime of ours ever runs on the legacy schema, nothing is
 //! migrated there (the client verifies the schema, never changes it), and nothing but instance
-//! actors is read or touched. Our role needs on that schema: USAGE, SELECT on `instances` and
-//! `executions`, and EXECUTE on the procedures a cancel and a delete call (docs/operations.md).
+//! actors is read or touched. The grants our role needs on that schema are in the README
+//! ("Database privileges").
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,10 +106,10 @@ impl Legacy {
         };
         let mut by_instance = LegacyByInstance::new();
         for (actor_id, orchestration, instance) in rows {
-            by_instance.entry(instance).or_default().push(LegacyActor {
-                actor_id,
-                kind: LegacyKind::of(&orchestration),
-            });
+            by_instance
+                .entry(instance)
+                .or_default()
+                .push(LegacyActor::found(actor_id, &orchestration));
         }
         Ok(by_instance)
     }
@@ -134,10 +134,7 @@ impl Legacy {
         match rows {
             Ok(rows) => Ok(rows
                 .into_iter()
-                .map(|(actor_id, orchestration)| LegacyActor {
-                    actor_id,
-                    kind: LegacyKind::of(&orchestration),
-                })
+                .map(|(actor_id, orchestration)| LegacyActor::found(actor_id, &orchestration))
                 .collect()),
             Err(e) if undefined_table(&e) => Ok(Vec::new()),
             Err(e) => Err(e.into()),
