@@ -80,4 +80,4 @@ if [ "$(cat "$deploy_tools/installed" 2>/dev/null)" != "$deploy_pins" ]; then
   echo "$deploy_pins" > "$deploy_tools/installed"
 fi
 
-cargo test --all-targets "$@"
+cargo test --all-targets --features failpoints "$@"

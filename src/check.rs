@@ -166,6 +166,7 @@ async fn observe(deps: &ActorDeps, input: &CheckInput, target: Option<&str>) -> 
             Some("no connection string yet".to_string()),
         ),
         Some(target) => {
+            crate::failpoint::hit(crate::failpoint::Point::CheckProbe);
             let r = deps.prober.probe(id, target).await;
             if let (true, Some(in_recovery)) = (r.ok, r.in_recovery) {
                 metrics::probe_answered(in_recovery);
@@ -264,6 +265,7 @@ pub async fn leased_check(
     };
     for _ in 0..2 {
         let obs = observe(deps, &input, seen.target.as_deref()).await;
+        crate::failpoint::hit(crate::failpoint::Point::CheckBeforeWrite);
         let fenced = cms::record_check_seen(
             &deps.pool,
             &obs.record(id, actor_id),
@@ -291,6 +293,7 @@ pub async fn leased_check(
             // superseded or the row is gone: this replica stops probing, the actor goes on.
             Fenced::Refused => {
                 deps.prober.forget(id);
+                metrics::leases_moved("lost", 1);
                 tracing::debug!(instance_id = %id, actor_id, "write refused: probe lease moved, actor superseded, row gone, or our liveness lapsed");
                 return Ok((CheckOutcome::LeaseLost, None));
             }

@@ -180,6 +180,22 @@ pub const FENCE_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// partitioned client) after this. Together under the leader TTL (2 + 5 < 10 s): a frozen
 /// leader's fences and their locks are gone before its term can be taken over.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive on both ends of every service session (the server's through the session's
+/// startup options, ours on the leader and listener sessions): first probe after this much
+/// silence, then every [`KEEPALIVE_INTERVAL`], given up after [`KEEPALIVE_COUNT`] unanswered.
+/// A peer that vanished (a partition, a host gone) is noticed within 10 + 3 × 5 = 25 s, so
+/// an idle session of a dead replica (its leader session's advisory lock, a pool slot) does
+/// not wait hours (Linux's default is 2 h) for the kernel to give up. Locks that matter more
+/// are bounded sooner: a fence's by [`IDLE_IN_TRANSACTION_TIMEOUT`], a term by its TTL.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_COUNT: u32 = 3;
+/// Our end of the leader and listener sessions also closes a connection whose sent data has
+/// gone unacknowledged this long (`TCP_USER_TIMEOUT`): a tick or a ping written into a
+/// partition fails the session within this, and it is opened again.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A reconcile that met a CMS row held by someone else is tried again after this (not
 /// counted as a failure: it is the row's holder, not us, that is slow).
 pub const ROW_HELD_RETRY: Duration = Duration::from_millis(200);

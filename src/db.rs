@@ -198,9 +198,15 @@ pub(crate) const SESSION_OPTIONS: &str = "-c jit=off";
 /// [`SESSION_OPTIONS`], and a transaction left idle by a frozen or partitioned client is ended
 /// by the server after [`crate::config::IDLE_IN_TRANSACTION_TIMEOUT`], its locks with it.
 pub(crate) fn service_session_options() -> String {
+    use crate::config::{
+        IDLE_IN_TRANSACTION_TIMEOUT, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL,
+    };
     format!(
-        "{SESSION_OPTIONS} -c idle_in_transaction_session_timeout={}",
-        crate::config::IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        "{SESSION_OPTIONS} -c idle_in_transaction_session_timeout={} -c tcp_keepalives_idle={} \
+         -c tcp_keepalives_interval={} -c tcp_keepalives_count={KEEPALIVE_COUNT}",
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
+        KEEPALIVE_IDLE.as_secs(),
+        KEEPALIVE_INTERVAL.as_secs(),
     )
 }
 
@@ -385,7 +391,10 @@ async fn open_session(
         .application_name(application)
         .connect_timeout(timeout)
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_idle(crate::config::KEEPALIVE_IDLE)
+        .keepalives_interval(crate::config::KEEPALIVE_INTERVAL)
+        .keepalives_retries(crate::config::KEEPALIVE_COUNT)
+        .tcp_user_timeout(crate::config::TCP_USER_TIMEOUT)
         .target_session_attrs(TargetSessionAttrs::ReadWrite);
     let (client, connection, _) = match tokio::time::timeout(timeout, conn.connect(&config)).await {
         Err(_) => {

@@ -73,6 +73,7 @@ pub mod demo;
 pub mod duro;
 pub mod duties;
 pub mod embedded_pg;
+pub mod failpoint;
 pub mod health;
 pub mod identity;
 pub mod leader;

@@ -12,6 +12,7 @@ fn main() -> std::process::ExitCode {
         unsafe { std::env::set_var("DUROXIDE_PG_POOL_MAX", n.to_string()) };
     }
     toygres_actors::cli::init_tracing(&cli.global);
+    toygres_actors::failpoint::arm();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -557,3 +557,384 @@ async fn forged_state_hints_probe_no_more_and_move_no_lease() {
     );
     assert_eq!(holders().await, before, "a forged hint moved a lease");
 }
+
+// --- fail points and partitions ---------------------------------------------------------
+//
+// Fail points (src/failpoint.rs, the `failpoints` feature the test command enables) stop a
+// replica at an exact statement; the proxy (tests/support/proxy.rs) partitions one from
+// PostgreSQL with its sockets left open. After each scenario the invariants of
+// tests/support/invariants.rs must hold.
+
+/// The handoff bound the docs state: interval + probe-lease TTL + one tick, rounded up.
+const HANDOFF_BOUND: Duration = Duration::from_secs(50);
+/// Two writers of one instance closer than this both believed they held its lease.
+const MIN_HANDOVER: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaders_stopped_or_partitioned_before_a_fenced_commit_are_replaced() {
+    tokio::join!(
+        a_leader_inside_a_fenced_transaction_is_replaced(Fault::Stop),
+        a_leader_inside_a_fenced_transaction_is_replaced(Fault::Partition),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_holders_stopped_or_partitioned_hand_over_and_write_nothing() {
+    tokio::join!(
+        a_lease_holder_hands_over(Fault::Stop),
+        a_lease_holder_hands_over(Fault::Partition),
+        a_panic_in_a_check_is_counted_and_the_check_runs_again(),
+    );
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// The process stops itself at the fail point (a VM pause, SIGSTOP).
+    Stop,
+    /// The process stops at the fail point, its network to PostgreSQL is black-holed, and it
+    /// goes on: it runs, and nothing it sends arrives.
+    Partition,
+}
+
+/// Where the test's PostgreSQL listens (the proxy's upstream).
+fn upstream(url: &str) -> std::net::SocketAddr {
+    let host_port = url
+        .split_once('@')
+        .map(|(_, rest)| rest)
+        .unwrap_or(url)
+        .split(['/', '?'])
+        .next()
+        .unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+async fn db_now(db: &TestDb) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Wait until `svc` has stopped itself at its fail point.
+async fn stopped_at_fail_point(svc: &ServiceProc, what: &str, within: Duration) {
+    wait_until(
+        &format!("{what} (no stop: was the binary built with `--features failpoints`? scripts/test.sh does)"),
+        within,
+        || async { svc.is_stopped().then_some(()) },
+    )
+    .await;
+}
+
+/// The replica `name`'s heartbeat is younger than `since` (database clock): it reaches the
+/// database again.
+async fn heartbeat_since(db: &TestDb, name: &str, since: chrono::DateTime<chrono::Utc>) {
+    wait_until(
+        &format!("{name} reaches the database again"),
+        Duration::from_secs(30),
+        || async {
+            (db.scalar_i64(&format!(
+                "SELECT count(*) FROM toygres_actors.replicas
+                  WHERE name = '{name}' AND heartbeat_at > '{}'::timestamptz",
+                since.to_rfc3339()
+            ))
+            .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn a_leader_inside_a_fenced_transaction_is_replaced(fault: Fault) {
+    let db = TestDb::new().await;
+    let target = support::reachable_target();
+    let proxy = support::proxy::Proxy::start(upstream(&db.url)).await;
+    let a_url = match fault {
+        Fault::Stop => db.url.clone(),
+        Fault::Partition => proxy.url_for(&db.url),
+    };
+    let a = ServiceProc::start_production_env(
+        &a_url,
+        &["--replica", "a"],
+        &[("FAILPOINTS", "fence.before_commit=1*return(stop)")],
+    )
+    .await;
+    wait_until("a leads", Duration::from_secs(30), || async {
+        a.is_leader().await.then_some(())
+    })
+    .await;
+    let b = ServiceProc::start_production(&db.url, &["--replica", "b"]).await;
+    let (_, old_term) = leader(&db).await.expect("a leader row");
+
+    // The leader's fenced start of pg-x: term asserted, actor id swapped, start enqueued,
+    // and the process stops before its commit.
+    db.insert_instance("pg-x", "running", Some(&target)).await;
+    stopped_at_fail_point(
+        &a,
+        &format!("{fault:?}: a stops inside its fenced start of pg-x"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let frozen_at = db_now(&db).await;
+    let frozen = Instant::now();
+    if fault == Fault::Partition {
+        proxy.black_hole();
+        a.signal(Signal::SIGCONT);
+    }
+
+    // Another replica leads, and an instance inserted now gets a live actor within 20 s.
+    db.insert_instance("pg-after", "running", Some(&target))
+        .await;
+    wait_until(
+        &format!("{fault:?}: pg-after gets an actor from another leader within 20 s"),
+        Duration::from_secs(20),
+        || async { has_actor(&db, "pg-after").await.then_some(()) },
+    )
+    .await;
+    let took = frozen.elapsed();
+    support::append_reliability_row(&format!(
+        "| leader {} inside a fenced transaction (fail point before its commit) | new leader's first actor {:.1} s after the fault | ≤ 20 s |",
+        match fault {
+            Fault::Stop => "stopped",
+            Fault::Partition => "partitioned",
+        },
+        took.as_secs_f64()
+    ));
+    let (holder_now, term_now) = leader(&db).await.expect("a leader row");
+    assert_eq!(holder_now, "b");
+    assert!(term_now > old_term);
+
+    match fault {
+        Fault::Stop => a.signal(Signal::SIGCONT),
+        Fault::Partition => {
+            // Partitioned, a knows by its own clock that its term is over.
+            wait_until(
+                "partitioned, a knows it does not lead",
+                Duration::from_secs(15),
+                || async { (!a.is_leader().await).then_some(()) },
+            )
+            .await;
+            proxy.heal();
+        }
+    }
+    let woke_at = db_now(&db).await;
+    wait_until(
+        &format!("{fault:?}: a knows it does not lead"),
+        Duration::from_secs(15),
+        || async { (!a.is_leader().await).then_some(()) },
+    )
+    .await;
+    heartbeat_since(&db, "a", woke_at).await;
+    // pg-x's start by a never committed; the new leader started it once.
+    wait_until(
+        &format!("{fault:?}: every instance has exactly its one actor"),
+        Duration::from_secs(30),
+        || async { support::problems(&db).await.is_empty().then_some(()) },
+    )
+    .await;
+    let by_a = db
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM toygres_actors.decisions
+              WHERE replica = 'a' AND decided_at > '{}'::timestamptz",
+            frozen_at.to_rfc3339()
+        ))
+        .await;
+    assert_eq!(
+        by_a, 0,
+        "{fault:?}: a wrote decisions after it lost its term"
+    );
+    assert!(b.is_leader().await, "{fault:?}: one leader, b");
+    assert!(!a.is_leader().await, "{fault:?}: one leader, b");
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
+}
+
+/// Instances whose probe lease `holder` holds.
+async fn leased_by(db: &TestDb, holder: &str) -> Vec<uuid::Uuid> {
+    sqlx::query_scalar("SELECT instance_id FROM toygres_actors.probe_leases WHERE holder = $1")
+        .bind(holder)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn a_lease_holder_hands_over(fault: Fault) {
+    const N: usize = 8;
+    let db = TestDb::new().await;
+    let target = support::reachable_target();
+    let proxy = support::proxy::Proxy::start(upstream(&db.url)).await;
+    let a = ServiceProc::start_production(&db.url, &["--replica", "a"]).await;
+    wait_until("a leads", Duration::from_secs(30), || async {
+        a.is_leader().await.then_some(())
+    })
+    .await;
+    let b_url = match fault {
+        Fault::Stop => db.url.clone(),
+        Fault::Partition => proxy.url_for(&db.url),
+    };
+    let failpoints = match fault {
+        Fault::Stop => "check.before_write=1*return(stop)",
+        Fault::Partition => "",
+    };
+    let b = ServiceProc::start_production_env(
+        &b_url,
+        &["--replica", "b"],
+        &[("FAILPOINTS", failpoints)],
+    )
+    .await;
+    for i in 0..N {
+        db.insert_instance(&format!("pg-lease-{i}"), "running", Some(&target))
+            .await;
+    }
+    let held = match fault {
+        Fault::Stop => {
+            // b takes its share of the leases and stops before its first check's write.
+            stopped_at_fail_point(
+                &b,
+                "b stops before the write of its first check",
+                Duration::from_secs(90),
+            )
+            .await;
+            leased_by(&db, "b").await
+        }
+        Fault::Partition => {
+            // b holds leases and has written a check under one; then its network goes.
+            let held = wait_until(
+                "b checks under a lease of its own",
+                Duration::from_secs(90),
+                || async {
+                    let n = db
+                        .scalar_i64(
+                            "SELECT count(*) FROM toygres_cms.instance_health_checks WHERE replica = 'b'",
+                        )
+                        .await;
+                    let held = leased_by(&db, "b").await;
+                    (n > 0 && !held.is_empty()).then_some(held)
+                },
+            )
+            .await;
+            proxy.black_hole();
+            held
+        }
+    };
+    assert!(!held.is_empty(), "{fault:?}: b held no lease");
+    let fault_at = db_now(&db).await;
+    let faulted = Instant::now();
+
+    // The CMS's own write of such an instance is not held up by b.
+    let t0 = Instant::now();
+    sqlx::query("UPDATE toygres_cms.instances SET state = 'running' WHERE id = $1")
+        .bind(held[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let cms_write = t0.elapsed();
+    assert!(
+        cms_write <= Duration::from_secs(20),
+        "{fault:?}: the CMS's UPDATE took {cms_write:?}"
+    );
+
+    // Every instance b held is checked by a within the handoff bound.
+    let ids: Vec<String> = held.iter().map(|id| format!("'{id}'")).collect();
+    wait_until(
+        &format!("{fault:?}: a checks every instance b held"),
+        HANDOFF_BOUND,
+        || async {
+            (db.scalar_i64(&format!(
+                "SELECT count(DISTINCT instance_id) FROM toygres_cms.instance_health_checks
+                  WHERE replica = 'a' AND checked_at > '{}'::timestamptz AND instance_id IN ({})",
+                fault_at.to_rfc3339(),
+                ids.join(",")
+            ))
+            .await
+                == held.len() as i64)
+                .then_some(())
+        },
+    )
+    .await;
+    support::append_reliability_row(&format!(
+        "| lease holder {} ({} of {N} leases) | all checked by the other replica {:.1} s after the fault; CMS UPDATE of one {} ms | ≤ 50 s; ≤ 20 s |",
+        match fault {
+            Fault::Stop => "stopped before its check's write (fail point)",
+            Fault::Partition => "partitioned (sockets open)",
+        },
+        held.len(),
+        faulted.elapsed().as_secs_f64(),
+        cms_write.as_millis()
+    ));
+
+    // Woken or reconnected, b's write under the lease it lost is refused.
+    let lost = || async {
+        support::metric(
+            &b,
+            "toygres_actors_probe_leases_moved_total",
+            &["how=\"lost\""],
+        )
+        .await
+    };
+    match fault {
+        Fault::Stop => b.signal(Signal::SIGCONT),
+        Fault::Partition => proxy.heal(),
+    }
+    let woke_at = db_now(&db).await;
+    if fault == Fault::Stop {
+        wait_until(
+            "b's write under its lost lease refused",
+            Duration::from_secs(15),
+            || async { (lost().await >= 1.0).then_some(()) },
+        )
+        .await;
+    }
+    heartbeat_since(&db, "b", woke_at).await;
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
+    drop(a);
+}
+
+async fn a_panic_in_a_check_is_counted_and_the_check_runs_again() {
+    let db = TestDb::new().await;
+    let target = support::reachable_target();
+    let svc = ServiceProc::start_production_env(
+        &db.url,
+        &[],
+        &[("FAILPOINTS", "check.probe=1*panic(a panic in a check)")],
+    )
+    .await;
+    db.insert_instance("pg-panic", "running", Some(&target))
+        .await;
+    wait_until(
+        "the check's panic counted (was the binary built with `--features failpoints`?)",
+        Duration::from_secs(10),
+        || async {
+            (support::metric(
+                &svc,
+                "toygres_actors_task_panics_total",
+                &["task=\"check\""],
+            )
+            .await
+                == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let panicked = Instant::now();
+    // Checked again (the scheduler's next turn: at once for a first check the lane could not
+    // finish, else the next interval).
+    wait_until(
+        "pg-panic checked after the panic",
+        Duration::from_secs(35),
+        || async { (db.checks_of("pg-panic").await >= 1).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "a check panicked; the instance was checked {:?} later",
+        panicked.elapsed()
+    );
+    wait_until(
+        "pg-panic checked again",
+        Duration::from_secs(35),
+        || async { (db.checks_of("pg-panic").await >= 2).then_some(()) },
+    )
+    .await;
+}

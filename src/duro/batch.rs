@@ -183,6 +183,7 @@ impl ActorControl {
         let deleted = self.delete_actors_in(&mut tx, &actor_ids).await?;
         let decided: Vec<Decided> = gone.iter().map(|g| g.decided("delete", None)).collect();
         record_decisions(&mut tx, &decided, replica).await?;
+        crate::failpoint::hit(crate::failpoint::Point::FenceBeforeCommit);
         tx.commit().await?;
         Ok(deleted)
     }
@@ -219,6 +220,7 @@ impl ActorControl {
             .map(|g| g.decided("cancel", g.keep.clone()))
             .collect();
         record_decisions(&mut tx, &decided, replica).await?;
+        crate::failpoint::hit(crate::failpoint::Point::FenceBeforeCommit);
         tx.commit().await?;
         self.store.enqueued_orchestrator_work();
         Ok(())
@@ -296,6 +298,7 @@ impl ActorControl {
             })
             .collect();
         record_decisions(&mut tx, &decided, replica).await?;
+        crate::failpoint::hit(crate::failpoint::Point::FenceBeforeCommit);
         tx.commit().await?;
         self.store.enqueued_orchestrator_work();
         // Committed: this replica holds every lease; check each new actor at once.

@@ -112,12 +112,17 @@ impl ActorControl {
         };
         // A slow or unreachable target must not hold the lane (and the request's turn): past
         // FIRST_CHECK_WAIT the scheduler runs the check instead, first.
+        // A panic in it is an error like any other (counted): the scheduler runs it again.
         let checked = tokio::time::timeout(
             FIRST_CHECK_WAIT,
-            crate::check::leased_check(deps, actor_id, holder, check, None),
+            crate::panics::caught(
+                "check",
+                crate::check::leased_check(deps, actor_id, holder, check, None),
+            ),
         )
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {FIRST_CHECK_WAIT:?}")));
+        .unwrap_or_else(|_| Ok(Err(format!("no answer within {FIRST_CHECK_WAIT:?}"))))
+        .unwrap_or_else(|panic| Err(format!("the check panicked: {panic}")));
         match checked {
             Ok((
                 CheckOutcome::Checked {

@@ -322,6 +322,7 @@ impl ActorControl {
         .bind(visible)
         .execute(&mut *tx)
         .await?;
+        crate::failpoint::hit(crate::failpoint::Point::FenceBeforeCommit);
         tx.commit().await?;
         self.store.enqueued_orchestrator_work();
         Ok(())

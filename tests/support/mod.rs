@@ -8,6 +8,9 @@
 
 #![allow(dead_code)]
 
+pub mod invariants;
+pub mod proxy;
+
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -326,6 +329,36 @@ impl ServiceProc {
             env,
         )
         .await
+    }
+
+    /// Like [`ServiceProc::start_production`], with extra environment (`FAILPOINTS`, say:
+    /// the fail points of `src/failpoint.rs`, compiled in by the `failpoints` feature that
+    /// the test command enables).
+    pub async fn start_production_env(
+        url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServiceProc {
+        Self::launch(
+            url,
+            extra.iter().map(|s| s.to_string()).collect(),
+            None,
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .await
+    }
+
+    /// Whether the process is stopped (SIGSTOP, or a fail point that stopped itself).
+    pub fn is_stopped(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
     }
 
     /// Like [`ServiceProc::start_production`], with another build of the service.
