@@ -249,6 +249,7 @@ async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
     // No gap above 2x the interval anywhere: nothing lost.
     let (gap_all, _) = max_gap(&db, from).await;
     assert!(gap_all <= 2.0 * INTERVAL);
+    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60)).await;
     drop(c);
 }
 
@@ -424,94 +425,21 @@ async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
         took.as_secs_f64()
     ));
     assert!(took <= Duration::from_secs(20));
+    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60)).await;
 }
 
-/// A TCP proxy that can stop forwarding while keeping every socket open (a partition the
-/// server does not see).
-struct Partition {
-    port: u16,
-    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Partition {
-    /// A partition proxy in front of the test database's server, and the database URL
-    /// through it.
-    async fn in_front_of(db: &TestDb) -> (Partition, String) {
-        let server_port: u16 = db
-            .url
-            .rsplit_once('@')
-            .and_then(|(_, rest)| rest.split_once('/'))
-            .and_then(|(hostport, _)| hostport.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse().ok())
-            .expect("port in the test database URL");
-        let proxy = Partition::start(server_port).await;
-        let proxied = db
-            .url
-            .replacen(&format!(":{server_port}/"), &format!(":{}/", proxy.port), 1);
-        (proxy, proxied)
-    }
-
-    async fn start(upstream: u16) -> Partition {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let blocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = blocked.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let flag = flag.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    async fn pump(
-                        r: &mut tokio::net::tcp::OwnedReadHalf,
-                        w: &mut tokio::net::tcp::OwnedWriteHalf,
-                        flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
-                    ) {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut buf = vec![0u8; 16384];
-                        loop {
-                            while flag.load(Ordering::SeqCst) {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                            let n = match r.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            // Bytes read while the partition began are held, not delivered.
-                            while flag.load(Ordering::SeqCst) {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                            if w.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    let f2 = flag.clone();
-                    tokio::join!(pump(&mut cr, &mut sw, flag), pump(&mut sr, &mut cw, f2));
-                });
-            }
-        });
-        Partition { port, blocked }
-    }
-
-    fn set(&self, blocked: bool) {
-        self.blocked
-            .store(blocked, std::sync::atomic::Ordering::SeqCst);
-    }
+/// A partition proxy (tests/support/proxy.rs) in front of the test database's server, and
+/// the database URL through it.
+async fn partition_in_front_of(db: &TestDb) -> (support::proxy::Proxy, String) {
+    let proxy = support::proxy::Proxy::start(support::proxy::upstream_of(&db.url)).await;
+    let url = proxy.url_for(&db.url);
+    (proxy, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
     let db = TestDb::new().await;
-    let (proxy, proxied) = Partition::in_front_of(&db).await;
+    let (proxy, proxied) = partition_in_front_of(&db).await;
     // The leader-to-be reaches the database only through the proxy.
     let p = replica(&proxied, &["--replica", "cut-p"]).await;
     wait_until("cut-p leads", Duration::from_secs(30), || async {
@@ -526,7 +454,7 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
     let (old_epoch, _) = replica_row(&db, "cut-p").await;
     let from = db_now(&db).await;
 
-    proxy.set(true);
+    proxy.black_hole();
     let cut_at = db_now(&db).await;
     let t = Instant::now();
     db.insert_instance("pg-during-partition", "running", Some(&target_url()))
@@ -548,7 +476,7 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
     let (gap, worst) = max_gap(&db, from).await;
     let (_, lost_at) = replica_row(&db, "cut-p").await;
 
-    proxy.set(false);
+    proxy.heal();
     wait_until(
         "the healed replica re-registered under a new epoch",
         Duration::from_secs(60),
@@ -578,6 +506,7 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
         took.as_secs_f64()
     ));
     assert!(took <= Duration::from_secs(20));
+    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60)).await;
 }
 
 /// Two processes started with one replica name: the newest epoch wins; the older one stops
@@ -640,7 +569,7 @@ async fn of_two_processes_with_one_name_only_the_newest_probes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_outage_for_every_replica_moves_no_lease() {
     let db = TestDb::new().await;
-    let (proxy, proxied) = Partition::in_front_of(&db).await;
+    let (proxy, proxied) = partition_in_front_of(&db).await;
     let a = replica(&proxied, &["--replica", "all-a"]).await;
     wait_until("all-a leads", Duration::from_secs(30), || async {
         a.is_leader().await.then_some(())
@@ -675,7 +604,7 @@ async fn database_outage_for_every_replica_moves_no_lease() {
 
     // Both replicas cut off (their sockets held open, nothing delivered) until both
     // heartbeats have lapsed: the TTL, at its production value, is the timer this is about.
-    proxy.set(true);
+    proxy.black_hole();
     wait_until(
         "both replicas' liveness lapsed",
         Duration::from_secs(60),
@@ -691,7 +620,7 @@ async fn database_outage_for_every_replica_moves_no_lease() {
         },
     )
     .await;
-    proxy.set(false);
+    proxy.heal();
     let healed = db_now(&db).await;
     wait_until(
         "both replicas registered again, every lease under a live epoch",

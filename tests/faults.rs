@@ -11,6 +11,15 @@
 //!   fewer columns than asked (a proxy, a look-alike) is checked at every interval, no panic;
 //! - **forged hints**: `state` hints for real instances, which anyone who can CONNECT may send,
 //!   probe no instance more often than its interval and move no lease.
+//! - **fail points and partitions** (src/failpoint.rs, tests/support/proxy.rs): a leader
+//!   stopped, or partitioned with its sockets open, between its fenced statements and their
+//!   commit is replaced and writes nothing after; a lease holder stopped before its check's
+//!   write, or partitioned, hands its instances over within the handoff bound and its late
+//!   write is refused; a panic inside a check is counted and the check runs again.
+//!
+//! After every scenario the invariants of tests/support/invariants.rs hold: one writer per
+//! instance at a time, nobody unchecked past the handoff bound, every restart request
+//! honoured once, no actor without its decision.
 //!
 //! The scenarios of one kind run side by side in one test (each in its own database with its
 //! own services): they wait on production timers, not on the CPU.
@@ -195,6 +204,7 @@ async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
         released.elapsed()
     );
     assert_eq!(leader(&db).await, Some(term), "one term throughout");
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
 }
 
 async fn a_leader_frozen_in_a_fenced_transaction_is_replaced_and_writes_nothing() {
@@ -268,6 +278,7 @@ async fn a_leader_frozen_in_a_fenced_transaction_is_replaced_and_writes_nothing(
         "the frozen leader wrote decisions after it lost its term"
     );
     assert!(b.is_leader().await, "one leader after the old one woke");
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
 }
 
 // --- one clock ---------------------------------------------------------------------
@@ -363,6 +374,7 @@ async fn skewed_leader_changes_nothing(skew: &str) {
             "skew {skew}: oldest check age gauge {oldest_gauge}"
         );
     }
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
 }
 
 // --- odd targets -------------------------------------------------------------------
@@ -556,6 +568,7 @@ async fn forged_state_hints_probe_no_more_and_move_no_lease() {
         "forged hints probed an instance {most} times in {window:?}"
     );
     assert_eq!(holders().await, before, "a forged hint moved a lease");
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
 }
 
 // --- fail points and partitions ---------------------------------------------------------
@@ -594,21 +607,6 @@ enum Fault {
     /// The process stops at the fail point, its network to PostgreSQL is black-holed, and it
     /// goes on: it runs, and nothing it sends arrives.
     Partition,
-}
-
-/// Where the test's PostgreSQL listens (the proxy's upstream).
-fn upstream(url: &str) -> std::net::SocketAddr {
-    let host_port = url
-        .split_once('@')
-        .map(|(_, rest)| rest)
-        .unwrap_or(url)
-        .split(['/', '?'])
-        .next()
-        .unwrap();
-    std::net::ToSocketAddrs::to_socket_addrs(host_port)
-        .unwrap()
-        .next()
-        .unwrap()
 }
 
 async fn db_now(db: &TestDb) -> chrono::DateTime<chrono::Utc> {
@@ -651,7 +649,7 @@ async fn heartbeat_since(db: &TestDb, name: &str, since: chrono::DateTime<chrono
 async fn a_leader_inside_a_fenced_transaction_is_replaced(fault: Fault) {
     let db = TestDb::new().await;
     let target = support::reachable_target();
-    let proxy = support::proxy::Proxy::start(upstream(&db.url)).await;
+    let proxy = support::proxy::Proxy::start(support::proxy::upstream_of(&db.url)).await;
     let a_url = match fault {
         Fault::Stop => db.url.clone(),
         Fault::Partition => proxy.url_for(&db.url),
@@ -764,7 +762,7 @@ async fn a_lease_holder_hands_over(fault: Fault) {
     const N: usize = 8;
     let db = TestDb::new().await;
     let target = support::reachable_target();
-    let proxy = support::proxy::Proxy::start(upstream(&db.url)).await;
+    let proxy = support::proxy::Proxy::start(support::proxy::upstream_of(&db.url)).await;
     let a = ServiceProc::start_production(&db.url, &["--replica", "a"]).await;
     wait_until("a leads", Duration::from_secs(30), || async {
         a.is_leader().await.then_some(())

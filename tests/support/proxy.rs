@@ -32,6 +32,22 @@ struct State {
     generation: u64,
 }
 
+/// Where a `postgres://…@host:port/…` URL points (a proxy's upstream).
+pub fn upstream_of(url: &str) -> SocketAddr {
+    let host_port = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+    let host_port = host_port
+        .rsplit_once('@')
+        .map(|(_, rest)| rest)
+        .unwrap_or(host_port)
+        .split(['/', '?'])
+        .next()
+        .expect("a host in the URL");
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .expect("a resolvable host:port in the URL")
+        .next()
+        .expect("an address for the URL's host")
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<watch::Sender<State>>,
