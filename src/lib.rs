@@ -75,6 +75,7 @@ pub mod duties;
 pub mod embedded_pg;
 pub mod failpoint;
 pub mod health;
+pub mod hint;
 pub mod identity;
 pub mod leader;
 pub mod lease;

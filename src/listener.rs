@@ -18,114 +18,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{
     self, CHANNEL_CONTROL, CHANNEL_INSTANCES, CHANNEL_PING, CHANNEL_RESTART_REQUESTED,
 };
+use crate::hint::{Control, parse_control, parse_instance_event};
 use crate::metrics;
 use crate::reconcile::{Ask, ControlInbox, ReconcileQueue, Reconciler, Trigger};
 use tokio_util::sync::CancellationToken;
-
-/// A `toygres_instances` payload (only what we use of it).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct InstanceEvent {
-    pub op: String,
-    pub id: Uuid,
-    #[serde(default)]
-    pub k8s_name: Option<String>,
-    /// Trigger clock, epoch seconds.
-    #[serde(default)]
-    pub at: Option<f64>,
-}
-
-/// Parse and validate a `toygres_instances` payload.
-pub fn parse_instance_event(payload: &str) -> Result<InstanceEvent, String> {
-    if payload.len() > config::MAX_CONTROL_PAYLOAD {
-        return Err(format!("payload of {} bytes is too large", payload.len()));
-    }
-    let ev: InstanceEvent =
-        serde_json::from_str(payload).map_err(|e| format!("not the trigger's JSON: {e}"))?;
-    match ev.op.as_str() {
-        "insert" | "delete" | "state" | "actor" => Ok(ev),
-        other => Err(format!("unknown op `{}`", truncate(other, 40))),
-    }
-}
-
-/// A request on `toygres_actor_control`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
-    Restart {
-        name: String,
-        request_id: Option<i64>,
-    },
-    Reconcile {
-        name: String,
-    },
-    ReconcileAll,
-}
-
-#[derive(Deserialize)]
-struct ControlJson {
-    op: String,
-    #[serde(default)]
-    k8s_name: Option<String>,
-    #[serde(default)]
-    request_id: Option<i64>,
-}
-
-/// Parse `restart <name>`, `reconcile <name>`, `reconcile *`, or the JSON form
-/// `{"op":"restart"|"reconcile","k8s_name":"…"}`.
-pub fn parse_control(payload: &str) -> Result<Control, String> {
-    if payload.len() > config::MAX_CONTROL_PAYLOAD {
-        return Err(format!("payload of {} bytes is too large", payload.len()));
-    }
-    let text = payload.trim();
-    if text.starts_with('{') {
-        let j: ControlJson =
-            serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
-        let name = j
-            .k8s_name
-            .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty());
-        return match (j.op.as_str(), name) {
-            ("restart", Some(name)) => Ok(Control::Restart {
-                name,
-                request_id: j.request_id,
-            }),
-            ("reconcile", Some(name)) if name == "*" => Ok(Control::ReconcileAll),
-            ("reconcile", Some(name)) => Ok(Control::Reconcile { name }),
-            ("reconcile", None) => Ok(Control::ReconcileAll),
-            ("restart", None) => Err("restart without k8s_name".into()),
-            (op, _) => Err(format!("unknown op `{}`", truncate(op, 40))),
-        };
-    }
-    let (verb, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
-    let name = rest.trim();
-    match (verb, name) {
-        ("restart", "") => Err("restart without a name".into()),
-        ("restart", "*") => Err("restart * is not allowed: name one instance".into()),
-        ("restart", n) => Ok(Control::Restart {
-            name: n.to_string(),
-            request_id: None,
-        }),
-        ("reconcile", "*") | ("reconcile", "") => Ok(Control::ReconcileAll),
-        ("reconcile", n) => Ok(Control::Reconcile {
-            name: n.to_string(),
-        }),
-        (v, _) => Err(format!("unknown command `{}`", truncate(v, 40))),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().take(max).collect();
-    if s.chars().count() > max {
-        out.push('…');
-    }
-    out
-}
 
 /// What the listener shows the rest of the process (readiness, tests).
 #[derive(Debug, Clone, Default)]
@@ -318,18 +220,18 @@ fn handle(
     match channel {
         CHANNEL_INSTANCES => match parse_instance_event(payload) {
             Ok(ev) => {
-                metrics::notification(CHANNEL_INSTANCES, op_label(&ev.op));
+                metrics::notification(CHANNEL_INSTANCES, ev.op.as_str());
                 queue.enqueue(
                     ev.id,
                     Trigger::Notification {
-                        op: ev.op.clone(),
+                        op: ev.op,
                         at: ev.at,
                     },
                     false,
                     ev.at,
                 );
             }
-            Err(reason) => invalid(CHANNEL_INSTANCES, &reason, payload),
+            Err(reason) => invalid(CHANNEL_INSTANCES, &reason.to_string(), payload),
         },
         CHANNEL_RESTART_REQUESTED => {
             tracing::debug!("durable restart requested: handed to the control worker");
@@ -360,18 +262,9 @@ fn handle(
             Ok(Control::Reconcile { name }) => {
                 inbox.named(&name, Ask::Reconcile);
             }
-            Err(reason) => invalid(CHANNEL_CONTROL, &reason, payload),
+            Err(reason) => invalid(CHANNEL_CONTROL, &reason.to_string(), payload),
         },
         other => tracing::debug!(channel = other, "notification on an unexpected channel"),
-    }
-}
-
-fn op_label(op: &str) -> &'static str {
-    match op {
-        "insert" => "insert",
-        "delete" => "delete",
-        "actor" => "actor",
-        _ => "state",
     }
 }
 
@@ -389,45 +282,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn control_payloads() {
-        assert_eq!(
-            parse_control("restart pg-1").unwrap(),
-            Control::Restart {
-                name: "pg-1".into(),
-                request_id: None
-            }
-        );
-        assert_eq!(
-            parse_control(r#"{"op":"restart","k8s_name":"pg-2","request_id":7}"#).unwrap(),
-            Control::Restart {
-                name: "pg-2".into(),
-                request_id: Some(7)
-            }
-        );
-        assert_eq!(parse_control("reconcile *").unwrap(), Control::ReconcileAll);
-        assert_eq!(
-            parse_control("reconcile pg-3").unwrap(),
-            Control::Reconcile {
-                name: "pg-3".into()
-            }
-        );
-        assert!(parse_control("restart").is_err());
-        assert!(parse_control("restart *").is_err());
-        assert!(parse_control("drop table x").is_err());
-        assert!(parse_control("{not json").is_err());
-        assert!(parse_control(r#"{"op":"delete","k8s_name":"x"}"#).is_err());
-        assert!(parse_control(&"x".repeat(9000)).is_err());
-        // Names are taken literally (quotes and all); the lookup is parameterised.
-        assert_eq!(
-            parse_control("restart a'b; drop").unwrap(),
-            Control::Restart {
-                name: "a'b; drop".into(),
-                request_id: None
-            }
-        );
-    }
-
-    #[test]
     fn listen_sql_names_every_channel() {
         for ch in [CHANNEL_INSTANCES, CHANNEL_RESTART_REQUESTED, CHANNEL_PING] {
             assert!(
@@ -436,19 +290,5 @@ mod tests {
             );
         }
         assert!(crate::sql::LISTEN_CONTROL.contains(&format!("LISTEN {CHANNEL_CONTROL};")));
-    }
-
-    #[test]
-    fn instance_payloads() {
-        let id = Uuid::new_v4();
-        let ok = format!(
-            r#"{{"op":"insert","id":"{id}","k8s_name":"a","old_state":null,"new_state":"creating","at":1.5}}"#
-        );
-        let ev = parse_instance_event(&ok).unwrap();
-        assert_eq!(ev.id, id);
-        assert_eq!(ev.at, Some(1.5));
-        assert!(parse_instance_event(r#"{"op":"insert","id":"nope"}"#).is_err());
-        assert!(parse_instance_event(&format!(r#"{{"op":"truncate","id":"{id}"}}"#)).is_err());
-        assert!(parse_instance_event("garbage").is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{Outcome, Reconciler, Trigger};
+use super::{HintKind, Outcome, Reconciler, Trigger};
 use crate::duro::DuroError;
 use crate::metrics;
 use crate::sql;
@@ -42,8 +42,10 @@ impl Reconciler {
             // the row is the truth: `updated_at` moves with every write of the row, and a
             // check's own write leaves it before `last_health_check`), and never by taking a
             // live holder's lease.
-            if let Trigger::Notification { op, .. } = trigger
-                && op == "state"
+            if let Trigger::Notification {
+                op: HintKind::State,
+                ..
+            } = trigger
                 && !dry_run
                 && row.has_target
                 && row.last_health_check.is_none_or(|t| row.updated_at > t)

@@ -28,7 +28,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::fleet::FleetRow;
-use super::{Reconciler, Trigger};
+use super::{HintKind, Reconciler, Trigger};
 use crate::duro::{CancelActors, DuroError, NewStart};
 use crate::metrics;
 use crate::sql;
@@ -189,7 +189,13 @@ impl Reconciler {
                 // A state change of a row with an actor may need a check at once.
                 Action::Noop
                     if row.actor_id.is_some()
-                        && matches!(trigger, Trigger::Notification { op, .. } if op == "state") =>
+                        && matches!(
+                            trigger,
+                            Trigger::Notification {
+                                op: HintKind::State,
+                                ..
+                            }
+                        ) =>
                 {
                     plan.single.push(*id)
                 }

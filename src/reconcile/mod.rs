@@ -43,6 +43,7 @@ mod lane;
 mod limits;
 mod queue;
 
+pub use crate::hint::HintKind;
 pub use breaker::HealingBreaker;
 pub use fleet::Fleet;
 pub use inbox::{Ask, ControlInbox};
@@ -55,7 +56,7 @@ pub use queue::ReconcileQueue;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
     /// A `toygres_instances` notification; `at` is the trigger's clock (epoch seconds).
-    Notification { op: String, at: Option<f64> },
+    Notification { op: HintKind, at: Option<f64> },
     /// The periodic or (re)connect full reconcile.
     Resync,
     /// A durable restart request (`request_actor_restart()`): honoured once, then marked

@@ -461,7 +461,7 @@ mod tests {
             q.enqueue(
                 *id,
                 Trigger::Notification {
-                    op: "insert".into(),
+                    op: crate::hint::HintKind::Insert,
                     at: None,
                 },
                 false,
@@ -509,7 +509,7 @@ mod tests {
     fn batches_leave_room_for_what_runs_alone() {
         let q = ReconcileQueue::new();
         let hint = || Trigger::Notification {
-            op: "insert".into(),
+            op: crate::hint::HintKind::Insert,
             at: None,
         };
         let storm: Vec<Uuid> = (0..3 * BATCH_MAX).map(|_| Uuid::new_v4()).collect();
