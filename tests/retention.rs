@@ -192,3 +192,71 @@ async fn the_pruning_pass_deletes_old_handled_requests_and_long_gone_replicas() 
     assert_eq!(names(&db).await, want);
     stack.shutdown().await;
 }
+
+/// Both prunings are fenced by the leader's term as the others are: a pass under a term that
+/// is over fails (`TA001`) and deletes nothing; the live term's pass deletes.
+#[tokio::test]
+async fn a_pruning_pass_of_a_lost_term_deletes_no_replica_and_no_request() {
+    use sqlx::Connection;
+    use toygres_actors::cms::{prune_replicas, prune_restart_requests};
+    use toygres_actors::identity::Term;
+    let db = TestDb::new().await;
+    let id = db.insert_instance("pg-req", "running", None).await;
+    sqlx::query(
+        "INSERT INTO toygres_cms.actor_restart_requests (instance_id, k8s_name, handled_at)
+         VALUES ($1, 'pg-req', now() - interval '8 days')",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "SELECT toygres_actors.replica_register('gone', 1, 15, 'test');
+         UPDATE toygres_actors.replicas SET expires_at = now() - interval '2 hours';",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // The leader's session holds its term the way the service's does (the legacy lock key
+    // is a test's own).
+    let mut session = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let term: i64 = sqlx::query_scalar(toygres_actors::sql::LEADER_TICK)
+        .bind("p")
+        .bind(1i64)
+        .bind(10f64)
+        .bind(0x5eed_1eaf_i64)
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    let count = |table: &'static str| db.scalar_i64(table);
+    let retention = config::DEFAULT_HISTORY_RETENTION;
+    let lost = Term {
+        name: "p".into(),
+        epoch: 1,
+        term: term - 1,
+    };
+    let e = prune_replicas(&db.pool, config::REPLICA_ROW_GRACE, Some(&lost))
+        .await
+        .expect_err("a lost term's pass must fail");
+    assert!(e.to_string().contains("is over"), "{e}");
+    let e = prune_restart_requests(&db.pool, retention, Some(&lost))
+        .await
+        .expect_err("a lost term's pass must fail");
+    assert!(e.to_string().contains("is over"), "{e}");
+    let replicas = "SELECT count(*) FROM toygres_actors.replicas";
+    let requests = "SELECT count(*) FROM toygres_cms.actor_restart_requests";
+    assert_eq!((count(replicas).await, count(requests).await), (1, 1));
+    let live = Term {
+        name: "p".into(),
+        epoch: 1,
+        term,
+    };
+    let gone = prune_replicas(&db.pool, config::REPLICA_ROW_GRACE, Some(&live))
+        .await
+        .unwrap();
+    let handled = prune_restart_requests(&db.pool, retention, Some(&live))
+        .await
+        .unwrap();
+    assert_eq!((gone, handled), (1, 1));
+    assert_eq!((count(replicas).await, count(requests).await), (0, 0));
+}
