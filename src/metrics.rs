@@ -64,9 +64,9 @@ const LAG_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0,
 ];
 
-/// The exporter with every histogram's buckets: ours are latencies in seconds (the renewal
-/// lag has its own range); Duroxide's come in three units, each with its own buckets (full
-/// names win over the `_seconds` suffix, see [`crate::duroxide_metrics`]).
+/// The exporter with every histogram's buckets: latencies in seconds (ours and Duroxide's)
+/// by their suffix, the renewal lag by its full name (a full name wins over a suffix), and
+/// Duroxide's counts and milliseconds in their own units ([`crate::duroxide_metrics`]).
 fn builder() -> Result<PrometheusBuilder, BuildError> {
     crate::duroxide_metrics::with_buckets(PrometheusBuilder::new())?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
