@@ -109,7 +109,7 @@ pub const DEFAULT_PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PROBE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Consecutive failed probes before `unhealthy` (1 keeps toygres' original behaviour).
 pub const DEFAULT_UNHEALTHY_AFTER: u32 = 1;
-/// How long `instance_health_checks` rows are kept.
+/// How long `instance_health_checks` rows, decisions and handled restart requests are kept.
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Reconciles running at once (different instances); bursts of thousands queue behind them.
 pub const DEFAULT_RECONCILE_PARALLELISM: usize = 16;
