@@ -262,6 +262,35 @@ pub async fn prune_decisions(
         .rows_affected())
 }
 
+/// Delete the rows of replicas whose heartbeat expired more than `grace` ago and that hold
+/// no probe lease (one batch of at most 10,000), fenced as [`prune_decisions`]; returns rows
+/// deleted.
+pub async fn prune_replicas(
+    pool: &PgPool,
+    grace: std::time::Duration,
+    fence: Option<&Term>,
+) -> Result<u64, DbError> {
+    let query = sqlx::query(sql::PRUNE_REPLICAS).bind(grace.as_secs_f64());
+    Ok(bind_fence(query, fence)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
+/// Delete restart requests handled more than `retention` ago (one batch of at most 10,000),
+/// fenced as [`prune_decisions`]; returns rows deleted.
+pub async fn prune_restart_requests(
+    pool: &PgPool,
+    retention: std::time::Duration,
+    fence: Option<&Term>,
+) -> Result<u64, DbError> {
+    let query = sqlx::query(sql::PRUNE_RESTART_REQUESTS).bind(retention.as_secs_f64());
+    Ok(bind_fence(query, fence)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
 /// A pruning statement's last three parameters: the term's name, epoch and number, or NULLs
 /// for an unfenced pass (the SQL then skips `toygres_actors.assert_term`).
 fn bind_fence<'q>(

@@ -109,7 +109,7 @@ pub const DEFAULT_PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PROBE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Consecutive failed probes before `unhealthy` (1 keeps toygres' original behaviour).
 pub const DEFAULT_UNHEALTHY_AFTER: u32 = 1;
-/// How long `instance_health_checks` rows are kept.
+/// How long `instance_health_checks` rows, decisions and handled restart requests are kept.
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Reconciles running at once (different instances); bursts of thousands queue behind them.
 pub const DEFAULT_RECONCILE_PARALLELISM: usize = 16;
@@ -148,6 +148,16 @@ pub const REPLICA_TICK: Duration = Duration::from_millis(2500);
 /// the live ones and its writes are refused. Six ticks: a stall of a few seconds (a GC-like
 /// pause, a slow statement) does not cost a takeover; a dead replica costs at most this.
 pub const REPLICA_TTL: Duration = Duration::from_secs(15);
+/// A replica's row is deleted this long after its heartbeat expired (or it drained), once
+/// it holds no probe lease (the leader's pruning pass, `sql/prune_replicas.sql`). Every
+/// decision about a gone replica is taken within a TTL or a handoff bound of its expiry:
+/// an hour is 240 TTLs and 72 handoff bounds, so the row serves only `GET /api/replicas` and
+/// `status`, where an operator finds the replicas of the last rollout or crash. A replica
+/// frozen for longer wakes up to no row, registers again under a new epoch (migrations/0014)
+/// and gets back the leases nobody claimed. Each rollout adds a name per pod: an hour of them
+/// keeps the table, and every replica's tick over it, small.
+pub const REPLICA_ROW_GRACE: Duration = Duration::from_secs(3600);
+const _: () = assert!(REPLICA_ROW_GRACE.as_secs() > 10 * HANDOFF_BOUND.as_secs());
 /// Leases one replica takes from another per tick while balancing: a new replica reaches its
 /// share of 10,000 in about a minute, without a reshuffle storm.
 pub const LEASE_MOVES_PER_TICK: i32 = 250;

@@ -126,7 +126,8 @@ async fn resync_timer(
     }
 }
 
-/// Old health history, old decisions, Duroxide's finished executions and actors.
+/// Old health history, decisions and handled restart requests, the rows of replicas long
+/// gone, Duroxide's finished executions and actors.
 async fn prune_timer(reconciler: Arc<Reconciler>, retention: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(config::PRUNE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,6 +163,12 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
     )
     .await?;
     let decisions = crate::cms::prune_decisions(&control.pool, retention, fence.as_ref()).await?;
+    // Handled restart requests are kept as long as the decisions that answered them.
+    let restart_requests =
+        crate::cms::prune_restart_requests(&control.pool, retention, fence.as_ref()).await?;
+    let replicas =
+        crate::cms::prune_replicas(&control.pool, config::REPLICA_ROW_GRACE, fence.as_ref())
+            .await?;
     let with_old: Vec<String> = sqlx::query_scalar(&crate::sql::with_duroxide_schema(
         crate::sql::ACTORS_WITH_OLD_EXECUTIONS,
         &control.schema,
@@ -211,6 +218,8 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
     tracing::info!(
         history,
         decisions,
+        restart_requests,
+        replicas,
         executions,
         finished_actors = deleted,
         "pruned"

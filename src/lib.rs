@@ -39,7 +39,8 @@
 //! 7. **[`cms`]** — reads of the CMS, the owner record of a lease, and the one fenced write
 //!    per health check.
 //! 8. **[`metrics`]** — Prometheus metrics; fleet gauges come from the database, so a dead
-//!    actor or replica cannot hide its own death.
+//!    actor or replica cannot hide its own death. [`duroxide_metrics`]: Duroxide's own, with
+//!    buckets in each one's unit and HELP text.
 //!
 //! Who probes and who leads: [`identity`] (this replica's name and random per-process
 //! epoch, and the leader's [`identity::Term`]), [`replica`] (heartbeat; claim, balance and
@@ -71,6 +72,7 @@ pub mod conn;
 pub mod db;
 pub mod demo;
 pub mod duro;
+pub mod duroxide_metrics;
 pub mod duties;
 pub mod embedded_pg;
 pub mod failpoint;

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::verdict::Verdict;
 
@@ -64,26 +64,30 @@ const LAG_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0,
 ];
 
+/// The exporter with every histogram's buckets: latencies in seconds (ours and Duroxide's)
+/// by their suffix, the renewal lag by its full name (a full name wins over a suffix), and
+/// Duroxide's counts and milliseconds in their own units ([`crate::duroxide_metrics`]).
+fn builder() -> Result<PrometheusBuilder, BuildError> {
+    crate::duroxide_metrics::with_buckets(PrometheusBuilder::new())?
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(LEASE_RENEWAL_LAG.into()), LAG_BUCKETS)
+}
+
 /// Install the global recorder (once per process; later calls reuse it).
 pub fn install() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Prefix("duroxide_".into()), LATENCY_BUCKETS)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(LEASE_RENEWAL_LAG.into()), LAG_BUCKETS)
-                })
-                .map(|b| b.build_recorder())
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let recorder = builder().map(|b| b.build_recorder()).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "histogram buckets refused; exporting summaries");
+                PrometheusBuilder::new().build_recorder()
+            });
             let handle = recorder.handle();
             // Another recorder may already be installed (tests running several services in
             // one process): then our handle renders only what reaches it.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            crate::duroxide_metrics::describe();
             handle
         })
         .clone()
@@ -588,6 +592,52 @@ impl FleetGauges {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exposition of one sample of each histogram through a recorder built as ours is.
+    fn render(samples: &[(&'static str, f64)]) -> String {
+        let recorder = builder().expect("buckets").build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for (name, value) in samples {
+                metrics::histogram!(*name).record(*value);
+            }
+        });
+        handle.render()
+    }
+
+    /// The smallest finite bucket bound of `name` that counts its one sample.
+    fn first_bucket(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+            .filter(|l| !l.contains("+Inf") && l.ends_with(" 1"))
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+            .reduce(f64::min)
+    }
+
+    #[test]
+    fn each_histogram_lands_in_a_bucket_of_its_unit() {
+        use crate::duroxide_metrics as d;
+        let text = render(&[
+            (d::ORCHESTRATION_TURNS, 41.0),
+            (d::ORCHESTRATION_HISTORY_SIZE, 130.0),
+            (d::ORCHESTRATION_DURATION, 0.03),
+            ("duroxide_activity_duration_seconds", 0.003),
+            ("duroxide_worker_dispatcher_execution_duration_ms", 3.0),
+            (HEALTH_CHECK_DURATION, 0.015),
+            (LEASE_RENEWAL_LAG, 90.0),
+        ]);
+        for (name, bound) in [
+            (d::ORCHESTRATION_TURNS, 50.0),
+            (d::ORCHESTRATION_HISTORY_SIZE, 200.0),
+            (d::ORCHESTRATION_DURATION, 0.05),
+            ("duroxide_activity_duration_seconds", 0.005),
+            ("duroxide_worker_dispatcher_execution_duration_ms", 5.0),
+            (HEALTH_CHECK_DURATION, 0.02),
+            (LEASE_RENEWAL_LAG, 120.0),
+        ] {
+            assert_eq!(first_bucket(&text, name), Some(bound), "{name}: {text}");
+        }
+    }
 
     #[test]
     fn fleet_render_escapes_and_counts() {

@@ -177,7 +177,7 @@ pub struct RunArgs {
         default_value = "async"
     )]
     pub check_commit: config::CheckCommit,
-    /// How long health history rows are kept.
+    /// How long health history rows, decisions and handled restart requests are kept.
     #[arg(long, env = "TOYGRES_ACTORS_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub history_retention: Duration,
     /// Actor iterations per Duroxide execution (continue-as-new after that many).

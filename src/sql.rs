@@ -60,6 +60,8 @@ sql! {
     PROBE => "probe.sql",
     PRUNE_DECISIONS => "prune_decisions.sql",
     PRUNE_HEALTH_HISTORY => "prune_health_history.sql",
+    PRUNE_REPLICAS => "prune_replicas.sql",
+    PRUNE_RESTART_REQUESTS => "prune_restart_requests.sql",
     RECENT_CHECKS => "recent_checks.sql",
     RECENT_DECISIONS => "recent_decisions.sql",
     RECORD_CHECK_SEEN => "record_check_seen.sql",

@@ -676,6 +676,68 @@ async fn a_restart_request_honoured_twice_at_once_restarts_once() {
     stack.shutdown().await;
 }
 
+/// A restart closes only the requests read before it: one made while it runs (here, by a
+/// trigger on the restart's own decision row, so it lands after the read and before the
+/// finish) stays pending, and the next run honours it with a restart of its own.
+#[tokio::test]
+async fn a_request_made_during_a_restart_stays_pending_and_is_honoured() {
+    let db = TestDb::new().await;
+    let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
+    let (reconciler, row, first) = a_started_actor_asked_to_restart(&db, &stack, "pg-newer").await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.request_during_restart() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.action = 'restart' THEN
+                 INSERT INTO toygres_cms.actor_restart_requests (instance_id, k8s_name)
+                 VALUES (NEW.instance_id, NEW.k8s_name);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER request_during_restart AFTER INSERT ON toygres_actors.decisions
+             FOR EACH ROW EXECUTE FUNCTION public.request_during_restart();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let a = reconciler.honour_restart_request(row.id).await.unwrap();
+    assert_eq!(a.action, "restart", "{a:?}");
+    let second = db.actor_id("pg-newer").await.unwrap();
+    assert_ne!(second, first);
+    let requests = || async {
+        sqlx::query_as::<_, (i64, bool)>(
+            "SELECT id, handled_at IS NOT NULL FROM toygres_cms.actor_restart_requests
+              WHERE instance_id = $1 ORDER BY id",
+        )
+        .bind(row.id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let after_first = requests().await;
+    assert_eq!(after_first.len(), 2, "{after_first:?}");
+    assert!(
+        after_first[0].1,
+        "the request read was closed: {after_first:?}"
+    );
+    assert!(
+        !after_first[1].1,
+        "the request made during the restart was closed by it: {after_first:?}"
+    );
+    sqlx::raw_sql("DROP TRIGGER request_during_restart ON toygres_actors.decisions")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let b = reconciler.honour_restart_request(row.id).await.unwrap();
+    assert_eq!(b.action, "restart", "the newer request is honoured: {b:?}");
+    assert_ne!(db.actor_id("pg-newer").await.unwrap(), second);
+    assert!(requests().await.iter().all(|(_, handled)| *handled));
+    let restarts = db
+        .scalar_i64("SELECT count(*) FROM toygres_actors.decisions WHERE action = 'restart'")
+        .await;
+    assert_eq!(restarts, 2);
+    stack.shutdown().await;
+}
+
 /// A rolling upgrade mixes releases: a replica of the release before resolves a start to
 /// orchestration version 2.0.0, which renews first whatever the input says; this release
 /// keeps 2.0.0 registered with exactly that behaviour, so such an execution replays the same

@@ -177,15 +177,17 @@ impl Reconciler {
     }
 
     /// A durable restart request: restart if one is still pending and the row calls for an
-    /// actor, then mark the instance's pending requests handled with the outcome.
+    /// actor, then mark the requests read before the restart handled with the outcome (one
+    /// made meanwhile stays pending: the restart may have begun before it was asked for).
     pub async fn honour_restart_request(&self, instance: Uuid) -> Result<Outcome, DuroError> {
         // Read twice (the priority lane, the queue after a full reconcile) and run one after
         // the other: the second run finds the request handled and only reconciles.
         let _turn = self.honouring.take(instance).await;
-        let pending: bool = sqlx::query_scalar(sql::RESTART_REQUEST_PENDING)
+        let read: Vec<i64> = sqlx::query_scalar(sql::RESTART_REQUEST_PENDING)
             .bind(instance)
-            .fetch_one(self.pool())
+            .fetch_all(self.pool())
             .await?;
+        let pending = !read.is_empty();
         let outcome = self
             .reconcile_instance(instance, &Trigger::RestartRequest, pending, false)
             .await?;
@@ -202,6 +204,7 @@ impl Reconciler {
         sqlx::query(sql::FINISH_RESTART_REQUESTS)
             .bind(instance)
             .bind(&text)
+            .bind(&read)
             .execute(self.pool())
             .await?;
         Ok(outcome)
