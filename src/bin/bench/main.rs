@@ -18,7 +18,8 @@
 //! PostgreSQL, or a local TCP recorder) — the rows say which. CPU is read from /proc
 //! (utime+stime) for the service and for every PostgreSQL process of the cluster.
 //!
-//! The rooms: [`harness`] (what every scenario shares; [`door`] and [`pooler`], the proxies
+//! The rooms: [`harness`] (what every scenario shares; [`measure`], the machine's busy time
+//! and pg_stat_statements; [`door`] and [`pooler`], the proxies
 //! some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
 //! [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`], [`outage`],
 //! [`retention`] — and [`smoke`] (all of them at a tiny size, plus a JSON summary for the
@@ -30,6 +31,7 @@ mod door;
 mod harness;
 mod idle;
 mod latency;
+mod measure;
 mod naive;
 mod outage;
 mod pooler;
@@ -80,7 +82,7 @@ enum Scenario {
         /// the bench's PostgreSQL; the probes keep their connections to it) or `direct` (the
         /// server itself: a backend per kept connection on this machine).
         #[arg(long, value_enum, default_value = "pooled")]
-        targets: capacity::Targets,
+        targets: pooler::Targets,
     },
     /// N instances inserted in one transaction → all actors running and checked; then deleted.
     Burst {
@@ -114,7 +116,7 @@ enum Scenario {
         /// the target cluster; the service keeps its default probe settings) or `direct` (a
         /// new connection per probe, the one target cluster forks a backend for each).
         #[arg(long, value_enum, default_value = "pooled")]
-        targets: capacity::Targets,
+        targets: pooler::Targets,
     },
     /// Listener cut off while rows change; stale actor → healed.
     Recovery {
@@ -192,7 +194,7 @@ fn main() -> Result<()> {
                 dur(&duration)?,
                 baseline_actors,
                 &service_flags,
-                targets == capacity::Targets::Pooled,
+                targets == pooler::Targets::Pooled,
             )
             .await
             .map(drop),
