@@ -17,7 +17,7 @@ use toygres_actors::db::{PgSession, cms_pool, connect_session, ensure_database, 
 use toygres_actors::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 
 /// Service flags of the scenarios that probe with a new connection each time (64 at once):
-/// the probe's full cost, as the README tables state.
+/// the probe's full cost, as the tables of docs/benchmarks.md state.
 pub const NEW_CONNECTION_PER_PROBE: [&str; 4] =
     ["--probe-keep-connections", "0", "--probe-concurrency", "64"];
 

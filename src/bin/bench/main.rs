@@ -50,7 +50,7 @@ use toygres_actors::settings::parse_duration;
 #[derive(Parser)]
 #[command(
     name = "bench",
-    about = "toygres-actors benchmarks (see the README's benchmark table)"
+    about = "toygres-actors benchmarks (see docs/benchmarks.md)"
 )]
 struct Args {
     #[command(subcommand)]
