@@ -107,10 +107,11 @@ fn the_docs_name_no_commit() {
 
 #[test]
 fn the_hex_scanner_sees_hashes_and_nothing_else() {
-    let tokens: Vec<String> = hex_tokens("on f4693cd, (abcdef0123) actor-4c4ba247-e733 x1234567 deadbeefz")
-        .into_iter()
-        .map(|(_, t)| t)
-        .collect();
+    let tokens: Vec<String> =
+        hex_tokens("on f4693cd, (abcdef0123) actor-4c4ba247-e733 x1234567 deadbeefz")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
     assert_eq!(tokens, ["f4693cd", "abcdef0123", "4c4ba247"]);
 }
 
@@ -154,7 +155,8 @@ fn every_flag_and_env_var_is_in_the_configuration_reference() {
         &mut all,
     );
     assert!(
-        all.iter().any(|(_, f)| f == "--check-interval") && all.iter().any(|(_, f)| f == "DATABASE_URL"),
+        all.iter().any(|(_, f)| f == "--check-interval")
+            && all.iter().any(|(_, f)| f == "DATABASE_URL"),
         "the walk over the CLI found too little: {all:?}"
     );
     let missing: BTreeSet<String> = all

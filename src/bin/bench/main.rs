@@ -16,11 +16,12 @@
 //! the baseline measured in the same run, the ratio, and the target. A cell that was not
 //! measured reads "–". Many instances share one probe target (the benchmark's own
 //! PostgreSQL, or a local TCP recorder) — the rows say which. CPU is read from /proc
-//! (utime+stime) for the service and for every PostgreSQL process of the cluster.
+//! (utime+stime) for the service and for every PostgreSQL process of the cluster. With
+//! `--out DIR` the tables and the figures are also written as files ([`report`]).
 //!
 //! The rooms: [`harness`] (what every scenario shares; [`measure`], the machine's busy time
-//! and pg_stat_statements; [`door`] and [`pooler`], the proxies
-//! some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
+//! and pg_stat_statements; [`report`], the tables as printed and written; [`door`] and
+//! [`pooler`], the proxies some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
 //! [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`], [`outage`],
 //! [`retention`] — and [`smoke`] (all of them at a tiny size, plus a JSON summary for the
 //! test suite).
@@ -36,9 +37,11 @@ mod naive;
 mod outage;
 mod pooler;
 mod recovery;
+mod report;
 mod retention;
 mod smoke;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -53,6 +56,10 @@ use toygres_actors::settings::parse_duration;
     about = "toygres-actors benchmarks (see docs/benchmarks.md)"
 )]
 struct Args {
+    /// Also write the run's tables (DIR/SCENARIO.md) and figures (DIR/SCENARIO.json), with
+    /// the command and the machine, for docs/benchmarks.md.
+    #[arg(long, global = true, value_name = "DIR")]
+    out: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -152,12 +159,28 @@ fn dur(s: &str) -> Result<Duration> {
     parse_duration(s).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// A scenario's report as JSON, for `--out`.
+fn json(report: impl serde::Serialize) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(report)?)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    let name = match &args.scenario {
+        Scenario::Latency { .. } => "latency",
+        Scenario::Idle { .. } => "idle",
+        Scenario::Burst { .. } => "burst",
+        Scenario::Capacity { .. } => "capacity",
+        Scenario::Recovery { .. } => "recovery",
+        Scenario::Outage { .. } => "outage",
+        Scenario::Retention { .. } => "retention",
+        Scenario::Smoke => "smoke",
+        Scenario::NaiveWorker { .. } => "naive-worker",
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let figures = rt.block_on(async move {
         match args.scenario {
             Scenario::Latency {
                 inserts,
@@ -165,7 +188,7 @@ fn main() -> Result<()> {
                 idle_window,
             } => latency::run(inserts, &poll_intervals, dur(&idle_window)?)
                 .await
-                .map(drop),
+                .and_then(json),
             Scenario::Idle {
                 actors,
                 window,
@@ -173,14 +196,14 @@ fn main() -> Result<()> {
                 targets,
             } => idle::run(actors, dur(&window)?, dur(&warmup)?, targets)
                 .await
-                .map(drop),
+                .and_then(json),
             Scenario::Burst {
                 instances,
                 service_flags,
                 targets,
             } => burst::run(instances, &service_flags, targets)
                 .await
-                .map(drop),
+                .and_then(json),
             Scenario::Capacity {
                 actors,
                 interval,
@@ -197,18 +220,26 @@ fn main() -> Result<()> {
                 targets == pooler::Targets::Pooled,
             )
             .await
-            .map(drop),
+            .and_then(json),
             Scenario::Recovery { rows, outage } => {
-                recovery::run(rows, dur(&outage)?).await.map(drop)
+                recovery::run(rows, dur(&outage)?).await.and_then(json)
             }
             Scenario::Outage {
                 instances,
                 outage,
                 quick,
-            } => outage::run(instances, dur(&outage)?, quick).await.map(drop),
-            Scenario::Retention { backlog } => retention::run(backlog).await.map(drop),
-            Scenario::Smoke => smoke::run().await,
-            Scenario::NaiveWorker { url, schema } => naive::worker(&url, &schema).await,
+            } => outage::run(instances, dur(&outage)?, quick)
+                .await
+                .and_then(json),
+            Scenario::Retention { backlog } => retention::run(backlog).await.and_then(json),
+            Scenario::Smoke => smoke::run().await.map(|()| serde_json::Value::Null),
+            Scenario::NaiveWorker { url, schema } => naive::worker(&url, &schema)
+                .await
+                .map(|()| serde_json::Value::Null),
         }
-    })
+    })?;
+    match args.out {
+        Some(dir) => report::write(&dir, name, figures),
+        None => Ok(()),
+    }
 }

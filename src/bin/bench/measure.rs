@@ -2,6 +2,7 @@
 //! database executed (pg_stat_statements), with its top list as a Markdown table.
 
 use crate::harness::Env;
+use crate::report;
 
 /// Busy time of the whole machine so far, in seconds of one core (/proc/stat's first line:
 /// user + nice + system + irq + softirq + steal, in USER_HZ = 100 ticks a second).
@@ -55,13 +56,13 @@ pub async fn profile_by(
 
 /// A `pg_stat_statements` top list as a Markdown table.
 pub fn print_top(title: &str, top: &[(String, i64, f64)]) {
-    println!("\nTop statements ({title}):\n");
+    report::line(&format!("\nTop statements ({title}):\n"));
     if top.is_empty() {
-        println!("(pg_stat_statements not available)");
+        report::line("(pg_stat_statements not available)");
         return;
     }
-    println!("| calls | total ms | statement |");
-    println!("|---|---|---|");
+    report::line("| calls | total ms | statement |");
+    report::line("|---|---|---|");
     for (q, calls, total) in top {
         let q: String = q
             .split_whitespace()
@@ -70,6 +71,9 @@ pub fn print_top(title: &str, top: &[(String, i64, f64)]) {
             .chars()
             .take(90)
             .collect();
-        println!("| {calls} | {total:.0} | `{}` |", q.replace('|', "\\|"));
+        report::line(&format!(
+            "| {calls} | {total:.0} | `{}` |",
+            q.replace('|', "\\|")
+        ));
     }
 }
