@@ -5,7 +5,8 @@
 //! * every flag and environment variable of every `toygres-actors` command (read from the
 //!   clap definition the binary parses with) is in `docs/configuration.md`;
 //! * every Rust file under `src/` (the binaries' included) is in the module map of
-//!   `docs/architecture.md`, and every file the map names exists.
+//!   `docs/architecture.md`, and every file the map names exists;
+//! * every relative link of the README and `docs/` reaches a file and, with `#…`, an anchor.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -239,4 +240,60 @@ fn every_source_file_is_in_the_module_map_and_the_map_names_no_other() {
         gone.is_empty(),
         "docs/architecture.md's module map names files that do not exist: {gone:?}"
     );
+}
+
+/// The anchors a Markdown file offers: GitHub's slug of every heading, and every
+/// `<a id="…">`.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(heading) = line.trim_start_matches('#').strip_prefix(' ')
+            && line.starts_with('#')
+        {
+            let slug: String = heading
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect();
+            out.insert(slug);
+        }
+        for (i, _) in line.match_indices("<a id=\"") {
+            let rest = &line[i + "<a id=\"".len()..];
+            if let Some(end) = rest.find('"') {
+                out.insert(rest[..end].to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_link_between_the_docs_resolves() {
+    let mut broken = Vec::new();
+    for (path, text) in doc_files() {
+        let dir = Path::new(&path).parent().unwrap_or(Path::new(""));
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let link = &rest[..end];
+            if link.contains("://") || link.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let target = if file.is_empty() {
+                PathBuf::from(&path)
+            } else {
+                dir.join(file)
+            };
+            let Ok(target_text) = std::fs::read_to_string(root().join(&target)) else {
+                broken.push(format!("{path}: {link} (no such file)"));
+                continue;
+            };
+            if !anchor.is_empty() && !anchors(&target_text).contains(anchor) {
+                broken.push(format!("{path}: {link} (no such anchor)"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
