@@ -17,7 +17,7 @@
 //!
 //! **Version 1** (kept registered so actors started by it replay, and upgraded to v2 at
 //! their next continue-as-new) ran the health check as its activity on every iteration:
-//! simpler, but two Duroxide turns per check (see the README's capacity figures).
+//! simpler, but two Duroxide turns per check (see docs/benchmarks.md, Capacity).
 //!
 //! The orchestration is deterministic on replay: no wall clock, randomness or map iteration.
 //! Everything that varies (time, the row, the probe) happens inside the activity. The first
@@ -83,7 +83,7 @@ pub struct LeaseInput {
 }
 
 /// Default lease renewal period of v2 actors (two Duroxide turns per renewal: at 10,000
-/// actors, 4 min is ~83 turns/s beside the checks; see the README's capacity figures).
+/// actors, 4 min is ~83 turns/s beside the checks; see docs/benchmarks.md, Capacity).
 pub const DEFAULT_LEASE_RENEW: Duration = Duration::from_secs(240);
 
 /// A lease outlives its renewal period this many times over, so one late or lost renewal

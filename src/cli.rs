@@ -11,7 +11,10 @@ use crate::settings::{DemoArgs, GlobalArgs, LogFormat, RunArgs};
 #[command(
     name = "toygres-actors",
     version,
-    about = "Keeps one durable health actor alive for every PostgreSQL instance in a toygres CMS"
+    about = "Keeps one durable health actor alive for every PostgreSQL instance in a toygres CMS",
+    after_help = "Exit codes: 0 done (`status`: nothing needs healing); 1 `status` found an \
+                  instance stale, missing, zombie or orphan; 2 the command failed (the reason \
+                  is on standard error). Every flag: docs/configuration.md."
 )]
 pub struct Cli {
     #[command(flatten)]

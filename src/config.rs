@@ -78,8 +78,8 @@ pub const ACTOR_ORCHESTRATION: &str = "toygres::InstanceActor";
 /// ([`crate::actor::ActorInput::leased_at_start`]).
 pub const ACTOR_VERSION: &str = "2.1.0";
 /// 2.0.0: the probe-lease actor that renews first in every execution; registered so that
-/// its actors replay, and so that in a rolling upgrade an execution begun by a replica of
-/// the release before (which resolves a start to 2.0.0) replays the same anywhere.
+/// its actors replay, and so that in a rolling upgrade an execution begun by an older
+/// replica (which resolves a start to 2.0.0) replays the same anywhere.
 pub const ACTOR_VERSION_V2_0: &str = "2.0.0";
 /// The first version, registered so that actors it started still replay.
 pub const ACTOR_VERSION_V1: &str = "1.0.0";
@@ -162,7 +162,7 @@ const _: () = assert!(REPLICA_ROW_GRACE.as_secs() > 10 * HANDOFF_BOUND.as_secs()
 /// share of 10,000 in about a minute, without a reshuffle storm.
 pub const LEASE_MOVES_PER_TICK: i32 = 250;
 /// The time within which a stopped, dead, frozen or partitioned replica's instances are
-/// checked again (README, "handoff bound"): one check interval (the last check may have been
+/// checked again (docs/operations.md, "handoff bound"): one check interval (the last check may have been
 /// just before it died) + the heartbeat TTL + one tick to claim, rounded up.
 pub const HANDOFF_BOUND: Duration = Duration::from_secs(50);
 /// Leadership: the leader renews its term row this often…
@@ -209,9 +209,9 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A reconcile that met a CMS row held by someone else is tried again after this (not
 /// counted as a failure: it is the row's holder, not us, that is slow).
 pub const ROW_HELD_RETRY: Duration = Duration::from_millis(200);
-/// Advisory lock key of releases before leader terms (the ASCII bytes of "toygres" + "A"):
-/// still taken by the leader, so an older replica never leads beside a newer one during a
-/// rolling upgrade (see `migrations/0004`).
+/// The advisory lock an advisory-lock leader (a replica without leader terms) holds (the
+/// ASCII bytes of "toygres" + "A"): also taken by our leader, so such a replica never leads
+/// beside ours during a rolling upgrade (see `migrations/0004`).
 pub const LEADER_LOCK_KEY: i64 = 0x746f_7967_7265_7341;
 /// Connection pools keep this many connections beyond the most seen in use at the last
 /// minute's samples (every 10 s; see [`crate::db::PoolTrimmer`]); the idle rest are closed.
@@ -227,11 +227,9 @@ pub const PRUNE_BUDGET: Duration = Duration::from_secs(60);
 /// Rows of health history deleted per statement.
 pub const PRUNE_BATCH: i64 = 1_000;
 /// The share of a pass the pruner spends deleting: after each full batch it pauses nine
-/// times as long as the batch took. Measured on the 2-core machine class (`bench
-/// retention`): at a tenth, 17,400 rows/s while a pass runs (3,500 rows/s sustained, ten
-/// times what 10,000 instances at 30 s write) and a check's write kept its p99 (0.64 ms
-/// against 0.70 ms without pruning); at a fifth, its p99 grew 4.7×; unpaced batches of
-/// 10,000, 6.7×.
+/// times as long as the batch took. At a tenth a check's write keeps the p99 it has without
+/// pruning, and the pruner still deletes about ten times what 10,000 instances at 30 s write
+/// (`bench retention`, docs/benchmarks.md); at a fifth the checks' p99 grows several-fold.
 pub const PRUNE_DUTY: f64 = 0.1;
 /// How often finished Duroxide executions and old health history are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(300);

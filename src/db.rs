@@ -190,8 +190,8 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
 
 /// Every statement of ours is short (lookups by key, small batches, the fleet query): the
 /// connection turns PostgreSQL's JIT off. With the default `jit_above_cost`, a stale row
-/// estimate is enough to JIT-compile a 30 ms statement for a second (the fleet query after
-/// a burst of 10,000 starts: 1.07 s, inlining and optimisation included).
+/// estimate (the fleet query right after a burst of starts) is enough to JIT-compile, with
+/// inlining and optimisation, a statement of milliseconds for a second.
 pub(crate) const SESSION_OPTIONS: &str = "-c jit=off";
 
 /// The service's own sessions (its CMS pool, the priority lane, the Duroxide store): as
@@ -313,8 +313,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     let result = async {
         conn.execute(crate::sql::ENSURE_ACTORS_SCHEMA).await?;
         conn.execute(crate::sql::SEARCH_PATH_ACTORS).await?;
-        // A later release's migrations (applied first in a rolling upgrade, see README
-        // "Upgrade order") are not an error: this release keeps running beside them.
+        // A later release's migrations (applied first in a rolling upgrade, see
+        // docs/operations.md, "Upgrade and rollback") are not an error: this release keeps
+        // running beside them.
         let mut migrator = sqlx::migrate!("./migrations");
         migrator.set_ignore_missing(true);
         migrator.run(&mut *conn).await?;

@@ -9,7 +9,7 @@
 //! which toygres' own runtime carries out; one of ours deleted there outright, as no runtime of
 //! ours runs there any more. No runtime of ours ever runs on the legacy schema, nothing is
 //! migrated there (the client verifies the schema, never changes it), and nothing but instance
-//! actors is read or touched. The grants our role needs on that schema are in the README
+//! actors is read or touched. The grants our role needs on that schema are in docs/operations.md
 //! ("Database privileges").
 
 use std::collections::HashMap;

@@ -1,7 +1,8 @@
 //! Checks the observability artifacts under `dashboards/`:
 //!
 //! * `alerts.yml` passes `promtool check rules` and names the alerts of the spec, each
-//!   with a `severity` label and `summary`, `description` and `runbook_url` annotations;
+//!   with a `severity` label and `summary`, `description` and `runbook_url` annotations, the
+//!   URL naming a runbook anchor that `docs/operations.md` has;
 //! * `alerts_test.yml` passes `promtool test rules` and has, for every alert, a case where it
 //!   fires and a case where it must not;
 //! * `prometheus.yml` passes `promtool check config`;
@@ -145,6 +146,8 @@ fn every_alert_has_severity_summary_description_and_runbook() {
         "alerts.yml must define exactly the alerts of the spec"
     );
 
+    let operations = std::fs::read_to_string(Path::new(MANIFEST_DIR).join("docs/operations.md"))
+        .expect("read docs/operations.md");
     for (name, block) in &blocks {
         assert!(block.contains("expr:"), "{name}: no expr");
         assert!(
@@ -158,9 +161,17 @@ fn every_alert_has_severity_summary_description_and_runbook() {
         for key in ["summary:", "description:", "runbook_url:"] {
             assert!(block.contains(key), "{name}: annotation `{key}` missing");
         }
+        let anchor = block
+            .split("docs/operations.md#")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .filter(|a| a.starts_with("runbook-"))
+            .unwrap_or_else(|| {
+                panic!("{name}: runbook_url must point at a runbook section of docs/operations.md")
+            });
         assert!(
-            block.contains("README.md#runbook-"),
-            "{name}: runbook_url must point at a README runbook section"
+            operations.contains(&format!("<a id=\"{anchor}\"></a>")),
+            "{name}: docs/operations.md has no anchor `{anchor}` for its runbook_url"
         );
         if block.contains("k8s_name") && block.contains("max by (k8s_name)") {
             assert!(

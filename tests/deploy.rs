@@ -1,8 +1,8 @@
-//! Checks `deploy/` (README, "Deploy"):
+//! Checks `deploy/` (docs/operations.md, "Install and deploy"):
 //!
 //! * the kustomize base renders (pinned `kubectl kustomize`) to the documented objects, and
 //!   the Deployment's wiring holds: the replica name from the pod name, the grace period at
-//!   or above the handoff bound that the README states, the probes on `/readyz` and
+//!   or above the handoff bound that docs/operations.md states, the probes on `/readyz` and
 //!   `/healthz`, secrets by reference, and every environment variable one the binary reads;
 //! * every core object validates against the Kubernetes JSON schemas (pinned
 //!   `kubernetes-validate`, strict), the ServiceMonitor and PrometheusRule against
@@ -12,7 +12,7 @@
 //! * the systemd unit passes `systemd-analyze verify` with `ExecStart` at the built binary,
 //!   and `systemd-analyze security --offline` rates its exposure at most 2.0; every system
 //!   call the service makes (traced with strace) passes the unit's `SystemCallFilter`;
-//! * the README's database grants are enough to run the service (a real PostgreSQL).
+//! * the database grants of docs/operations.md are enough to run the service (a real PostgreSQL).
 //!
 //! The validators are installed by `scripts/test.sh` (pins in `deploy/tools/`) under
 //! `target/deploy-tools` or `$TOYGRES_DEPLOY_TOOLS`. A missing tool fails the test with the
@@ -138,14 +138,14 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
-/// The handoff bound the README states (`handoff bound: **N s**`), in seconds.
-fn readme_handoff_bound() -> u64 {
-    let readme = read("README.md");
+/// The handoff bound docs/operations.md states (`handoff bound: **N s**`), in seconds.
+fn documented_handoff_bound() -> u64 {
+    let doc = read("docs/operations.md");
     let marker = "handoff bound: **";
-    let bounds: BTreeSet<u64> = readme
+    let bounds: BTreeSet<u64> = doc
         .match_indices(marker)
         .filter_map(|(i, _)| {
-            let rest = &readme[i + marker.len()..];
+            let rest = &doc[i + marker.len()..];
             let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
             rest[digits.len()..]
                 .starts_with(" s**")
@@ -156,7 +156,7 @@ fn readme_handoff_bound() -> u64 {
     assert_eq!(
         bounds.len(),
         1,
-        "README must state one handoff bound as `handoff bound: **N s**`, found {bounds:?}"
+        "docs/operations.md must state one handoff bound as `handoff bound: **N s**`, found {bounds:?}"
     );
     *bounds.first().unwrap()
 }
@@ -271,14 +271,14 @@ fn deployment_wires_replica_name_grace_period_and_probes() {
         "metadata.name"
     );
 
-    // The grace period covers the handoff bound the README documents.
-    let bound = readme_handoff_bound();
+    // The grace period covers the handoff bound docs/operations.md states.
+    let bound = documented_handoff_bound();
     let grace = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("terminationGracePeriodSeconds");
     assert!(
         grace >= bound,
-        "terminationGracePeriodSeconds {grace} < README handoff bound {bound} s"
+        "terminationGracePeriodSeconds {grace} < the documented handoff bound {bound} s"
     );
 
     // Probes: readiness /readyz, liveness (and startup) /healthz, on the HTTP port.
@@ -603,10 +603,10 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     let stop: u64 = setting(&settings, "TimeoutStopSec")
         .parse()
         .expect("TimeoutStopSec in seconds");
-    let bound = readme_handoff_bound();
+    let bound = documented_handoff_bound();
     assert!(
         stop >= bound,
-        "TimeoutStopSec {stop} < README handoff bound {bound} s"
+        "TimeoutStopSec {stop} < the documented handoff bound {bound} s"
     );
     for (key, want) in [
         ("NoNewPrivileges", "yes"),
@@ -834,13 +834,13 @@ fn url_as(url: &str, user: &str, password: &str) -> String {
     format!("{scheme}://{user}:{password}@{host}")
 }
 
-/// The SQL block of the README's "Database privileges".
-fn readme_grants() -> String {
-    let readme = read("README.md");
-    let section = readme
+/// The SQL block of docs/operations.md's "Database privileges".
+fn documented_grants() -> String {
+    let doc = read("docs/operations.md");
+    let section = doc
         .split("### Database privileges")
         .nth(1)
-        .expect("README has a \"### Database privileges\" section");
+        .expect("docs/operations.md has a \"### Database privileges\" section");
     let block = section
         .split("```sql\n")
         .nth(1)
@@ -849,8 +849,8 @@ fn readme_grants() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_database_grants_run_the_service() {
-    let grants = readme_grants();
+async fn documented_database_grants_run_the_service() {
+    let grants = documented_grants();
     assert!(grants.contains("toygres_actors_app") && grants.contains("DATABASE toygres "));
 
     // A database owned by a migration role; nobody else may even connect.
@@ -885,7 +885,7 @@ async fn readme_database_grants_run_the_service() {
     sqlx::raw_sql(&grants)
         .execute(&migrator_pool)
         .await
-        .unwrap_or_else(|e| panic!("the README's grants fail: {e}"));
+        .unwrap_or_else(|e| panic!("the documented grants fail: {e}"));
     migrator_pool.close().await;
 
     // The service, as the runtime role: starts (ready), starts an actor, writes health.

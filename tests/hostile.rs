@@ -9,7 +9,8 @@
 //! The whole table is measured twice: with the service steady, and with PostgreSQL
 //! restarted (`pg_ctl restart -m fast`) in the middle of each flood. In its own test binary
 //! because it restarts that binary's cluster. The rows go to the reliability summary file
-//! (`target/tmp/reliability-summary.md`) for the README.
+//! (`target/tmp/reliability-summary.md`), from which docs/security.md's flood table is
+//! refreshed.
 
 mod support;
 

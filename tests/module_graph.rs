@@ -1,20 +1,22 @@
-//! The house rules of `src/`, enforced: dependencies between the library's modules point one
-//! way (no import cycle), and no file is a room too big to live in (600 lines, unit tests
-//! not counted).
+//! The house rules of `src/`, enforced: dependencies between the modules of every crate —
+//! the library and each binary under `src/bin/` — point one way (no import cycle), and no
+//! file is a room too big to live in (600 lines, unit tests not counted).
 //!
-//! A module is a top-level file `src/x.rs` or folder `src/x/`; it depends on `y` when its
-//! code (comments, strings and `#[cfg(test)]` blocks aside) names `crate::y` — in a `use`
-//! line, a `use crate::{y, …}` group, or an inline path such as `crate::y::f()`.
+//! A module is a top-level file `x.rs` or folder `x/` of a crate's root folder (`src/` for
+//! the library, `src/bin/NAME/` for a binary); it depends on `y` when its code (comments,
+//! strings and `#[cfg(test)]` blocks aside) names `crate::y` — in a `use` line, a
+//! `use crate::{y, …}` group, or an inline path such as `crate::y::f()`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 600;
 
-/// Module name → the files it is made of.
-fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
+/// Module name → the files it is made of, for the crate whose root folder is `root` (its
+/// `lib.rs` or `main.rs` is the crate root, not a module; `src/bin/` holds other crates).
+fn modules(root: &Path) -> BTreeMap<String, Vec<PathBuf>> {
     let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for entry in std::fs::read_dir(src).expect("read src/") {
+    for entry in std::fs::read_dir(root).expect("read a crate's root folder") {
         let path = entry.expect("dir entry").path();
         let name = path
             .file_stem()
@@ -22,8 +24,8 @@ fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
             .unwrap_or_default()
             .to_string();
         if path.is_dir() {
-            if name == "bin" {
-                continue; // binaries use the library by its crate name: no cycle possible
+            if name == "bin" && root == src_dir() {
+                continue; // the binaries: crates of their own, see `crate_roots`
             }
             out.entry(name).or_default().extend(rust_files(&path));
         } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main" {
@@ -302,19 +304,44 @@ fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// The root folder of every crate in `src/`: the library's, and each binary's folder under
+/// `src/bin/` (a binary that is one file `src/bin/x.rs` has no modules to order).
+fn crate_roots() -> Vec<PathBuf> {
+    let mut roots = vec![src_dir()];
+    if let Ok(entries) = std::fs::read_dir(src_dir().join("bin")) {
+        let mut bins: Vec<PathBuf> = entries
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.join("main.rs").is_file())
+            .collect();
+        bins.sort();
+        roots.extend(bins);
+    }
+    roots
+}
+
 #[test]
 fn no_module_cycle_in_src() {
-    let g = graph(&src_dir());
-    assert!(g.len() > 10, "found too few modules: {g:?}");
-    if let Some(cycle) = find_cycle(&g) {
-        let mut map = String::new();
-        for (m, deps) in &g {
-            map.push_str(&format!("  {m} -> {deps:?}\n"));
+    let roots = crate_roots();
+    assert!(
+        roots.iter().any(|r| r.ends_with("bin/bench")),
+        "the bench binary's folder is among the crates checked: {roots:?}"
+    );
+    for root in roots {
+        let g = graph(&root);
+        if root == src_dir() {
+            assert!(g.len() > 10, "found too few modules: {g:?}");
         }
-        panic!(
-            "module cycle in src/: {}\nthe graph:\n{map}",
-            cycle.join(" -> ")
-        );
+        if let Some(cycle) = find_cycle(&g) {
+            let mut map = String::new();
+            for (m, deps) in &g {
+                map.push_str(&format!("  {m} -> {deps:?}\n"));
+            }
+            panic!(
+                "module cycle in {}: {}\nthe graph:\n{map}",
+                root.display(),
+                cycle.join(" -> ")
+            );
+        }
     }
 }
 

@@ -12,10 +12,12 @@
 //!
 //! Incarnations: every start uses a new orchestration id `actor-<instance uuid>-<random>`,
 //! because Duroxide silently ignores a start for an id it already knows (even a finished
-//! one). The CMS column `instance_actor_orchestration_id` is swapped compare-and-set, in
-//! this order: cancel the old incarnation → swap the column → start the new one. A crash
-//! between any two steps leaves a state the reconciler repairs (an id with no orchestration
-//! is `missing` and gets started), and never two actors that may write.
+//! one). A restart ([`ActorControl::replace_with`]) is one transaction, fenced by the
+//! leader's term when automatic: swap `instance_actor_orchestration_id` compare-and-set →
+//! remove the old incarnation from Duroxide when it is live (a forced delete, no cancel
+//! turn) → record the decision → take the probe lease → enqueue the new one's start; then
+//! commit. It all happens or none of it, so there are never two live actors for one
+//! instance; an old incarnation that had already finished keeps its record for retention.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,11 +1,10 @@
 //! The priority lane: an explicit restart never waits behind a storm.
 //!
 //! A storm (10,000 starts, their first checks, the Duroxide turns) saturates the service's
-//! runtime and its CMS pool. While PostgreSQL answered another client in under a
-//! millisecond, each statement of an explicit restart took the service 30–100 ms to see
-//! (its task queued behind thousands of ready ones, its connection behind the checks'), and
-//! the restart's dozen statements most of a second. The lane is a thread of its own with a
-//! tokio runtime and CMS connections of its own (`toygres-actors-lane` in
+//! runtime and its CMS pool: while PostgreSQL answers other clients at once, an explicit
+//! restart's statements would wait inside the service (its task queued behind thousands of
+//! ready ones, its connection behind the checks'), a dozen times over. The lane is a thread
+//! of its own with a tokio runtime and CMS connections of its own (`toygres-actors-lane` in
 //! `pg_stat_activity`); it runs:
 //!
 //! - durable restart requests (`request_actor_restart()`): the listener raises a flag, the

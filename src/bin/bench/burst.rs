@@ -175,7 +175,7 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
     let (restart_in_storm_s, request_s) = watch.await??;
     print_restart_path(&env.pool, canary, request_s).await;
     let cpu_insert = w.finish(&env);
-    let (_, top_insert) = crate::capacity::profile(&env).await;
+    let (_, top_insert) = crate::measure::profile(&env).await;
     let turns1 = metric(&svc.metrics().await, TURNS);
     let turns_insert_per_s = turns1
         .zip(turns0)
@@ -221,7 +221,7 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
         turns_delete_per_s,
     };
     report.print();
-    crate::capacity::print_top("insert burst, pg_stat_statements", &top_insert);
+    crate::measure::print_top("insert burst, pg_stat_statements", &top_insert);
     Ok(report)
 }
 

@@ -12,12 +12,14 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::report;
+
 // The library calls of the harness, in one place.
 use toygres_actors::db::{PgSession, cms_pool, connect_session, ensure_database, migrate};
 use toygres_actors::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 
 /// Service flags of the scenarios that probe with a new connection each time (64 at once):
-/// the probe's full cost, as the README tables state.
+/// the probe's full cost, as the tables of docs/benchmarks.md state.
 pub const NEW_CONNECTION_PER_PROBE: [&str; 4] =
     ["--probe-keep-connections", "0", "--probe-concurrency", "64"];
 
@@ -507,9 +509,9 @@ impl Quantiles {
 // ---------------------------------------------------------------------------------------
 
 pub fn header(title: &str) {
-    println!("\n### {title}\n");
-    println!("| figure | value | baseline (same run) | ratio | target | met |");
-    println!("|---|---|---|---|---|---|");
+    report::line(&format!("\n### {title}\n"));
+    report::line("| figure | value | baseline (same run) | ratio | target | met |");
+    report::line("|---|---|---|---|---|---|");
 }
 
 /// The baseline column: nothing, a text, or a text plus the two figures for the ratio
@@ -541,7 +543,9 @@ pub fn row(figure: &str, value: String, baseline: Baseline, target: &str, met: O
         Some(false) => "**no**",
         None => DASH,
     };
-    println!("| {figure} | {value} | {b} | {ratio} | {target} | {met} |");
+    report::line(&format!(
+        "| {figure} | {value} | {b} | {ratio} | {target} | {met} |"
+    ));
 }
 
 /// `Some(v)` if `v` is a real number.

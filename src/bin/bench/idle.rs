@@ -31,28 +31,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::capacity::Targets;
 use crate::harness::{
     Baseline, Cpu, CpuWindow, DASH, Env, Service, checked_count, cpu_seconds, header, insert_many,
     metric, pct, row,
 };
-use crate::pooler::Pooler;
-
-/// Busy time of the whole machine so far, in seconds of one core (/proc/stat's first line:
-/// user + nice + system + irq + softirq + steal, in USER_HZ = 100 ticks a second).
-pub(crate) fn machine_busy() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if f.len() < 8 {
-        return None;
-    }
-    Some((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / 100.0)
-}
+use crate::measure::{machine_busy, print_top, profile_by};
+use crate::pooler::{Pooler, Targets};
 
 /// CPU seconds so far of this VM's own agents, which are not ours and not PostgreSQL's but
 /// whose work grows with every process on the machine: the kernel's DAMON threads
@@ -221,7 +205,7 @@ async fn measure(
         .zip(p0)
         .map(|(b, a)| 100.0 * (b - a) / t0.elapsed().as_secs_f64());
     // Idle, what runs how often matters more than what took longest.
-    let (statements, top) = crate::capacity::profile_by(env, "calls", 16).await;
+    let (statements, top) = profile_by(env, "calls", 16).await;
     // The bench's own pool is not counted.
     let backends: Option<i64> = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
@@ -482,7 +466,7 @@ impl Report {
             DASH,
             None,
         );
-        crate::capacity::print_top(
+        print_top(
             &format!("{}, the window", self.waiting.label),
             &self.waiting.top,
         );

@@ -16,10 +16,12 @@
 //! the baseline measured in the same run, the ratio, and the target. A cell that was not
 //! measured reads "–". Many instances share one probe target (the benchmark's own
 //! PostgreSQL, or a local TCP recorder) — the rows say which. CPU is read from /proc
-//! (utime+stime) for the service and for every PostgreSQL process of the cluster.
+//! (utime+stime) for the service and for every PostgreSQL process of the cluster. With
+//! `--out DIR` the tables and the figures are also written as files ([`report`]).
 //!
-//! The rooms: [`harness`] (what every scenario shares; [`door`] and [`pooler`], the proxies
-//! some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
+//! The rooms: [`harness`] (what every scenario shares; [`measure`], the machine's busy time
+//! and pg_stat_statements; [`report`], the tables as printed and written; [`door`] and
+//! [`pooler`], the proxies some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
 //! [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`], [`outage`],
 //! [`retention`] — and [`smoke`] (all of them at a tiny size, plus a JSON summary for the
 //! test suite).
@@ -30,13 +32,16 @@ mod door;
 mod harness;
 mod idle;
 mod latency;
+mod measure;
 mod naive;
 mod outage;
 mod pooler;
 mod recovery;
+mod report;
 mod retention;
 mod smoke;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -48,9 +53,13 @@ use toygres_actors::settings::parse_duration;
 #[derive(Parser)]
 #[command(
     name = "bench",
-    about = "toygres-actors benchmarks (see the README's benchmark table)"
+    about = "toygres-actors benchmarks (see docs/benchmarks.md)"
 )]
 struct Args {
+    /// Also write the run's tables (DIR/SCENARIO.md) and figures (DIR/SCENARIO.json), with
+    /// the command and the machine, for docs/benchmarks.md.
+    #[arg(long, global = true, value_name = "DIR")]
+    out: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -80,7 +89,7 @@ enum Scenario {
         /// the bench's PostgreSQL; the probes keep their connections to it) or `direct` (the
         /// server itself: a backend per kept connection on this machine).
         #[arg(long, value_enum, default_value = "pooled")]
-        targets: capacity::Targets,
+        targets: pooler::Targets,
     },
     /// N instances inserted in one transaction → all actors running and checked; then deleted.
     Burst {
@@ -114,7 +123,7 @@ enum Scenario {
         /// the target cluster; the service keeps its default probe settings) or `direct` (a
         /// new connection per probe, the one target cluster forks a backend for each).
         #[arg(long, value_enum, default_value = "pooled")]
-        targets: capacity::Targets,
+        targets: pooler::Targets,
     },
     /// Listener cut off while rows change; stale actor → healed.
     Recovery {
@@ -150,12 +159,28 @@ fn dur(s: &str) -> Result<Duration> {
     parse_duration(s).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// A scenario's report as JSON, for `--out`.
+fn json(report: impl serde::Serialize) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(report)?)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    let name = match &args.scenario {
+        Scenario::Latency { .. } => "latency",
+        Scenario::Idle { .. } => "idle",
+        Scenario::Burst { .. } => "burst",
+        Scenario::Capacity { .. } => "capacity",
+        Scenario::Recovery { .. } => "recovery",
+        Scenario::Outage { .. } => "outage",
+        Scenario::Retention { .. } => "retention",
+        Scenario::Smoke => "smoke",
+        Scenario::NaiveWorker { .. } => "naive-worker",
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let figures = rt.block_on(async move {
         match args.scenario {
             Scenario::Latency {
                 inserts,
@@ -163,7 +188,7 @@ fn main() -> Result<()> {
                 idle_window,
             } => latency::run(inserts, &poll_intervals, dur(&idle_window)?)
                 .await
-                .map(drop),
+                .and_then(json),
             Scenario::Idle {
                 actors,
                 window,
@@ -171,14 +196,14 @@ fn main() -> Result<()> {
                 targets,
             } => idle::run(actors, dur(&window)?, dur(&warmup)?, targets)
                 .await
-                .map(drop),
+                .and_then(json),
             Scenario::Burst {
                 instances,
                 service_flags,
                 targets,
             } => burst::run(instances, &service_flags, targets)
                 .await
-                .map(drop),
+                .and_then(json),
             Scenario::Capacity {
                 actors,
                 interval,
@@ -192,21 +217,29 @@ fn main() -> Result<()> {
                 dur(&duration)?,
                 baseline_actors,
                 &service_flags,
-                targets == capacity::Targets::Pooled,
+                targets == pooler::Targets::Pooled,
             )
             .await
-            .map(drop),
+            .and_then(json),
             Scenario::Recovery { rows, outage } => {
-                recovery::run(rows, dur(&outage)?).await.map(drop)
+                recovery::run(rows, dur(&outage)?).await.and_then(json)
             }
             Scenario::Outage {
                 instances,
                 outage,
                 quick,
-            } => outage::run(instances, dur(&outage)?, quick).await.map(drop),
-            Scenario::Retention { backlog } => retention::run(backlog).await.map(drop),
-            Scenario::Smoke => smoke::run().await,
-            Scenario::NaiveWorker { url, schema } => naive::worker(&url, &schema).await,
+            } => outage::run(instances, dur(&outage)?, quick)
+                .await
+                .and_then(json),
+            Scenario::Retention { backlog } => retention::run(backlog).await.and_then(json),
+            Scenario::Smoke => smoke::run().await.map(|()| serde_json::Value::Null),
+            Scenario::NaiveWorker { url, schema } => naive::worker(&url, &schema)
+                .await
+                .map(|()| serde_json::Value::Null),
         }
-    })
+    })?;
+    match args.out {
+        Some(dir) => report::write(&dir, name, figures),
+        None => Ok(()),
+    }
 }

@@ -8,6 +8,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+/// What the instances probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Targets {
+    /// Through a PgBouncer in transaction mode (needs `pgbouncer`); default probe settings.
+    Pooled,
+    /// The target cluster itself, a new connection per probe.
+    Direct,
+}
 
 /// A running PgBouncer; stopped on drop.
 pub struct Pooler {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{burst, capacity, idle, latency, outage, recovery, retention};
+use crate::{burst, capacity, idle, latency, outage, pooler, recovery, retention};
 
 /// Starts the JSON summary line.
 pub const SUMMARY_PREFIX: &str = "bench-smoke-summary: ";
@@ -35,7 +35,7 @@ pub async fn run() -> Result<()> {
             5,
             Duration::from_secs(2),
             Duration::from_secs(1),
-            capacity::Targets::Pooled,
+            pooler::Targets::Pooled,
         )
         .await?,
         burst,

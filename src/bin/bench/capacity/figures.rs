@@ -1,5 +1,5 @@
 //! What the capacity scenario reads from the databases: renewal lags, warm-up progress,
-//! checks and staleness gaps, and pg_stat_statements.
+//! checks and staleness gaps.
 
 use std::collections::HashMap;
 
@@ -95,38 +95,4 @@ pub(super) async fn gaps(env: &Env, from: f64, to: f64, n: usize) -> Result<(i64
         gaps.push(to - from + 120.0);
     }
     Ok((checks, Quantiles::of(gaps)))
-}
-
-/// Statements executed in the bench database since the reset, and the top 8 by time;
-/// `None` and an empty list without pg_stat_statements.
-pub(crate) async fn profile(env: &Env) -> (Option<f64>, Vec<(String, i64, f64)>) {
-    let rows = if std::env::var_os("BENCH_PGSS_TRACK").is_some() {
-        30
-    } else {
-        8
-    };
-    profile_by(env, "total_exec_time", rows).await
-}
-
-/// As [`profile`], the top `limit` by `order` (a pg_stat_statements column).
-pub(crate) async fn profile_by(
-    env: &Env,
-    order: &str,
-    limit: u32,
-) -> (Option<f64>, Vec<(String, i64, f64)>) {
-    let total: Option<i64> = sqlx::query_scalar(
-        "SELECT sum(calls)::int8 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench')",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap_or(None);
-    let top: Vec<(String, i64, f64)> = sqlx::query_as(&format!(
-        "SELECT query, calls, total_exec_time FROM pg_stat_statements
-          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench')
-          ORDER BY {order} DESC LIMIT {limit}",
-    ))
-    .fetch_all(&env.pool)
-    .await
-    .unwrap_or_default();
-    (total.map(|t| t as f64), top)
 }

@@ -27,21 +27,10 @@ use crate::harness::{
 mod figures;
 
 use figures::{continued_as_new, decisions_in, gaps, renewal_lags, renewed_twice};
-pub(crate) use figures::{profile, profile_by};
 
-use crate::idle::machine_busy;
+use crate::measure::{machine_busy, print_top, profile};
 use crate::naive;
 use crate::pooler::Pooler;
-
-/// What the instances probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Targets {
-    /// Through a PgBouncer in transaction mode (needs `pgbouncer`); default probe settings.
-    Pooled,
-    /// The target cluster itself, a new connection per probe.
-    Direct,
-}
 
 /// What one run (ours or the naive loop) measured over the window.
 #[derive(Debug, Serialize)]
@@ -347,27 +336,6 @@ fn by_third(r: &Run, q: impl Fn(&Third) -> &Quantiles) -> String {
         .map(|t| secs(q(t).p99, 1))
         .collect::<Vec<_>>()
         .join(" / ")
-}
-
-/// A `pg_stat_statements` top list as a Markdown table.
-pub(crate) fn print_top(title: &str, top: &[(String, i64, f64)]) {
-    println!("\nTop statements ({title}):\n");
-    if top.is_empty() {
-        println!("(pg_stat_statements not available)");
-        return;
-    }
-    println!("| calls | total ms | statement |");
-    println!("|---|---|---|");
-    for (q, calls, total) in top {
-        let q: String = q
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .chars()
-            .take(90)
-            .collect();
-        println!("| {calls} | {total:.0} | `{}` |", q.replace('|', "\\|"));
-    }
 }
 
 async fn run_ours(
