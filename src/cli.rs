@@ -177,7 +177,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Heal { dry_run } => {
             let reconciler = operator_reconciler(&cli.global).await?;
-            let outcomes = reconciler.full_reconcile(None, dry_run).await?;
+            let outcomes = reconciler
+                .full_reconcile(
+                    None,
+                    if dry_run {
+                        crate::reconcile::Mode::DryRun
+                    } else {
+                        crate::reconcile::Mode::Act
+                    },
+                )
+                .await?;
             if outcomes.is_empty() {
                 println!("nothing to heal");
             }

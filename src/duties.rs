@@ -113,7 +113,10 @@ async fn resync_timer(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        match reconciler.full_reconcile(Some(&queue), false).await {
+        match reconciler
+            .full_reconcile(Some(&queue), crate::reconcile::Mode::Act)
+            .await
+        {
             Ok(found) if !found.is_empty() => {
                 tracing::info!(queued = found.len(), "resync queued heals")
             }

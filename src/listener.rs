@@ -67,18 +67,9 @@ pub async fn run(
             status.send_modify(|s| s.reconnects += 1);
         }
         first = false;
-        let mut connected = false;
-        if let Err(e) = session(
-            &settings,
-            &reconciler,
-            &queue,
-            &inbox,
-            &status,
-            &stop,
-            &mut connected,
-        )
-        .await
-        {
+        let ended = session(&settings, &reconciler, &queue, &inbox, &status, &stop).await;
+        let connected = !matches!(ended, Err(SessionError::NotConnected(_)));
+        if let Err(e) = ended {
             tracing::warn!(error = %e, "listener connection lost or refused");
         }
         // The server may have dropped every connection (a restart): the CMS pool tests the
@@ -106,6 +97,17 @@ pub async fn run(
     metrics::listener_connected(false);
 }
 
+/// How a listener session ended, when not by `stop`.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// It never got as far as listening (connect, LISTEN, the backend's pid).
+    #[error("{0}")]
+    NotConnected(String),
+    /// It listened, then the connection was lost or stopped answering.
+    #[error("{0}")]
+    Lost(String),
+}
+
 /// One connection's life: LISTEN → full reconcile → notifications, until it fails or `stop`.
 async fn session(
     settings: &ListenerSettings,
@@ -114,32 +116,31 @@ async fn session(
     inbox: &ControlInbox,
     status: &watch::Sender<ListenerStatus>,
     stop: &CancellationToken,
-    connected: &mut bool,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
+    let not_connected = |e: &dyn std::fmt::Display| SessionError::NotConnected(e.to_string());
     let mut s = crate::db::connect_session(
         &settings.url,
         "toygres-actors-listener",
         Duration::from_secs(10),
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| not_connected(&e))?;
     s.client
         .batch_execute(crate::sql::LISTEN)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| not_connected(&e))?;
     if settings.control_notify {
         s.client
             .batch_execute(crate::sql::LISTEN_CONTROL)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| not_connected(&e))?;
     }
     let pid: i32 = s
         .client
         .query_one(crate::sql::BACKEND_PID, &[])
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| not_connected(&e))?
         .get(0);
-    *connected = true;
     crate::db::connections_suspect();
     metrics::listener_connected(true);
     status.send_modify(|st| {
@@ -151,7 +152,10 @@ async fn session(
         "listener connected; reconciling everything"
     );
     // Everything committed before LISTEN took effect is caught here.
-    match reconciler.full_reconcile(Some(queue), false).await {
+    match reconciler
+        .full_reconcile(Some(queue), crate::reconcile::Mode::Act)
+        .await
+    {
         Ok(found) => tracing::info!(queued = found.len(), "full reconcile after connect done"),
         Err(e) => {
             tracing::warn!(error = %e, "full reconcile after connect failed; the resync timer retries")
@@ -167,13 +171,13 @@ async fn session(
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             end = &mut s.closed => {
-                return Err(match end {
+                return Err(SessionError::Lost(match end {
                     Ok(Some(e)) => format!("connection ended: {e}"),
                     _ => "connection closed by the server".into(),
-                });
+                }));
             }
             n = s.notifications.recv() => {
-                let Some(n) = n else { return Err("notification stream ended".into()) };
+                let Some(n) = n else { return Err(SessionError::Lost("notification stream ended".into())) };
                 if n.channel() == CHANNEL_PING {
                     if let Some((nonce, sent)) = &outstanding
                         && n.payload() == nonce
@@ -189,7 +193,7 @@ async fn session(
                 if let Some((_, sent)) = &outstanding
                     && sent.elapsed() > settings.ping_timeout
                 {
-                    return Err(format!("ping not answered within {} ms; connection presumed dead", settings.ping_timeout.as_millis()));
+                    return Err(SessionError::Lost(format!("ping not answered within {} ms; connection presumed dead", settings.ping_timeout.as_millis())));
                 }
                 if outstanding.is_none() {
                     let nonce = Uuid::new_v4().simple().to_string();
@@ -198,8 +202,8 @@ async fn session(
                     let notify = s.client.execute(crate::sql::NOTIFY, &params);
                     match tokio::time::timeout(settings.ping_timeout, notify).await {
                         Ok(Ok(_)) => outstanding = Some((nonce, sent)),
-                        Ok(Err(e)) => return Err(format!("ping failed: {e}")),
-                        Err(_) => return Err("ping NOTIFY timed out; connection presumed dead".into()),
+                        Ok(Err(e)) => return Err(SessionError::Lost(format!("ping failed: {e}"))),
+                        Err(_) => return Err(SessionError::Lost("ping NOTIFY timed out; connection presumed dead".into())),
                     }
                 }
             }
@@ -227,7 +231,7 @@ fn handle(
                         op: ev.op,
                         at: ev.at,
                     },
-                    false,
+                    Ask::Reconcile,
                     ev.at,
                 );
             }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::cms::{self, InstanceRow};
 use crate::duro::{ActorState, DuroError};
-use crate::reconcile::{Reconciler, Trigger};
+use crate::reconcile::{Ask, Mode, Reconciler, Trigger};
 use crate::sql;
 use crate::verdict::{self, Verdict};
 
@@ -199,7 +199,7 @@ pub async fn start(
         });
     }
     let outcome = reconciler
-        .reconcile_instance(row.id, &Trigger::Operator(who), true, false)
+        .reconcile_instance(row.id, &Trigger::Operator(who), Ask::Restart, Mode::Act)
         .await?;
     Ok(ActionResult {
         k8s_name: outcome.k8s_name,
@@ -226,7 +226,7 @@ pub async fn restart(
         )));
     }
     let outcome = reconciler
-        .reconcile_instance(row.id, &Trigger::Operator(who), true, false)
+        .reconcile_instance(row.id, &Trigger::Operator(who), Ask::Restart, Mode::Act)
         .await?;
     Ok(ActionResult {
         k8s_name: outcome.k8s_name,

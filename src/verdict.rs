@@ -91,7 +91,53 @@ pub enum Action {
     },
 }
 
+/// What a reconcile did: the `action` of its outcome and decision, the label of
+/// `reconcile_actions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Did {
+    Noop,
+    Start,
+    Restart,
+    Cancel,
+    Delete,
+    Adopt,
+    /// A live stale actor leased to this replica and checked at once, before any restart.
+    ReLease,
+}
+
+impl Did {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Did::Noop => "noop",
+            Did::Start => "start",
+            Did::Restart => "restart",
+            Did::Cancel => "cancel",
+            Did::Delete => "delete",
+            Did::Adopt => "adopt",
+            Did::ReLease => "re-lease",
+        }
+    }
+}
+
+impl std::fmt::Display for Did {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 impl Action {
+    /// What doing it is called in outcomes, decisions and metrics.
+    pub fn did(&self) -> Did {
+        match self {
+            Action::Noop => Did::Noop,
+            Action::Start { .. } => Did::Start,
+            Action::Restart => Did::Restart,
+            Action::Cancel { .. } => Did::Cancel,
+            Action::Adopt { .. } => Did::Adopt,
+        }
+    }
+
     /// The `action` label of `reconcile_actions_total`.
     pub fn label(&self) -> &'static str {
         match self {

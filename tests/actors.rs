@@ -4,6 +4,8 @@
 
 mod support;
 
+use toygres_actors::reconcile::{Ask, Did, Mode};
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -570,11 +572,11 @@ async fn an_actor_caught_between_two_executions_is_not_restarted() {
     let trigger = toygres_actors::reconcile::Trigger::Resync;
     let out = stack
         .reconciler
-        .reconcile_instance(row.id, &trigger, false, true)
+        .reconcile_instance(row.id, &trigger, Ask::Reconcile, Mode::DryRun)
         .await
         .unwrap();
-    assert_ne!(out.action, "restart", "{out:?}");
-    assert_ne!(out.action, "start", "{out:?}");
+    assert_ne!(out.action, Did::Restart, "{out:?}");
+    assert_ne!(out.action, Did::Start, "{out:?}");
     assert_eq!(db.actor_id("pg-can").await.as_deref(), Some(actor.as_str()));
     stack.shutdown().await;
 }
@@ -625,12 +627,13 @@ async fn a_restart_request_read_twice_restarts_once() {
     let stack = Stack::start(&db, Duration::from_millis(300), 1).await;
     let (reconciler, row, first) = a_started_actor_asked_to_restart(&db, &stack, "pg-twice").await;
     let a = reconciler.honour_restart_request(row.id).await.unwrap();
-    assert_eq!(a.action, "restart", "{a:?}");
+    assert_eq!(a.action, Did::Restart, "{a:?}");
     let second = db.actor_id("pg-twice").await.unwrap();
     assert_ne!(first, second);
     let b = reconciler.honour_restart_request(row.id).await.unwrap();
     assert_ne!(
-        b.action, "restart",
+        b.action,
+        Did::Restart,
         "the same request honoured twice: {b:?}"
     );
     assert_eq!(db.actor_id("pg-twice").await.unwrap(), second);
@@ -640,10 +643,10 @@ async fn a_restart_request_read_twice_restarts_once() {
     assert_eq!(restarts, 1);
     // The control channel's restart has no request behind it: it restarts.
     let c = reconciler
-        .reconcile_instance(row.id, &Trigger::ControlRestart, true, false)
+        .reconcile_instance(row.id, &Trigger::ControlRestart, Ask::Restart, Mode::Act)
         .await
         .unwrap();
-    assert_eq!(c.action, "restart", "{c:?}");
+    assert_eq!(c.action, Did::Restart, "{c:?}");
     assert_ne!(db.actor_id("pg-twice").await.unwrap(), second);
     stack.shutdown().await;
 }
@@ -664,7 +667,7 @@ async fn a_restart_request_honoured_twice_at_once_restarts_once() {
     let (a, b) = (a.expect("first run"), b.expect("second run"));
     let actions = [a.action, b.action];
     assert_eq!(
-        actions.iter().filter(|a| **a == "restart").count(),
+        actions.iter().filter(|a| **a == Did::Restart).count(),
         1,
         "{a:?} {b:?}"
     );
@@ -700,7 +703,7 @@ async fn a_request_made_during_a_restart_stays_pending_and_is_honoured() {
     .await
     .unwrap();
     let a = reconciler.honour_restart_request(row.id).await.unwrap();
-    assert_eq!(a.action, "restart", "{a:?}");
+    assert_eq!(a.action, Did::Restart, "{a:?}");
     let second = db.actor_id("pg-newer").await.unwrap();
     assert_ne!(second, first);
     let requests = || async {
@@ -728,7 +731,11 @@ async fn a_request_made_during_a_restart_stays_pending_and_is_honoured() {
         .await
         .unwrap();
     let b = reconciler.honour_restart_request(row.id).await.unwrap();
-    assert_eq!(b.action, "restart", "the newer request is honoured: {b:?}");
+    assert_eq!(
+        b.action,
+        Did::Restart,
+        "the newer request is honoured: {b:?}"
+    );
     assert_ne!(db.actor_id("pg-newer").await.unwrap(), second);
     assert!(requests().await.iter().all(|(_, handled)| *handled));
     let restarts = db

@@ -249,7 +249,7 @@ async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
     // No gap above 2x the interval anywhere: nothing lost.
     let (gap_all, _) = max_gap(&db, from).await;
     assert!(gap_all <= 2.0 * INTERVAL);
-    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60)).await;
+    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60), &[]).await;
     drop(c);
 }
 
@@ -425,7 +425,7 @@ async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
         took.as_secs_f64()
     ));
     assert!(took <= Duration::from_secs(20));
-    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60)).await;
+    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60), &[]).await;
 }
 
 /// A partition proxy (tests/support/proxy.rs) in front of the test database's server, and
@@ -506,7 +506,7 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
         took.as_secs_f64()
     ));
     assert!(took <= Duration::from_secs(20));
-    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60)).await;
+    support::invariants::check(&db, Duration::from_secs(5), Duration::from_secs(60), &[]).await;
 }
 
 /// Two processes started with one replica name: the newest epoch wins; the older one stops

@@ -96,7 +96,7 @@ async fn hold_row(db: &TestDb, name: &str) -> (sqlx::Transaction<'static, sqlx::
 async fn hold_row_and_ask_a_restart(
     db: &TestDb,
     name: &str,
-) -> sqlx::Transaction<'static, sqlx::Postgres> {
+) -> (sqlx::Transaction<'static, sqlx::Postgres>, i32) {
     let (tx, holder) = hold_row(db, name).await;
     sqlx::query("SELECT toygres_cms.request_actor_restart($1)")
         .bind(name)
@@ -109,7 +109,7 @@ async fn hold_row_and_ask_a_restart(
         || async { (blocked_by(db, holder, LANE).await > 0).then_some(()) },
     )
     .await;
-    tx
+    (tx, holder)
 }
 
 /// How many sessions of this database named `application` wait on `holder`'s locks, directly
@@ -150,7 +150,8 @@ async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
     let term = leader(&db).await.expect("a leader row");
     assert_eq!(term.0, "a");
 
-    let tx = hold_row_and_ask_a_restart(&db, "pg-held").await;
+    let (tx, holder) = hold_row_and_ask_a_restart(&db, "pg-held").await;
+    let mut longest = 0.0_f64;
 
     // 90 s of hold: the leader keeps its term, and every insert elsewhere gets its actor
     // within a second.
@@ -175,6 +176,21 @@ async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
             "the leader lost its term while a CMS row was held"
         );
         assert!(a.is_leader().await, "a stepped down during the hold");
+        // No session of ours waits on the held row for long (fences 2 s, a check's write 2 s):
+        // a held row never keeps a pooled connection of ours.
+        let longest_wait: f64 = sqlx::query_scalar(&format!(
+            "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)::float8
+               FROM pg_stat_activity
+              WHERE datname = current_database() AND {holder} = ANY(pg_blocking_pids(pid))"
+        ))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        longest = longest.max(longest_wait);
+        assert!(
+            longest_wait <= 3.0,
+            "a session of ours has waited {longest_wait:.1} s on the held row"
+        );
         // One insert every ~5 s: the wait is a condition on the clock, not a sleep.
         let next = t0 + Duration::from_secs(5);
         wait_until("the next insert's turn", Duration::from_secs(6), || async {
@@ -182,7 +198,9 @@ async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
         })
         .await;
     }
-    eprintln!("{n} inserts during the 90 s hold, slowest insert → actor {slowest:?}");
+    eprintln!(
+        "{n} inserts during the 90 s hold, slowest insert → actor {slowest:?}; longest wait of ours on the held row {longest:.1} s"
+    );
     assert_eq!(
         db.actor_id("pg-held").await.as_deref(),
         Some(before.as_str())
@@ -204,7 +222,8 @@ async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
         released.elapsed()
     );
     assert_eq!(leader(&db).await, Some(term), "one term throughout");
-    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
+    // pg-held's own checks waited for its row: the one instance the hold may delay.
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND, &["pg-held"]).await;
 }
 
 async fn a_leader_frozen_in_a_fenced_transaction_is_replaced_and_writes_nothing() {
@@ -221,7 +240,7 @@ async fn a_leader_frozen_in_a_fenced_transaction_is_replaced_and_writes_nothing(
 
     // The leader's restart of pg-held waits on the held row, inside its fenced transaction
     // (after assert_term, before its commit); the leader freezes there.
-    let tx = hold_row_and_ask_a_restart(&db, "pg-held").await;
+    let (tx, _) = hold_row_and_ask_a_restart(&db, "pg-held").await;
     a.signal(Signal::SIGSTOP);
     let frozen_at = chrono::Utc::now();
     let frozen = Instant::now();
@@ -278,7 +297,7 @@ async fn a_leader_frozen_in_a_fenced_transaction_is_replaced_and_writes_nothing(
         "the frozen leader wrote decisions after it lost its term"
     );
     assert!(b.is_leader().await, "one leader after the old one woke");
-    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND, &["pg-held"]).await;
 }
 
 // --- one clock ---------------------------------------------------------------------
@@ -374,7 +393,7 @@ async fn skewed_leader_changes_nothing(skew: &str) {
             "skew {skew}: oldest check age gauge {oldest_gauge}"
         );
     }
-    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND, &[]).await;
 }
 
 // --- odd targets -------------------------------------------------------------------
@@ -568,7 +587,7 @@ async fn forged_state_hints_probe_no_more_and_move_no_lease() {
         "forged hints probed an instance {most} times in {window:?}"
     );
     assert_eq!(holders().await, before, "a forged hint moved a lease");
-    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND, &[]).await;
 }
 
 // --- fail points and partitions ---------------------------------------------------------
@@ -746,7 +765,7 @@ async fn a_leader_inside_a_fenced_transaction_is_replaced(fault: Fault) {
     );
     assert!(b.is_leader().await, "{fault:?}: one leader, b");
     assert!(!a.is_leader().await, "{fault:?}: one leader, b");
-    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND, &[]).await;
 }
 
 /// Instances whose probe lease `holder` holds.
@@ -886,7 +905,7 @@ async fn a_lease_holder_hands_over(fault: Fault) {
         .await;
     }
     heartbeat_since(&db, "b", woke_at).await;
-    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND).await;
+    support::invariants::check(&db, MIN_HANDOVER, HANDOFF_BOUND, &[]).await;
     drop(a);
 }
 

@@ -181,6 +181,15 @@ pub struct Record<'a> {
     pub replica: &'a str,
 }
 
+/// How a new incarnation's work is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Asked for (an operator, a restart request): its first turn and check go first.
+    Explicit,
+    /// The reconciler's own (a first start, a heal): in turn.
+    Background,
+}
+
 /// What a lifecycle step did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Transition {
@@ -384,7 +393,8 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<Transition, DuroError> {
-        self.replace_with(row, reason, fence, false, None).await
+        self.replace_with(row, reason, fence, Priority::Background, None)
+            .await
     }
 
     /// Record `record` (if any) for `row` in `tx`: the row's current actor → `new`.
@@ -410,16 +420,18 @@ impl ActorControl {
         batch::record_decisions(tx, &[decided], r.replica).await
     }
 
-    /// [`ActorControl::replace`]; `urgent` (an explicit restart): the new actor's first
-    /// check goes before every check already due (never behind a storm's first checks).
+    /// [`ActorControl::replace`]; with [`Priority::Explicit`] (an explicit restart) the new
+    /// actor's first turn and first check go before every one already due (never behind a
+    /// storm's).
     pub async fn replace_with(
         &self,
         row: &InstanceRow,
         reason: &str,
         fence: Option<&Term>,
-        urgent: bool,
+        priority: Priority,
         record: Option<&Record<'_>>,
     ) -> Result<Transition, DuroError> {
+        let urgent = priority == Priority::Explicit;
         if !self.wants_actor(&row.state) {
             return Err(DuroError::NotWanted(row.state.clone()));
         }

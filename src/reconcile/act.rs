@@ -7,20 +7,28 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{HintKind, Outcome, Reconciler, Trigger};
-use crate::duro::DuroError;
+use super::{Ask, Did, HintKind, Mode, Outcome, Reconciler, Trigger};
+use crate::duro::{DuroError, Priority};
 use crate::metrics;
 use crate::sql;
 use crate::verdict::{Action, Decision, Observed, Verdict};
 
+/// Why an action was held back, and what the outcome then says was done.
+struct HeldBack {
+    did: Did,
+    why: String,
+}
+
 impl Reconciler {
+    /// Act on `decision` for the observed row: the bounds first ([`Reconciler::held_back`]),
+    /// then the action itself ([`Reconciler::carry_out`]), then its report and decision log.
     pub(crate) async fn act(
         &self,
         obs: &Observed,
         decision: Decision,
         trigger: &Trigger,
-        forced: bool,
-        dry_run: bool,
+        ask: Ask,
+        mode: Mode,
     ) -> Result<Outcome, DuroError> {
         let row = &obs.row;
         let mut outcome = Outcome {
@@ -28,99 +36,105 @@ impl Reconciler {
             k8s_name: row.k8s_name.clone(),
             verdict: decision.verdict,
             reason: decision.reason.clone(),
-            action: decision.action.label(),
+            action: decision.action.did(),
             old_actor_id: row.actor_id.clone(),
             new_actor_id: row.actor_id.clone(),
             skipped: None,
         };
         if decision.action == Action::Noop {
             self.settle_backoff(row, decision.verdict);
-            metrics::reconcile_action("noop");
-            // A state change of a live actor's row may change what its probe sees (a
-            // connection string arrived with `running`): check it now, not next interval —
-            // only if the row really changed since its last check (a hint anyone can forge,
-            // the row is the truth: `updated_at` moves with every write of the row, and a
-            // check's own write leaves it before `last_health_check`), and never by taking a
-            // live holder's lease.
-            if let Trigger::Notification {
-                op: HintKind::State,
-                ..
-            } = trigger
-                && !dry_run
-                && row.has_target
-                && row.last_health_check.is_none_or(|t| row.updated_at > t)
-                && obs.actor.as_ref().is_some_and(|a| a.is_live())
-                && let Some(actor_id) = &row.actor_id
-                && self.term().is_some()
-            {
-                self.control.check_changed_now(row, actor_id);
+            metrics::reconcile_action(Did::Noop.label());
+            if mode == Mode::Act {
+                self.check_if_changed(obs, trigger);
             }
             return Ok(outcome);
         }
-        if dry_run {
+        if mode == Mode::DryRun {
             outcome.skipped = Some("dry run".into());
             return Ok(outcome);
         }
         // Heals of an existing actor are rate-limited per instance; first starts and
         // explicit restarts are not.
-        let is_heal = matches!(decision.action, Action::Restart) && !forced;
+        let is_heal = matches!(decision.action, Action::Restart) && ask == Ask::Reconcile;
+        if let Some(held) = self
+            .held_back(obs, &decision, trigger, ask, is_heal)
+            .await?
+        {
+            outcome.action = held.did;
+            outcome.skipped = Some(held.why);
+            metrics::reconcile_action(Did::Noop.label());
+            return Ok(outcome);
+        }
+        let started = Instant::now();
+        let result = self.carry_out(obs, &decision, trigger, ask).await;
+        if is_heal {
+            self.note_heal(row.id);
+        }
+        let (old, new) = self
+            .report(obs, &decision, trigger, ask, started, result)
+            .await?;
+        outcome.old_actor_id = old;
+        outcome.new_actor_id = new;
+        Ok(outcome)
+    }
+
+    /// A state change of a live actor's row may change what its probe sees (a connection
+    /// string arrived with `running`): check it now, not next interval — only if the row
+    /// really changed since its last check (a hint anyone can forge, the row is the truth:
+    /// `updated_at` moves with every write of the row, and a check's own write leaves it
+    /// before `last_health_check`), and never by taking a live holder's lease.
+    fn check_if_changed(&self, obs: &Observed, trigger: &Trigger) {
+        let row = &obs.row;
+        if let Trigger::Notification {
+            op: HintKind::State,
+            ..
+        } = trigger
+            && row.has_target
+            && row.last_health_check.is_none_or(|t| row.updated_at > t)
+            && obs.actor.as_ref().is_some_and(|a| a.is_live())
+            && let Some(actor_id) = &row.actor_id
+            && self.term().is_some()
+        {
+            self.control.check_changed_now(row, actor_id);
+        }
+    }
+
+    /// The bounds every restart passes, in order: the heal backoff, the healing breaker,
+    /// re-leasing a live stale actor first, the per-instance minimum interval and the
+    /// fleet-wide rate. `Some` when the action waits (an explicit restart or an adoption
+    /// held back by a rate is an error instead: [`DuroError::RateLimited`], retried).
+    async fn held_back(
+        &self,
+        obs: &Observed,
+        decision: &Decision,
+        trigger: &Trigger,
+        ask: Ask,
+        is_heal: bool,
+    ) -> Result<Option<HeldBack>, DuroError> {
+        let row = &obs.row;
+        let noop = |why: String| {
+            Ok(Some(HeldBack {
+                did: Did::Noop,
+                why,
+            }))
+        };
         if is_heal && let Some(wait) = self.backoff_remaining(row.id) {
-            outcome.skipped = Some(format!(
+            tracing::debug!(instance = %crate::redact::for_log(&row.k8s_name, 255), verdict = %decision.verdict, "heal skipped: backoff");
+            return noop(format!(
                 "heal backoff: next attempt in {}s",
                 wait.as_secs().max(1)
             ));
-            tracing::debug!(instance = %crate::redact::for_log(&row.k8s_name, 255), verdict = %decision.verdict, "heal skipped: backoff");
-            metrics::reconcile_action("noop");
-            return Ok(outcome);
         }
         // Stale, not asked for: when much of the fleet is stale at once the cause is not the
         // actors — alert (the breaker's gauge) instead of restarting them. And a stale actor
         // that is alive is first re-leased here and checked at once; only if that does not
         // help within one stale period is it restarted.
-        if decision.verdict == Verdict::Stale && !forced {
+        if decision.verdict == Verdict::Stale && ask == Ask::Reconcile {
             if self.breaker.holds() {
-                outcome.skipped = Some(
-                    "healing paused: too much of the fleet is stale at once (or was, less than a check interval ago)"
-                        .into(),
-                );
-                metrics::reconcile_action("noop");
-                return Ok(outcome);
+                return noop("healing paused: too much of the fleet is stale at once (or was, less than a check interval ago)".into());
             }
-            let live = obs.actor.as_ref().is_some_and(|a| a.is_live());
-            if live
-                && self.term().is_some()
-                && let Some(actor_id) = &row.actor_id
-            {
-                let recently = {
-                    let mut map = self.released.lock().unwrap_or_else(|p| p.into_inner());
-                    let now = Instant::now();
-                    map.retain(|_, t| now.duration_since(*t) < self.rules.stale_after * 2);
-                    let recent = map
-                        .get(&row.id)
-                        .is_some_and(|t| now.duration_since(*t) < self.rules.stale_after);
-                    if !recent {
-                        map.insert(row.id, now);
-                    }
-                    recent
-                };
-                if !recently {
-                    self.control.check_now(row, actor_id);
-                    outcome.action = "re-lease";
-                    outcome.skipped = Some("the live actor was re-leased to this replica and checked at once; a restart follows only if it stays stale".into());
-                    metrics::reconcile_action("noop");
-                    self.log_decision(
-                        row.id,
-                        &row.k8s_name,
-                        "re-lease",
-                        &decision.reason,
-                        row.actor_id.as_deref(),
-                        row.actor_id.as_deref(),
-                        trigger,
-                        None,
-                    )
-                    .await;
-                    return Ok(outcome);
-                }
+            if let Some(held) = self.re_lease(obs, decision, trigger).await {
+                return Ok(Some(held));
             }
         }
         // Every restart, asked for or healing, is bound: per instance (a live actor younger
@@ -135,17 +149,14 @@ impl Reconciler {
             };
             if live && age < self.limits.min_interval {
                 metrics::restart_limited("instance");
-                let wait = self.limits.min_interval - age;
-                if forced {
-                    return Err(DuroError::RateLimited(wait));
+                if ask == Ask::Restart {
+                    return Err(DuroError::RateLimited(self.limits.min_interval - age));
                 }
-                outcome.skipped = Some(format!(
+                return noop(format!(
                     "restart held back: the actor is {}s old (minimum interval {}s)",
                     age.as_secs(),
                     self.limits.min_interval.as_secs()
                 ));
-                metrics::reconcile_action("noop");
-                return Ok(outcome);
             }
         }
         // Adoption starts ours at the fleet-wide restart rate (a store's worth of legacy
@@ -158,14 +169,74 @@ impl Reconciler {
             metrics::restart_limited("fleet");
             // An adoption is retried when the bucket allows (a legacy actor keeps writing
             // until then), not left to the next resync.
-            if forced || matches!(decision.action, Action::Adopt { .. }) {
+            if ask == Ask::Restart || matches!(decision.action, Action::Adopt { .. }) {
                 return Err(DuroError::RateLimited(wait));
             }
-            outcome.skipped = Some("restart held back: fleet-wide restart rate".into());
-            metrics::reconcile_action("noop");
-            return Ok(outcome);
+            return noop("restart held back: fleet-wide restart rate".into());
         }
-        let started = Instant::now();
+        Ok(None)
+    }
+
+    /// A stale actor that is alive: lease it to this replica and check it at once, once per
+    /// stale period; `None` when it was re-leased less than a stale period ago (a restart
+    /// follows) or cannot be (not live, not leading).
+    async fn re_lease(
+        &self,
+        obs: &Observed,
+        decision: &Decision,
+        trigger: &Trigger,
+    ) -> Option<HeldBack> {
+        let row = &obs.row;
+        let live = obs.actor.as_ref().is_some_and(|a| a.is_live());
+        let actor_id = row.actor_id.as_ref()?;
+        if !live || self.term().is_none() {
+            return None;
+        }
+        let recently = {
+            let mut map = self.released.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            map.retain(|_, t| now.duration_since(*t) < self.rules.stale_after * 2);
+            let recent = map
+                .get(&row.id)
+                .is_some_and(|t| now.duration_since(*t) < self.rules.stale_after);
+            if !recent {
+                map.insert(row.id, now);
+            }
+            recent
+        };
+        if recently {
+            return None;
+        }
+        self.control.check_now(row, actor_id);
+        self.log_decision(
+            trigger,
+            DecisionEntry {
+                id: row.id,
+                name: &row.k8s_name,
+                did: Did::ReLease,
+                reason: &decision.reason,
+                old: row.actor_id.as_deref(),
+                new: row.actor_id.as_deref(),
+                error: None,
+            },
+        )
+        .await;
+        Some(HeldBack {
+            did: Did::ReLease,
+            why: "the live actor was re-leased to this replica and checked at once; a restart follows only if it stays stale".into(),
+        })
+    }
+
+    /// The start, restart, adoption or cancel itself, fenced by the leader's term (not for
+    /// operator requests); the old and new actor ids.
+    async fn carry_out(
+        &self,
+        obs: &Observed,
+        decision: &Decision,
+        trigger: &Trigger,
+        ask: Ask,
+    ) -> Result<(Option<String>, Option<String>), DuroError> {
+        let row = &obs.row;
         let fence = self.fence_for(trigger)?;
         let fence = fence.as_ref();
         // Starts and restarts record their decision in their own transaction.
@@ -175,12 +246,13 @@ impl Reconciler {
             trigger: trigger.label(),
             replica: &self.replica,
         };
-        let recorded = !matches!(
-            decision.action,
-            Action::Cancel { .. } | Action::Adopt { start: false, .. }
-        );
-        let result = match &decision.action {
-            Action::Noop => unreachable!("handled above"),
+        let priority = if ask == Ask::Restart || matches!(trigger, Trigger::Operator(_)) {
+            Priority::Explicit
+        } else {
+            Priority::Background
+        };
+        match &decision.action {
+            Action::Noop => Ok((row.actor_id.clone(), row.actor_id.clone())),
             Action::Start { named: Some(id) } => self
                 .control
                 .start_named(row, id, fence, Some(&record))
@@ -188,77 +260,88 @@ impl Reconciler {
                 .map(|_| (row.actor_id.clone(), Some(id.clone()))),
             Action::Start { named: None } | Action::Restart => {
                 let reason = format!("{}: {}", decision.verdict, decision.reason);
-                let explicit = forced || matches!(trigger, Trigger::Operator(_));
                 self.control
-                    .replace_with(row, &reason, fence, explicit, Some(&record))
+                    .replace_with(row, &reason, fence, priority, Some(&record))
                     .await
                     .map(|t| (t.old_actor_id, t.new_actor_id))
             }
-            Action::Adopt { start, .. } => self.adopt(obs, &decision, *start, fence, &record).await,
+            Action::Adopt { start, .. } => self.adopt(obs, decision, *start, fence, &record).await,
             Action::Cancel { actor_ids } => {
-                let mut r = Ok(());
                 for a in actor_ids {
-                    if let Err(e) = self.control.cancel(a, &decision.reason, fence).await {
-                        r = Err(e);
-                        break;
-                    }
+                    self.control.cancel(a, &decision.reason, fence).await?;
                 }
-                r.map(|_| (actor_ids.first().cloned(), row.actor_id.clone()))
+                Ok((actor_ids.first().cloned(), row.actor_id.clone()))
             }
-        };
-        if is_heal {
-            self.note_heal(row.id);
         }
-        match result {
-            Ok((old, new)) => {
-                outcome.old_actor_id = old.clone();
-                outcome.new_actor_id = new.clone();
-                metrics::reconcile_action(decision.action.label());
-                if let Trigger::Notification { at: Some(at), .. } = trigger {
-                    let now = crate::clock::now_seconds();
-                    metrics::event_to_action(now - at);
-                }
-                let explicit = forced || matches!(trigger, Trigger::Operator(_));
-                if explicit || crate::quiet::RECONCILED.admit() {
-                    tracing::info!(
-                    instance = %crate::redact::for_log(&row.k8s_name, 255), instance_id = %row.id, verdict = %decision.verdict,
-                    action = decision.action.label(), reason = %decision.reason,
-                    old_actor = old.as_deref().unwrap_or(""), new_actor = new.as_deref().unwrap_or(""),
-                    trigger = %trigger.label(), took_ms = started.elapsed().as_millis() as u64,
-                    "reconciled"
-                    );
-                }
-                if !recorded {
-                    self.log_decision(
-                        row.id,
-                        &row.k8s_name,
-                        decision.action.label(),
-                        &decision.reason,
-                        old.as_deref(),
-                        new.as_deref(),
-                        trigger,
-                        None,
-                    )
-                    .await;
-                }
-                Ok(outcome)
-            }
+    }
+
+    /// Count, log and record what [`Reconciler::carry_out`] did (the decisions its own
+    /// transaction did not record: cancels, adoptions without a start, failures).
+    async fn report(
+        &self,
+        obs: &Observed,
+        decision: &Decision,
+        trigger: &Trigger,
+        ask: Ask,
+        started: Instant,
+        result: Result<(Option<String>, Option<String>), DuroError>,
+    ) -> Result<(Option<String>, Option<String>), DuroError> {
+        let row = &obs.row;
+        let did = decision.action.did();
+        let (old, new) = match result {
+            Ok(ids) => ids,
             Err(e) => {
                 metrics::reconcile_error();
                 self.log_decision(
-                    row.id,
-                    &row.k8s_name,
-                    decision.action.label(),
-                    &decision.reason,
-                    row.actor_id.as_deref(),
-                    None,
                     trigger,
-                    Some(&e.to_string()),
+                    DecisionEntry {
+                        id: row.id,
+                        name: &row.k8s_name,
+                        did,
+                        reason: &decision.reason,
+                        old: row.actor_id.as_deref(),
+                        new: None,
+                        error: Some(&e.to_string()),
+                    },
                 )
                 .await;
-                Err(e)
+                return Err(e);
             }
+        };
+        metrics::reconcile_action(did.label());
+        if let Trigger::Notification { at: Some(at), .. } = trigger {
+            metrics::event_to_action(crate::clock::now_seconds() - at);
         }
+        let explicit = ask == Ask::Restart || matches!(trigger, Trigger::Operator(_));
+        if explicit || crate::quiet::RECONCILED.admit() {
+            tracing::info!(
+                instance = %crate::redact::for_log(&row.k8s_name, 255), instance_id = %row.id, verdict = %decision.verdict,
+                action = did.label(), reason = %decision.reason,
+                old_actor = old.as_deref().unwrap_or(""), new_actor = new.as_deref().unwrap_or(""),
+                trigger = %trigger.label(), took_ms = started.elapsed().as_millis() as u64,
+                "reconciled"
+            );
+        }
+        let recorded = !matches!(
+            decision.action,
+            Action::Cancel { .. } | Action::Adopt { start: false, .. }
+        );
+        if !recorded {
+            self.log_decision(
+                trigger,
+                DecisionEntry {
+                    id: row.id,
+                    name: &row.k8s_name,
+                    did,
+                    reason: &decision.reason,
+                    old: old.as_deref(),
+                    new: new.as_deref(),
+                    error: None,
+                },
+            )
+            .await;
+        }
+        Ok((old, new))
     }
 
     /// Adopt the instance's legacy actors: ours started first when `start` (the row's id
@@ -281,7 +364,7 @@ impl Reconciler {
             let reason = format!("{}: {}", decision.verdict, decision.reason);
             let t = self
                 .control
-                .replace_with(row, &reason, fence, false, Some(record))
+                .replace_with(row, &reason, fence, Priority::Background, Some(record))
                 .await?;
             // Our own incarnation the legacy id displaced on the row (ours started on the
             // insert, then toygres wrote its id) goes with it.
@@ -308,32 +391,22 @@ impl Reconciler {
         Ok((old, new))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn log_decision(
-        &self,
-        id: Uuid,
-        name: &str,
-        action: &str,
-        reason: &str,
-        old: Option<&str>,
-        new: Option<&str>,
-        trigger: &Trigger,
-        error: Option<&str>,
-    ) {
+    /// Record a decision in `toygres_actors.decisions`, fenced as its action was.
+    async fn log_decision(&self, trigger: &Trigger, entry: DecisionEntry<'_>) {
         // Fenced as the action was: a replica that lost its term records nothing.
         let Ok(fence) = self.fence_for(trigger) else {
             return;
         };
         let r = sqlx::query(sql::INSERT_DECISION)
-            .bind(id)
-            .bind(name)
-            .bind(action)
-            .bind(reason)
-            .bind(old)
-            .bind(new)
+            .bind(entry.id)
+            .bind(entry.name)
+            .bind(entry.did.label())
+            .bind(entry.reason)
+            .bind(entry.old)
+            .bind(entry.new)
             .bind(trigger.label())
             .bind(&self.replica)
-            .bind(error.map(crate::redact::redact_error))
+            .bind(entry.error.map(crate::redact::redact_error))
             .bind(fence.as_ref().map(|t| t.name.as_str()))
             .bind(fence.as_ref().map(|t| t.epoch))
             .bind(fence.as_ref().map(|t| t.term))
@@ -343,4 +416,15 @@ impl Reconciler {
             tracing::warn!(error = %e, "could not record the decision");
         }
     }
+}
+
+/// One row of the decision log.
+struct DecisionEntry<'a> {
+    id: Uuid,
+    name: &'a str,
+    did: Did,
+    reason: &'a str,
+    old: Option<&'a str>,
+    new: Option<&'a str>,
+    error: Option<&'a str>,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Outcome, ReconcileQueue, Reconciler, Trigger};
+use super::{Ask, Did, Mode, Outcome, ReconcileQueue, Reconciler, Trigger};
 use crate::actor_state::ActorState;
 use crate::cms::InstanceRow;
 use crate::config;
@@ -93,8 +93,9 @@ impl Reconciler {
     pub async fn full_reconcile(
         &self,
         queue: Option<&ReconcileQueue>,
-        dry_run: bool,
+        mode: Mode,
     ) -> Result<Vec<Outcome>, DuroError> {
+        let dry_run = mode == Mode::DryRun;
         self.look_for_foreign_work().await;
         let fleet = self.fleet().await?;
         let expected = fleet
@@ -125,14 +126,14 @@ impl Reconciler {
                         k8s_name: obs.row.k8s_name.clone(),
                         verdict: decision.verdict,
                         reason: decision.reason.clone(),
-                        action: decision.action.label(),
+                        action: decision.action.did(),
                         old_actor_id: obs.row.actor_id.clone(),
                         new_actor_id: None,
                         skipped: Some("queued".into()),
                     });
                 }
                 _ => match self
-                    .act(&obs, decision, &Trigger::Resync, false, dry_run)
+                    .act(&obs, decision, &Trigger::Resync, Ask::Reconcile, mode)
                     .await
                 {
                     Ok(o) => outcomes.push(o),
@@ -145,7 +146,7 @@ impl Reconciler {
         for (id, _) in fleet.deleted_with_live_actors {
             match queue {
                 Some(_) if !dry_run => queued.push(id),
-                _ => match self.reconcile_deleted(id, &Trigger::Resync, dry_run).await {
+                _ => match self.reconcile_deleted(id, &Trigger::Resync, mode).await {
                     Ok(o) => outcomes.push(o),
                     Err(e) => {
                         tracing::warn!(instance_id = %id, error = %e, "cancelling orphan failed")
@@ -162,7 +163,7 @@ impl Reconciler {
             let pending = self.pending_restart_requests().await?;
             for instance in pending {
                 match queue {
-                    Some(q) => q.enqueue(instance, Trigger::RestartRequest, true, None),
+                    Some(q) => q.enqueue(instance, Trigger::RestartRequest, Ask::Restart, None),
                     None => match self.honour_restart_request(instance).await {
                         Ok(o) => outcomes.push(o),
                         Err(e) => {
@@ -187,15 +188,19 @@ impl Reconciler {
             .bind(instance)
             .fetch_all(self.pool())
             .await?;
-        let pending = !read.is_empty();
+        let ask = if read.is_empty() {
+            Ask::Reconcile
+        } else {
+            Ask::Restart
+        };
         let outcome = self
-            .reconcile_instance(instance, &Trigger::RestartRequest, pending, false)
+            .reconcile_instance(instance, &Trigger::RestartRequest, ask, Mode::Act)
             .await?;
-        if !pending {
+        if ask == Ask::Reconcile {
             return Ok(outcome);
         }
         let text = match (&outcome.skipped, outcome.action) {
-            (None, "restart") => format!(
+            (None, Did::Restart) => format!(
                 "restarted: new actor {}",
                 outcome.new_actor_id.as_deref().unwrap_or("?")
             ),

@@ -31,12 +31,7 @@ use super::{PriorityLane, ReconcileQueue, Reconciler, Trigger};
 use crate::config::{self, CHANNEL_CONTROL};
 use crate::metrics;
 
-/// What a named control request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ask {
-    Restart,
-    Reconcile,
-}
+pub use super::Ask;
 
 #[derive(Default)]
 struct State {
@@ -165,7 +160,7 @@ impl ControlInbox {
                     Ok(ids) => {
                         tracing::debug!(requests = ids.len(), "pending restart requests read");
                         for id in ids {
-                            queue.enqueue(id, Trigger::RestartRequest, true, None);
+                            queue.enqueue(id, Trigger::RestartRequest, Ask::Restart, None);
                         }
                     }
                     Err(e) => {
@@ -175,7 +170,10 @@ impl ControlInbox {
             }
             if all_due {
                 last_full = Some(Instant::now());
-                if let Err(e) = reconciler.full_reconcile(Some(&queue), false).await {
+                if let Err(e) = reconciler
+                    .full_reconcile(Some(&queue), crate::reconcile::Mode::Act)
+                    .await
+                {
                     metrics::reconcile_error();
                     tracing::warn!(error = %e, "reconcile * failed");
                 }
@@ -198,8 +196,10 @@ impl ControlInbox {
     async fn resolve(&self, reconciler: &Reconciler, queue: &ReconcileQueue, name: &str, ask: Ask) {
         if let Some(id) = look_up(reconciler, name, ask).await {
             match ask {
-                Ask::Restart => queue.enqueue(id, Trigger::ControlRestart, true, None),
-                Ask::Reconcile => queue.enqueue(id, Trigger::ControlReconcile, false, None),
+                Ask::Restart => queue.enqueue(id, Trigger::ControlRestart, Ask::Restart, None),
+                Ask::Reconcile => {
+                    queue.enqueue(id, Trigger::ControlReconcile, Ask::Reconcile, None)
+                }
             }
         }
     }

@@ -35,7 +35,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Ask, Reconciler, Trigger};
+use super::{Ask, Mode, Reconciler, Trigger};
 use crate::check::ActorDeps;
 use crate::config::{self, CHANNEL_CONTROL};
 use crate::duro::DuroError;
@@ -363,7 +363,7 @@ async fn explicit(lane: &Lane, id: Uuid, trigger: Trigger) {
                 lane.reconciler.honour_restart_request(id).await
             } else {
                 lane.reconciler
-                    .reconcile_instance(id, &trigger, true, false)
+                    .reconcile_instance(id, &trigger, Ask::Restart, Mode::Act)
                     .await
             }
         };

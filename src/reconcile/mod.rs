@@ -44,9 +44,10 @@ mod limits;
 mod queue;
 
 pub use crate::hint::HintKind;
+pub use crate::verdict::Did;
 pub use breaker::HealingBreaker;
 pub use fleet::Fleet;
-pub use inbox::{Ask, ControlInbox};
+pub use inbox::ControlInbox;
 pub use lane::PriorityLane;
 use limits::HealBackoff;
 pub use limits::RestartLimits;
@@ -83,6 +84,21 @@ impl Trigger {
     }
 }
 
+/// What a reconcile is asked for: what the row calls for, or a new incarnation besides
+/// (honoured only while the row calls for an actor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Reconcile,
+    Restart,
+}
+
+/// Whether a reconcile acts, or only says what it would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Act,
+    DryRun,
+}
+
 /// What one reconcile did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Outcome {
@@ -90,8 +106,8 @@ pub struct Outcome {
     pub k8s_name: String,
     pub verdict: Verdict,
     pub reason: String,
-    /// The action label (start, restart, cancel, noop).
-    pub action: &'static str,
+    /// What was done (or, with `skipped`, would have been).
+    pub action: Did,
     pub old_actor_id: Option<String>,
     pub new_actor_id: Option<String>,
     /// Set when the action was skipped (dry run, backoff) — with why.
@@ -290,25 +306,25 @@ impl Reconciler {
         .flatten())
     }
 
-    /// Reconcile one instance by id (the row may be gone). `force_restart` asks for a new
+    /// Reconcile one instance by id (the row may be gone). [`Ask::Restart`] asks for a new
     /// incarnation even if the current one is fine — honoured only while the row calls for
     /// an actor.
     pub async fn reconcile_instance(
         &self,
         id: Uuid,
         trigger: &Trigger,
-        force_restart: bool,
-        dry_run: bool,
+        ask: Ask,
+        mode: Mode,
     ) -> Result<Outcome, DuroError> {
         let t0 = Instant::now();
         let Some(row) = cms::instance_by_id(self.pool(), id).await? else {
-            return self.reconcile_deleted(id, trigger, dry_run).await;
+            return self.reconcile_deleted(id, trigger, mode).await;
         };
         let read = t0.elapsed();
         let observed = self.observe(row).await?;
         let observe = t0.elapsed() - read;
         let mut decision = verdict::decide(&observed, &self.rules, crate::clock::now());
-        if force_restart && !matches!(decision.action, Action::Adopt { start: true, .. }) {
+        if ask == Ask::Restart && !matches!(decision.action, Action::Adopt { start: true, .. }) {
             if self.control.wants_actor(&observed.row.state) {
                 decision.action = Action::Restart;
                 decision.reason = format!("restart requested ({})", decision.reason);
@@ -319,10 +335,8 @@ impl Reconciler {
                 );
             }
         }
-        let outcome = self
-            .act(&observed, decision, trigger, force_restart, dry_run)
-            .await;
-        if force_restart {
+        let outcome = self.act(&observed, decision, trigger, ask, mode).await;
+        if ask == Ask::Restart {
             tracing::debug!(instance_id = %id, read_ms = read.as_millis() as u64,
                 observe_ms = observe.as_millis() as u64,
                 act_ms = (t0.elapsed() - read - observe).as_millis() as u64, "explicit restart timing");
@@ -335,7 +349,7 @@ impl Reconciler {
         &self,
         id: Uuid,
         trigger: &Trigger,
-        dry_run: bool,
+        mode: Mode,
     ) -> Result<Outcome, DuroError> {
         let live = self.control.live_actors(id).await?;
         let name = format!("(deleted {id})");
@@ -352,7 +366,11 @@ impl Reconciler {
             } else {
                 format!("row deleted, but {} runs", live.join(", "))
             },
-            action: if live.is_empty() { "noop" } else { "delete" },
+            action: if live.is_empty() {
+                Did::Noop
+            } else {
+                Did::Delete
+            },
             old_actor_id: live.first().cloned(),
             new_actor_id: None,
             skipped: None,
@@ -366,14 +384,14 @@ impl Reconciler {
             metrics::reconcile_action("noop");
             return Ok(outcome);
         }
-        if dry_run {
+        if mode == Mode::DryRun {
             outcome.skipped = Some("dry run".into());
             return Ok(outcome);
         }
         // Removed from Duroxide outright, as a storm of deletes is (reconcile/batch.rs): the
         // decision is recorded in the same transaction.
         let fence = self.fence_for(trigger)?;
-        outcome.action = "delete";
+        outcome.action = Did::Delete;
         outcome.reason = format!("{}: removed from Duroxide", outcome.reason);
         let gone = crate::duro::CancelActors {
             instance_id: id,

@@ -16,13 +16,13 @@ use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use super::batch::{BATCH_MAX, BATCH_MIN};
-use super::{Reconciler, Trigger};
+use super::{Ask, Mode, Reconciler, Trigger};
 
 /// One queued request.
 #[derive(Debug, Clone)]
 struct Job {
     trigger: Trigger,
-    force_restart: bool,
+    ask: Ask,
     /// Retries so far (errors).
     attempt: u32,
     /// The earliest notification clock merged into this job (for the latency histogram).
@@ -32,10 +32,10 @@ struct Job {
 }
 
 impl Job {
-    fn new(trigger: Trigger, force_restart: bool, at: Option<f64>) -> Self {
+    fn new(trigger: Trigger, ask: Ask, at: Option<f64>) -> Self {
         Job {
             trigger,
-            force_restart,
+            ask,
             attempt: 0,
             _first_at: at,
             single: false,
@@ -45,7 +45,7 @@ impl Job {
     /// A plain hint the set-based reconcile may take (explicit requests never wait in one).
     fn batchable(&self) -> bool {
         !self.single
-            && !self.force_restart
+            && self.ask == Ask::Reconcile
             && matches!(self.trigger, Trigger::Notification { .. } | Trigger::Resync)
     }
 }
@@ -91,16 +91,16 @@ impl ReconcileQueue {
 
     /// Ask for a reconcile of `id`. Merges with a queued request for the same instance
     /// (a restart request wins; the notification clock kept is the earliest).
-    pub fn enqueue(&self, id: Uuid, trigger: Trigger, force_restart: bool, at: Option<f64>) {
+    pub fn enqueue(&self, id: Uuid, trigger: Trigger, ask: Ask, at: Option<f64>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // Explicit requests (a restart someone asked for, an operator's action) take the
         // priority lane: the front of the queue, never behind a storm of hints.
-        let explicit = force_restart || matches!(trigger, Trigger::Operator(_));
+        let explicit = ask == Ask::Restart || matches!(trigger, Trigger::Operator(_));
         match st.pending.get_mut(&id) {
             Some(job) => {
-                let promote = explicit && !job.force_restart;
-                job.force_restart |= force_restart;
-                if force_restart {
+                let promote = explicit && job.ask == Ask::Reconcile;
+                if ask == Ask::Restart {
+                    job.ask = Ask::Restart;
                     job.trigger = trigger;
                 }
                 if promote && let Some(pos) = st.order.iter().position(|x| *x == id) {
@@ -109,7 +109,7 @@ impl ReconcileQueue {
                 }
             }
             None => {
-                st.pending.insert(id, Job::new(trigger, force_restart, at));
+                st.pending.insert(id, Job::new(trigger, ask, at));
                 if explicit {
                     st.order.push_front(id);
                 } else {
@@ -130,7 +130,7 @@ impl ReconcileQueue {
                 continue;
             }
             st.pending
-                .insert(id, Job::new(trigger.clone(), false, None));
+                .insert(id, Job::new(trigger.clone(), Ask::Reconcile, None));
             st.order.push_back(id);
         }
         drop(st);
@@ -293,7 +293,7 @@ impl ReconcileQueue {
             let (id, job) = match next {
                 None => return,
                 Some(Work::One(id, job)) => {
-                    if job.force_restart {
+                    if job.ask == Ask::Restart {
                         tracing::debug!(instance_id = %id, trigger = %job.trigger.label(), "explicit request running");
                     }
                     (id, job)
@@ -318,7 +318,7 @@ impl ReconcileQueue {
                         reconciler.honour_restart_request(id).await
                     } else {
                         reconciler
-                            .reconcile_instance(id, &job.trigger, job.force_restart, false)
+                            .reconcile_instance(id, &job.trigger, job.ask, Mode::Act)
                             .await
                     }
                 })
@@ -430,17 +430,17 @@ mod tests {
     fn explicit_requests_never_wait_behind_a_storm() {
         let q = ReconcileQueue::new();
         for _ in 0..10_000 {
-            q.enqueue(Uuid::new_v4(), Trigger::Resync, false, None);
+            q.enqueue(Uuid::new_v4(), Trigger::Resync, Ask::Reconcile, None);
         }
         let asked = Uuid::new_v4();
-        q.enqueue(asked, Trigger::RestartRequest, true, None);
+        q.enqueue(asked, Trigger::RestartRequest, Ask::Restart, None);
         let (first, job) = q.take_next().unwrap();
         assert_eq!(first, asked);
-        assert!(job.force_restart);
+        assert_eq!(job.ask, Ask::Restart);
         // A hint already queued that becomes a restart request is promoted too.
         let hinted = Uuid::new_v4();
-        q.enqueue(hinted, Trigger::Resync, false, None);
-        q.enqueue(hinted, Trigger::Operator("api"), true, None);
+        q.enqueue(hinted, Trigger::Resync, Ask::Reconcile, None);
+        q.enqueue(hinted, Trigger::Operator("api"), Ask::Restart, None);
         assert_eq!(q.take_next().unwrap().0, hinted);
     }
 
@@ -450,7 +450,7 @@ mod tests {
         // Too few for a batch: one by one.
         let few: Vec<Uuid> = (0..BATCH_MIN - 1).map(|_| Uuid::new_v4()).collect();
         for id in &few {
-            q.enqueue(*id, Trigger::Resync, false, None);
+            q.enqueue(*id, Trigger::Resync, Ask::Reconcile, None);
         }
         assert!(matches!(q.take_work(true), Some(Work::One(..))));
         let q = ReconcileQueue::new();
@@ -464,12 +464,12 @@ mod tests {
                     op: crate::hint::HintKind::Insert,
                     at: None,
                 },
-                false,
+                Ask::Reconcile,
                 None,
             );
         }
         let asked = Uuid::new_v4();
-        q.enqueue(asked, Trigger::RestartRequest, true, None);
+        q.enqueue(asked, Trigger::RestartRequest, Ask::Restart, None);
         // The explicit request first, and alone.
         match q.take_work(true) {
             Some(Work::One(id, _)) => assert_eq!(id, asked),
@@ -514,7 +514,7 @@ mod tests {
         };
         let storm: Vec<Uuid> = (0..3 * BATCH_MAX).map(|_| Uuid::new_v4()).collect();
         for id in &storm {
-            q.enqueue(*id, hint(), false, None);
+            q.enqueue(*id, hint(), Ask::Reconcile, None);
         }
         assert!(matches!(q.take_work(true), Some(Work::Batch(_))));
         assert_eq!(q.batches.load(Ordering::SeqCst), 1);
@@ -522,9 +522,9 @@ mod tests {
         assert!(q.take_work(false).is_none());
         // A restart request and a handed-back job still run at once, in queue order.
         let asked = Uuid::new_v4();
-        q.enqueue(asked, Trigger::RestartRequest, true, None);
+        q.enqueue(asked, Trigger::RestartRequest, Ask::Restart, None);
         let back = storm[BATCH_MAX + 5];
-        q.requeue_single([(back, Job::new(hint(), false, None))]);
+        q.requeue_single([(back, Job::new(hint(), Ask::Reconcile, None))]);
         match q.take_work(false) {
             Some(Work::One(id, _)) => assert_eq!(id, asked),
             _ => panic!("the restart request waited for batch room"),
@@ -558,16 +558,16 @@ mod tests {
         let q = ReconcileQueue::new();
         let a = Uuid::new_v4();
         let b = Uuid::new_v4();
-        q.enqueue(a, Trigger::Resync, false, None);
-        q.enqueue(b, Trigger::Resync, false, None);
-        q.enqueue(a, Trigger::RestartRequest, true, None);
+        q.enqueue(a, Trigger::Resync, Ask::Reconcile, None);
+        q.enqueue(b, Trigger::Resync, Ask::Reconcile, None);
+        q.enqueue(a, Trigger::RestartRequest, Ask::Restart, None);
         assert_eq!(q.len(), 2);
         let (first, job) = q.take_next().unwrap();
         assert_eq!(first, a, "a restart request jumps the queue");
-        assert!(job.force_restart);
+        assert_eq!(job.ask, Ask::Restart);
         assert_eq!(job.trigger, Trigger::RestartRequest);
         // `a` is in flight: a new request for it queues, but `b` goes first.
-        q.enqueue(a, Trigger::Resync, false, None);
+        q.enqueue(a, Trigger::Resync, Ask::Reconcile, None);
         let (second, _) = q.take_next().unwrap();
         assert_eq!(second, b);
         assert!(q.take_next().is_none(), "a is still in flight");

@@ -11,12 +11,13 @@ use super::TestDb;
 ///   (replica and epoch) are at least `min_handover` apart: a hand-over waits for the old
 ///   holder's lease, so two writers close together both believed they held it;
 /// - **nobody left unchecked**: between consecutive checks of an instance, and since its last
-///   one, at most `handoff_bound` went by (by the database's clock);
+///   one, at most `handoff_bound` went by (by the database's clock), but for the instances
+///   named in `excused` (a row the scenario itself held: its checks wait for it);
 /// - **restart requests**: none left pending, and no instance restarted more often than it
 ///   had requests handled;
 /// - **no actor without its decision**: every actor in the store was started by a decision
 ///   that names it.
-pub async fn check(db: &TestDb, min_handover: Duration, handoff_bound: Duration) {
+pub async fn check(db: &TestDb, min_handover: Duration, handoff_bound: Duration, excused: &[&str]) {
     let close_writers = db
         .scalar_i64(&format!(
             "SELECT count(*) FROM (
@@ -53,6 +54,10 @@ pub async fn check(db: &TestDb, min_handover: Duration, handoff_bound: Duration)
     .fetch_all(&db.pool)
     .await
     .unwrap();
+    let unchecked: Vec<_> = unchecked
+        .into_iter()
+        .filter(|(name, _)| !excused.contains(&name.as_str()))
+        .collect();
     assert!(
         unchecked.is_empty(),
         "instances went unchecked longer than the handoff bound {handoff_bound:?} (name, seconds): {unchecked:?}"
