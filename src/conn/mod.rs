@@ -24,13 +24,16 @@
 //! connection is native-tls (OpenSSL), TLS 1.2 or later. Unix-socket hosts never use TLS.
 //! `PG*` environment variables and `~/.postgresql/` defaults are not consulted.
 
+mod bridge;
 mod parse;
+mod sqlx_url;
 mod tls;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use bridge::remove_sockets as remove_tls_bridge_sockets;
 pub use tls::{Connected, PgConnection, error_text};
 
 /// libpq's sslmode.
@@ -438,85 +441,6 @@ impl ConnConfig {
     /// with the caller's additions (application name, timeouts).
     pub async fn connect(&self, config: &tokio_postgres::Config) -> Result<Connected, ConnError> {
         tls::connect(self, config).await
-    }
-
-    /// The URL sqlx (the CMS pool, and duroxide-pg for the store) understands, for this
-    /// config. `allow` must be resolved first ([`ConnConfig::resolve_allow`]): sqlx would
-    /// treat it as `disable`. `require` with a root certificate becomes `verify-ca`, as in
-    /// libpq. `extra_options` is appended to `options`.
-    pub fn sqlx_url(&self, application: &str, extra_options: &str) -> Result<String, ConnError> {
-        use parse::encode;
-        let unsupported = |what: &str| {
-            Err(ConnError::Invalid(format!(
-                "{what} is not supported for the CMS database (sqlx)"
-            )))
-        };
-        if self.hosts.len() > 1 || self.hostaddrs.len() > 1 {
-            return unsupported("more than one host");
-        }
-        if self.channel_binding == tokio_postgres::config::ChannelBinding::Require {
-            return unsupported("channel_binding=require");
-        }
-        let verify = self.verify();
-        let host = match (self.hosts.first(), self.hostaddrs.first()) {
-            (_, Some(_)) if verify.1 => return unsupported("hostaddr with verify-full"),
-            (_, Some(addr)) => addr.to_string(),
-            (Some(h), None) => h.clone(),
-            (None, None) => Self::default_host(),
-        };
-        let mut query: Vec<(String, String)> = Vec::new();
-        let authority_host = if host.starts_with('/') {
-            query.push(("host".into(), host.clone()));
-            "localhost".to_string()
-        } else if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            encode(&host)
-        };
-        let mode = match (self.sslmode, verify) {
-            // Unix sockets never carry TLS (libpq ignores sslmode there).
-            _ if host.starts_with('/') => SslMode::Disable,
-            (SslMode::Allow, _) => SslMode::Disable,
-            (SslMode::Require, (true, _)) => SslMode::VerifyCa,
-            (m, _) => m,
-        };
-        query.push(("sslmode".into(), mode.as_str().into()));
-        if let Some(RootCert::File(p)) = &self.sslrootcert {
-            query.push(("sslrootcert".into(), p.display().to_string()));
-        }
-        match (&self.sslcert, &self.sslkey) {
-            (Some(c), Some(k)) => {
-                query.push(("sslcert".into(), c.display().to_string()));
-                query.push(("sslkey".into(), k.display().to_string()));
-            }
-            (None, None) => {}
-            _ => return Err(ConnError::Tls("sslcert and sslkey go together".into())),
-        }
-        query.push(("application_name".into(), application.into()));
-        let options: Vec<&str> = [self.options.as_deref().unwrap_or(""), extra_options]
-            .into_iter()
-            .filter(|o| !o.is_empty())
-            .collect();
-        if !options.is_empty() {
-            query.push(("options".into(), options.join(" ")));
-        }
-        let user = self.user_or_default();
-        let mut url = format!("postgres://{}", encode(&user));
-        if let Some(p) = &self.password {
-            url.push(':');
-            url.push_str(&encode(p));
-        }
-        url.push_str(&format!(
-            "@{authority_host}:{}/{}?",
-            self.ports.first().copied().unwrap_or(5432),
-            encode(self.dbname.as_deref().unwrap_or(&user))
-        ));
-        let q: Vec<String> = query
-            .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect();
-        url.push_str(&q.join("&"));
-        Ok(url)
     }
 
     /// (verify the chain, verify the host name), per libpq.

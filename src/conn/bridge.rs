@@ -1,0 +1,332 @@
+//! The TLS bridge: the TLS leg of every sqlx connection whose sslmode verifies the chain.
+//!
+//! sqlx 0.8 cannot make `sslrootcert` the only trust anchor: its native-tls setup adds the
+//! file to OpenSSL's default roots (the system's, plus `SSL_CERT_FILE`/`SSL_CERT_DIR`), and
+//! reads only the file's first certificate. So those connections never do TLS in sqlx. The
+//! sqlx URL ([`ConnConfig::sqlx_url`]) names a Unix socket of ours with `sslmode=disable`;
+//! for each connection sqlx opens there, the bridge connects to the real server, sends
+//! PostgreSQL's SSLRequest, does the handshake with the connector the probes use
+//! ([`super::tls::connector_for`]: the file's CAs alone, the host name under `verify-full`,
+//! the client certificate) and then copies bytes both ways. sqlx's startup, authentication
+//! and queries pass through unchanged; the server sees a TLS session.
+//!
+//! When the server cannot be reached or fails verification, the bridge answers sqlx's startup
+//! with a FATAL error whose message is ours (the certificate check that failed, with the
+//! host, sslmode and sslrootcert): SQLSTATE 57P03 when the server refused the TCP connection
+//! (sqlx retries that, as it retries a refused connection), 08001 otherwise.
+//!
+//! The sockets live in a directory of this process's own (`0700`, in the temporary
+//! directory), and a connection from any other process is dropped unanswered: the plaintext
+//! leg never leaves the process. The bridge runs on a runtime of its own (one thread), so
+//! that its sockets outlive any caller's runtime.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::{ConnConfig, ConnError};
+
+/// PostgreSQL's SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// The connect timeout when the connection string names none (TCP connect and handshake).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a refused client has to send its startup message (it sends it at once).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest startup message read (PostgreSQL's own limit).
+const MAX_STARTUP: usize = 10_000;
+
+/// Where sqlx connects for one upstream: `{dir}/.s.PGSQL.{port}`, sqlx's Unix-socket form.
+pub(super) struct Route {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+struct Bridge {
+    runtime: tokio::runtime::Runtime,
+    dir: PathBuf,
+    /// One socket per upstream (the config without user, password, database, application
+    /// name and options: those travel in sqlx's startup message), by its port number.
+    routes: Mutex<Vec<(ConnConfig, u16)>>,
+}
+
+static BRIDGE: OnceLock<Result<Bridge, String>> = OnceLock::new();
+
+fn bridge() -> Result<&'static Bridge, ConnError> {
+    BRIDGE
+        .get_or_init(start)
+        .as_ref()
+        .map_err(|e| ConnError::Tls(e.clone()))
+}
+
+fn start() -> Result<Bridge, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tls-bridge")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the TLS bridge: {e}"))?;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!(
+        "toygres-actors-tls-{}-{}",
+        std::process::id(),
+        &suffix[..8]
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| {
+            format!(
+                "cannot create the TLS bridge's directory {}: {e}",
+                dir.display()
+            )
+        })?;
+    Ok(Bridge {
+        runtime,
+        dir,
+        routes: Mutex::new(Vec::new()),
+    })
+}
+
+/// Remove the bridge's socket directory (at exit; connections through it end with the
+/// process).
+pub fn remove_sockets() {
+    if let Some(Ok(b)) = BRIDGE.get() {
+        let _ = std::fs::remove_dir_all(&b.dir);
+    }
+}
+
+/// The socket for `cfg`'s server and TLS settings, listening from now on.
+pub(super) fn route(cfg: &ConnConfig) -> Result<Route, ConnError> {
+    let b = bridge()?;
+    let mut upstream = cfg.clone();
+    upstream.user = None;
+    upstream.password = None;
+    upstream.dbname = None;
+    upstream.application_name = None;
+    upstream.options = None;
+    let mut routes = b.routes.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, port)) = routes.iter().find(|(u, _)| *u == upstream) {
+        return Ok(Route {
+            dir: b.dir.clone(),
+            port: *port,
+        });
+    }
+    let port = u16::try_from(routes.len() + 1)
+        .map_err(|_| ConnError::Tls("too many servers for the TLS bridge".into()))?;
+    let path = b.dir.join(format!(".s.PGSQL.{port}"));
+    let bind_error =
+        |e: std::io::Error| ConnError::Tls(format!("TLS bridge socket {}: {e}", path.display()));
+    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    b.runtime.spawn(serve(listener, Arc::new(upstream.clone())));
+    routes.push((upstream, port));
+    Ok(Route {
+        dir: b.dir.clone(),
+        port,
+    })
+}
+
+async fn serve(listener: std::os::unix::net::UnixListener, upstream: Arc<ConnConfig>) {
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, server = %upstream.host_label(), "TLS bridge: cannot listen");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) if from_this_process(&client) => {
+                tokio::spawn(relay(client, upstream.clone()));
+            }
+            Ok(_) => tracing::warn!("TLS bridge: dropped a connection from another process"),
+            Err(e) => {
+                // Out of file descriptors, typically: accepting again at once would spin.
+                tracing::warn!(error = %e, "TLS bridge: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn from_this_process(client: &UnixStream) -> bool {
+    let peer = client.peer_cred().ok().and_then(|c| c.pid());
+    peer.is_some() && peer == i32::try_from(std::process::id()).ok()
+}
+
+/// Why the bridge has no server connection for a client.
+enum Refusal {
+    /// The server refused the TCP connection (it may be starting): sqlx retries.
+    Refused(ConnError),
+    /// Anything else: unreachable, no TLS, a certificate that fails verification.
+    Failed(ConnError),
+}
+
+async fn relay(mut client: UnixStream, upstream: Arc<ConnConfig>) {
+    let limit = upstream.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let opened = match tokio::time::timeout(limit, open(&upstream)).await {
+        Ok(r) => r,
+        Err(_) => Err(Refusal::Failed(ConnError::Connect(format!(
+            "timeout connecting to {} after {} s",
+            upstream.host_label(),
+            limit.as_secs()
+        )))),
+    };
+    match opened {
+        Ok(mut server) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                tracing::debug!(error = %e, "TLS bridge: connection ended");
+            }
+        }
+        Err(refusal) => refuse(client, refusal).await,
+    }
+}
+
+/// A TLS connection to `up`'s server, verified as its sslmode and files say.
+async fn open(up: &ConnConfig) -> Result<tokio_native_tls::TlsStream<TcpStream>, Refusal> {
+    // The files first: a bad sslrootcert fails without touching the network, as a probe's.
+    let connector = super::tls::connector_for(up).map_err(Refusal::Failed)?;
+    let port = up.ports.first().copied().unwrap_or(5432);
+    let name = up
+        .hosts
+        .first()
+        .cloned()
+        .or_else(|| up.hostaddrs.first().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".into());
+    let connected = match up.hostaddrs.first() {
+        Some(addr) => TcpStream::connect((*addr, port)).await,
+        None => TcpStream::connect((name.as_str(), port)).await,
+    };
+    let mut tcp = connected.map_err(|e| {
+        let error = ConnError::Connect(format!("cannot connect to {}: {e}", up.host_label()));
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            Refusal::Refused(error)
+        } else {
+            Refusal::Failed(error)
+        }
+    })?;
+    // sqlx sets it on its own TCP sockets: statements are small writes.
+    let _ = tcp.set_nodelay(true);
+    let lost = |e: std::io::Error| {
+        Refusal::Failed(ConnError::Connect(format!("{}: {e}", up.host_label())))
+    };
+    tcp.write_all(&SSL_REQUEST).await.map_err(lost)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(lost)?;
+    if answer[0] != b'S' {
+        return Err(Refusal::Failed(
+            up.describe_tls("server does not support TLS"),
+        ));
+    }
+    tokio_native_tls::TlsConnector::from(connector)
+        .connect(&name, tcp)
+        .await
+        .map_err(|e| Refusal::Failed(up.describe_tls(&crate::redact::redact_error(&e.to_string()))))
+}
+
+/// Answer the client's startup with the refusal as a FATAL error, and log it.
+async fn refuse(mut client: UnixStream, refusal: Refusal) {
+    let (code, error) = match refusal {
+        Refusal::Refused(e) => ("57P03", e),
+        Refusal::Failed(e) => ("08001", e),
+    };
+    let application = tokio::time::timeout(STARTUP_TIMEOUT, startup_application(&mut client))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if code == "57P03" {
+        tracing::debug!(application, error = %error, "TLS bridge: the server refused the connection");
+    } else {
+        tracing::warn!(application, error = %error, "TLS bridge: no connection to the database server");
+    }
+    // Read first, then answer: closing a Unix socket with unread data resets the peer
+    // before it reads our answer.
+    let _ = client
+        .write_all(&error_response(code, &error.to_string()))
+        .await;
+    let _ = client.shutdown().await;
+}
+
+/// Read the client's startup message; its `application_name`, if it names one.
+async fn startup_application(client: &mut UnixStream) -> Option<String> {
+    let len = usize::try_from(client.read_u32().await.ok()?).ok()?;
+    if !(8..=MAX_STARTUP).contains(&len) {
+        return None;
+    }
+    let mut body = vec![0u8; len - 4];
+    client.read_exact(&mut body).await.ok()?;
+    startup_parameter(&body, "application_name")
+}
+
+/// A parameter of a protocol-3.0 startup message body (after the length).
+fn startup_parameter(body: &[u8], key: &str) -> Option<String> {
+    let (version, params) = body.split_at_checked(4)?;
+    if version != [0, 3, 0, 0] {
+        return None;
+    }
+    let mut fields = params.split(|b| *b == 0);
+    while let Some(k) = fields.next() {
+        let v = fields.next()?;
+        if k == key.as_bytes() {
+            return Some(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    None
+}
+
+/// A PostgreSQL ErrorResponse: severity FATAL, `code`, `message`.
+fn error_response(code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.push(field);
+        body.extend(value.bytes().filter(|b| *b != 0));
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = vec![b'E'];
+    msg.extend(
+        u32::try_from(body.len() + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    msg.extend(body);
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_parameters_are_read_from_a_3_0_startup_message() {
+        let body = b"\0\x03\0\0user\0u\0application_name\0toygres-actors-lane\0\0";
+        assert_eq!(
+            startup_parameter(body, "application_name").as_deref(),
+            Some("toygres-actors-lane")
+        );
+        assert_eq!(startup_parameter(body, "database"), None);
+        assert_eq!(startup_parameter(b"\x04\xd2\x16\x2f", "user"), None);
+    }
+
+    #[test]
+    fn an_error_response_is_framed_as_postgresql_frames_it() {
+        let m = error_response("08001", "bad\0cert");
+        assert_eq!(m[0], b'E');
+        let len = u32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize;
+        assert_eq!(len, m.len() - 1);
+        assert!(m.ends_with(b"Mbadcert\0\0"), "{m:?}");
+    }
+}
