@@ -125,7 +125,13 @@ pub(super) fn route(cfg: &ConnConfig) -> Result<Route, ConnError> {
         |e: std::io::Error| ConnError::Tls(format!("TLS bridge socket {}: {e}", path.display()));
     let listener = std::os::unix::net::UnixListener::bind(&path).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
-    b.runtime.spawn(serve(listener, Arc::new(upstream.clone())));
+    b.runtime.spawn(serve(
+        listener,
+        Arc::new(Upstream {
+            config: upstream.clone(),
+            last_refusal: Mutex::new(None),
+        }),
+    ));
     routes.push((upstream, port));
     Ok(Route {
         dir: b.dir.clone(),
@@ -133,11 +139,36 @@ pub(super) fn route(cfg: &ConnConfig) -> Result<Route, ConnError> {
     })
 }
 
-async fn serve(listener: std::os::unix::net::UnixListener, upstream: Arc<ConnConfig>) {
+/// One server, as a socket of the bridge reaches it.
+struct Upstream {
+    config: ConnConfig,
+    /// The last refusal logged as a warning, until a connection succeeds: a pool that keeps
+    /// retrying (Duroxide's dispatchers do, many times a second) logs each new problem
+    /// once, and its repeats at debug level.
+    last_refusal: Mutex<Option<String>>,
+}
+
+impl Upstream {
+    /// Note a refusal; whether it differs from the last one.
+    fn is_new(&self, refusal: &str) -> bool {
+        let mut last = self.last_refusal.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(refusal) {
+            return false;
+        }
+        *last = Some(refusal.to_string());
+        true
+    }
+
+    fn connected(&self) {
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+async fn serve(listener: std::os::unix::net::UnixListener, upstream: Arc<Upstream>) {
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, server = %upstream.host_label(), "TLS bridge: cannot listen");
+            tracing::error!(error = %e, server = %upstream.config.host_label(), "TLS bridge: cannot listen");
             return;
         }
     };
@@ -169,23 +200,25 @@ enum Refusal {
     Failed(ConnError),
 }
 
-async fn relay(mut client: UnixStream, upstream: Arc<ConnConfig>) {
-    let limit = upstream.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let opened = match tokio::time::timeout(limit, open(&upstream)).await {
+async fn relay(mut client: UnixStream, upstream: Arc<Upstream>) {
+    let config = &upstream.config;
+    let limit = config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let opened = match tokio::time::timeout(limit, open(config)).await {
         Ok(r) => r,
         Err(_) => Err(Refusal::Failed(ConnError::Connect(format!(
             "timeout connecting to {} after {} s",
-            upstream.host_label(),
+            config.host_label(),
             limit.as_secs()
         )))),
     };
     match opened {
         Ok(mut server) => {
+            upstream.connected();
             if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
                 tracing::debug!(error = %e, "TLS bridge: connection ended");
             }
         }
-        Err(refusal) => refuse(client, refusal).await,
+        Err(refusal) => refuse(client, refusal, &upstream).await,
     }
 }
 
@@ -232,7 +265,7 @@ async fn open(up: &ConnConfig) -> Result<tokio_native_tls::TlsStream<TcpStream>,
 }
 
 /// Answer the client's startup with the refusal as a FATAL error, and log it.
-async fn refuse(mut client: UnixStream, refusal: Refusal) {
+async fn refuse(mut client: UnixStream, refusal: Refusal, upstream: &Upstream) {
     let (code, error) = match refusal {
         Refusal::Refused(e) => ("57P03", e),
         Refusal::Failed(e) => ("08001", e),
@@ -242,16 +275,15 @@ async fn refuse(mut client: UnixStream, refusal: Refusal) {
         .ok()
         .flatten()
         .unwrap_or_default();
-    if code == "57P03" {
-        tracing::debug!(application, error = %error, "TLS bridge: the server refused the connection");
+    let text = error.to_string();
+    if code == "08001" && upstream.is_new(&text) {
+        tracing::warn!(application, error = %text, "TLS bridge: no connection to the database server");
     } else {
-        tracing::warn!(application, error = %error, "TLS bridge: no connection to the database server");
+        tracing::debug!(application, error = %text, "TLS bridge: no connection to the database server");
     }
     // Read first, then answer: closing a Unix socket with unread data resets the peer
     // before it reads our answer.
-    let _ = client
-        .write_all(&error_response(code, &error.to_string()))
-        .await;
+    let _ = client.write_all(&error_response(code, &text)).await;
     let _ = client.shutdown().await;
 }
 
