@@ -52,7 +52,14 @@ fn system_trusts_a() -> Vec<(String, String)> {
         let hash = openssl(&pki().dir, &["x509", "-hash", "-noout", "-in", &ca]);
         let dir = pki().dir.join("system-roots");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(&pki().ca, dir.join(format!("{}.0", hash.trim()))).unwrap();
+        let file = dir.join(format!("{}.0", hash.trim()));
+        std::fs::copy(&pki().ca, &file).unwrap();
+        // The cluster's user, as the rest of the PKI: its guardian removes the directory.
+        if let Some((uid, gid)) = toygres_actors::embedded_pg::cluster_user().unwrap() {
+            for p in [&dir, &file] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+            }
+        }
         dir
     });
     vec![

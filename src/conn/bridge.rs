@@ -16,9 +16,10 @@
 //! (sqlx retries that, as it retries a refused connection), 08001 otherwise.
 //!
 //! The sockets live in a directory of this process's own (`0700`, in the temporary
-//! directory), and a connection from any other process is dropped unanswered: the plaintext
-//! leg never leaves the process. The bridge runs on a runtime of its own (one thread), so
-//! that its sockets outlive any caller's runtime.
+//! directory, `toygres-tls-bridge-<pid>-<random>`, removed at exit and, if the process was
+//! killed, by the next one), and a connection from any other process is dropped unanswered:
+//! the plaintext leg never leaves the process. The bridge runs on a runtime of its own (one
+//! thread), so that its sockets outlive any caller's runtime.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -72,9 +73,11 @@ fn start() -> Result<Bridge, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the TLS bridge: {e}"))?;
+    let parent = std::env::temp_dir();
+    remove_stale(&parent);
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let dir = std::env::temp_dir().join(format!(
-        "toygres-actors-tls-{}-{}",
+    let dir = parent.join(format!(
+        "{DIR_PREFIX}{}-{}",
         std::process::id(),
         &suffix[..8]
     ));
@@ -92,6 +95,46 @@ fn start() -> Result<Bridge, String> {
         dir,
         routes: Mutex::new(Vec::new()),
     })
+}
+
+/// The bridge's directory: this prefix, the process id, a random suffix.
+const DIR_PREFIX: &str = "toygres-tls-bridge-";
+
+/// Remove the directories that processes now gone left behind (killed, or never at their
+/// exit, such as test binaries): those of a process id that no longer exists here, whose
+/// sockets all refuse connections. A live process in another PID namespace that shares the
+/// temporary directory accepts on its sockets, so its directory stays.
+fn remove_stale(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        let path = entry.path();
+        // Only our sockets, each refusing: nothing else of anyone's is removed.
+        let all_refuse = std::fs::read_dir(&path).is_ok_and(|sockets| {
+            sockets.flatten().all(|s| {
+                use std::os::unix::fs::FileTypeExt;
+                s.file_name().to_string_lossy().starts_with(".s.PGSQL.")
+                    && s.file_type().is_ok_and(|t| t.is_socket())
+                    && std::os::unix::net::UnixStream::connect(s.path())
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+        });
+        if gone && all_refuse {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// Remove the bridge's socket directory (at exit; connections through it end with the

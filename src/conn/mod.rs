@@ -22,6 +22,8 @@
 //! or `system` (the system's roots, which requires `verify-full`). `sslcert` + `sslkey` are a
 //! client certificate and its PKCS#8 key (`0600`, or `0640` owned by root). Every TLS
 //! connection is native-tls (OpenSSL), TLS 1.2 or later. Unix-socket hosts never use TLS.
+//! sqlx cannot make `sslrootcert` exclusive, so its connections in a verifying mode take
+//! the TLS bridge ([`bridge`]): the same connector as the tokio-postgres ones.
 //! `PG*` environment variables and `~/.postgresql/` defaults are not consulted.
 
 mod bridge;
@@ -455,9 +457,9 @@ impl ConnConfig {
     /// Connect once with our own, strict connector, and settle what sqlx cannot do itself:
     /// `allow` (sqlx has none), and `prefer` with a root certificate (libpq verifies the
     /// chain, and falls back to plaintext when that fails) become `require` or `disable`,
-    /// whichever this connection ended up with. Verifying modes are checked here against the
-    /// CAs of `sslrootcert` alone (sqlx adds the system's roots to them), and a certificate
-    /// problem is reported in our words.
+    /// whichever this connection ended up with. In a verifying mode, a certificate problem
+    /// stops the caller before its pool exists (sqlx's own connections then verify through
+    /// the TLS bridge, with the same connector).
     pub async fn preflight(&mut self, application: &str) -> Result<(), ConnError> {
         let mut config = self.tokio_config();
         config.application_name(application);
@@ -489,8 +491,9 @@ impl ConnConfig {
         Ok(())
     }
 
-    /// Whether sqlx alone would differ from libpq here, so that a [`ConnConfig::preflight`]
-    /// is worth one connection: `allow`, and every mode that verifies the chain.
+    /// Whether a [`ConnConfig::preflight`] is worth one connection: `allow` and `prefer`
+    /// with a root certificate (sqlx cannot settle those), and every mode that verifies the
+    /// chain (the start fails at once, in our words).
     pub fn needs_preflight(&self) -> bool {
         self.sslmode == SslMode::Allow || self.verify().0
     }
