@@ -172,6 +172,7 @@ pub(super) fn route(cfg: &ConnConfig) -> Result<Route, ConnError> {
         listener,
         Arc::new(Upstream {
             config: upstream.clone(),
+            socket: path.clone(),
             last_refusal: Mutex::new(None),
         }),
     ));
@@ -185,6 +186,7 @@ pub(super) fn route(cfg: &ConnConfig) -> Result<Route, ConnError> {
 /// One server, as a socket of the bridge reaches it.
 struct Upstream {
     config: ConnConfig,
+    socket: PathBuf,
     /// The last refusal logged as a warning, until a connection succeeds: a pool that keeps
     /// retrying (Duroxide's dispatchers do, many times a second) logs each new problem
     /// once, and its repeats at debug level.
@@ -215,8 +217,16 @@ async fn serve(listener: std::os::unix::net::UnixListener, upstream: Arc<Upstrea
             return;
         }
     };
+    let mut fresh = tokio::time::interval(KEEP_FRESH);
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = fresh.tick() => {
+                keep_fresh(&upstream.socket);
+                continue;
+            }
+        };
+        match accepted {
             Ok((client, _)) if from_this_process(&client) => {
                 tokio::spawn(relay(client, upstream.clone()));
             }
@@ -226,6 +236,22 @@ async fn serve(listener: std::os::unix::net::UnixListener, upstream: Arc<Upstrea
                 tracing::warn!(error = %e, "TLS bridge: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// How often a socket and its directory get fresh timestamps.
+const KEEP_FRESH: Duration = Duration::from_secs(3600);
+
+/// Touch `socket` and its directory: temporary-file cleaners (systemd-tmpfiles' 10 days on
+/// `/tmp`) remove entries by age, and connecting does not update a socket's timestamps.
+fn keep_fresh(socket: &std::path::Path) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    for path in [Some(socket), socket.parent()].into_iter().flatten() {
+        let now = TimeSpec::UTIME_NOW;
+        if let Err(e) = utimensat(None, path, &now, &now, UtimensatFlags::NoFollowSymlink) {
+            tracing::debug!(error = %e, path = %path.display(), "TLS bridge: cannot touch");
         }
     }
 }
