@@ -228,8 +228,9 @@ fn sqlx_options_with(
 }
 
 /// The CMS pool. With `allow` or a verifying sslmode, one connection of our own goes first
-/// ([`ConnConfig::preflight`]): a certificate problem is then reported in our words, and
-/// only the CAs of `sslrootcert` are trusted for it.
+/// ([`ConnConfig::preflight`]): a certificate problem is then reported in our words before
+/// the pool exists. Every connection of the pool trusts the CAs of `sslrootcert` alone
+/// (through the TLS bridge, see [`crate::conn`]).
 pub async fn cms_pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
     cms_pool_with(url, max_connections, false, APPLICATION, None).await
 }

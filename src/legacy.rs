@@ -147,7 +147,14 @@ impl Legacy {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = ConnConfig::parse(&self.url).map_err(|e| self.error(e))?;
+        let mut config = ConnConfig::parse(&self.url).map_err(|e| self.error(e))?;
+        if config.needs_preflight() {
+            // As for the CMS pool: `allow`, and `prefer` with a root certificate, settled.
+            config
+                .preflight("toygres-actors-preflight")
+                .await
+                .map_err(|e| self.error(e))?;
+        }
         let url = config
             .sqlx_url("toygres-actors-legacy", crate::db::SESSION_OPTIONS)
             .map_err(|e| self.error(e))?;

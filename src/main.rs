@@ -23,7 +23,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(toygres_actors::cli::execute(cli)) {
+    let result = runtime.block_on(toygres_actors::cli::execute(cli));
+    toygres_actors::conn::remove_tls_bridge_sockets();
+    match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!(

@@ -22,15 +22,20 @@
 //! or `system` (the system's roots, which requires `verify-full`). `sslcert` + `sslkey` are a
 //! client certificate and its PKCS#8 key (`0600`, or `0640` owned by root). Every TLS
 //! connection is native-tls (OpenSSL), TLS 1.2 or later. Unix-socket hosts never use TLS.
+//! sqlx cannot make `sslrootcert` exclusive, so its connections in a verifying mode take
+//! the TLS bridge ([`bridge`]): the same connector as the tokio-postgres ones.
 //! `PG*` environment variables and `~/.postgresql/` defaults are not consulted.
 
+mod bridge;
 mod parse;
+mod sqlx_url;
 mod tls;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use bridge::remove_sockets as remove_tls_bridge_sockets;
 pub use tls::{Connected, PgConnection, error_text};
 
 /// libpq's sslmode.
@@ -440,85 +445,6 @@ impl ConnConfig {
         tls::connect(self, config).await
     }
 
-    /// The URL sqlx (the CMS pool, and duroxide-pg for the store) understands, for this
-    /// config. `allow` must be resolved first ([`ConnConfig::resolve_allow`]): sqlx would
-    /// treat it as `disable`. `require` with a root certificate becomes `verify-ca`, as in
-    /// libpq. `extra_options` is appended to `options`.
-    pub fn sqlx_url(&self, application: &str, extra_options: &str) -> Result<String, ConnError> {
-        use parse::encode;
-        let unsupported = |what: &str| {
-            Err(ConnError::Invalid(format!(
-                "{what} is not supported for the CMS database (sqlx)"
-            )))
-        };
-        if self.hosts.len() > 1 || self.hostaddrs.len() > 1 {
-            return unsupported("more than one host");
-        }
-        if self.channel_binding == tokio_postgres::config::ChannelBinding::Require {
-            return unsupported("channel_binding=require");
-        }
-        let verify = self.verify();
-        let host = match (self.hosts.first(), self.hostaddrs.first()) {
-            (_, Some(_)) if verify.1 => return unsupported("hostaddr with verify-full"),
-            (_, Some(addr)) => addr.to_string(),
-            (Some(h), None) => h.clone(),
-            (None, None) => Self::default_host(),
-        };
-        let mut query: Vec<(String, String)> = Vec::new();
-        let authority_host = if host.starts_with('/') {
-            query.push(("host".into(), host.clone()));
-            "localhost".to_string()
-        } else if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            encode(&host)
-        };
-        let mode = match (self.sslmode, verify) {
-            // Unix sockets never carry TLS (libpq ignores sslmode there).
-            _ if host.starts_with('/') => SslMode::Disable,
-            (SslMode::Allow, _) => SslMode::Disable,
-            (SslMode::Require, (true, _)) => SslMode::VerifyCa,
-            (m, _) => m,
-        };
-        query.push(("sslmode".into(), mode.as_str().into()));
-        if let Some(RootCert::File(p)) = &self.sslrootcert {
-            query.push(("sslrootcert".into(), p.display().to_string()));
-        }
-        match (&self.sslcert, &self.sslkey) {
-            (Some(c), Some(k)) => {
-                query.push(("sslcert".into(), c.display().to_string()));
-                query.push(("sslkey".into(), k.display().to_string()));
-            }
-            (None, None) => {}
-            _ => return Err(ConnError::Tls("sslcert and sslkey go together".into())),
-        }
-        query.push(("application_name".into(), application.into()));
-        let options: Vec<&str> = [self.options.as_deref().unwrap_or(""), extra_options]
-            .into_iter()
-            .filter(|o| !o.is_empty())
-            .collect();
-        if !options.is_empty() {
-            query.push(("options".into(), options.join(" ")));
-        }
-        let user = self.user_or_default();
-        let mut url = format!("postgres://{}", encode(&user));
-        if let Some(p) = &self.password {
-            url.push(':');
-            url.push_str(&encode(p));
-        }
-        url.push_str(&format!(
-            "@{authority_host}:{}/{}?",
-            self.ports.first().copied().unwrap_or(5432),
-            encode(self.dbname.as_deref().unwrap_or(&user))
-        ));
-        let q: Vec<String> = query
-            .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect();
-        url.push_str(&q.join("&"));
-        Ok(url)
-    }
-
     /// (verify the chain, verify the host name), per libpq.
     fn verify(&self) -> (bool, bool) {
         match self.sslmode {
@@ -531,9 +457,9 @@ impl ConnConfig {
     /// Connect once with our own, strict connector, and settle what sqlx cannot do itself:
     /// `allow` (sqlx has none), and `prefer` with a root certificate (libpq verifies the
     /// chain, and falls back to plaintext when that fails) become `require` or `disable`,
-    /// whichever this connection ended up with. Verifying modes are checked here against the
-    /// CAs of `sslrootcert` alone (sqlx adds the system's roots to them), and a certificate
-    /// problem is reported in our words.
+    /// whichever this connection ended up with. In a verifying mode, a certificate problem
+    /// stops the caller before its pool exists (sqlx's own connections then verify through
+    /// the TLS bridge, with the same connector).
     pub async fn preflight(&mut self, application: &str) -> Result<(), ConnError> {
         let mut config = self.tokio_config();
         config.application_name(application);
@@ -565,8 +491,9 @@ impl ConnConfig {
         Ok(())
     }
 
-    /// Whether sqlx alone would differ from libpq here, so that a [`ConnConfig::preflight`]
-    /// is worth one connection: `allow`, and every mode that verifies the chain.
+    /// Whether a [`ConnConfig::preflight`] is worth one connection: `allow` and `prefer`
+    /// with a root certificate (sqlx cannot settle those), and every mode that verifies the
+    /// chain (the start fails at once, in our words).
     pub fn needs_preflight(&self) -> bool {
         self.sslmode == SslMode::Allow || self.verify().0
     }

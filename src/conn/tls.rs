@@ -34,14 +34,26 @@ fn stamp(p: &Path) -> Stamp {
         .and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
-/// Connectors are cached: building one reads the files (and the system's roots).
+/// The tokio-postgres connector for `key`.
 fn connector(key: &ConnectorKey) -> Result<MakeTlsConnector, ConnError> {
-    static CACHE: OnceLock<Mutex<HashMap<ConnectorKey, MakeTlsConnector>>> = OnceLock::new();
+    native_connector(key).map(MakeTlsConnector::new)
+}
+
+/// The native-tls connector `cfg`'s sslmode and files call for: the one the probes and
+/// sessions use, and the TLS bridge's for sqlx ([`super::bridge`]).
+pub(super) fn connector_for(cfg: &ConnConfig) -> Result<native_tls::TlsConnector, ConnError> {
+    native_connector(&cfg.connector_key()?)
+}
+
+/// Connectors are cached: building one reads the files (and the system's roots).
+fn native_connector(key: &ConnectorKey) -> Result<native_tls::TlsConnector, ConnError> {
+    static CACHE: OnceLock<Mutex<HashMap<ConnectorKey, native_tls::TlsConnector>>> =
+        OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
         return Ok(c.clone());
     }
-    let built = MakeTlsConnector::new(build(key)?);
+    let built = build(key)?;
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     if cache.len() >= 256 {
         cache.clear();
@@ -152,6 +164,12 @@ impl ConnConfig {
         if !is_tls {
             return ConnError::Connect(text);
         }
+        self.describe_tls(&text)
+    }
+
+    /// Describe a failed TLS handshake (`text`: the TLS library's words, redacted): which
+    /// certificate check failed, with the host, sslmode and sslrootcert.
+    pub(super) fn describe_tls(&self, text: &str) -> ConnError {
         let root = match &self.sslrootcert {
             Some(RootCert::File(p)) => format!(", sslrootcert={}", p.display()),
             Some(RootCert::System) => ", sslrootcert=system".into(),

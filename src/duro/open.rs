@@ -78,7 +78,7 @@ async fn open_wrapped(
     let mut config =
         ConnConfig::parse(url).map_err(|e| crate::db::DbError::BadUrl(e.to_string()))?;
     if config.needs_preflight() {
-        // As for the CMS pool: sqlx has no `allow`, and trusts the system's roots too.
+        // As for the CMS pool: sqlx has no `allow`, and a certificate problem stops us here.
         config
             .preflight("toygres-actors-preflight")
             .await

@@ -7,16 +7,19 @@ use crate::config;
 
 /// LISTEN for wake-ups from other processes until `cancel`; every (re)connect wakes both
 /// lanes (what was notified while we were away is not lost, only late). The connection is
-/// one of its own (`cms`'s settings, not a slot of its pool); it reconnects with the
-/// listener's backoff.
+/// one of its own (`cms`'s settings, not a slot of its pool; `toygres-actors-wake` in
+/// `pg_stat_activity`); it reconnects with the listener's backoff.
 pub async fn listen(
     store: Arc<Store>,
     cms: sqlx::PgPool,
     cancel: tokio_util::sync::CancellationToken,
 ) {
+    let options = (*cms.connect_options())
+        .clone()
+        .application_name("toygres-actors-wake");
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .connect_lazy_with((*cms.connect_options()).clone());
+        .connect_lazy_with(options);
     drop(cms);
     let mut backoff = config::reconnect_backoff();
     loop {

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod invariants;
+pub mod pki;
 pub mod proxy;
 
 use std::future::Future;
@@ -279,6 +280,11 @@ pub const FAST_ARGS: &[&str] = &[
 impl ServiceProc {
     /// Start `toygres-actors run` with FAST_ARGS plus `extra`, and wait until it is ready.
     pub async fn start(db: &TestDb, extra: &[&str]) -> ServiceProc {
+        Self::start_with_env(db, extra, &[]).await
+    }
+
+    /// [`ServiceProc::start`] with `env` added to the process's environment.
+    pub async fn start_with_env(db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> ServiceProc {
         // `extra` overrides FAST_ARGS flag by flag.
         let mut args: Vec<String> = Vec::new();
         let mut i = 0;
@@ -290,7 +296,11 @@ impl ServiceProc {
             i += 2;
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::launch(&db.url, args, None, Vec::new()).await
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::launch(&db.url, args, None, env).await
     }
 
     /// Start `toygres-actors run` against `url` with the shipped defaults (every timer at its
