@@ -89,6 +89,7 @@ pub mod redact;
 pub mod replica;
 pub mod service;
 pub mod settings;
+pub mod snapshot;
 pub mod sql;
 pub mod store;
 pub mod verdict;
