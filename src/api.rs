@@ -133,7 +133,7 @@ async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> 
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(
-                path = %path.chars().take(120).collect::<String>(),
+                path = ?path.chars().take(120).collect::<String>(),
                 limit_ms = limit.as_millis() as u64,
                 "HTTP request over its time limit: answered 503"
             );
