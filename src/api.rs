@@ -132,11 +132,13 @@ async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> 
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
-            tracing::warn!(
-                path = ?path.chars().take(120).collect::<String>(),
-                limit_ms = limit.as_millis() as u64,
-                "HTTP request over its time limit: answered 503"
-            );
+            if crate::quiet::HTTP_TIMEOUTS.admit() {
+                tracing::warn!(
+                    path = ?path.chars().take(120).collect::<String>(),
+                    limit_ms = limit.as_millis() as u64,
+                    "HTTP request over its time limit: answered 503"
+                );
+            }
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
