@@ -21,7 +21,8 @@ pub struct FleetSnapshot {
     /// The database's time at which the verdicts (and ages) were decided.
     as_of: DateTime<Utc>,
     actors: Vec<ActorView>,
-    /// The `/api/actors` body: index 0 unfiltered, then one per [`Verdict::ALL`] entry.
+    /// The `/api/actors` bodies, unfiltered and per verdict, each built at its first request
+    /// ([`slot`]).
     bodies: [OnceCell<Bytes>; Verdict::ALL.len() + 1],
 }
 
@@ -47,11 +48,7 @@ impl FleetSnapshot {
 
     /// The JSON of `{"as_of": …, "actors": [...]}`, only `only`'s verdict when given.
     pub async fn body(&self, only: Option<Verdict>) -> Result<Bytes, serde_json::Error> {
-        let slot = match only {
-            None => 0,
-            Some(v) => 1 + Verdict::ALL.iter().position(|x| *x == v).unwrap_or(0),
-        };
-        self.bodies[slot]
+        self.bodies[slot(only)]
             .get_or_try_init(|| async {
                 let body = Body {
                     as_of: self.as_of,
@@ -65,6 +62,20 @@ impl FleetSnapshot {
             })
             .await
             .cloned()
+    }
+}
+
+/// Where the body for `only` is kept (exhaustive: a new verdict must be given a place).
+fn slot(only: Option<Verdict>) -> usize {
+    match only {
+        None => 0,
+        Some(Verdict::Ok) => 1,
+        Some(Verdict::Stale) => 2,
+        Some(Verdict::Missing) => 3,
+        Some(Verdict::Zombie) => 4,
+        Some(Verdict::Orphan) => 5,
+        Some(Verdict::Unhealthy) => 6,
+        Some(Verdict::Idle) => 7,
     }
 }
 
@@ -150,5 +161,12 @@ mod tests {
         let idle: serde_json::Value =
             serde_json::from_slice(&s.body(Some(Verdict::Idle)).await.unwrap()).unwrap();
         assert!(idle["actors"].as_array().unwrap().is_empty());
+        // Every filter has a place of its own.
+        let slots: std::collections::BTreeSet<usize> = std::iter::once(None)
+            .chain(Verdict::ALL.map(Some))
+            .map(slot)
+            .collect();
+        assert_eq!(slots.len(), s.bodies.len());
+        assert_eq!(slots.last(), Some(&(s.bodies.len() - 1)));
     }
 }
