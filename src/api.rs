@@ -9,11 +9,20 @@
 //!     POST /api/instances/{name}/actor/start|restart|cancel
 //!
 //! JSON everywhere; errors are `{"error": "..."}` with 400 (bad input), 401 (token), 404
-//! (unknown name), 409 (the row calls for something else), 500. With
-//! `TOYGRES_ACTORS_API_TOKEN` set, POSTs need `Authorization: Bearer <token>` (compared in
-//! constant time); with `--api-token-for-reads` as well, so do the reads that show the fleet
-//! (`/metrics` and every `/api/*` GET), while `/healthz` and `/readyz` stay open for the
-//! orchestrator's probes. Responses never contain connection strings.
+//! (unknown name), 409 (the row calls for something else), 500, 503 (over the time limit).
+//!
+//! Tokens (compared in constant time): with `TOYGRES_ACTORS_API_TOKEN` set, POSTs need
+//! `Authorization: Bearer <token>`. The reads that show the fleet (`/metrics` and every
+//! `/api/*` GET) need a bearer token — the read token (`--api-read-token`) or the API token —
+//! whenever [`ReadAccess::Token`] applies: on a non-loopback bind (unless
+//! `--insecure-no-auth`), with a read token set, or with `--api-token-for-reads`.
+//! `/healthz` and `/readyz` stay open for the orchestrator's probes.
+//!
+//! Bounds: every request answers within `--http-timeout` (503 past it); the API requests
+//! (`/metrics`, `/api/*`) run at most `--http-concurrency` at once, once their token is
+//! checked, so requests without one never take a slot. `/api/actors` is served from the
+//! fleet poll's snapshot ([`crate::snapshot`]): no request reads the whole fleet from the
+//! CMS. Responses never contain connection strings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,11 +40,14 @@ use serde_json::json;
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::listener::ListenerStatus;
 use crate::metrics::FleetGauges;
 use crate::ops::{self, OpsError};
 use crate::reconcile::Reconciler;
+use crate::settings::ReadAccess;
+use crate::snapshot::Snapshots;
 use crate::verdict::Verdict;
 
 /// What the HTTP handlers share.
@@ -44,10 +56,10 @@ pub struct Shared {
     pub pool: PgPool,
     pub reconciler: Arc<Reconciler>,
     pub fleet: FleetGauges,
+    /// The fleet poll's latest view, which `/api/actors` serves.
+    pub snapshots: Snapshots,
     pub prometheus: PrometheusHandle,
-    pub api_token: Option<String>,
-    /// The fleet's reads (`/metrics`, `/api/*` GETs) need the token too.
-    pub api_token_for_reads: bool,
+    pub auth: ApiAuth,
     pub leading: watch::Receiver<Option<crate::identity::Term>>,
     pub liveness: watch::Receiver<crate::replica::Liveness>,
     pub listener: watch::Receiver<ListenerStatus>,
@@ -56,21 +68,52 @@ pub struct Shared {
     pub lane: Option<Arc<crate::reconcile::PriorityLane>>,
 }
 
-pub fn router(shared: Shared) -> Router {
+/// The bearer tokens the API accepts, and for what. No `Debug`: it holds the tokens.
+#[derive(Clone)]
+pub struct ApiAuth {
+    /// Needed by the POSTs (when set); accepted for the reads too.
+    pub api_token: Option<String>,
+    /// Accepted for the reads only.
+    pub read_token: Option<String>,
+    /// Whether the reads need one of the two.
+    pub reads: ReadAccess,
+}
+
+/// Bounds on the HTTP server's work.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Every request answers within this (503 past it), the wait for a slot included.
+    pub timeout: Duration,
+    /// API requests (`/metrics`, `/api/*`) served at once.
+    pub concurrency: usize,
+}
+
+pub fn router(shared: Shared, limits: HttpLimits) -> Router {
+    // One semaphore for every API route (a per-route limit would multiply it), inside the
+    // token checks, so requests without a token never wait for a slot or hold one.
+    let slots = GlobalConcurrencyLimitLayer::new(limits.concurrency);
     let reads = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/actors", get(list_actors))
         .route("/api/replicas", get(list_replicas))
         .route("/api/instances/{name}/actor", get(actor_status))
+        .route_layer(slots.clone())
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             reads_need_token,
         ));
+    let writes = Router::new()
+        .route("/api/instances/{name}/actor/{action}", post(actor_action))
+        .route_layer(slots)
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            writes_need_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/api/instances/{name}/actor/{action}", post(actor_action))
         .merge(reads)
+        .merge(writes)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -78,7 +121,36 @@ pub fn router(shared: Shared) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .layer(middleware::from_fn_with_state(limits.timeout, time_limit))
         .with_state(shared)
+}
+
+/// Answers 503 when the request (the wait for a slot included) takes longer than `limit`;
+/// the handler's work is dropped with it.
+async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            if crate::quiet::HTTP_TIMEOUTS.admit() {
+                tracing::warn!(
+                    path = ?path.chars().take(120).collect::<String>(),
+                    limit_ms = limit.as_millis() as u64,
+                    "HTTP request over its time limit: answered 503"
+                );
+            }
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the request took longer than {} ms; try again",
+                    limit.as_millis()
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -203,9 +275,11 @@ async fn list_actors(
             }
         },
     };
-    match ops::list(&s.reconciler, only).await {
-        Ok(list) => Json(json!({ "actors": list })).into_response(),
-        Err(e) => e.into_response(),
+    // Before the first poll has finished this waits for it (within the time limit).
+    let snapshot = s.snapshots.latest().await;
+    match snapshot.body(only).await {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => OpsError::Internal(e.to_string()).into_response(),
     }
 }
 
@@ -223,10 +297,8 @@ async fn actor_status(
     }
 }
 
-fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
-    let Some(token) = &s.api_token else {
-        return true;
-    };
+/// Whether `headers` carry one of `accepted` as a bearer token.
+fn bearer_matches(headers: &HeaderMap, accepted: &[&str]) -> bool {
     // The auth scheme is case-insensitive (RFC 9110 §11.1); the token is not.
     let Some(given) = headers
         .get(header::AUTHORIZATION)
@@ -237,12 +309,34 @@ fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    given.as_bytes().ct_eq(token.as_bytes()).into()
+    // Every accepted token is compared, so the time taken does not say which one matched.
+    accepted.iter().fold(false, |found, token| {
+        let same: bool = given.as_bytes().ct_eq(token.as_bytes()).into();
+        found | same
+    })
 }
 
-/// With `--api-token-for-reads`, a read of the fleet needs the token like a POST does.
+/// A read of the fleet needs the read token or the API token when [`ReadAccess::Token`].
 async fn reads_need_token(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    if s.api_token_for_reads && !authorized(&s, req.headers()) {
+    if s.auth.reads == ReadAccess::Token {
+        let accepted: Vec<&str> = [&s.auth.read_token, &s.auth.api_token]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        // Settings validation guarantees a token here; none set refuses every read.
+        if !bearer_matches(req.headers(), &accepted) {
+            return unauthorized();
+        }
+    }
+    next.run(req).await
+}
+
+/// A POST needs the API token when one is set (the read token is never enough).
+async fn writes_need_token(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.auth.api_token
+        && !bearer_matches(req.headers(), &[token.as_str()])
+    {
         return unauthorized();
     }
     next.run(req).await
@@ -259,12 +353,8 @@ fn unauthorized() -> Response {
 
 async fn actor_action(
     State(s): State<Shared>,
-    headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
-    if !authorized(&s, &headers) {
-        return unauthorized();
-    }
     let (name, action) = match path {
         Ok(Path(p)) => p,
         Err(e) => return bad_input("instance name or action", e),

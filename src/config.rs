@@ -219,6 +219,16 @@ pub const POOL_SPARE: usize = 2;
 /// The priority lane's connections ([`crate::db::lane_cms_pool`]) close after this long
 /// idle: explicit restarts are rare, and an idle backend still costs the server.
 pub const LANE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest an HTTP request may take, the wait for a free slot included
+/// (`--http-timeout`): past it the answer is a 503, so a flood of readers cannot hold
+/// connections and memory without bound. Above [`CANCEL_WAIT`], so an explicit cancel that
+/// waits for its actor to end still answers.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// API requests (`/metrics`, `/api/*`) served at once (`--http-concurrency`); more wait for
+/// a slot within the timeout. The ones that read the CMS as they are asked (one instance's
+/// status, the replicas, the POSTs) then hold at most this many of the CMS pool's
+/// connections (16 by default), leaving the rest to the checks and the reconciler.
+pub const DEFAULT_HTTP_CONCURRENCY: usize = 8;
 /// How often the fleet gauges (verdicts, per-instance series) are recomputed from the DB.
 pub const DEFAULT_FLEET_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How long one pruning pass may spend on health history (paced batches in a loop): a

@@ -15,6 +15,7 @@ use crate::identity::Term;
 use crate::listener::{self, ListenerSettings, ListenerStatus};
 use crate::metrics::{self, FleetEntry, FleetGauges};
 use crate::reconcile::{ControlInbox, PriorityLane, ReconcileQueue, Reconciler};
+use crate::snapshot::{FleetSnapshot, Snapshots};
 use crate::verdict::Verdict;
 
 pub struct LeaderDuties {
@@ -230,9 +231,12 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
     Ok(())
 }
 
+/// Every `every` (or less often when the query is costly), read the whole fleet once and
+/// publish it twice: as the fleet gauges and as the snapshot `/api/actors` serves.
 pub async fn poll_fleet(
     reconciler: Arc<Reconciler>,
     gauges: FleetGauges,
+    snapshots: Snapshots,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -290,6 +294,11 @@ pub async fn poll_fleet(
                             awaiting_check_since: None,
                         }),
                 );
+                // The list first: whoever saw the gauges change finds the list changed too.
+                snapshots.publish(FleetSnapshot::new(
+                    fleet.observed_at,
+                    crate::ops::views(&fleet),
+                ));
                 gauges.set(entries);
             }
             Err(e) => tracing::warn!(error = %e, "fleet gauges: query failed"),

@@ -54,7 +54,8 @@
 //! suppression, burst summaries) and [`logging`] (where log lines go).
 //!
 //! Around them: [`service`] (wires it all and shuts down in order), [`cli`] (parses and
-//! calls down), [`api`] and [`ops`] (HTTP and the operator operations the CLI shares),
+//! calls down), [`api`] and [`ops`] (HTTP and the operator operations the CLI shares;
+//! `/api/actors` serves the fleet poll's [`snapshot`]),
 //! [`demo`], [`panics`] (a panic in spawned work caught, logged and counted), [`embedded_pg`] (a private PostgreSQL when no `DATABASE_URL` is given), [`db`]
 //! and [`sql`] (connections, migrations, statement texts), [`conn`] (one libpq-style
 //! connection configuration, TLS included, for every connection) and [`redact`] (no
@@ -93,6 +94,7 @@ pub mod redact;
 pub mod replica;
 pub mod service;
 pub mod settings;
+pub mod snapshot;
 pub mod sql;
 pub mod store;
 pub mod verdict;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::cms::{self, InstanceRow};
 use crate::duro::{ActorState, DuroError};
-use crate::reconcile::{Ask, Mode, Reconciler, Trigger};
+use crate::reconcile::{Ask, Fleet, Mode, Reconciler, Trigger};
 use crate::sql;
 use crate::verdict::{self, Verdict};
 
@@ -107,13 +107,23 @@ fn view(obs: &verdict::Observed, d: &verdict::Decision, now: DateTime<Utc>) -> A
     }
 }
 
-/// Every instance with its verdict (optionally only one verdict).
+/// Every instance with its verdict (optionally only one verdict), read from the database
+/// now (the CLI's `status`; the API serves the poller's snapshot, [`crate::snapshot`]).
 pub async fn list(
     reconciler: &Reconciler,
     only: Option<Verdict>,
 ) -> Result<Vec<ActorView>, OpsError> {
     let fleet = reconciler.fleet().await?;
-    let now = crate::clock::now();
+    let mut out = views(&fleet);
+    if let Some(v) = only {
+        out.retain(|a| a.verdict == v);
+    }
+    Ok(out)
+}
+
+/// The fleet as `status` and `/api/actors` show it, ages as of the moment it was observed.
+pub fn views(fleet: &Fleet) -> Vec<ActorView> {
+    let now = fleet.observed_at;
     let mut out: Vec<ActorView> = fleet
         .instances
         .iter()
@@ -136,10 +146,7 @@ pub async fn list(
                 reason: format!("row deleted, but {} runs", actors.join(", ")),
             }),
     );
-    if let Some(v) = only {
-        out.retain(|a| a.verdict == v);
-    }
-    Ok(out)
+    out
 }
 
 async fn find(reconciler: &Reconciler, name: &str) -> Result<InstanceRow, OpsError> {

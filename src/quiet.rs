@@ -104,6 +104,8 @@ pub static RECONCILED: Burst = Burst::new("reconcile actions");
 pub static ACTOR_EXITS: Burst = Burst::new("actor exits");
 /// Invalid or unknown notifications (`listener`, the control inbox).
 pub static INVALID_NOTIFICATIONS: Burst = Burst::new("invalid notifications");
+/// HTTP requests answered 503 at the time limit (`api`): a flood of readers.
+pub static HTTP_TIMEOUTS: Burst = Burst::new("HTTP requests over the time limit");
 
 impl Burst {
     pub const fn new(what: &'static str) -> Self {
@@ -182,6 +184,7 @@ pub fn flush_all() {
         &RECONCILED,
         &ACTOR_EXITS,
         &INVALID_NOTIFICATIONS,
+        &HTTP_TIMEOUTS,
     ] {
         b.flush();
     }

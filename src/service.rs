@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Shared;
+use crate::api::{ApiAuth, HttpLimits, Shared};
 use crate::check::ActorDeps;
 use crate::config;
 use crate::db::Database;
@@ -34,7 +34,8 @@ use crate::listener::{ListenerSettings, ListenerStatus};
 use crate::metrics::{self, FleetGauges};
 use crate::reconcile::Reconciler;
 use crate::replica::{ProbeRules, Replica};
-use crate::settings::{GlobalArgs, RunArgs};
+use crate::settings::{GlobalArgs, ReadAccess, RunArgs};
+use crate::snapshot::Snapshots;
 
 /// A started service.
 pub struct RunningService {
@@ -172,9 +173,11 @@ pub async fn start(
     let mut lead_tasks = Vec::new();
     let fleet = FleetGauges::new(args.per_instance_metrics, args.check_interval)
         .with_lease_renew(args.lease_renew_interval);
+    let snapshots = Snapshots::new();
     tasks.push(tokio::spawn(poll_fleet(
         reconciler.clone(),
         fleet.clone(),
+        snapshots.clone(),
         args.fleet_poll_interval,
         token.clone(),
     )));
@@ -239,9 +242,13 @@ pub async fn start(
         pool,
         reconciler,
         fleet,
+        snapshots,
         prometheus,
-        api_token: args.api_token.clone(),
-        api_token_for_reads: args.api_token_for_reads,
+        auth: ApiAuth {
+            api_token: args.api_token.clone(),
+            read_token: args.api_read_token.clone(),
+            reads: args.read_access(),
+        },
         leading: leading_rx,
         liveness: liveness.liveness(),
         listener: listener_rx,
@@ -252,7 +259,13 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.http))?;
     let http_addr = listener.local_addr()?;
-    let app = crate::api::router(shared.clone());
+    let app = crate::api::router(
+        shared.clone(),
+        HttpLimits {
+            timeout: args.http_timeout,
+            concurrency: args.http_concurrency,
+        },
+    );
     let http_stop = token.clone();
     tasks.push(tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -262,8 +275,13 @@ pub async fn start(
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
-    if args.insecure_no_auth && args.api_token.is_none() && !http_addr.ip().is_loopback() {
-        tracing::warn!(%http_addr, "serving the API on a non-loopback address without a token (--insecure-no-auth): anyone who reaches this port can restart and cancel actors");
+    if args.insecure_no_auth && !http_addr.ip().is_loopback() {
+        if args.api_token.is_none() {
+            tracing::warn!(%http_addr, "serving the API on a non-loopback address without a token (--insecure-no-auth): anyone who reaches this port can restart and cancel actors");
+        }
+        if args.read_access() == ReadAccess::Open {
+            tracing::warn!(%http_addr, "serving the fleet reads on a non-loopback address without a token (--insecure-no-auth): anyone who reaches this port can list every instance");
+        }
     }
     tracing::info!(%http_addr, replica = %replica, worker_only = args.worker_only, "toygres-actors running");
     Ok(RunningService {

@@ -99,17 +99,34 @@ pub struct RunArgs {
         default_value = "127.0.0.1:9321"
     )]
     pub http: SocketAddr,
-    /// Bearer token required by POST endpoints (empty is an error, not "no auth").
+    /// Bearer token required by POST endpoints, and accepted for every read (empty is an
+    /// error, not "no auth").
     #[arg(long, env = "TOYGRES_ACTORS_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Serve a non-loopback --http address without a token (anyone who reaches the port
-    /// can restart and cancel actors). Refused without this flag.
+    /// Bearer token for the reads that show the fleet (/metrics and the /api/* GETs) only:
+    /// for Prometheus and dashboards, which need not hold the token that restarts actors.
+    /// Once set, those reads need a token (this one or --api-token) on any address.
+    #[arg(long, env = "TOYGRES_ACTORS_API_READ_TOKEN", hide_env_values = true)]
+    pub api_read_token: Option<String>,
+    /// Serve a non-loopback --http address without the tokens it otherwise needs: without
+    /// --api-token anyone who reaches the port can restart and cancel actors, and without
+    /// --api-read-token the fleet reads are open. Refused without this flag.
     #[arg(long, env = "TOYGRES_ACTORS_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
-    /// The reads that show the fleet (/metrics and the /api/* GETs) need the bearer token
-    /// too; /healthz and /readyz stay open for the orchestrator's probes. Needs --api-token.
+    /// The reads that show the fleet (/metrics and the /api/* GETs) need a bearer token on a
+    /// loopback --http address too (on any other address they always do, unless
+    /// --insecure-no-auth); /healthz and /readyz stay open for the orchestrator's probes.
+    /// Needs --api-token or --api-read-token.
     #[arg(long, env = "TOYGRES_ACTORS_API_TOKEN_FOR_READS")]
     pub api_token_for_reads: bool,
+    /// The longest an HTTP request may take, the wait for a free slot included; past it the
+    /// answer is 503.
+    #[arg(long, env = "TOYGRES_ACTORS_HTTP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+    /// HTTP API requests (/metrics, /api/*) served at once; more wait for a slot (within
+    /// --http-timeout). /healthz and /readyz are not counted.
+    #[arg(long, env = "TOYGRES_ACTORS_HTTP_CONCURRENCY", default_value_t = config::DEFAULT_HTTP_CONCURRENCY)]
+    pub http_concurrency: usize,
     /// The fleet's instances are standbys (a fleet that monitors replicas): an instance in
     /// recovery is then healthy, and one that is not (a promoted or wrong target) is
     /// unhealthy, "not in recovery". Without it, an instance in recovery is unhealthy, "in
@@ -249,7 +266,29 @@ pub struct RunArgs {
     pub replica: Option<String>,
 }
 
+/// Who may read the fleet (`/metrics` and the `/api/*` GETs); `/healthz` and `/readyz` are
+/// open to anyone who reaches the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAccess {
+    /// Anyone who reaches the port (a loopback --http address, or --insecure-no-auth).
+    Open,
+    /// A bearer token: --api-read-token or --api-token.
+    Token,
+}
+
 impl RunArgs {
+    /// Whether the fleet's reads need a token. The rule keys on the address the server
+    /// binds, not on where a request comes from: `0.0.0.0` is not loopback, so a request
+    /// through 127.0.0.1 to a server bound there needs the token like any other.
+    pub fn read_access(&self) -> ReadAccess {
+        let exposed = !self.http.ip().is_loopback() && !self.insecure_no_auth;
+        if exposed || self.api_token_for_reads || self.api_read_token.is_some() {
+            ReadAccess::Token
+        } else {
+            ReadAccess::Open
+        }
+    }
+
     /// Reject settings that cannot work together.
     pub fn validate(&self) -> anyhow::Result<()> {
         validate_run_args(self)
@@ -307,23 +346,31 @@ fn validate_run_args(args: &RunArgs) -> anyhow::Result<()> {
     if !(args.heal_pause_share > 0.0 && args.heal_pause_share <= 1.0) {
         anyhow::bail!("--heal-pause-share must be in (0, 1]");
     }
-    if args
-        .api_token
-        .as_deref()
-        .is_some_and(|t| t.trim().is_empty())
-    {
-        anyhow::bail!("--api-token (TOYGRES_ACTORS_API_TOKEN) is empty: set a token, or unset it");
+    for (flag, token) in [
+        ("--api-token (TOYGRES_ACTORS_API_TOKEN)", &args.api_token),
+        (
+            "--api-read-token (TOYGRES_ACTORS_API_READ_TOKEN)",
+            &args.api_read_token,
+        ),
+    ] {
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            anyhow::bail!("{flag} is empty: set a token, or unset it");
+        }
     }
     if !args.http.ip().is_loopback() && args.api_token.is_none() && !args.insecure_no_auth {
         anyhow::bail!(
-            "--http {} is not a loopback address and no API token is set: set TOYGRES_ACTORS_API_TOKEN, or pass --insecure-no-auth to serve it without authentication",
+            "--http {} is not a loopback address and no API token is set: set TOYGRES_ACTORS_API_TOKEN (and TOYGRES_ACTORS_API_READ_TOKEN for the readers), or pass --insecure-no-auth to serve it without authentication",
             args.http
         );
     }
-    if args.api_token_for_reads && args.api_token.is_none() {
+    let no_token = args.api_token.is_none() && args.api_read_token.is_none();
+    if args.api_token_for_reads && no_token {
         anyhow::bail!(
-            "--api-token-for-reads needs a token: set --api-token (TOYGRES_ACTORS_API_TOKEN)"
+            "--api-token-for-reads needs a token: set --api-read-token (TOYGRES_ACTORS_API_READ_TOKEN) or --api-token (TOYGRES_ACTORS_API_TOKEN)"
         );
+    }
+    if args.http_timeout.is_zero() || args.http_concurrency == 0 {
+        anyhow::bail!("--http-timeout and --http-concurrency must be greater than zero");
     }
     if args.check_interval.is_zero() {
         anyhow::bail!("--check-interval must be greater than zero");
@@ -397,6 +444,49 @@ mod tests {
         assert!(!run_args(&[]).api_token_for_reads);
         assert!(run_args(&["--expect-standby"]).expect_standby);
         assert!(!run_args(&[]).expect_standby);
+    }
+
+    #[test]
+    fn reads_need_a_token_off_loopback() {
+        let open = run_args(&[]);
+        assert_eq!(open.read_access(), ReadAccess::Open);
+        for args in [
+            vec!["--http", "0.0.0.0:9321", "--api-token", "t"],
+            vec!["--http", "192.0.2.2:9321", "--api-token", "t"],
+            vec!["--http", "[::]:9321", "--api-token", "t"],
+            vec!["--api-read-token", "r"],
+            vec!["--api-token-for-reads", "--api-read-token", "r"],
+        ] {
+            let a = run_args(&args);
+            a.validate().unwrap();
+            assert_eq!(a.read_access(), ReadAccess::Token, "{args:?}");
+        }
+        for args in [
+            vec!["--http", "[::1]:9321"],
+            vec!["--http", "127.0.0.2:9321", "--api-token", "t"],
+            vec!["--http", "0.0.0.0:9321", "--insecure-no-auth"],
+            vec![
+                "--http",
+                "0.0.0.0:9321",
+                "--insecure-no-auth",
+                "--api-token",
+                "t",
+            ],
+        ] {
+            let a = run_args(&args);
+            a.validate().unwrap();
+            assert_eq!(a.read_access(), ReadAccess::Open, "{args:?}");
+        }
+        let e = run_args(&["--api-read-token", " "]).validate().unwrap_err();
+        assert!(e.to_string().contains("--api-read-token"), "{e}");
+        let e = run_args(&["--http", "0.0.0.0:9321", "--api-read-token", "r"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("not a loopback address"), "{e}");
+        let e = run_args(&["--http-concurrency", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("--http-concurrency"), "{e}");
     }
 
     #[test]

@@ -254,7 +254,13 @@ async fn every_endpoint_answers_its_success_and_error_cases() {
         );
     }
 
-    // --- the list ---
+    // --- the list (the snapshot of the poll that also set the gauges above) ---
+    let r = api.get("/api/actors").await;
+    assert!(
+        r.json()["as_of"].is_string(),
+        "the snapshot's time: {}",
+        r.body
+    );
     let all = api.actors("").await;
     assert_eq!(
         names(&all),
@@ -586,8 +592,14 @@ async fn with_api_token_for_reads_fleet_reads_need_the_token_and_probes_stay_ope
         "{}",
         r.body
     );
-    let r = api.get_with("/api/actors", bearer).await;
-    assert_eq!(names(r.json()["actors"].as_array().unwrap()), ["pg-reads"]);
+    // The list is the fleet poll's snapshot (every 500 ms here): the row inserted above
+    // shows up at its next poll.
+    wait_until("the list shows the new instance", T, || async {
+        let r = api.get_with("/api/actors", bearer).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        (names(r.json()["actors"].as_array().unwrap()) == ["pg-reads"]).then_some(())
+    })
+    .await;
     // The orchestrator's probes need no token. (`/readyz` may briefly answer 503 right
     // after the election, while the new leader's listener connects: wait for its 200.)
     let r = api.get("/healthz").await;

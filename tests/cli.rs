@@ -91,13 +91,14 @@ fn bad_flags_give_a_clear_error_and_change_nothing() {
 fn help_never_shows_secret_env_values() {
     let out = bin()
         .env("TOYGRES_ACTORS_API_TOKEN", "tok-very-secret")
+        .env("TOYGRES_ACTORS_API_READ_TOKEN", "tok-read-very-secret")
         .env("DATABASE_URL", "postgres://u:pw-very-secret@h/db")
         .args(["run", "--help"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("--api-token"));
+    assert!(text.contains("--api-token") && text.contains("--api-read-token"));
     assert!(!text.contains("very-secret"), "{text}");
 }
 

@@ -3,7 +3,9 @@
 //! * the kustomize base renders (pinned `kubectl kustomize`) to the documented objects, and
 //!   the Deployment's wiring holds: the replica name from the pod name, the grace period at
 //!   or above the handoff bound that docs/operations.md states, the probes on `/readyz` and
-//!   `/healthz`, secrets by reference, and every environment variable one the binary reads;
+//!   `/healthz`, secrets by reference (the database URL, the API token and the read token),
+//!   the ServiceMonitor scraping with the pods' read token, and every environment variable
+//!   one the binary reads;
 //! * every core object validates against the Kubernetes JSON schemas (pinned
 //!   `kubernetes-validate`, strict), the ServiceMonitor and PrometheusRule against
 //!   prometheus-operator's CRD schemas (pinned `@kubernetes-models/prometheus-operator`);
@@ -306,9 +308,14 @@ fn deployment_wires_replica_name_grace_period_and_probes() {
     let addr: std::net::SocketAddr = listen.parse().expect("TOYGRES_ACTORS_HTTP");
     assert_eq!(Some(u64::from(addr.port())), http_port.as_u64());
 
-    // Secrets by reference only; a non-loopback listener needs the API token.
+    // Secrets by reference only; a non-loopback listener needs the API token, and its
+    // reads a token too: the read token, which the ServiceMonitor scrapes with (below).
     let secret = yaml_docs(&read("deploy/kubernetes/secret.example.yaml"), "secret");
-    for name in ["DATABASE_URL", "TOYGRES_ACTORS_API_TOKEN"] {
+    for name in [
+        "DATABASE_URL",
+        "TOYGRES_ACTORS_API_TOKEN",
+        "TOYGRES_ACTORS_API_READ_TOKEN",
+    ] {
         let v = env_var(c, name);
         assert!(v.get("value").is_none(), "{name} must not be inline");
         let r = &v["valueFrom"]["secretKeyRef"];
@@ -370,9 +377,39 @@ fn deployment_wires_replica_name_grace_period_and_probes() {
     {
         assert_eq!(&svc_labels[k], v, "ServiceMonitor selects the Service");
     }
-    let endpoint = &monitor["spec"]["endpoints"][0];
+    let endpoints = monitor["spec"]["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 1, "one scrape endpoint");
+    let endpoint = &endpoints[0];
     assert_eq!(endpoint["port"], svc_port["name"]);
     assert_eq!(endpoint["path"], "/metrics");
+    // Off loopback /metrics needs a bearer token: Prometheus sends the read token, from the
+    // Secret key the pods read it from (never the API token, which restarts and cancels).
+    let auth = &endpoint["authorization"];
+    assert_eq!(
+        auth["type"], "Bearer",
+        "the ServiceMonitor authenticates: {endpoint}"
+    );
+    let pod_key = |name: &str| env_var(c, name)["valueFrom"]["secretKeyRef"].clone();
+    let read_token = pod_key("TOYGRES_ACTORS_API_READ_TOKEN");
+    assert_eq!(
+        auth["credentials"]["name"], read_token["name"],
+        "the scrape token comes from the pods' Secret"
+    );
+    assert_eq!(
+        auth["credentials"]["key"], read_token["key"],
+        "Prometheus scrapes with the pods' read token"
+    );
+    assert_ne!(
+        read_token["key"],
+        pod_key("TOYGRES_ACTORS_API_TOKEN")["key"],
+        "the read token is not the API token"
+    );
+    for deprecated in ["bearerTokenSecret", "bearerTokenFile", "basicAuth"] {
+        assert!(
+            endpoint.get(deprecated).is_none(),
+            "{deprecated}: one way to authenticate"
+        );
+    }
     let job_label = monitor["spec"]["jobLabel"].as_str().expect("jobLabel");
     assert_eq!(
         svc_labels[job_label], "toygres-actors",

@@ -46,6 +46,7 @@ impl Reconciler {
             instances.push((observed, decision));
         }
         Ok(Fleet {
+            observed_at: now,
             instances,
             deleted_with_live_actors: live_by_instance.into_iter().collect(),
         })
@@ -230,6 +231,8 @@ impl Reconciler {
 
 /// The whole fleet as observed and decided.
 pub struct Fleet {
+    /// The database's time at which the verdicts were decided.
+    pub observed_at: DateTime<Utc>,
     pub instances: Vec<(Observed, Decision)>,
     /// Live actors whose CMS row no longer exists (by instance id).
     pub deleted_with_live_actors: Vec<(Uuid, Vec<String>)>,

@@ -251,6 +251,8 @@ pub struct ServiceProc {
     pub bin: Option<std::path::PathBuf>,
     /// Extra environment for the process (a skewed wall clock through libfaketime).
     pub env: Vec<(String, String)>,
+    /// The address the HTTP server binds (`--http`); requests go to 127.0.0.1 either way.
+    pub bind: std::net::IpAddr,
 }
 
 /// Settings short enough for tests.
@@ -301,6 +303,22 @@ impl ServiceProc {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Self::launch(&db.url, args, None, env).await
+    }
+
+    /// Like [`ServiceProc::start`] (`extra` replacing FAST_ARGS flag by flag), with the HTTP
+    /// server bound to `bind` (e.g. `0.0.0.0`) instead of 127.0.0.1.
+    pub async fn start_bound(db: &TestDb, bind: std::net::IpAddr, extra: &[&str]) -> ServiceProc {
+        let mut args: Vec<String> = Vec::new();
+        for pair in FAST_ARGS.chunks(2) {
+            if !extra.contains(&pair[0]) {
+                args.extend(pair.iter().map(|s| s.to_string()));
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = ServiceProc::new(&db.url, args, None, Vec::new());
+        s.bind = bind;
+        s.spawn().await;
+        s
     }
 
     /// Start `toygres-actors run` against `url` with the shipped defaults (every timer at its
@@ -383,7 +401,18 @@ impl ServiceProc {
         bin: Option<std::path::PathBuf>,
         env: Vec<(String, String)>,
     ) -> ServiceProc {
-        let mut s = ServiceProc {
+        let mut s = ServiceProc::new(url, args, bin, env);
+        s.spawn().await;
+        s
+    }
+
+    fn new(
+        url: &str,
+        args: Vec<String>,
+        bin: Option<std::path::PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> ServiceProc {
+        ServiceProc {
             child: None,
             http: String::new(),
             log: std::env::temp_dir().join(format!(
@@ -394,9 +423,8 @@ impl ServiceProc {
             args,
             bin,
             env,
-        };
-        s.spawn().await;
-        s
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        }
     }
 
     /// Send a signal (SIGSTOP, SIGCONT, …) to the running process.
@@ -435,7 +463,7 @@ impl ServiceProc {
         let child = std::process::Command::new(bin)
             .arg("run")
             .arg("--http")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(std::net::SocketAddr::new(self.bind, port).to_string())
             .args(&named)
             .args(&self.args)
             .env("DATABASE_URL", &self.url)
