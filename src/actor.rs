@@ -36,7 +36,9 @@ use duroxide::{ActivityContext, OrchestrationContext};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::check::{ActorDeps, CheckInput, CheckOutcome, health_check, read_fenced};
+use crate::check::{
+    ActorDeps, ActorEnds, CheckError, CheckInput, CheckOutcome, RowFence, health_check, read_fenced,
+};
 use crate::cms;
 
 /// The actor's input, carried across continue-as-new.
@@ -236,18 +238,17 @@ pub async fn lease(
     scheduler: &crate::lease::Scheduler,
     actor_id: &str,
     input: LeaseInput,
-) -> Result<CheckOutcome, String> {
+) -> Result<CheckOutcome, CheckError> {
     let id = input.instance_id;
     let row = match read_fenced(&deps.pool, id, actor_id, &input.actor_states).await? {
-        Ok(row) => row,
-        Err(reason) => return actor_exits(deps, scheduler, id, actor_id, reason).await,
+        RowFence::Passed(row) => row,
+        RowFence::Ends(reason) => return actor_exits(deps, scheduler, id, actor_id, reason).await,
     };
     let me = (scheduler.id().name(), scheduler.id().epoch());
     let owner_ttl = Duration::from_millis(input.lease_ms);
     let renew_every = owner_ttl / LEASE_OVERLAP;
-    let (holder, lag) = cms::renew_lease(&deps.pool, id, actor_id, me, owner_ttl, renew_every)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (holder, lag) =
+        cms::renew_lease(&deps.pool, id, actor_id, me, owner_ttl, renew_every).await?;
     if let Some(lag) = lag {
         // Early (a fresh actor's jittered second renewal, right after a continue-as-new) is
         // not late.
@@ -259,7 +260,7 @@ pub async fn lease(
             scheduler,
             id,
             actor_id,
-            "superseded while renewing".into(),
+            ActorEnds::SupersededWhileRenewing,
         )
         .await;
     };
@@ -284,8 +285,8 @@ async fn actor_exits(
     scheduler: &crate::lease::Scheduler,
     id: Uuid,
     actor_id: &str,
-    reason: String,
-) -> Result<CheckOutcome, String> {
+    reason: ActorEnds,
+) -> Result<CheckOutcome, CheckError> {
     scheduler.release(id, actor_id);
     deps.prober.forget(id);
     if let Err(e) = cms::release_lease(&deps.pool, id, actor_id).await {
@@ -294,7 +295,9 @@ async fn actor_exits(
     if crate::quiet::ACTOR_EXITS.admit() {
         tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
     }
-    Ok(CheckOutcome::Exit { reason })
+    Ok(CheckOutcome::Exit {
+        reason: reason.to_string(),
+    })
 }
 
 /// Every version of the actor orchestration, as registered with Duroxide: the current one
@@ -321,7 +324,12 @@ pub fn register_activities(
             crate::config::ACTIVITY_HEALTH_CHECK,
             move |ctx: ActivityContext, input: CheckInput| {
                 let deps = check_deps.clone();
-                async move { health_check(&deps, ctx.instance_id(), input).await }
+                // Duroxide carries an activity's error as text.
+                async move {
+                    health_check(&deps, ctx.instance_id(), input)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             },
         )
         .register_typed(
@@ -329,7 +337,11 @@ pub fn register_activities(
             move |ctx: ActivityContext, input: LeaseInput| {
                 let deps = deps.clone();
                 let scheduler = scheduler.clone();
-                async move { lease(&deps, &scheduler, ctx.instance_id(), input).await }
+                async move {
+                    lease(&deps, &scheduler, ctx.instance_id(), input)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             },
         )
 }

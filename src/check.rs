@@ -78,38 +78,69 @@ pub fn wrong_role(in_recovery: Option<bool>, expect_standby: bool) -> Option<&'s
     }
 }
 
+/// Why an actor must end: its row no longer calls for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActorEnds {
+    #[error("instance row deleted")]
+    RowDeleted,
+    #[error("superseded: current actor is {}", .0.as_deref().unwrap_or("none"))]
+    Superseded(Option<String>),
+    #[error("superseded while probing")]
+    SupersededWhileProbing,
+    #[error("superseded while renewing")]
+    SupersededWhileRenewing,
+    #[error("state `{0}` calls for no actor")]
+    StateWithoutActor(String),
+}
+
+/// Why a check or a renewal could not run now (it runs again at its next turn).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("the row changed twice while probing; checking again next interval")]
+    RowKeptChanging,
+    #[error("no answer within {0:?}")]
+    NoAnswer(std::time::Duration),
+    #[error("the check panicked: {0}")]
+    Panicked(#[from] crate::panics::Panicked),
+}
+
+/// The row as the fence found it.
+pub(crate) enum RowFence {
+    /// It still calls for this actor.
+    Passed(cms::CheckRow),
+    /// The actor must end.
+    Ends(ActorEnds),
+}
+
 /// The fence every check and renewal passes first: the row exists, still names this actor,
-/// and its state still calls for one. `Err` carries why the actor must end.
+/// and its state still calls for one.
 pub(crate) fn fence(
     row: Option<cms::CheckRow>,
     actor_id: &str,
     actor_states: &[String],
-) -> Result<cms::CheckRow, String> {
+) -> RowFence {
     let Some(row) = row else {
-        return Err("instance row deleted".into());
+        return RowFence::Ends(ActorEnds::RowDeleted);
     };
     if row.actor_id.as_deref() != Some(actor_id) {
-        return Err(format!(
-            "superseded: current actor is {}",
-            row.actor_id.as_deref().unwrap_or("none")
-        ));
+        return RowFence::Ends(ActorEnds::Superseded(row.actor_id));
     }
     if !actor_states.contains(&row.state) {
-        return Err(format!("state `{}` calls for no actor", row.state));
+        return RowFence::Ends(ActorEnds::StateWithoutActor(row.state));
     }
-    Ok(row)
+    RowFence::Passed(row)
 }
 
-/// Read the row and pass it through [`fence`]: `Ok(Err(reason))` when the actor must end.
+/// Read the row and pass it through [`fence`].
 pub(crate) async fn read_fenced(
     pool: &PgPool,
     id: Uuid,
     actor_id: &str,
     actor_states: &[String],
-) -> Result<Result<cms::CheckRow, String>, String> {
-    let row = cms::instance_for_check(pool, id)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<RowFence, CheckError> {
+    let row = cms::instance_for_check(pool, id).await?;
     Ok(fence(row, actor_id, actor_states))
 }
 
@@ -208,12 +239,14 @@ async fn observe(deps: &ActorDeps, input: &CheckInput, target: Option<&str>) -> 
 }
 
 /// The actor (or this replica's probing) must end: nothing is written.
-fn exit(deps: &ActorDeps, id: Uuid, actor_id: &str, reason: String) -> CheckOutcome {
+fn exit(deps: &ActorDeps, id: Uuid, actor_id: &str, reason: ActorEnds) -> CheckOutcome {
     deps.prober.forget(id);
     if crate::quiet::ACTOR_EXITS.admit() {
         tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
     }
-    CheckOutcome::Exit { reason }
+    CheckOutcome::Exit {
+        reason: reason.to_string(),
+    }
 }
 
 /// The health check activity of a version-1 actor: read → probe → record, fenced on the
@@ -222,18 +255,16 @@ pub async fn health_check(
     deps: &ActorDeps,
     actor_id: &str,
     input: CheckInput,
-) -> Result<CheckOutcome, String> {
+) -> Result<CheckOutcome, CheckError> {
     let id = input.instance_id;
     let row = match read_fenced(&deps.pool, id, actor_id, &input.actor_states).await? {
-        Ok(row) => row,
-        Err(reason) => return Ok(exit(deps, id, actor_id, reason)),
+        RowFence::Passed(row) => row,
+        RowFence::Ends(reason) => return Ok(exit(deps, id, actor_id, reason)),
     };
     let obs = observe(deps, &input, row.target.as_deref()).await;
-    let recorded = cms::record_health(&deps.pool, &obs.record(id, actor_id))
-        .await
-        .map_err(|e| e.to_string())?;
+    let recorded = cms::record_health(&deps.pool, &obs.record(id, actor_id)).await?;
     match recorded {
-        Recorded::Superseded => Ok(exit(deps, id, actor_id, "superseded while probing".into())),
+        Recorded::Superseded => Ok(exit(deps, id, actor_id, ActorEnds::SupersededWhileProbing)),
         Recorded::Written { previous } => {
             obs.log_change(id, actor_id, &previous);
             Ok(obs.outcome())
@@ -254,13 +285,13 @@ pub async fn leased_check(
     holder: (&str, i64),
     input: CheckInput,
     known: Option<cms::Seen>,
-) -> Result<(CheckOutcome, Option<cms::Seen>), String> {
+) -> Result<(CheckOutcome, Option<cms::Seen>), CheckError> {
     let id = input.instance_id;
     let mut seen = match known {
         Some(seen) => seen,
         None => match read_fenced(&deps.pool, id, actor_id, &input.actor_states).await? {
-            Ok(row) => row.into(),
-            Err(reason) => return Ok((exit(deps, id, actor_id, reason), None)),
+            RowFence::Passed(row) => row.into(),
+            RowFence::Ends(reason) => return Ok((exit(deps, id, actor_id, reason), None)),
         },
     };
     for _ in 0..2 {
@@ -273,8 +304,7 @@ pub async fn leased_check(
             &seen,
             deps.check_commit,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         match fenced {
             Fenced::Written { previous, now } => {
                 obs.log_change(id, actor_id, &previous);
@@ -282,7 +312,7 @@ pub async fn leased_check(
             }
             Fenced::Changed(now) => {
                 if !input.actor_states.contains(&now.state) {
-                    let reason = format!("state `{}` calls for no actor", now.state);
+                    let reason = ActorEnds::StateWithoutActor(now.state);
                     return Ok((exit(deps, id, actor_id, reason), None));
                 }
                 tracing::debug!(instance_id = %id, actor_id, state = %now.state,
@@ -299,7 +329,7 @@ pub async fn leased_check(
             }
         }
     }
-    Err("the row changed twice while probing; checking again next interval".into())
+    Err(CheckError::RowKeptChanging)
 }
 
 #[cfg(test)]

@@ -82,14 +82,16 @@ impl Prober {
     pub fn with_default_root_cert(
         mut self,
         root: Option<&std::path::Path>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ProbeError> {
         self.default_root_cert = match root {
             None => None,
             Some(p) => {
                 let root = RootCert::from_setting(&p.to_string_lossy());
                 if let RootCert::File(f) = &root {
-                    std::fs::File::open(f)
-                        .map_err(|e| format!("--probe-ssl-root-cert {}: {e}", f.display()))?;
+                    std::fs::File::open(f).map_err(|source| ProbeError::RootCert {
+                        path: f.clone(),
+                        source,
+                    })?;
                 }
                 Some(root)
             }
@@ -155,7 +157,7 @@ impl Prober {
                 version: None,
                 in_recovery: None,
                 response_time_ms: elapsed,
-                error: Some(redact::redact_known(&e, password.as_deref())),
+                error: Some(redact::redact_known(&e.to_string(), password.as_deref())),
             },
         }
     }
@@ -163,7 +165,7 @@ impl Prober {
     async fn connect_and_query(
         &self,
         target: ConnConfig,
-    ) -> Result<(tokio_postgres::Client, ProbeRow), String> {
+    ) -> Result<(tokio_postgres::Client, ProbeRow), ProbeError> {
         let mut config = target.tokio_config();
         config
             .connect_timeout(self.settings.connect_timeout)
@@ -178,21 +180,13 @@ impl Prober {
             Ok::<_, crate::conn::ConnError>(client)
         };
         let client = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
-            Err(_) => {
-                return Err(format!(
-                    "connect timed out after {} ms",
-                    self.settings.connect_timeout.as_millis()
-                ));
-            }
-            Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+            Err(_) => return Err(ProbeError::ConnectTimeout(self.settings.connect_timeout)),
+            Ok(Err(e)) => return Err(ProbeError::Connect(e)),
             Ok(Ok(c)) => c,
         };
         match tokio::time::timeout(self.settings.query_timeout, probe_query(&client)).await {
-            Err(_) => Err(format!(
-                "query timed out after {} ms",
-                self.settings.query_timeout.as_millis()
-            )),
-            Ok(Err(e)) => Err(format!("query failed: {e}")),
+            Err(_) => Err(ProbeError::QueryTimeout(self.settings.query_timeout)),
+            Ok(Err(e)) => Err(e),
             Ok(Ok(row)) => Ok((client, row)),
         }
     }
@@ -261,11 +255,11 @@ struct ProbeRow {
 /// `sql/probe.sql` in the simple query protocol: one round trip (no prepare), and it works
 /// through a pooler in transaction mode, where a prepared statement may not outlive its
 /// transaction.
-async fn probe_query(client: &tokio_postgres::Client) -> Result<ProbeRow, String> {
+async fn probe_query(client: &tokio_postgres::Client) -> Result<ProbeRow, ProbeError> {
     let messages = client
         .simple_query(crate::sql::PROBE)
         .await
-        .map_err(|e| error_text(&e))?;
+        .map_err(|e| ProbeError::Query(error_text(&e)))?;
     messages
         .iter()
         .find_map(|m| match m {
@@ -277,7 +271,28 @@ async fn probe_query(client: &tokio_postgres::Client) -> Result<ProbeRow, String
             }),
             _ => None,
         })
-        .ok_or_else(|| "the probe query returned no row".to_owned())
+        .ok_or(ProbeError::NoRow)
+}
+
+/// Why a probe failed (its text is the check's `error_message`), or a prober could not be
+/// set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect timed out after {} ms", .0.as_millis())]
+    ConnectTimeout(Duration),
+    #[error("connect failed: {0}")]
+    Connect(crate::conn::ConnError),
+    #[error("query timed out after {} ms", .0.as_millis())]
+    QueryTimeout(Duration),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("query failed: the probe query returned no row")]
+    NoRow,
+    #[error("--probe-ssl-root-cert {}: {source}", .path.display())]
+    RootCert {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn ok_result(row: &ProbeRow, started: Instant) -> ProbeResult {

@@ -42,9 +42,12 @@ pub async fn run(
     // Failed sessions in a row (none ticked in between): the pause before the next grows.
     let mut failures: u32 = 0;
     while !stop.is_cancelled() {
-        match session(&url, &id, &leading, &stop, &mut reported_error).await {
+        match session(&url, &id, &leading, &stop).await {
             Ok(()) => {}
             Err(e) => {
+                if e.ticked() {
+                    reported_error = false;
+                }
                 // The server may have dropped every connection: the CMS pool tests the ones
                 // idle since before now before their next use (crate::db).
                 crate::db::connections_suspect();
@@ -92,17 +95,33 @@ fn step_down(leading: &watch::Sender<Option<Term>>, why: &str) {
     metrics::leader_term(None);
 }
 
+/// How an election session ended, when not by `stop`.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] crate::db::DbError),
+    /// The session was open; `ticked`: at least one tick was answered first.
+    #[error("{reason}")]
+    Lost { reason: String, ticked: bool },
+}
+
+impl SessionError {
+    fn ticked(&self) -> bool {
+        matches!(self, SessionError::Lost { ticked: true, .. })
+    }
+}
+
 /// One session: tick until it fails or `stop`; on stop, resign the term we hold.
 async fn session(
     url: &str,
     id: &ReplicaId,
     leading: &watch::Sender<Option<Term>>,
     stop: &CancellationToken,
-    reported_error: &mut bool,
-) -> Result<(), String> {
-    let mut s = crate::db::connect_session(url, "toygres-actors-leader", Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), SessionError> {
+    let mut s =
+        crate::db::connect_session(url, "toygres-actors-leader", Duration::from_secs(5)).await?;
+    let mut ticked = false;
+    let lost = |reason: String, ticked: bool| SessionError::Lost { reason, ticked };
     let mut tick = tokio::time::interval(config::LEADER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Until when our term is proven (monotonic clock): renewal sent at t, TTL from t.
@@ -121,10 +140,10 @@ async fn session(
                 return Ok(());
             }
             end = &mut s.closed => {
-                return Err(match end {
+                return Err(lost(match end {
                     Ok(Some(e)) => format!("connection ended: {e}"),
                     _ => "connection closed".into(),
-                });
+                }, ticked));
             }
             _ = tick.tick() => {
                 // A term we cannot prove any more is not ours, whatever comes back later.
@@ -140,10 +159,10 @@ async fn session(
                 let call = s.client.query_one(crate::sql::LEADER_TICK, &params);
                 let term: Option<i64> = match tokio::time::timeout(config::LEADER_TICK_TIMEOUT, call).await {
                     Ok(Ok(row)) => row.get(0),
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("leader tick timed out".into()),
+                    Ok(Err(e)) => return Err(lost(e.to_string(), ticked)),
+                    Err(_) => return Err(lost("leader tick timed out".into(), ticked)),
                 };
-                *reported_error = false;
+                ticked = true;
                 match term {
                     Some(term) => {
                         proven_until = Some(sent + config::LEADER_TTL);

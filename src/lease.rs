@@ -363,7 +363,7 @@ impl Scheduler {
                 check::leased_check(&self.deps, &actor_id, holder, input, known),
             )
             .await
-            .unwrap_or_else(|panic| Err(format!("the check panicked: {panic}")));
+            .unwrap_or_else(|panic| Err(panic.into()));
             drop(permit);
             let now = Instant::now();
             let mut guard = self.lock();

@@ -9,8 +9,13 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 
+/// A panic caught at a task's edge, with its (redacted) message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
+
 /// Run `work`; a panic inside it becomes `Err` with its message.
-pub async fn caught<F: Future>(task: &'static str, work: F) -> Result<F::Output, String> {
+pub async fn caught<F: Future>(task: &'static str, work: F) -> Result<F::Output, Panicked> {
     match AssertUnwindSafe(work).catch_unwind().await {
         Ok(out) => Ok(out),
         Err(panic) => {
@@ -22,7 +27,7 @@ pub async fn caught<F: Future>(task: &'static str, work: F) -> Result<F::Output,
             let message = crate::redact::redact_error(&message);
             crate::metrics::task_panicked(task);
             tracing::error!(task, panic = %message, "a task panicked; its work is retried at its next turn");
-            Err(message)
+            Err(Panicked(message))
         }
     }
 }
@@ -33,8 +38,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_becomes_an_error_and_the_caller_goes_on() {
-        let r: Result<(), String> = caught("test", async { panic!("boom") }).await;
-        assert_eq!(r, Err("boom".to_string()));
+        let r: Result<(), Panicked> = caught("test", async { panic!("boom") }).await;
+        assert_eq!(r, Err(Panicked("boom".to_string())));
         assert_eq!(caught("test", async { 7 }).await, Ok(7));
     }
 }

@@ -99,8 +99,7 @@ pub async fn start(
             keep_connections: args.probe_keep_connections,
             max_concurrent: args.probe_concurrency,
         })
-        .with_default_root_cert(args.probe_ssl_root_cert.as_deref())
-        .map_err(anyhow::Error::msg)?,
+        .with_default_root_cert(args.probe_ssl_root_cert.as_deref())?,
     );
     let deps = Arc::new(ActorDeps {
         pool: pool.clone(),

@@ -305,17 +305,30 @@ impl RunArgs {
     }
 }
 
+/// A setting's value that does not parse (clap shows it with the flag's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("`{0}`: use on or off")]
+    NotOnOff(String),
+    #[error("`{0}` is not a duration (e.g. 30s, 5m, 250ms)")]
+    NotADuration(String),
+    #[error("`{value}`: unknown unit `{unit}` (use ms, s, m, h or d)")]
+    UnknownUnit { value: String, unit: String },
+    #[error("`{0}` is not a valid duration")]
+    InvalidDuration(String),
+}
+
 /// `on`/`off` (also true/false, yes/no, 1/0).
-pub fn parse_on_off(s: &str) -> Result<bool, String> {
+pub fn parse_on_off(s: &str) -> Result<bool, ValueError> {
     match s.trim().to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
-        other => Err(format!("`{other}`: use on or off")),
+        other => Err(ValueError::NotOnOff(other.to_string())),
     }
 }
 
 /// `30s`, `5m`, `2h`, `7d`, `250ms`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => (&s[..i], &s[i..]),
@@ -323,7 +336,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 5m, 250ms)"))?;
+        .map_err(|_| ValueError::NotADuration(s.to_string()))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -331,13 +344,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         "d" => n * 86400.0,
         _ => {
-            return Err(format!(
-                "`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"
-            ));
+            return Err(ValueError::UnknownUnit {
+                value: s.to_string(),
+                unit: unit.to_string(),
+            });
         }
     };
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{s}` is not a valid duration"));
+        return Err(ValueError::InvalidDuration(s.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
 }

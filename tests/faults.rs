@@ -176,20 +176,25 @@ async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
             "the leader lost its term while a CMS row was held"
         );
         assert!(a.is_leader().await, "a stepped down during the hold");
-        // No session of ours waits on the held row for long (fences 2 s, a check's write 2 s):
-        // a held row never keeps a pooled connection of ours.
-        let longest_wait: f64 = sqlx::query_scalar(&format!(
-            "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)::float8
+        // No session of ours waits on the held row for long: every lock a fence, a check's
+        // write or a renewal waits for is bounded by 2 s (a statement queued behind another
+        // waiter waits for two: the row's tuple lock, then the holder's transaction), so a
+        // held row never keeps a pooled connection of ours.
+        let (longest_wait, who): (f64, Option<String>) = sqlx::query_as(&format!(
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - query_start), 0)::float8,
+                    application_name || ': ' || left(query, 120)
                FROM pg_stat_activity
-              WHERE datname = current_database() AND {holder} = ANY(pg_blocking_pids(pid))"
+              WHERE datname = current_database() AND {holder} = ANY(pg_blocking_pids(pid))
+              ORDER BY query_start LIMIT 1"
         ))
-        .fetch_one(&db.pool)
+        .fetch_optional(&db.pool)
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap_or((0.0, None));
         longest = longest.max(longest_wait);
         assert!(
-            longest_wait <= 3.0,
-            "a session of ours has waited {longest_wait:.1} s on the held row"
+            longest_wait <= 5.0,
+            "a session of ours has waited {longest_wait:.1} s on the held row: {who:?}"
         );
         // One insert every ~5 s: the wait is a condition on the clock, not a sleep.
         let next = t0 + Duration::from_secs(5);

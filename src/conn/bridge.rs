@@ -56,23 +56,35 @@ struct Bridge {
     routes: Mutex<Vec<(ConnConfig, u16)>>,
 }
 
-static BRIDGE: OnceLock<Result<Bridge, String>> = OnceLock::new();
+/// Why the bridge could not start (kept: every later connection reports it).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot start the TLS bridge: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot create the TLS bridge's directory {}: {source}", .dir.display())]
+    Directory {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+static BRIDGE: OnceLock<Result<Bridge, StartError>> = OnceLock::new();
 
 fn bridge() -> Result<&'static Bridge, ConnError> {
     BRIDGE
         .get_or_init(start)
         .as_ref()
-        .map_err(|e| ConnError::Tls(e.clone()))
+        .map_err(|e| ConnError::Tls(e.to_string()))
 }
 
-fn start() -> Result<Bridge, String> {
+fn start() -> Result<Bridge, StartError> {
     use std::os::unix::fs::DirBuilderExt;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("tls-bridge")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the TLS bridge: {e}"))?;
+        .map_err(StartError::Runtime)?;
     let parent = std::env::temp_dir();
     remove_stale(&parent);
     let suffix = uuid::Uuid::new_v4().simple().to_string();
@@ -84,11 +96,9 @@ fn start() -> Result<Bridge, String> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| {
-            format!(
-                "cannot create the TLS bridge's directory {}: {e}",
-                dir.display()
-            )
+        .map_err(|source| StartError::Directory {
+            dir: dir.clone(),
+            source,
         })?;
     Ok(Bridge {
         runtime,

@@ -172,7 +172,7 @@ const UNSUPPORTED: &[&str] = &[
 impl ConnConfig {
     /// Parse a connection string (URL or key/value form).
     pub fn parse(s: &str) -> Result<ConnConfig, ConnError> {
-        let pairs = parse::pairs(s).map_err(ConnError::Invalid)?;
+        let pairs = parse::pairs(s).map_err(|e| ConnError::Invalid(e.0))?;
         let mut c = ConnConfig {
             hosts: Vec::new(),
             hostaddrs: Vec::new(),
@@ -198,7 +198,7 @@ impl ConnConfig {
             load_balance_random: false,
         };
         for (k, v) in pairs {
-            c.set(&k, v).map_err(ConnError::Invalid)?;
+            c.set(&k, v).map_err(|e| ConnError::Invalid(e.0))?;
         }
         if c.sslrootcert == Some(RootCert::System) {
             if !c.sslmode_given {
@@ -224,18 +224,20 @@ impl ConnConfig {
         Ok(c)
     }
 
-    fn set(&mut self, key: &str, v: String) -> Result<(), String> {
-        let secs = |v: &str| -> Result<Option<Duration>, String> {
+    fn set(&mut self, key: &str, v: String) -> Result<(), parse::Malformed> {
+        let secs = |v: &str| -> Result<Option<Duration>, parse::Malformed> {
             let n: i64 = v
                 .trim()
                 .parse()
                 .map_err(|_| format!("`{key}` must be a whole number of seconds"))?;
             Ok((n > 0).then(|| Duration::from_secs(n as u64)))
         };
-        let flag = |v: &str| match v {
-            "1" => Ok(true),
-            "0" => Ok(false),
-            _ => Err(format!("`{key}` must be 0 or 1")),
+        let flag = |v: &str| -> Result<bool, parse::Malformed> {
+            match v {
+                "1" => Ok(true),
+                "0" => Ok(false),
+                _ => Err(format!("`{key}` must be 0 or 1").into()),
+            }
         };
         match key {
             "host" => self.hosts = v.split(',').map(str::to_string).collect(),
@@ -332,12 +334,12 @@ impl ConnConfig {
             "client_encoding"
                 if v.eq_ignore_ascii_case("utf8") || v.eq_ignore_ascii_case("utf-8") => {}
             "sslsni" | "sslnegotiation" | "gssencmode" | "client_encoding" => {
-                return Err(format!("this value of `{key}` is not supported"));
+                return Err(format!("this value of `{key}` is not supported").into());
             }
             k if UNSUPPORTED.contains(&k) => {
-                return Err(format!("`{k}` is not supported by toygres-actors"));
+                return Err(format!("`{k}` is not supported by toygres-actors").into());
             }
-            k => return Err(format!("unknown parameter `{}`", printable(k))),
+            k => return Err(format!("unknown parameter `{}`", printable(k)).into()),
         }
         Ok(())
     }

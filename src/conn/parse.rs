@@ -6,8 +6,25 @@
 //!
 //! Values are never echoed in errors: only keywords and positions are.
 
+/// Why a connection string does not parse: keywords and positions, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+impl From<String> for Malformed {
+    fn from(s: String) -> Self {
+        Malformed(s)
+    }
+}
+
+impl From<&str> for Malformed {
+    fn from(s: &str) -> Self {
+        Malformed(s.to_string())
+    }
+}
+
 /// The pairs of a connection string, in order (a later pair wins over an earlier one).
-pub fn pairs(s: &str) -> Result<Vec<(String, String)>, String> {
+pub fn pairs(s: &str) -> Result<Vec<(String, String)>, Malformed> {
     let t = s.trim();
     if let Some(rest) = t
         .strip_prefix("postgresql://")
@@ -21,7 +38,7 @@ pub fn pairs(s: &str) -> Result<Vec<(String, String)>, String> {
     }
 }
 
-fn url_pairs(rest: &str) -> Result<Vec<(String, String)>, String> {
+fn url_pairs(rest: &str) -> Result<Vec<(String, String)>, Malformed> {
     let mut out = Vec::new();
     // As in libpq, the user info ends at an '@' before the first '/'; a raw '?', '#' or
     // '@' in the password is tolerated (the last '@' that is followed by a host list).
@@ -98,7 +115,7 @@ fn url_pairs(rest: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn kv_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
+fn kv_pairs(s: &str) -> Result<Vec<(String, String)>, Malformed> {
     let mut out = Vec::new();
     let chars: Vec<char> = s.chars().collect();
     let mut i = 0;
@@ -119,7 +136,7 @@ fn kv_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
         let key: String = chars[start..i].iter().collect();
         skip_ws(&mut i);
         if i >= chars.len() || chars[i] != '=' {
-            return Err(format!("missing `=` after `{key}`"));
+            return Err(format!("missing `=` after `{key}`").into());
         }
         i += 1;
         skip_ws(&mut i);
@@ -128,7 +145,7 @@ fn kv_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
             i += 1;
             loop {
                 match chars.get(i) {
-                    None => return Err(format!("unterminated quoted value of `{key}`")),
+                    None => return Err(format!("unterminated quoted value of `{key}`").into()),
                     Some('\\') if i + 1 < chars.len() => {
                         value.push(chars[i + 1]);
                         i += 2;
@@ -157,7 +174,7 @@ fn kv_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Percent-decode one URL component (UTF-8), naming `what` — never the text — on error.
-fn decode(s: &str, what: &str) -> Result<String, String> {
+fn decode(s: &str, what: &str) -> Result<String, Malformed> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -175,7 +192,8 @@ fn decode(s: &str, what: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("{what} is not UTF-8 after percent-decoding"))
+    String::from_utf8(out)
+        .map_err(|_| Malformed(format!("{what} is not UTF-8 after percent-decoding")))
 }
 
 /// Percent-encode a URL component (everything but RFC 3986's unreserved characters).
@@ -238,7 +256,7 @@ mod tests {
         assert_eq!(get(&p, "user"), Some("u x"));
         assert_eq!(get(&p, "dbname"), Some(""));
         let e = pairs("host=h password='secret").unwrap_err();
-        assert!(!e.contains("secret"), "{e}");
+        assert!(!e.0.contains("secret"), "{e}");
         assert!(pairs("host h").is_err());
     }
 

@@ -121,8 +121,10 @@ impl ActorControl {
             ),
         )
         .await
-        .unwrap_or_else(|_| Ok(Err(format!("no answer within {FIRST_CHECK_WAIT:?}"))))
-        .unwrap_or_else(|panic| Err(format!("the check panicked: {panic}")));
+        .unwrap_or(Ok(Err(crate::check::CheckError::NoAnswer(
+            FIRST_CHECK_WAIT,
+        ))))
+        .unwrap_or_else(|panic| Err(panic.into()));
         match checked {
             Ok((
                 CheckOutcome::Checked {

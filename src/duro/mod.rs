@@ -69,7 +69,7 @@ pub enum DuroError {
     #[error(transparent)]
     Foreign(#[from] crate::store::Refused),
     #[error("panicked: {0}")]
-    Panicked(String),
+    Panicked(#[from] crate::panics::Panicked),
     #[error("legacy store `{schema}`: {message}")]
     Legacy { schema: String, message: String },
 }

@@ -323,7 +323,7 @@ impl ReconcileQueue {
                     }
                 })
                 .await
-                .unwrap_or_else(|panic| Err(crate::duro::DuroError::Panicked(panic)));
+                .unwrap_or_else(|panic| Err(panic.into()));
                 drop(permit);
                 if let Err(
                     crate::duro::DuroError::TermOver(_) | crate::duro::DuroError::NotLeader,
