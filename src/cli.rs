@@ -36,6 +36,9 @@ pub enum Command {
     Explain {
         /// k8s_name, or dns_name of a live instance.
         name: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Start, restart or cancel one instance's actor.
     Actor {
@@ -43,12 +46,18 @@ pub enum Command {
         action: ActorAction,
         /// k8s_name, or dns_name of a live instance.
         name: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// One full reconcile pass: start missing, restart stale/zombie, cancel orphans.
     Heal {
         /// Print what would be done, do nothing.
         #[arg(long)]
         dry_run: bool,
+        /// JSON instead of text: an array, one object per action.
+        #[arg(long)]
+        json: bool,
     },
     /// Private PostgreSQL + a sample fleet + the service, with a live table.
     Demo(DemoArgs),
@@ -110,103 +119,173 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Some(c) => c,
         None => Command::Run(Box::new(RunArgs::from_env()?)),
     };
+    let global = &cli.global;
     match command {
-        Command::Migrate => {
-            let db = open_database(&cli.global).await?;
-            let pool = crate::db::cms_pool(&db.url, 2).await?;
-            crate::db::migrate(&pool).await?;
-            pool.close().await;
-            println!("migrations applied");
-            drop(db);
-            Ok(0)
-        }
+        Command::Migrate => migrate(global).await,
         Command::Run(args) => {
             args.validate()?;
-            crate::service::run(&cli.global, &args).await?;
+            crate::service::run(global, &args).await?;
             Ok(0)
         }
-        Command::Demo(args) => crate::demo::run(&cli.global, &args).await,
-        Command::Status(args) => {
-            let only = match args.verdict.as_deref() {
-                None => None,
-                Some(v) => Some(crate::verdict::Verdict::parse(v).ok_or_else(|| {
-                    anyhow::anyhow!("unknown verdict `{v}` (ok, stale, missing, zombie, orphan, unhealthy, idle)")
-                })?),
-            };
-            let reconciler = operator_reconciler(&cli.global).await?;
-            let list = crate::ops::list(&reconciler, only).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+        Command::Demo(args) => crate::demo::run(global, &args).await,
+        Command::Status(args) => status(global, &args).await,
+        Command::Explain { name, json } => {
+            explain(global, &name, Format::from_json_flag(json)).await
+        }
+        Command::Actor { action, name, json } => {
+            actor(global, action, &name, Format::from_json_flag(json)).await
+        }
+        Command::Heal { dry_run, json } => {
+            let mode = if dry_run {
+                crate::reconcile::Mode::DryRun
             } else {
-                print!("{}", crate::ops::render_table(&list));
-                match crate::replica::list(&reconciler.control.pool).await {
-                    Ok(replicas) => print!("{}", crate::ops::render_replicas(&replicas)),
-                    Err(e) => eprintln!("replicas: {e}"),
-                }
-            }
-            Ok(if list.iter().any(|a| a.verdict.needs_healing()) {
-                1
-            } else {
-                0
-            })
-        }
-        Command::Explain { name } => {
-            let reconciler = operator_reconciler(&cli.global).await?;
-            let e = crate::ops::explain(&reconciler, &name).await?;
-            print!("{}", crate::ops::render_explanation(&e));
-            Ok(0)
-        }
-        Command::Actor { action, name } => {
-            let reconciler = operator_reconciler(&cli.global).await?;
-            let r = match action {
-                ActorAction::Start => crate::ops::start(&reconciler, &name, "cli").await?,
-                ActorAction::Restart => crate::ops::restart(&reconciler, &name, "cli").await?,
-                ActorAction::Cancel => crate::ops::cancel(&reconciler, &name, "cli").await?,
+                crate::reconcile::Mode::Act
             };
-            println!("{}: {}", r.k8s_name, r.message);
-            if let Some(old) = &r.old_actor_id {
-                println!("  old actor: {old}");
-            }
-            if let Some(new) = &r.new_actor_id {
-                println!("  new actor: {new}");
-            }
-            if let Some(w) = &r.warning {
-                println!("  warning: {w}");
-            }
-            Ok(0)
-        }
-        Command::Heal { dry_run } => {
-            let reconciler = operator_reconciler(&cli.global).await?;
-            let outcomes = reconciler
-                .full_reconcile(
-                    None,
-                    if dry_run {
-                        crate::reconcile::Mode::DryRun
-                    } else {
-                        crate::reconcile::Mode::Act
-                    },
-                )
-                .await?;
-            if outcomes.is_empty() {
-                println!("nothing to heal");
-            }
-            for o in &outcomes {
-                let what = match &o.skipped {
-                    Some(why) => format!("would {} ({why})", o.action),
-                    None => format!("did {}", o.action),
-                };
-                println!(
-                    "{:<30} {:<9} {:<28} {} — {}",
-                    o.k8s_name,
-                    o.verdict,
-                    what,
-                    o.new_actor_id.as_deref().unwrap_or(""),
-                    o.reason
-                );
-            }
-            Ok(0)
+            heal(global, mode, Format::from_json_flag(json)).await
         }
     }
+}
+
+/// How an operator command prints what it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// For a person: a table or lines of text.
+    Text,
+    /// One JSON document on standard output, for a script. Built from the same types the
+    /// HTTP API serves, none of which holds a connection string.
+    Json,
+}
+
+impl Format {
+    /// From a command's `--json` flag.
+    fn from_json_flag(json: bool) -> Self {
+        if json { Format::Json } else { Format::Text }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn migrate(global: &GlobalArgs) -> anyhow::Result<i32> {
+    let db = open_database(global).await?;
+    let pool = crate::db::cms_pool(&db.url, 2).await?;
+    crate::db::migrate(&pool).await?;
+    pool.close().await;
+    println!("migrations applied");
+    drop(db);
+    Ok(0)
+}
+
+/// `status`: exits 1 when any instance needs healing, whatever the format.
+async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<i32> {
+    let only = match args.verdict.as_deref() {
+        None => None,
+        Some(v) => Some(crate::verdict::Verdict::parse(v).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown verdict `{v}` (ok, stale, missing, zombie, orphan, unhealthy, idle)"
+            )
+        })?),
+    };
+    let reconciler = operator_reconciler(global).await?;
+    let list = crate::ops::list(&reconciler, only).await?;
+    match Format::from_json_flag(args.json) {
+        Format::Json => print_json(&list)?,
+        Format::Text => {
+            print!("{}", crate::ops::render_table(&list));
+            match crate::replica::list(&reconciler.control.pool).await {
+                Ok(replicas) => print!("{}", crate::ops::render_replicas(&replicas)),
+                Err(e) => eprintln!("replicas: {e}"),
+            }
+        }
+    }
+    Ok(if list.iter().any(|a| a.verdict.needs_healing()) {
+        1
+    } else {
+        0
+    })
+}
+
+async fn explain(global: &GlobalArgs, name: &str, format: Format) -> anyhow::Result<i32> {
+    let reconciler = operator_reconciler(global).await?;
+    let e = crate::ops::explain(&reconciler, name).await?;
+    match format {
+        Format::Json => print_json(&e)?,
+        Format::Text => print!("{}", crate::ops::render_explanation(&e)),
+    }
+    Ok(0)
+}
+
+async fn actor(
+    global: &GlobalArgs,
+    action: ActorAction,
+    name: &str,
+    format: Format,
+) -> anyhow::Result<i32> {
+    let reconciler = operator_reconciler(global).await?;
+    let r = match action {
+        ActorAction::Start => crate::ops::start(&reconciler, name, "cli").await?,
+        ActorAction::Restart => crate::ops::restart(&reconciler, name, "cli").await?,
+        ActorAction::Cancel => crate::ops::cancel(&reconciler, name, "cli").await?,
+    };
+    match format {
+        Format::Json => print_json(&r)?,
+        Format::Text => print!("{}", render_action(&r)),
+    }
+    Ok(0)
+}
+
+/// `actor` as text.
+fn render_action(r: &crate::ops::ActionResult) -> String {
+    let mut out = format!("{}: {}\n", r.k8s_name, r.message);
+    if let Some(old) = &r.old_actor_id {
+        out.push_str(&format!("  old actor: {old}\n"));
+    }
+    if let Some(new) = &r.new_actor_id {
+        out.push_str(&format!("  new actor: {new}\n"));
+    }
+    if let Some(w) = &r.warning {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
+    out
+}
+
+async fn heal(
+    global: &GlobalArgs,
+    mode: crate::reconcile::Mode,
+    format: Format,
+) -> anyhow::Result<i32> {
+    let reconciler = operator_reconciler(global).await?;
+    let outcomes = reconciler.full_reconcile(None, mode).await?;
+    match format {
+        Format::Json => print_json(&outcomes)?,
+        Format::Text => print!("{}", render_heal(&outcomes)),
+    }
+    Ok(0)
+}
+
+/// `heal` as text: one line per action.
+fn render_heal(outcomes: &[crate::reconcile::Outcome]) -> String {
+    if outcomes.is_empty() {
+        return "nothing to heal\n".into();
+    }
+    let mut out = String::new();
+    for o in outcomes {
+        let what = match &o.skipped {
+            Some(why) => format!("would {} ({why})", o.action),
+            None => format!("did {}", o.action),
+        };
+        out.push_str(&format!(
+            "{:<30} {:<9} {:<28} {} — {}\n",
+            o.k8s_name,
+            o.verdict,
+            what,
+            o.new_actor_id.as_deref().unwrap_or(""),
+            o.reason
+        ));
+    }
+    out
 }
 
 /// For the operator commands: the database (DATABASE_URL, or the private cluster a running

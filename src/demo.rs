@@ -173,128 +173,196 @@ async fn insert(
     Ok(())
 }
 
+/// The story's steps, in order, each waiting until what it shows has happened.
 async fn story(service: &RunningService, pool: &PgPool, args: &DemoArgs) -> anyhow::Result<()> {
-    let port = service.shared.pool.connect_options().get_port();
-    // A password in every connection string: it must never show up on screen or in logs.
-    let conn = |db: &str| {
+    let story = Story::new(service, pool, args)?;
+    story.instances_created().await?;
+    story.health_flowing().await?;
+    story.instance_deleted().await?;
+    story.manual_restart().await?;
+    story.listener_killed().await?;
+    story.fleet_now().await
+}
+
+/// What every step of the story works with.
+struct Story<'a> {
+    service: &'a RunningService,
+    pool: &'a PgPool,
+    args: &'a DemoArgs,
+    /// The private cluster's port, where the healthy instances' databases are.
+    port: u16,
+    /// A loopback port nothing listens on: the unhealthy instance's target.
+    closed: u16,
+    /// How long a step may take before the demo gives up.
+    patience: Duration,
+}
+
+impl<'a> Story<'a> {
+    fn new(
+        service: &'a RunningService,
+        pool: &'a PgPool,
+        args: &'a DemoArgs,
+    ) -> anyhow::Result<Self> {
+        Ok(Story {
+            service,
+            pool,
+            args,
+            port: service.shared.pool.connect_options().get_port(),
+            closed: std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+            patience: Duration::from_secs(20),
+        })
+    }
+
+    /// A connection string to `db` on the private cluster. A password in every one: it must
+    /// never show up on screen or in logs.
+    fn conn(&self, db: &str) -> Option<String> {
         Some(format!(
-            "postgres://toygres:demo-secret-pw@127.0.0.1:{port}/{db}"
+            "postgres://toygres:demo-secret-pw@127.0.0.1:{}/{db}",
+            self.port
         ))
-    };
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let t = Duration::from_secs(20);
+    }
 
-    say(
-        "1. Instances created",
-        "INSERT INTO toygres_cms.instances … (the triggers NOTIFY the service)",
-    );
-    insert(pool, "pg-alpha", "running", conn("demo_alpha")).await?;
-    insert(pool, "pg-beta", "running", conn("demo_beta")).await?;
-    insert(pool, "pg-gamma", "creating", conn("demo_gamma")).await?;
-    insert(
-        pool,
-        "pg-broken",
-        "running",
-        Some(format!(
-            "postgres://toygres:demo-secret-pw@127.0.0.1:{closed}/postgres?connect_timeout=2"
-        )),
-    )
-    .await?;
-    insert(pool, "pg-provisioning", "creating", None).await?;
-    until("actors started", t, || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM toygres_cms.instances WHERE instance_actor_orchestration_id IS NOT NULL",
+    async fn instances_created(&self) -> anyhow::Result<()> {
+        let pool = self.pool;
+        say(
+            "1. Instances created",
+            "INSERT INTO toygres_cms.instances … (the triggers NOTIFY the service)",
+        );
+        insert(pool, "pg-alpha", "running", self.conn("demo_alpha")).await?;
+        insert(pool, "pg-beta", "running", self.conn("demo_beta")).await?;
+        insert(pool, "pg-gamma", "creating", self.conn("demo_gamma")).await?;
+        insert(
+            pool,
+            "pg-broken",
+            "running",
+            Some(format!(
+                "postgres://toygres:demo-secret-pw@127.0.0.1:{}/postgres?connect_timeout=2",
+                self.closed
+            )),
         )
-        .fetch_one(pool)
         .await?;
-        Ok(n == 5)
-    })
-    .await?;
-    say(
-        "2. Actors started, health flowing",
-        "each actor probes, writes health, sleeps on a durable timer",
-    );
-    until("two checks each", t + args.interval * 3, || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT instance_id FROM toygres_cms.instance_health_checks
+        insert(pool, "pg-provisioning", "creating", None).await?;
+        until("actors started", self.patience, || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM toygres_cms.instances WHERE instance_actor_orchestration_id IS NOT NULL",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok(n == 5)
+        })
+        .await
+    }
+
+    async fn health_flowing(&self) -> anyhow::Result<()> {
+        let pool = self.pool;
+        say(
+            "2. Actors started, health flowing",
+            "each actor probes, writes health, sleeps on a durable timer",
+        );
+        until(
+            "two checks each",
+            self.patience + self.args.interval * 3,
+            || async {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT instance_id FROM toygres_cms.instance_health_checks
                                     GROUP BY instance_id HAVING count(*) >= 2) x",
+                )
+                .fetch_one(pool)
+                .await?;
+                Ok(n == 5)
+            },
         )
-        .fetch_one(pool)
         .await?;
-        Ok(n == 5)
-    })
-    .await?;
-    table(service).await?;
+        table(self.service).await
+    }
 
-    say(
-        "3. An instance deleted",
-        "DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'",
-    );
-    let beta_actor = actor_of(pool, "pg-beta").await?.unwrap_or_default();
-    sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'")
+    async fn instance_deleted(&self) -> anyhow::Result<()> {
+        let pool = self.pool;
+        say(
+            "3. An instance deleted",
+            "DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'",
+        );
+        let beta_actor = actor_of(pool, "pg-beta").await?.unwrap_or_default();
+        sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-beta'")
+            .execute(pool)
+            .await?;
+        until("actor cancelled", self.patience, || async {
+            Ok(!self
+                .service
+                .shared
+                .reconciler
+                .control
+                .actor_state(&beta_actor)
+                .await?
+                .is_live())
+        })
+        .await?;
+        println!("  actor {beta_actor} is gone");
+        Ok(())
+    }
+
+    async fn manual_restart(&self) -> anyhow::Result<()> {
+        let pool = self.pool;
+        say(
+            "4. A manual restart",
+            "NOTIFY toygres_actor_control, 'restart pg-alpha'",
+        );
+        let before = actor_of(pool, "pg-alpha").await?.unwrap_or_default();
+        sqlx::query("NOTIFY toygres_actor_control, 'restart pg-alpha'")
+            .execute(pool)
+            .await?;
+        until("new actor id", self.patience, || async {
+            Ok(actor_of(pool, "pg-alpha")
+                .await?
+                .is_some_and(|a| a != before))
+        })
+        .await?;
+        println!(
+            "  pg-alpha: {before}\n         → {}",
+            actor_of(pool, "pg-alpha").await?.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    async fn listener_killed(&self) -> anyhow::Result<()> {
+        let pool = self.pool;
+        say(
+            "5. The listener's connection killed",
+            "pg_terminate_backend(listener) while pg-delta is created",
+        );
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'toygres-actors-listener'",
+        )
         .execute(pool)
         .await?;
-    until("actor cancelled", t, || async {
-        Ok(!service
-            .shared
-            .reconciler
-            .control
-            .actor_state(&beta_actor)
-            .await?
-            .is_live())
-    })
-    .await?;
-    println!("  actor {beta_actor} is gone");
-
-    say(
-        "4. A manual restart",
-        "NOTIFY toygres_actor_control, 'restart pg-alpha'",
-    );
-    let before = actor_of(pool, "pg-alpha").await?.unwrap_or_default();
-    sqlx::query("NOTIFY toygres_actor_control, 'restart pg-alpha'")
-        .execute(pool)
-        .await?;
-    until("new actor id", t, || async {
-        Ok(actor_of(pool, "pg-alpha")
-            .await?
-            .is_some_and(|a| a != before))
-    })
-    .await?;
-    println!(
-        "  pg-alpha: {before}\n         → {}",
-        actor_of(pool, "pg-alpha").await?.unwrap_or_default()
-    );
-
-    say(
-        "5. The listener's connection killed",
-        "pg_terminate_backend(listener) while pg-delta is created",
-    );
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'toygres-actors-listener'",
-    )
-    .execute(pool)
-    .await?;
-    insert(pool, "pg-delta", "running", conn("demo_alpha")).await?;
-    until("listener back and pg-delta caught up", t, || async {
-        let connected = service.shared.listener.borrow().connected;
-        let checks: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM toygres_cms.instance_health_checks h
+        insert(pool, "pg-delta", "running", self.conn("demo_alpha")).await?;
+        until(
+            "listener back and pg-delta caught up",
+            self.patience,
+            || async {
+                let connected = self.service.shared.listener.borrow().connected;
+                let checks: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM toygres_cms.instance_health_checks h
                JOIN toygres_cms.instances i ON i.id = h.instance_id WHERE i.k8s_name = 'pg-delta'",
+                )
+                .fetch_one(pool)
+                .await?;
+                Ok(connected && checks >= 1)
+            },
         )
-        .fetch_one(pool)
         .await?;
-        Ok(connected && checks >= 1)
-    })
-    .await?;
-    let reconnects = service.shared.listener.borrow().reconnects;
-    println!(
-        "  listener reconnected ({reconnects} reconnect(s)); the reconcile after it picked up pg-delta"
-    );
+        let reconnects = self.service.shared.listener.borrow().reconnects;
+        println!(
+            "  listener reconnected ({reconnects} reconnect(s)); the reconcile after it picked up pg-delta"
+        );
+        Ok(())
+    }
 
-    say("6. The fleet now", "");
-    tokio::time::sleep(args.interval).await;
-    table(service).await?;
-    Ok(())
+    async fn fleet_now(&self) -> anyhow::Result<()> {
+        say("6. The fleet now", "");
+        tokio::time::sleep(self.args.interval).await;
+        table(self.service).await
+    }
 }

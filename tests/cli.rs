@@ -3,6 +3,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_toygres-actors"));
@@ -132,6 +133,127 @@ async fn duroxide_pool_max_bounds_the_store_pool() {
     assert!(
         most <= 2,
         "the Duroxide pool held {most} connections (max 2)"
+    );
+    drop(svc);
+}
+
+/// Run an operator command against `db`; it must succeed and print one JSON document with
+/// no password in it.
+fn json_of(db: &support::TestDb, args: &[&str]) -> serde_json::Value {
+    let out = bin()
+        .env("DATABASE_URL", &db.url)
+        .args(args)
+        .output()
+        .expect("run toygres-actors");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.contains(support::TARGET_PASSWORD),
+        "{args:?} printed a password: {stdout}"
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{args:?} did not print one JSON document ({e}): {stdout}"))
+}
+
+/// `--json` on `heal`, `explain` and `actor`: one document each, holding what the text
+/// shows. `heal` runs before any service (what it enqueues, the service's runtime carries
+/// out), `explain` and `actor` once the actor runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_print_json() {
+    let db = support::TestDb::new().await;
+    let name = "pg-json";
+    let id = db
+        .insert_instance(name, "running", Some(&support::reachable_target()))
+        .await;
+
+    let planned = json_of(&db, &["heal", "--dry-run", "--json"]);
+    let planned = planned.as_array().expect("heal prints an array");
+    assert_eq!(planned.len(), 1, "{planned:?}");
+    assert_eq!(planned[0]["k8s_name"], name);
+    assert_eq!(planned[0]["instance_id"], id.to_string());
+    assert_eq!(planned[0]["verdict"], "missing");
+    assert_eq!(planned[0]["action"], "start");
+    assert!(planned[0]["skipped"].is_string(), "{planned:?}");
+    assert!(
+        db.actor_id(name).await.is_none(),
+        "a dry run starts nothing"
+    );
+
+    let done = json_of(&db, &["heal", "--json"]);
+    let done = done.as_array().expect("heal prints an array");
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["action"], "start");
+    assert!(done[0]["skipped"].is_null(), "{done:?}");
+    let started = done[0]["new_actor_id"]
+        .as_str()
+        .expect("heal names the actor it started")
+        .to_string();
+    assert_eq!(db.actor_id(name).await.as_deref(), Some(started.as_str()));
+
+    let svc = support::ServiceProc::start(&db, &[]).await;
+    let actor = support::wait_until(
+        "the actor runs and checks",
+        Duration::from_secs(60),
+        || async {
+            let actor = db.actor_id(name).await?;
+            (db.checks_of(name).await >= 1).then_some(actor)
+        },
+    )
+    .await;
+
+    let e = json_of(&db, &["explain", name, "--json"]);
+    assert_eq!(e["instance"]["k8s_name"], name);
+    assert_eq!(e["instance"]["id"], id.to_string());
+    assert_eq!(e["instance"]["has_target"], true);
+    assert!(e["verdict"].is_string() && e["reason"].is_string(), "{e}");
+    assert!(e["would_do"].is_string(), "{e}");
+    assert!(
+        !e["recent_checks"]
+            .as_array()
+            .expect("recent_checks")
+            .is_empty(),
+        "{e}"
+    );
+    assert!(
+        e["recent_decisions"]
+            .as_array()
+            .expect("recent_decisions")
+            .iter()
+            .any(|d| d["action"] == "start"),
+        "{e}"
+    );
+    assert!(e["actor"]["state"].is_string(), "{e}");
+
+    let r = json_of(&db, &["actor", "start", name, "--json"]);
+    assert_eq!(r["k8s_name"], name);
+    assert_eq!(r["action"], "start");
+    assert_eq!(r["changed"], false, "an actor already runs: {r}");
+    assert_eq!(r["new_actor_id"], actor.as_str());
+
+    let r = json_of(&db, &["actor", "cancel", name, "--json"]);
+    assert_eq!(r["action"], "cancel");
+    assert_eq!(r["changed"], true, "{r}");
+    assert_eq!(r["old_actor_id"], actor.as_str());
+    assert!(
+        r["warning"].is_string(),
+        "the row still calls for an actor: {r}"
+    );
+
+    // A failed command prints its error on standard error and no document.
+    let out = bin()
+        .env("DATABASE_URL", &db.url)
+        .args(["explain", "pg-no-such", "--json"])
+        .output()
+        .expect("run toygres-actors");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
     drop(svc);
 }

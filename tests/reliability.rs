@@ -661,7 +661,10 @@ async fn secrets_never_leave_the_process() {
         vec!["status"],
         vec!["status", "--json"],
         vec!["explain", "pg-s2"],
+        vec!["explain", "pg-s2", "--json"],
         vec!["heal", "--dry-run"],
+        vec!["heal", "--dry-run", "--json"],
+        vec!["actor", "start", "pg-s2", "--json"],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_toygres-actors"))
             .args(&args)

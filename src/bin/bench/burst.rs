@@ -75,27 +75,71 @@ const POOLER_SERVER_CONNECTIONS: u32 = 50;
 pub async fn run(n: usize, flags: &str, targets: Targets) -> Result<Vec<Report>> {
     let mut reports = Vec::new();
     if matches!(targets, Targets::Pooled | Targets::Both) {
-        reports.push(run_one(n, flags, true).await?);
+        reports.push(run_one(n, flags, Probes::Pooled).await?);
     }
     if matches!(targets, Targets::Direct | Targets::Both) {
-        reports.push(run_one(n, flags, false).await?);
+        reports.push(run_one(n, flags, Probes::Direct).await?);
     }
     Ok(reports)
 }
 
-async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
+async fn run_one(n: usize, flags: &str, probes: Probes) -> Result<Report> {
     let env = Env::start().await?;
-    let pooler = if pooled {
-        Some(Pooler::start(
+    let pooler = match probes {
+        Probes::Pooled => Some(Pooler::start(
             env.pg.port(),
             POOLER_SERVER_CONNECTIONS,
             false,
-        )?)
-    } else {
-        None
+        )?),
+        Probes::Direct => None,
     };
     let notify_all_s = notify_baseline(&env, n).await?;
+    let svc = start_service(&env, flags).await?;
+    let w = CpuWindow::start(&env, Some(svc.pid()));
+    let target = pooler.as_ref().map_or_else(|| env.target(), Pooler::target);
+    let canary = insert_instance(&env.pool, "canary", "running", Some(&target)).await?;
+    let before = wait_for_actor(&env, canary).await?;
+    let inserted = insert_burst(&env, &svc, n, &target, Canary { id: canary, before }, w).await?;
+    let deleted = delete_burst(&env, &svc).await?;
+    drop(svc);
+    drop(pooler);
 
+    let report = Report {
+        instances: n,
+        notify_all_s,
+        all_started_s: inserted.counted.all_started_s,
+        all_running_s: inserted.counted.all_running_s,
+        all_healthy_s: inserted.counted.all_healthy_s,
+        actors_running: inserted.counted.actors_running,
+        actors_healthy: inserted.counted.actors_healthy,
+        targets: match probes {
+            Probes::Pooled => "pooled",
+            Probes::Direct => "direct",
+        },
+        restart_in_storm_s: inserted.restart_in_storm_s,
+        all_gone_s: deleted.all_gone_s,
+        actors_left: deleted.actors_left,
+        cpu_insert: inserted.cpu,
+        cpu_delete: deleted.cpu,
+        turns_insert_per_s: inserted.turns_per_s,
+        turns_delete_per_s: deleted.turns_per_s,
+    };
+    report.print();
+    crate::measure::print_top("insert burst, pg_stat_statements", &inserted.top);
+    Ok(report)
+}
+
+/// What one run's instances probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probes {
+    /// A PgBouncer in front of the bench's PostgreSQL.
+    Pooled,
+    /// The bench's PostgreSQL itself.
+    Direct,
+}
+
+/// The service under test, its statement counts from zero.
+async fn start_service(env: &Env, flags: &str) -> Result<Service> {
     // The canary's restart must not be held back by the per-instance minimum interval (its
     // actor is seconds old): that limit is not what is measured here.
     let mut all = vec!["--check-interval", "30s", "--restart-min-interval", "0s"];
@@ -105,124 +149,194 @@ async fn run_one(n: usize, flags: &str, pooled: bool) -> Result<Report> {
     let _ = sqlx::query("SELECT pg_stat_statements_reset()")
         .execute(&env.pool)
         .await;
-    let w = CpuWindow::start(&env, Some(svc.pid()));
-    let target = pooler.as_ref().map_or_else(|| env.target(), Pooler::target);
-    let canary = insert_instance(&env.pool, "canary", "running", Some(&target)).await?;
-    let before = wait_for_actor(&env, canary).await?;
+    Ok(svc)
+}
+
+/// The instance there before the burst, whose restart is requested amid it, and its actor.
+struct Canary {
+    id: uuid::Uuid,
+    before: String,
+}
+
+/// A statement and how long it took to commit: figures count from its commit.
+struct Committed {
+    began: Instant,
+    took: Duration,
+}
+
+impl Committed {
+    /// Time since the commit.
+    fn since(&self) -> Duration {
+        self.began.elapsed() - self.took
+    }
+}
+
+/// What the insert burst measured.
+struct Inserted {
+    counted: Counted,
+    restart_in_storm_s: Option<f64>,
+    cpu: Cpu,
+    top: Vec<(String, i64, f64)>,
+    turns_per_s: Option<f64>,
+}
+
+/// N instances inserted in one transaction, the canary's restart requested right after the
+/// commit; counted until all run and are healthy. `w` measures CPU from before the canary.
+async fn insert_burst(
+    env: &Env,
+    svc: &Service,
+    n: usize,
+    target: &str,
+    canary: Canary,
+    w: CpuWindow,
+) -> Result<Inserted> {
     let turns0 = metric(&svc.metrics().await, TURNS);
-    let t0 = Instant::now();
-    insert_many(&env.pool, "burst", n, "running", Some(&target)).await?;
-    let committed = t0.elapsed();
-    // Watched by a task of its own every 20 ms (the counts below poll every 250 ms).
-    let watch = {
-        let pool = env.pool.clone();
-        tokio::spawn(async move {
-            let asked = Instant::now();
-            sqlx::query("SELECT toygres_cms.request_actor_restart('canary')")
-                .execute(&pool)
-                .await?;
-            let request = asked.elapsed().as_secs_f64();
-            // How long the database takes to answer this (outside) process meanwhile: the
-            // round trip of a client that is not the saturated service.
-            let mut trips = Vec::new();
-            while asked.elapsed() < PATIENCE {
-                let q = Instant::now();
-                let done = restarted(&pool, canary, &before).await?;
-                trips.push(q.elapsed().as_secs_f64() * 1000.0);
-                if done {
-                    print_round_trips(&mut trips);
-                    return anyhow::Ok((Some(asked.elapsed().as_secs_f64()), request));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok((None, request))
-        })
+    let began = Instant::now();
+    insert_many(&env.pool, "burst", n, "running", Some(target)).await?;
+    let commit = Committed {
+        began,
+        took: began.elapsed(),
     };
-    let (mut all_running_s, mut all_healthy_s) = (None, None);
-    let mut all_started_s = None;
-    let (mut actors_running, mut actors_healthy) = (0, 0);
+    let restart = request_canary_restart(env.pool.clone(), canary.id, canary.before);
+    let counted = count_until_all_healthy(env, n, &commit).await?;
+    let (restart_in_storm_s, request_s) = restart.await??;
+    print_restart_path(&env.pool, canary.id, request_s).await;
+    let cpu = w.finish(env);
+    let (_, top) = crate::measure::profile(env).await;
+    let turns1 = metric(&svc.metrics().await, TURNS);
+    let turns_per_s = turns1
+        .zip(turns0)
+        .map(|(b, a)| (b - a) / commit.since().as_secs_f64());
+    Ok(Inserted {
+        counted,
+        restart_in_storm_s,
+        cpu,
+        top,
+        turns_per_s,
+    })
+}
+
+/// The canary's restart, requested now and watched by a task of its own every 20 ms (the
+/// counts poll every 250 ms): request → done in seconds (`None`: not within [`PATIENCE`]),
+/// and how long the request's own statement took.
+fn request_canary_restart(
+    pool: sqlx::PgPool,
+    canary: uuid::Uuid,
+    before: String,
+) -> tokio::task::JoinHandle<Result<(Option<f64>, f64)>> {
+    tokio::spawn(async move {
+        let asked = Instant::now();
+        sqlx::query("SELECT toygres_cms.request_actor_restart('canary')")
+            .execute(&pool)
+            .await?;
+        let request = asked.elapsed().as_secs_f64();
+        // How long the database takes to answer this (outside) process meanwhile: the
+        // round trip of a client that is not the saturated service.
+        let mut trips = Vec::new();
+        while asked.elapsed() < PATIENCE {
+            let q = Instant::now();
+            let done = restarted(&pool, canary, &before).await?;
+            trips.push(q.elapsed().as_secs_f64() * 1000.0);
+            if done {
+                print_round_trips(&mut trips);
+                return anyhow::Ok((Some(asked.elapsed().as_secs_f64()), request));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((None, request))
+    })
+}
+
+/// The insert's counts: seconds after the commit until all started, ran and were healthy.
+struct Counted {
+    all_started_s: Option<f64>,
+    all_running_s: Option<f64>,
+    all_healthy_s: Option<f64>,
+    actors_running: i64,
+    actors_healthy: i64,
+}
+
+/// Count every [`POLL`] until all N run and are healthy, or [`PATIENCE`] is out.
+async fn count_until_all_healthy(env: &Env, n: usize, commit: &Committed) -> Result<Counted> {
+    let mut c = Counted {
+        all_started_s: None,
+        all_running_s: None,
+        all_healthy_s: None,
+        actors_running: 0,
+        actors_healthy: 0,
+    };
     let deadline = Instant::now() + PATIENCE;
     let mut round = 0u32;
-    while (all_running_s.is_none() || all_healthy_s.is_none()) && Instant::now() < deadline {
+    while (c.all_running_s.is_none() || c.all_healthy_s.is_none()) && Instant::now() < deadline {
         round += 1;
-        if all_started_s.is_none() {
+        if c.all_started_s.is_none() {
             let started: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM toygres_actors.decisions WHERE action = 'start'",
             )
             .fetch_one(&env.pool)
             .await?;
             if started as usize >= n {
-                all_started_s = Some((t0.elapsed() - committed).as_secs_f64());
+                c.all_started_s = Some(commit.since().as_secs_f64());
             }
         }
         // The running count joins Duroxide's tables (~40 ms at 10,000 on a busy machine):
         // once a second, or the observer loads what it measures (the figure's resolution).
-        if all_running_s.is_none() && round.is_multiple_of(RUNNING_EVERY) {
+        if c.all_running_s.is_none() && round.is_multiple_of(RUNNING_EVERY) {
             // Less the canary (there before the burst).
-            actors_running = running_current(&env.pool).await? - 1;
-            if actors_running as usize >= n {
-                all_running_s = Some((t0.elapsed() - committed).as_secs_f64());
+            c.actors_running = running_current(&env.pool).await? - 1;
+            if c.actors_running as usize >= n {
+                c.all_running_s = Some(commit.since().as_secs_f64());
             }
         }
-        if all_healthy_s.is_none() {
-            actors_healthy = healthy_count(&env.pool).await? - 1;
-            if actors_healthy as usize >= n {
-                all_healthy_s = Some((t0.elapsed() - committed).as_secs_f64());
+        if c.all_healthy_s.is_none() {
+            c.actors_healthy = healthy_count(&env.pool).await? - 1;
+            if c.actors_healthy as usize >= n {
+                c.all_healthy_s = Some(commit.since().as_secs_f64());
             }
         }
         tokio::time::sleep(POLL).await;
     }
-    let (restart_in_storm_s, request_s) = watch.await??;
-    print_restart_path(&env.pool, canary, request_s).await;
-    let cpu_insert = w.finish(&env);
-    let (_, top_insert) = crate::measure::profile(&env).await;
-    let turns1 = metric(&svc.metrics().await, TURNS);
-    let turns_insert_per_s = turns1
-        .zip(turns0)
-        .map(|(b, a)| (b - a) / (t0.elapsed() - committed).as_secs_f64());
+    Ok(c)
+}
 
-    let w = CpuWindow::start(&env, Some(svc.pid()));
-    let turns2 = metric(&svc.metrics().await, TURNS);
-    let t1 = Instant::now();
+/// What the delete burst measured.
+struct Deleted {
+    all_gone_s: Option<f64>,
+    actors_left: i64,
+    cpu: Cpu,
+    turns_per_s: Option<f64>,
+}
+
+/// Every instance deleted in one statement; counted until no actor runs.
+async fn delete_burst(env: &Env, svc: &Service) -> Result<Deleted> {
+    let w = CpuWindow::start(env, Some(svc.pid()));
+    let turns0 = metric(&svc.metrics().await, TURNS);
+    let began = Instant::now();
     delete_all(&env.pool).await?;
-    let deleted = t1.elapsed();
+    let commit = Committed {
+        began,
+        took: began.elapsed(),
+    };
     let mut all_gone_s = None;
     let mut actors_left = -1;
     let deadline = Instant::now() + PATIENCE;
     while all_gone_s.is_none() && Instant::now() < deadline {
         actors_left = running_any(&env.pool, "toygres_actors_duroxide").await?;
         if actors_left == 0 {
-            all_gone_s = Some((t1.elapsed() - deleted).as_secs_f64());
+            all_gone_s = Some(commit.since().as_secs_f64());
         }
         tokio::time::sleep(POLL).await;
     }
-    let cpu_delete = w.finish(&env);
-    let turns_delete_per_s = metric(&svc.metrics().await, TURNS)
-        .zip(turns2)
-        .map(|(b, a)| (b - a) / (t1.elapsed() - deleted).as_secs_f64());
-    drop(svc);
-    drop(pooler);
-
-    let report = Report {
-        instances: n,
-        notify_all_s,
-        all_started_s,
-        all_running_s,
-        all_healthy_s,
-        actors_running,
-        actors_healthy,
-        targets: if pooled { "pooled" } else { "direct" },
-        restart_in_storm_s,
+    let cpu = w.finish(env);
+    let turns_per_s = metric(&svc.metrics().await, TURNS)
+        .zip(turns0)
+        .map(|(b, a)| (b - a) / commit.since().as_secs_f64());
+    Ok(Deleted {
         all_gone_s,
         actors_left,
-        cpu_insert,
-        cpu_delete,
-        turns_insert_per_s,
-        turns_delete_per_s,
-    };
-    report.print();
-    crate::measure::print_top("insert burst, pg_stat_statements", &top_insert);
-    Ok(report)
+        cpu,
+        turns_per_s,
+    })
 }
 
 /// Where the canary's restart spent its time: how long the request's own statement took

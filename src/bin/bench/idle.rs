@@ -346,6 +346,19 @@ pub async fn run(
 
 impl Report {
     fn print(&self) {
+        self.print_baseline();
+        // Ours against duroxide-pg's own polling, which has no baseline of its own.
+        print_run(&self.waiting, Some(&self.polling));
+        print_run(&self.polling, None);
+        self.print_control();
+        print_top(
+            &format!("{}, the window", self.waiting.label),
+            &self.waiting.top,
+        );
+    }
+
+    /// The header, and the machine with PostgreSQL alone.
+    fn print_baseline(&self) {
         header(&format!(
             "Idle — {} actors at default settings probing a real PostgreSQL ({}), measured over {} s (machine level, /proc/stat)",
             self.actors,
@@ -374,81 +387,10 @@ impl Report {
             DASH,
             None,
         );
-        for r in [&self.waiting, &self.polling] {
-            let is_ours = std::ptr::eq(r, &self.waiting);
-            row(
-                &format!("{}: added over the baseline (% of one core)", r.label),
-                pct(r.added_pct, 2),
-                if is_ours {
-                    Baseline::Ratio {
-                        text: pct(self.polling.added_pct, 2),
-                        value: r.added_pct,
-                        base: self.polling.added_pct,
-                    }
-                } else {
-                    Baseline::None
-                },
-                if is_ours { "≤ 1.5 %" } else { DASH },
-                if is_ours {
-                    Some(r.added_pct.is_some_and(|p| p <= 1.5))
-                } else {
-                    None
-                },
-            );
-            row(
-                &format!("{}: of which the VM's agents (kdamond, pid 1)", r.label),
-                pct(r.agents_added_pct, 2),
-                Baseline::None,
-                DASH,
-                None,
-            );
-            row(
-                &format!(
-                    "{}: service + PostgreSQL processes (% of one core)",
-                    r.label
-                ),
-                format!("{} + {}", pct(r.cpu.service_pct, 2), pct(r.cpu.pg_pct, 2)),
-                Baseline::None,
-                DASH,
-                None,
-            );
-            if r.pooler_pct.is_some() {
-                row(
-                    &format!("{}: the probes' PgBouncer (% of one core)", r.label),
-                    pct(r.pooler_pct, 2),
-                    Baseline::None,
-                    DASH,
-                    None,
-                );
-            }
-            row(
-                &format!("{}: client backends on the server", r.label),
-                r.backends
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| DASH.into()),
-                Baseline::None,
-                DASH,
-                None,
-            );
-            row(
-                &format!("{}: Duroxide fetches per second", r.label),
-                r.fetches_per_s
-                    .map(|f| format!("{f:.2}"))
-                    .unwrap_or_else(|| DASH.into()),
-                Baseline::None,
-                DASH,
-                None,
-            );
-            row(
-                &format!("{}: statements per second (pg_stat_statements)", r.label),
-                r.statements_per_s
-                    .map(|f| format!("{f:.1}"))
-                    .unwrap_or_else(|| DASH.into()),
-                Baseline::None,
-                DASH,
-                None,
-            );
-        }
+    }
+
+    /// PostgreSQL with as many idle sessions as the service held, and no service.
+    fn print_control(&self) {
         row(
             &format!(
                 "control, no service: PostgreSQL with {} idle sessions (as many as the service held): added over the baseline (% of one core)",
@@ -466,9 +408,82 @@ impl Report {
             DASH,
             None,
         );
-        print_top(
-            &format!("{}, the window", self.waiting.label),
-            &self.waiting.top,
+    }
+}
+
+/// One service's rows. With `against` (ours, against the polling run) its added share is
+/// compared with that run's and held to the target.
+fn print_run(r: &Run, against: Option<&Run>) {
+    row(
+        &format!("{}: added over the baseline (% of one core)", r.label),
+        pct(r.added_pct, 2),
+        match against {
+            Some(other) => Baseline::Ratio {
+                text: pct(other.added_pct, 2),
+                value: r.added_pct,
+                base: other.added_pct,
+            },
+            None => Baseline::None,
+        },
+        if against.is_some() { "≤ 1.5 %" } else { DASH },
+        against.map(|_| r.added_pct.is_some_and(|p| p <= 1.5)),
+    );
+    row(
+        &format!("{}: of which the VM's agents (kdamond, pid 1)", r.label),
+        pct(r.agents_added_pct, 2),
+        Baseline::None,
+        DASH,
+        None,
+    );
+    row(
+        &format!(
+            "{}: service + PostgreSQL processes (% of one core)",
+            r.label
+        ),
+        format!("{} + {}", pct(r.cpu.service_pct, 2), pct(r.cpu.pg_pct, 2)),
+        Baseline::None,
+        DASH,
+        None,
+    );
+    if r.pooler_pct.is_some() {
+        row(
+            &format!("{}: the probes' PgBouncer (% of one core)", r.label),
+            pct(r.pooler_pct, 2),
+            Baseline::None,
+            DASH,
+            None,
         );
     }
+    row(
+        &format!("{}: client backends on the server", r.label),
+        r.backends
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| DASH.into()),
+        Baseline::None,
+        DASH,
+        None,
+    );
+    print_activity(r);
+}
+
+/// Duroxide's fetches and the database's statements per second.
+fn print_activity(r: &Run) {
+    row(
+        &format!("{}: Duroxide fetches per second", r.label),
+        r.fetches_per_s
+            .map(|f| format!("{f:.2}"))
+            .unwrap_or_else(|| DASH.into()),
+        Baseline::None,
+        DASH,
+        None,
+    );
+    row(
+        &format!("{}: statements per second (pg_stat_statements)", r.label),
+        r.statements_per_s
+            .map(|f| format!("{f:.1}"))
+            .unwrap_or_else(|| DASH.into()),
+        Baseline::None,
+        DASH,
+        None,
+    );
 }

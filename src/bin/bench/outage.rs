@@ -51,44 +51,113 @@ pub struct Report {
 /// `quick` (the smoke form) scales the service's timers down; the full form runs them at
 /// their production values (stale after 5 min, checks every 30 s, resync every 60 s).
 pub async fn run(fleet: usize, outage: Duration, quick: bool) -> Result<Report> {
+    let timers = if quick {
+        Timers::QUICK
+    } else {
+        Timers::PRODUCTION
+    };
     // Probes on kept connections (the default) to the benchmark's own server: one backend
     // each, so room for the fleet beside the service's pools.
     let env = Env::start_with(fleet as u32 + 300).await?;
     let target = env.target();
     let door = Door::start(env.pg.port()).await?;
     let url = door.url(&env.url);
-    let (timers, stale_after, resync): (&[&str], _, _) = if quick {
-        (
-            &[
-                "--check-interval",
-                "1s",
-                "--stale-after",
-                "4s",
-                "--resync-interval",
-                "1s",
-                "--lease-renew-interval",
-                "2s",
-            ],
-            Duration::from_secs(4),
-            Duration::from_secs(1),
-        )
-    } else {
-        (&[], Duration::from_secs(300), Duration::from_secs(60))
-    };
-    let flags = |name: &'static str| {
-        let mut f = timers.to_vec();
-        f.extend(["--replica", name]);
-        f
-    };
-    let a = Service::start(&url, &flags("outage-a")).await?;
-    let b = Service::start_replica(&url, &flags("outage-b")).await?;
+    let a = Service::start(&url, &timers.flags("outage-a")).await?;
+    let b = Service::start_replica(&url, &timers.flags("outage-b")).await?;
     insert_many(&env.pool, "out", fleet, "running", Some(&target)).await?;
-    // Before the outage: all running and healthy, and the leases spread evenly over the two
-    // replicas (the balancer's end state), so that no move counted afterwards is its.
+    wait_until_settled(&env.pool, fleet).await?;
+    let actors_before = actors(&env.pool).await?;
+    let leases_before = leases(&env.pool).await?;
+
+    let reopened = cut_off(&env.pool, &door, outage, &timers).await?;
+    let watch = watch(&env.pool, [&a, &b], fleet, &reopened, &timers).await?;
+    let restarted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM toygres_actors.decisions WHERE action = 'restart' AND decided_at > $1",
+    )
+    .bind(reopened.at_db)
+    .fetch_one(&env.pool)
+    .await?;
+    let actors_changed = changed(&actors_before, &actors(&env.pool).await?);
+    let leases_moved = changed(&leases_before, &leases(&env.pool).await?);
+    drop((a, b));
+    let report = Report {
+        fleet,
+        replicas: 2,
+        outage_s: outage.as_secs_f64(),
+        stale_after_s: timers.stale_after.as_secs_f64(),
+        stale_at_reopen: reopened.stale,
+        resumed_s: watch.resumed_s,
+        restarted,
+        actors_changed,
+        breaker_opened: watch.breaker_opened,
+        breaker_closed_s: watch.breaker_closed_s,
+        leases_moved,
+        watched_s: watch.watched_s,
+    };
+    report.print();
+    Ok(report)
+}
+
+/// The service's timers in one form of the scenario, and what the scenario expects of them.
+struct Timers {
+    /// Flags given to both replicas.
+    flags: &'static [&'static str],
+    stale_after: Duration,
+    resync: Duration,
+    /// How long to watch for health to resume and the breaker to close.
+    patience: Duration,
+    /// Beyond two resyncs, how long to keep watching once all is settled.
+    tail_margin: Duration,
+}
+
+impl Timers {
+    /// The smoke form: timers scaled down.
+    const QUICK: Timers = Timers {
+        flags: &[
+            "--check-interval",
+            "1s",
+            "--stale-after",
+            "4s",
+            "--resync-interval",
+            "1s",
+            "--lease-renew-interval",
+            "2s",
+        ],
+        stale_after: Duration::from_secs(4),
+        resync: Duration::from_secs(1),
+        patience: Duration::from_secs(60),
+        tail_margin: Duration::from_secs(2),
+    };
+    /// The full form: every timer at its production value.
+    const PRODUCTION: Timers = Timers {
+        flags: &[],
+        stale_after: Duration::from_secs(300),
+        resync: Duration::from_secs(60),
+        patience: Duration::from_secs(600),
+        tail_margin: Duration::from_secs(10),
+    };
+
+    /// One replica's flags.
+    fn flags(&self, replica: &'static str) -> Vec<&'static str> {
+        let mut f = self.flags.to_vec();
+        f.extend(["--replica", replica]);
+        f
+    }
+
+    /// How long to keep watching once all is settled: two more resyncs for late restarts (a
+    /// breaker that closes lets the reconciler heal whatever is still stale).
+    fn tail(&self) -> Duration {
+        self.resync * 2 + self.tail_margin
+    }
+}
+
+/// Before the outage: all running and healthy, and the leases spread evenly over the two
+/// replicas (the balancer's end state), so that no move counted afterwards is its.
+async fn wait_until_settled(pool: &PgPool, fleet: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
-    while (healthy_count(&env.pool).await? as usize) < fleet
-        || (running_current(&env.pool).await? as usize) < fleet
-        || !evenly_spread(&env.pool, fleet).await?
+    while (healthy_count(pool).await? as usize) < fleet
+        || (running_current(pool).await? as usize) < fleet
+        || !evenly_spread(pool, fleet).await?
     {
         if Instant::now() > deadline {
             bail!(
@@ -97,48 +166,79 @@ pub async fn run(fleet: usize, outage: Duration, quick: bool) -> Result<Report> 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let actors_before = actors(&env.pool).await?;
-    let leases_before = leases(&env.pool).await?;
+    Ok(())
+}
 
-    // The database goes away for the service (both replicas), not for the instances.
+/// When the door opened again, and how stale the fleet was then.
+struct Reopened {
+    /// Instances whose last check was older than `stale_after`.
+    stale: i64,
+    /// The database's clock (health rows written after it are fresh).
+    at_db: chrono::DateTime<chrono::Utc>,
+    /// Ours (the scenario's figures count from it).
+    at: Instant,
+}
+
+/// The database goes away for the service (both replicas), not for the instances, for
+/// `outage`; then the door opens again.
+async fn cut_off(
+    pool: &PgPool,
+    door: &Door,
+    outage: Duration,
+    timers: &Timers,
+) -> Result<Reopened> {
     door.shut(true);
     tokio::time::sleep(outage).await;
-    let stale_at_reopen: i64 = sqlx::query_scalar(
+    let stale: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM toygres_cms.instances
           WHERE last_health_check < now() - make_interval(secs => $1)",
     )
-    .bind(stale_after.as_secs_f64())
-    .fetch_one(&env.pool)
+    .bind(timers.stale_after.as_secs_f64())
+    .fetch_one(pool)
     .await?;
-    let opened_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&env.pool)
-        .await?;
+    let at_db: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
     door.open();
-    let opened = Instant::now();
+    Ok(Reopened {
+        stale,
+        at_db,
+        at: Instant::now(),
+    })
+}
 
-    // Watch: health resumed, the breaker opened and closed; then two more resyncs for late
-    // restarts (a breaker that closes lets the reconciler heal whatever is still stale).
-    let patience = if quick {
-        Duration::from_secs(60)
-    } else {
-        Duration::from_secs(600)
-    };
-    let tail = resync * 2 + Duration::from_secs(if quick { 2 } else { 10 });
+/// What the watch after the door opened saw.
+struct Watched {
+    resumed_s: Option<f64>,
+    breaker_opened: bool,
+    breaker_closed_s: Option<f64>,
+    watched_s: f64,
+}
+
+/// Watch: health resumed, the breaker opened and closed; then [`Timers::tail`] more.
+async fn watch(
+    pool: &PgPool,
+    replicas: [&Service; 2],
+    fleet: usize,
+    reopened: &Reopened,
+    timers: &Timers,
+) -> Result<Watched> {
+    let opened = reopened.at;
+    let tail = timers.tail();
     let (mut resumed, mut breaker_opened, mut closed) = (None, false, None);
     let mut settled: Option<Instant> = None;
-    while opened.elapsed() < patience {
+    while opened.elapsed() < timers.patience {
         if resumed.is_none() {
             let fresh: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM toygres_cms.instances WHERE last_health_check > $1",
             )
-            .bind(opened_at)
-            .fetch_one(&env.pool)
+            .bind(reopened.at_db)
+            .fetch_one(pool)
             .await?;
             if fresh as usize >= fleet {
                 resumed = Some(opened.elapsed().as_secs_f64());
             }
         }
-        let paused = [a.metrics().await, b.metrics().await]
+        let paused = [replicas[0].metrics().await, replicas[1].metrics().await]
             .iter()
             .filter_map(|m| metric(m, PAUSED))
             .fold(0.0, f64::max);
@@ -157,32 +257,12 @@ pub async fn run(fleet: usize, outage: Duration, quick: bool) -> Result<Report> 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let watched_s = opened.elapsed().as_secs_f64();
-    let restarted: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM toygres_actors.decisions WHERE action = 'restart' AND decided_at > $1",
-    )
-    .bind(opened_at)
-    .fetch_one(&env.pool)
-    .await?;
-    let actors_changed = changed(&actors_before, &actors(&env.pool).await?);
-    let leases_moved = changed(&leases_before, &leases(&env.pool).await?);
-    drop((a, b));
-    let report = Report {
-        fleet,
-        replicas: 2,
-        outage_s: outage.as_secs_f64(),
-        stale_after_s: stale_after.as_secs_f64(),
-        stale_at_reopen,
+    Ok(Watched {
         resumed_s: resumed,
-        restarted,
-        actors_changed,
         breaker_opened,
         breaker_closed_s: closed,
-        leases_moved,
-        watched_s,
-    };
-    report.print();
-    Ok(report)
+        watched_s: opened.elapsed().as_secs_f64(),
+    })
 }
 
 /// Instances whose value in `after` differs from `before` (or is gone).
