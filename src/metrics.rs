@@ -93,6 +93,7 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// HELP of the checks, notifications and reconcile metrics (then [`describe_replicas_and_store`]).
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -142,6 +143,12 @@ fn describe() {
         "1 while this replica's listener is connected and listening."
     );
     describe_counter!(LISTENER_RECONNECTS_TOTAL, "Listener reconnects.");
+    describe_replicas_and_store();
+}
+
+/// HELP of the leadership, lease, store, lane and legacy metrics.
+fn describe_replicas_and_store() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(LEADER, "1 on the replica that holds leadership.");
     describe_gauge!(
         HEALING_PAUSED,

@@ -53,7 +53,10 @@ pub struct RunningService {
     database: Option<Database>,
 }
 
-/// Start everything; returns once the HTTP server listens.
+/// Start everything; returns once the HTTP server listens. The steps, in order: the
+/// database (pool, clock, migrations, store), the checks (prober, scheduler), the Duroxide
+/// runtime, the reconciler and its priority lane, this replica's liveness, the background
+/// tasks every replica runs, the election and the leader duties, the HTTP server.
 pub async fn start(
     global: &GlobalArgs,
     args: &RunArgs,
@@ -67,18 +70,125 @@ pub async fn start(
     let id = Arc::new(ReplicaId::new(replica.clone()));
     let url = database.url.clone();
 
-    let pool = crate::db::watched_cms_pool(&url, args.cms_pool_max).await?;
+    let (pool, store) = open_database(global, args, &url).await?;
+    let Checks {
+        prober,
+        deps,
+        scheduler,
+    } = checks(args, &pool, &id)?;
+    let runtime = start_runtime(args, &store, (&deps, &scheduler)).await;
+    let reconciler = reconciler((global, args), &url, &store, (&deps, &scheduler), &replica);
+    // Explicit restarts run on a thread, runtime and connections of their own.
+    let lane = crate::reconcile::PriorityLane::start(reconciler.clone(), &url, &deps).await?;
+    let liveness = Arc::new(Replica::new(
+        pool.clone(),
+        scheduler.clone(),
+        ProbeRules {
+            interval: args.check_interval,
+            unhealthy_after: args.unhealthy_after,
+            actor_states: args.actor_states.clone(),
+        },
+    ));
+    liveness.register().await?;
+
+    let stop = CancellationToken::new();
+    // Leader duties and the election stop first on shutdown.
+    let lead_stop = CancellationToken::new();
+    let fleet = FleetGauges::new(args.per_instance_metrics, args.check_interval)
+        .with_lease_renew(args.lease_renew_interval);
+    let snapshots = Snapshots::new();
+    let mut tasks = background(
+        args,
+        Background {
+            reconciler: &reconciler,
+            fleet: &fleet,
+            snapshots: &snapshots,
+            scheduler: &scheduler,
+            store,
+            pool: &pool,
+            liveness: &liveness,
+            prober,
+        },
+        &stop,
+    );
+    let (leading_tx, leading_rx) = watch::channel(None);
+    let (listener_tx, listener_rx) = watch::channel(ListenerStatus::default());
+    let lead_tasks = if args.worker_only {
+        Vec::new()
+    } else {
+        leadership(
+            &url,
+            &id,
+            &liveness,
+            LeaderDuties {
+                reconciler: reconciler.clone(),
+                listener: ListenerSettings {
+                    url: url.clone(),
+                    ping_interval: args.ping_interval,
+                    ping_timeout: config::DEFAULT_PING_TIMEOUT.min(args.ping_interval),
+                    control_notify: args.control_notify,
+                },
+                listener_status: listener_tx,
+                parallelism: args.reconcile_parallelism,
+                resync_interval: args.resync_interval,
+                history_retention: args.history_retention,
+                lane: Some(lane.clone()),
+            },
+            (leading_tx, leading_rx.clone()),
+            &lead_stop,
+        )
+    };
+
+    let shared = Shared {
+        pool,
+        reconciler,
+        fleet,
+        snapshots,
+        prometheus,
+        auth: ApiAuth {
+            api_token: args.api_token.clone(),
+            read_token: args.api_read_token.clone(),
+            reads: args.read_access(),
+        },
+        leading: leading_rx,
+        liveness: liveness.liveness(),
+        listener: listener_rx,
+        worker_only: args.worker_only,
+        lane: Some(lane.clone()),
+    };
+    let (http_addr, http_task) = serve_http(args, shared.clone(), &stop).await?;
+    tasks.push(http_task);
+    tracing::info!(%http_addr, replica = %replica, worker_only = args.worker_only, "toygres-actors running");
+    Ok(RunningService {
+        shared,
+        http_addr,
+        stop,
+        lead_stop,
+        lead_tasks,
+        replica: liveness,
+        tasks,
+        runtime,
+        database: Some(database),
+    })
+}
+
+/// The CMS pool (the database's clock read, migrations applied) and the Duroxide store.
+async fn open_database(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    url: &str,
+) -> anyhow::Result<(sqlx::PgPool, Arc<crate::store::Store>)> {
+    let pool = crate::db::watched_cms_pool(url, args.cms_pool_max).await?;
     // The database's clock decides every age and expiry (crate::clock).
     crate::clock::sync(&pool).await?;
     crate::db::migrate(&pool).await?;
     let store = duro::open_store(
-        &url,
+        url,
         &global.duroxide_schema,
         args.duroxide_async_commit,
         &pool,
     )
     .await?;
-
     store.set_waiting(args.duroxide_wait);
     match duro::count_v1_actors(&pool, &global.duroxide_schema).await {
         Ok(n) => {
@@ -92,6 +202,19 @@ pub async fn start(
         }
         Err(e) => tracing::warn!(error = %e, "could not count version-1 actors"),
     }
+    Ok((pool, store))
+}
+
+/// What checks run with.
+struct Checks {
+    prober: Arc<Prober>,
+    /// The actors' dependencies (pool, prober, role expected).
+    deps: Arc<ActorDeps>,
+    /// The probe scheduler: runs the checks of the leases this replica holds.
+    scheduler: Arc<crate::lease::Scheduler>,
+}
+
+fn checks(args: &RunArgs, pool: &sqlx::PgPool, id: &Arc<ReplicaId>) -> anyhow::Result<Checks> {
     let prober = Arc::new(
         Prober::new(ProbeSettings {
             connect_timeout: args.probe_connect_timeout,
@@ -112,7 +235,20 @@ pub async fn start(
         deps.clone(),
         args.probe_concurrency,
     ));
-    let runtime = duro::start_runtime(
+    Ok(Checks {
+        prober,
+        deps,
+        scheduler,
+    })
+}
+
+/// The Duroxide runtime: the actors' turns and their activities.
+async fn start_runtime(
+    args: &RunArgs,
+    store: &Arc<crate::store::Store>,
+    (deps, scheduler): (&Arc<ActorDeps>, &Arc<crate::lease::Scheduler>),
+) -> Arc<duroxide::runtime::Runtime> {
+    duro::start_runtime(
         store.clone(),
         deps.clone(),
         scheduler.clone(),
@@ -123,9 +259,20 @@ pub async fn start(
             async_commit: args.duroxide_async_commit,
         },
     )
-    .await;
+    .await
+}
+
+/// The reconciler: actor control (eager first checks when asked), fenced by the term, with
+/// toygres' store to adopt from and the restart limits.
+fn reconciler(
+    (global, args): (&GlobalArgs, &RunArgs),
+    url: &str,
+    store: &Arc<crate::store::Store>,
+    (deps, scheduler): (&Arc<ActorDeps>, &Arc<crate::lease::Scheduler>),
+    replica: &str,
+) -> Arc<Reconciler> {
     let control = ActorControl::new(
-        pool.clone(),
+        deps.pool.clone(),
         store.clone(),
         &global.duroxide_schema,
         ActorSettings {
@@ -143,137 +290,113 @@ pub async fn start(
     };
     let legacy = global
         .legacy_schema()
-        .map(|schema| crate::legacy::Legacy::new(&url, schema));
-    let reconciler = Arc::new(
-        Reconciler::new(control, args.stale_after, replica.clone())
+        .map(|schema| crate::legacy::Legacy::new(url, schema));
+    Arc::new(
+        Reconciler::new(control, args.stale_after, replica.to_string())
             .fenced()
             .with_legacy(legacy)
             .with_restart_limits(args.restart_min_interval, args.restart_rate)
             .with_heal_pause_share(args.heal_pause_share),
-    );
-    // Explicit restarts run on a thread, runtime and connections of their own.
-    let lane = crate::reconcile::PriorityLane::start(reconciler.clone(), &url, &deps).await?;
-    let liveness = Arc::new(Replica::new(
-        pool.clone(),
-        scheduler.clone(),
-        ProbeRules {
-            interval: args.check_interval,
-            unhealthy_after: args.unhealthy_after,
-            actor_states: args.actor_states.clone(),
-        },
-    ));
-    liveness.register().await?;
+    )
+}
 
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    // Leader duties and the election stop first on shutdown.
-    let lead_stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    let mut lead_tasks = Vec::new();
-    let fleet = FleetGauges::new(args.per_instance_metrics, args.check_interval)
-        .with_lease_renew(args.lease_renew_interval);
-    let snapshots = Snapshots::new();
-    tasks.push(tokio::spawn(poll_fleet(
-        reconciler.clone(),
-        fleet.clone(),
-        snapshots.clone(),
-        args.fleet_poll_interval,
-        token.clone(),
-    )));
-    tasks.push(tokio::spawn(scheduler.clone().run(token.clone())));
+/// What the background tasks of every replica work with.
+struct Background<'a> {
+    reconciler: &'a Arc<Reconciler>,
+    fleet: &'a FleetGauges,
+    snapshots: &'a Snapshots,
+    scheduler: &'a Arc<crate::lease::Scheduler>,
+    store: Arc<crate::store::Store>,
+    pool: &'a sqlx::PgPool,
+    liveness: &'a Arc<Replica>,
+    prober: Arc<Prober>,
+}
+
+/// The tasks every replica runs: the fleet poll, the probe scheduler, the store's wake-up
+/// listener, its liveness, the probe and pool sweeper.
+fn background(args: &RunArgs, b: Background<'_>, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
     let pools = vec![
-        crate::db::PoolTrimmer::new(pool.clone(), "cms"),
-        crate::db::PoolTrimmer::new(store.inner().pool().clone(), "duroxide"),
+        crate::db::PoolTrimmer::new(b.pool.clone(), "cms"),
+        crate::db::PoolTrimmer::new(b.store.inner().pool().clone(), "duroxide"),
     ];
-    tasks.push(tokio::spawn(crate::store::listen(
-        store,
-        pool.clone(),
-        token.clone(),
-    )));
-    tasks.push(tokio::spawn(liveness.clone().run(token.clone())));
-    tasks.push(tokio::spawn(sweep_probes(
-        prober,
-        args.check_interval * 3,
-        pools,
-        token.clone(),
-    )));
+    vec![
+        tokio::spawn(poll_fleet(
+            b.reconciler.clone(),
+            b.fleet.clone(),
+            b.snapshots.clone(),
+            args.fleet_poll_interval,
+            stop.clone(),
+        )),
+        tokio::spawn(b.scheduler.clone().run(stop.clone())),
+        tokio::spawn(crate::store::listen(b.store, b.pool.clone(), stop.clone())),
+        tokio::spawn(b.liveness.clone().run(stop.clone())),
+        tokio::spawn(sweep_probes(
+            b.prober,
+            args.check_interval * 3,
+            pools,
+            stop.clone(),
+        )),
+    ]
+}
 
-    let (leading_tx, leading_rx) = watch::channel(None);
-    let (listener_tx, listener_rx) = watch::channel(ListenerStatus::default());
-    if !args.worker_only {
-        // The election stops on shutdown, and when a newer process took our name.
-        let elect_stop = lead_stop.child_token();
-        let (superseded, elect, done) =
-            (liveness.superseded(), elect_stop.clone(), lead_stop.clone());
-        lead_tasks.push(tokio::spawn(async move {
+/// The election, and the leader duties while elected. The election stops on shutdown, and
+/// when a newer process took our name.
+fn leadership(
+    url: &str,
+    id: &Arc<ReplicaId>,
+    liveness: &Arc<Replica>,
+    duties: LeaderDuties,
+    (leading_tx, leading_rx): (
+        watch::Sender<Option<crate::identity::Term>>,
+        watch::Receiver<Option<crate::identity::Term>>,
+    ),
+    lead_stop: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let elect_stop = lead_stop.child_token();
+    let (superseded, elect, done) = (liveness.superseded(), elect_stop.clone(), lead_stop.clone());
+    vec![
+        tokio::spawn(async move {
             tokio::select! {
                 _ = superseded.cancelled() => elect.cancel(),
                 _ = done.cancelled() => {}
             }
-        }));
-        lead_tasks.push(tokio::spawn(crate::leader::run(
-            url.clone(),
+        }),
+        tokio::spawn(crate::leader::run(
+            url.to_string(),
             id.clone(),
             leading_tx,
             elect_stop,
-        )));
-        lead_tasks.push(tokio::spawn(lead_when_elected(
-            LeaderDuties {
-                reconciler: reconciler.clone(),
-                listener: ListenerSettings {
-                    url: url.clone(),
-                    ping_interval: args.ping_interval,
-                    ping_timeout: config::DEFAULT_PING_TIMEOUT.min(args.ping_interval),
-                    control_notify: args.control_notify,
-                },
-                listener_status: listener_tx,
-                parallelism: args.reconcile_parallelism,
-                resync_interval: args.resync_interval,
-                history_retention: args.history_retention,
-                lane: Some(lane.clone()),
-            },
-            leading_rx.clone(),
-            lead_stop.clone(),
-        )));
-    }
+        )),
+        tokio::spawn(lead_when_elected(duties, leading_rx, lead_stop.clone())),
+    ]
+}
 
-    let shared = Shared {
-        pool,
-        reconciler,
-        fleet,
-        snapshots,
-        prometheus,
-        auth: ApiAuth {
-            api_token: args.api_token.clone(),
-            read_token: args.api_read_token.clone(),
-            reads: args.read_access(),
-        },
-        leading: leading_rx,
-        liveness: liveness.liveness(),
-        listener: listener_rx,
-        worker_only: args.worker_only,
-        lane: Some(lane.clone()),
-    };
+/// Bind `--http` and serve the API until `stop`; warn when a public bind is open.
+async fn serve_http(
+    args: &RunArgs,
+    shared: Shared,
+    stop: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.http))?;
     let http_addr = listener.local_addr()?;
     let app = crate::api::router(
-        shared.clone(),
+        shared,
         HttpLimits {
             timeout: args.http_timeout,
             concurrency: args.http_concurrency,
         },
     );
-    let http_stop = token.clone();
-    tasks.push(tokio::spawn(async move {
+    let http_stop = stop.clone();
+    let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
-    }));
+    });
     if args.insecure_no_auth && !http_addr.ip().is_loopback() {
         if args.api_token.is_none() {
             tracing::warn!(%http_addr, "serving the API on a non-loopback address without a token (--insecure-no-auth): anyone who reaches this port can restart and cancel actors");
@@ -282,18 +405,7 @@ pub async fn start(
             tracing::warn!(%http_addr, "serving the fleet reads on a non-loopback address without a token (--insecure-no-auth): anyone who reaches this port can list every instance");
         }
     }
-    tracing::info!(%http_addr, replica = %replica, worker_only = args.worker_only, "toygres-actors running");
-    Ok(RunningService {
-        shared,
-        http_addr,
-        stop,
-        lead_stop,
-        lead_tasks,
-        replica: liveness,
-        tasks,
-        runtime,
-        database: Some(database),
-    })
+    Ok((http_addr, task))
 }
 
 impl RunningService {

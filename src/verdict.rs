@@ -197,26 +197,7 @@ pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
         return adopt(obs, expected, current_live);
     }
     if !expected {
-        let mut live = obs.other_live.clone();
-        if current_live && let Some(id) = &row.actor_id {
-            live.push(id.clone());
-        }
-        if live.is_empty() {
-            return Decision {
-                verdict: Verdict::Idle,
-                reason: format!("state `{}` calls for no actor, and none runs", row.state),
-                action: Action::Noop,
-            };
-        }
-        return Decision {
-            verdict: Verdict::Orphan,
-            reason: format!(
-                "state `{}` calls for no actor, but {} runs",
-                row.state,
-                live.join(", ")
-            ),
-            action: Action::Cancel { actor_ids: live },
-        };
+        return unwanted(obs, current_live);
     }
 
     // An actor is expected from here on.
@@ -262,6 +243,37 @@ pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
             },
         };
     }
+    running(obs, actor_id, rules, now)
+}
+
+/// The row calls for no actor: none should run.
+fn unwanted(obs: &Observed, current_live: bool) -> Decision {
+    let row = &obs.row;
+    let mut live = obs.other_live.clone();
+    if current_live && let Some(id) = &row.actor_id {
+        live.push(id.clone());
+    }
+    if live.is_empty() {
+        return Decision {
+            verdict: Verdict::Idle,
+            reason: format!("state `{}` calls for no actor, and none runs", row.state),
+            action: Action::Noop,
+        };
+    }
+    Decision {
+        verdict: Verdict::Orphan,
+        reason: format!(
+            "state `{}` calls for no actor, but {} runs",
+            row.state,
+            live.join(", ")
+        ),
+        action: Action::Cancel { actor_ids: live },
+    }
+}
+
+/// The row's actor is live and alone: is it making progress, and is the instance checked?
+fn running(obs: &Observed, actor_id: &str, rules: &Rules, now: DateTime<Utc>) -> Decision {
+    let row = &obs.row;
     let grace_from = obs.actor_created_at.unwrap_or(row.created_at);
     if let Some(ActorState::Running {
         last_progress,

@@ -1,6 +1,7 @@
 //! The house rules of `src/`, enforced: dependencies between the modules of every crate —
 //! the library and each binary under `src/bin/` — point one way (no import cycle), and no
-//! file is a room too big to live in (600 lines, unit tests not counted).
+//! file is a room too big to live in (600 lines, unit tests not counted), and no function
+//! one too long to read (120 lines).
 //!
 //! A module is a top-level file `x.rs` or folder `x/` of a crate's root folder (`src/` for
 //! the library, `src/bin/NAME/` for a binary); it depends on `y` when its code (comments,
@@ -11,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 600;
+const MAX_FN_LINES: usize = 120;
 
 /// Module name → the files it is made of, for the crate whose root folder is `root` (its
 /// `lib.rs` or `main.rs` is the crate root, not a module; `src/bin/` holds other crates).
@@ -360,6 +362,73 @@ fn no_source_file_over_600_lines() {
     assert!(
         big.is_empty(),
         "files over {MAX_LINES} lines (unit tests not counted): {big:?}"
+    );
+}
+
+/// Every function of `text` longer than `max` lines (from its `fn` line to the brace that
+/// closes it at the same indentation): `(name, lines)`.
+fn long_functions(text: &str, max: usize) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let after_qualifiers = trimmed
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub(super) ")
+            .trim_start_matches("pub ")
+            .trim_start_matches("const ")
+            .trim_start_matches("async ");
+        let Some(rest) = after_qualifiers.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        // The body opens on the signature's last line; a declaration without one has none.
+        let Some(open) = (i..lines.len()).find(|&j| {
+            let l = lines[j].trim_end();
+            l.ends_with('{') || l.ends_with(';')
+        }) else {
+            continue;
+        };
+        if lines[open].trim_end().ends_with(';') {
+            continue;
+        }
+        let close = (open + 1..lines.len()).find(|&j| {
+            let l = lines[j];
+            l.len() - l.trim_start().len() == indent && l.trim_start().starts_with('}')
+        });
+        if let Some(close) = close
+            && close - i + 1 > max
+        {
+            out.push((name, close - i + 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_over_120_lines() {
+    let mut files = rust_files(&src_dir());
+    files.sort();
+    let mut long = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read source");
+        for (name, n) in long_functions(&strip_test_blocks(&text, true), MAX_FN_LINES) {
+            long.push(format!("{}::{name} ({n} lines)", f.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines: {long:?}"
+    );
+    let sample = format!("fn big() {{\n{}}}\n", "    x();\n".repeat(MAX_FN_LINES));
+    assert_eq!(
+        long_functions(&sample, MAX_FN_LINES),
+        vec![("big".to_string(), MAX_FN_LINES + 2)],
+        "the length check sees a long function"
     );
 }
 
