@@ -17,8 +17,8 @@ pub struct InstanceRow {
     pub id: Uuid,
     pub k8s_name: String,
     pub dns_name: Option<String>,
-    pub state: String,
-    pub health_status: String,
+    pub state: crate::instance::InstanceState,
+    pub health_status: crate::instance::HealthStatus,
     /// `instance_actor_orchestration_id`: the current actor incarnation.
     pub actor_id: Option<String>,
     pub last_health_check: Option<DateTime<Utc>>,

@@ -274,7 +274,7 @@ pub async fn poll_fleet(
                             .row
                             .last_health_check
                             .map(|t| t.timestamp_millis() as f64 / 1000.0),
-                        up: obs.row.health_status == "healthy",
+                        up: obs.row.health_status == crate::instance::HealthStatus::Healthy,
                         awaiting_check_since: reconciler
                             .control
                             .wants_actor(&obs.row.state)

@@ -80,6 +80,7 @@ pub mod failpoint;
 pub mod health;
 pub mod hint;
 pub mod identity;
+pub mod instance;
 pub mod leader;
 pub mod lease;
 pub mod legacy;

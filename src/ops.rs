@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::cms::{self, InstanceRow};
 use crate::duro::{ActorState, DuroError};
-use crate::reconcile::{Ask, Fleet, Mode, Reconciler, Trigger};
+use crate::reconcile::{Ask, Did, Fleet, Mode, Reconciler, Trigger};
 use crate::sql;
 use crate::verdict::{self, Verdict};
 
@@ -71,8 +71,8 @@ pub fn validate_name(name: &str) -> Result<(), OpsError> {
 pub struct ActorView {
     pub k8s_name: String,
     pub instance_id: Uuid,
-    pub state: String,
-    pub health_status: String,
+    pub state: crate::instance::InstanceState,
+    pub health_status: crate::instance::HealthStatus,
     pub actor_id: Option<String>,
     /// running, pending, finished:<status>, absent, none.
     pub actor_status: String,
@@ -169,7 +169,7 @@ pub async fn status(reconciler: &Reconciler, name: &str) -> Result<ActorView, Op
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionResult {
     pub k8s_name: String,
-    pub action: &'static str,
+    pub action: Did,
     pub changed: bool,
     pub old_actor_id: Option<String>,
     pub new_actor_id: Option<String>,
@@ -197,7 +197,7 @@ pub async fn start(
     if obs.actor.as_ref().is_some_and(ActorState::is_live) {
         return Ok(ActionResult {
             k8s_name: row.k8s_name,
-            action: "start",
+            action: Did::Start,
             changed: false,
             old_actor_id: row.actor_id.clone(),
             new_actor_id: row.actor_id,
@@ -210,7 +210,7 @@ pub async fn start(
         .await?;
     Ok(ActionResult {
         k8s_name: outcome.k8s_name,
-        action: "start",
+        action: Did::Start,
         changed: true,
         old_actor_id: outcome.old_actor_id,
         new_actor_id: outcome.new_actor_id,
@@ -237,7 +237,7 @@ pub async fn restart(
         .await?;
     Ok(ActionResult {
         k8s_name: outcome.k8s_name,
-        action: "restart",
+        action: Did::Restart,
         changed: true,
         old_actor_id: outcome.old_actor_id,
         new_actor_id: outcome.new_actor_id.clone(),
@@ -289,7 +289,7 @@ pub async fn cancel(
         .await?;
     Ok(ActionResult {
         k8s_name: row.k8s_name,
-        action: "cancel",
+        action: Did::Cancel,
         changed: was_live,
         old_actor_id: t.old_actor_id,
         new_actor_id: None,

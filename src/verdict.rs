@@ -190,7 +190,7 @@ fn secs(d: Duration) -> String {
 /// Classify one instance and say what would heal it.
 pub fn decide(obs: &Observed, rules: &Rules, now: DateTime<Utc>) -> Decision {
     let row = &obs.row;
-    let expected = rules.actor_states.contains(&row.state);
+    let expected = rules.actor_states.iter().any(|s| row.state == *s.as_str());
     let current_live = obs.actor.as_ref().is_some_and(ActorState::is_live);
 
     if !obs.legacy.is_empty() {
@@ -316,7 +316,7 @@ fn running(obs: &Observed, actor_id: &str, rules: &Rules, now: DateTime<Utc>) ->
             action: Action::Restart,
         };
     }
-    if row.health_status == "unhealthy" {
+    if row.health_status == crate::instance::HealthStatus::Unhealthy {
         return Decision {
             verdict: Verdict::Unhealthy,
             reason: "the actor runs; the instance failed its last probe(s)".into(),

@@ -10,6 +10,7 @@
 //! (`sql/insert_decisions.sql`). A crash anywhere leaves all of it or none of it — and
 //! `explain` shows a decision for every actor the batch started.
 
+use crate::verdict::Did;
 use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
@@ -48,7 +49,7 @@ pub struct CancelActors {
 
 impl CancelActors {
     /// Its decision row: its first actor → `new`.
-    fn decided(&self, action: &'static str, new: Option<String>) -> Decided {
+    fn decided(&self, action: Did, new: Option<String>) -> Decided {
         Decided {
             instance_id: self.instance_id,
             name: self.name.clone(),
@@ -65,7 +66,7 @@ impl CancelActors {
 pub(super) struct Decided {
     pub(super) instance_id: Uuid,
     pub(super) name: String,
-    pub(super) action: &'static str,
+    pub(super) action: Did,
     pub(super) reason: String,
     pub(super) old: Option<String>,
     pub(super) new: Option<String>,
@@ -83,7 +84,7 @@ pub(super) async fn record_decisions(
     sqlx::query(sql::INSERT_DECISIONS)
         .bind(&ids)
         .bind(col(|d| Some(d.name.clone())))
-        .bind(col(|d| Some(d.action.to_string())))
+        .bind(col(|d| Some(d.action.label().to_string())))
         .bind(col(|d| Some(d.reason.clone())))
         .bind(col(|d| d.old.clone()))
         .bind(col(|d| d.new.clone()))
@@ -181,7 +182,7 @@ impl ActorControl {
             .collect();
         let mut tx = self.begin(fence).await?;
         let deleted = self.delete_actors_in(&mut tx, &actor_ids).await?;
-        let decided: Vec<Decided> = gone.iter().map(|g| g.decided("delete", None)).collect();
+        let decided: Vec<Decided> = gone.iter().map(|g| g.decided(Did::Delete, None)).collect();
         record_decisions(&mut tx, &decided, replica).await?;
         crate::failpoint::hit(crate::failpoint::Point::FenceBeforeCommit);
         tx.commit().await?;
@@ -217,7 +218,7 @@ impl ActorControl {
         self.enqueue_many(&mut tx, &actor_ids, &items).await?;
         let decided: Vec<Decided> = gone
             .iter()
-            .map(|g| g.decided("cancel", g.keep.clone()))
+            .map(|g| g.decided(Did::Cancel, g.keep.clone()))
             .collect();
         record_decisions(&mut tx, &decided, replica).await?;
         crate::failpoint::hit(crate::failpoint::Point::FenceBeforeCommit);
@@ -290,7 +291,7 @@ impl ActorControl {
             .map(|(s, new_id)| Decided {
                 instance_id: s.row.id,
                 name: s.row.k8s_name.clone(),
-                action: "start",
+                action: Did::Start,
                 reason: s.reason.clone(),
                 old: None,
                 new: Some(new_id.clone()),

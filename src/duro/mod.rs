@@ -175,7 +175,7 @@ pub struct ActorControl {
 /// leave the action done and its decision missing from `explain`.
 #[derive(Debug, Clone)]
 pub struct Record<'a> {
-    pub action: &'static str,
+    pub action: crate::verdict::Did,
     pub reason: &'a str,
     pub trigger: String,
     pub replica: &'a str,
@@ -221,8 +221,11 @@ impl ActorControl {
     }
 
     /// Whether `state` calls for an actor.
-    pub fn wants_actor(&self, state: &str) -> bool {
-        self.settings.actor_states.iter().any(|s| s == state)
+    pub fn wants_actor(&self, state: &crate::instance::InstanceState) -> bool {
+        self.settings
+            .actor_states
+            .iter()
+            .any(|s| state == s.as_str())
     }
 
     pub async fn actor_state(&self, actor_id: &str) -> Result<ActorState, DuroError> {
@@ -433,7 +436,7 @@ impl ActorControl {
     ) -> Result<Transition, DuroError> {
         let urgent = priority == Priority::Explicit;
         if !self.wants_actor(&row.state) {
-            return Err(DuroError::NotWanted(row.state.clone()));
+            return Err(DuroError::NotWanted(row.state.to_string()));
         }
         // A live old actor is removed from Duroxide in the transaction that names the new
         // one (no cancel turn to wait for, never two live actors); a finished one keeps its

@@ -241,7 +241,7 @@ impl Reconciler {
         let fence = fence.as_ref();
         // Starts and restarts record their decision in their own transaction.
         let record = crate::duro::Record {
-            action: decision.action.label(),
+            action: decision.action.did(),
             reason: &decision.reason,
             trigger: trigger.label(),
             replica: &self.replica,

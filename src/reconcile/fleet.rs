@@ -244,8 +244,8 @@ pub(super) struct FleetRow {
     id: Uuid,
     k8s_name: String,
     dns_name: Option<String>,
-    state: String,
-    health_status: String,
+    state: crate::instance::InstanceState,
+    health_status: crate::instance::HealthStatus,
     actor_id: Option<String>,
     last_health_check: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
@@ -268,7 +268,7 @@ impl FleetRow {
         self.actor_id.as_deref()
     }
 
-    pub(super) fn state(&self) -> &str {
+    pub(super) fn state(&self) -> &crate::instance::InstanceState {
         &self.state
     }
 
