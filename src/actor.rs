@@ -6,7 +6,7 @@
 //! instance's probe lease — conditional on the row naming it, and never taking the lease from
 //! its holder (a dead holder's leases are claimed by the replica ticks). Which replica probes
 //! follows replica liveness, not this renewal (see [`crate::replica`]): the holder's
-//! in-process [`crate::lease::Scheduler`] runs the health check ([`health_check`]: read →
+//! in-process [`crate::lease::CheckScheduler`] runs the health check ([`health_check`]: read →
 //! probe → one fenced write) every `interval_ms`. A health check thus costs one read and one
 //! write instead of two Duroxide turns; the durable loop turns only once per renewal. The write is fenced on the actor id, the holder and its
 //! epoch and liveness, so probing never doubles when a lease moves. After
@@ -235,7 +235,7 @@ pub async fn instance_actor(
 /// and hand the instance to this replica's scheduler when it is ours.
 pub async fn lease(
     deps: &ActorDeps,
-    scheduler: &crate::lease::Scheduler,
+    scheduler: &crate::lease::CheckScheduler,
     actor_id: &str,
     input: LeaseInput,
 ) -> Result<CheckOutcome, CheckError> {
@@ -282,7 +282,7 @@ pub async fn lease(
 
 async fn actor_exits(
     deps: &ActorDeps,
-    scheduler: &crate::lease::Scheduler,
+    scheduler: &crate::lease::CheckScheduler,
     id: Uuid,
     actor_id: &str,
     reason: ActorEnds,
@@ -316,7 +316,7 @@ pub fn register_orchestrations(
 pub fn register_activities(
     builder: duroxide::runtime::registry::ActivityRegistryBuilder,
     deps: Arc<ActorDeps>,
-    scheduler: Arc<crate::lease::Scheduler>,
+    scheduler: Arc<crate::lease::CheckScheduler>,
 ) -> duroxide::runtime::registry::ActivityRegistryBuilder {
     let check_deps = deps.clone();
     builder

@@ -22,8 +22,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::cms::{self, Fenced, HealthRecord, Recorded};
-use crate::health::Prober;
 use crate::metrics;
+use crate::probe::Prober;
 
 /// Input of one health check.
 #[derive(Debug, Clone, Serialize, Deserialize)]

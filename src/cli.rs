@@ -194,7 +194,7 @@ async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<i32> {
         Format::Json => print_json(&list)?,
         Format::Text => {
             print!("{}", crate::ops::render_table(&list));
-            match crate::replica::list(&reconciler.control.pool).await {
+            match crate::replica::list(reconciler.pool()).await {
                 Ok(replicas) => print!("{}", crate::ops::render_replicas(&replicas)),
                 Err(e) => eprintln!("replicas: {e}"),
             }

@@ -10,10 +10,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::health::Prober;
 use crate::identity::Term;
 use crate::listener::{self, ListenerSettings, ListenerStatus};
 use crate::metrics::{self, FleetEntry, FleetGauges};
+use crate::probe::Prober;
 use crate::reconcile::{ControlInbox, PriorityLane, ReconcileQueue, Reconciler};
 use crate::snapshot::{FleetSnapshot, Snapshots};
 use crate::verdict::Verdict;

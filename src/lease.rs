@@ -6,7 +6,7 @@
 //! and a check whose fenced write is refused — the actor was superseded, the row is gone,
 //! the state no longer calls for an actor, the lease moved to another replica, or this
 //! replica's heartbeat lapsed — drops the entry at once. When the heartbeat finds our epoch
-//! gone, [`Scheduler::clear`] drops everything. Each due entry runs
+//! gone, [`CheckScheduler::clear`] drops everything. Each due entry runs
 //! [`crate::check::leased_check`]: probe → one write fenced on actor id, holder, epoch,
 //! liveness, and the state and target the probe was made against; the write returns the row
 //! as it is, so the next check needs no read (a new entry, a state change or an error reads
@@ -89,18 +89,18 @@ struct State {
 }
 
 /// Per-replica scheduler of leased health checks.
-pub struct Scheduler {
+pub struct CheckScheduler {
     id: Arc<ReplicaId>,
     deps: Arc<ActorDeps>,
     state: Mutex<State>,
     wake: Notify,
     slots: Arc<Semaphore>,
     /// Before every due time this scheduler hands out: the due time of a check that goes
-    /// first ([`Scheduler::lease_first`]).
+    /// first ([`CheckScheduler::lease_first`]).
     origin: Instant,
 }
 
-impl Scheduler {
+impl CheckScheduler {
     /// `id` names this replica in the lease table; `max_concurrent` bounds checks at once.
     pub fn new(id: Arc<ReplicaId>, deps: Arc<ActorDeps>, max_concurrent: usize) -> Self {
         Self {
@@ -155,7 +155,7 @@ impl Scheduler {
         self.lease_due(lease, due);
     }
 
-    /// As [`Scheduler::lease`], and its first check goes before every check already due:
+    /// As [`CheckScheduler::lease`], and its first check goes before every check already due:
     /// an explicit restart's first check never waits behind a storm's.
     pub fn lease_first(&self, lease: Lease) {
         self.lease_due(lease, self.origin);

@@ -31,13 +31,13 @@
 //! 4. **[`actor`]** — the instance actor orchestration, the durable owner of an instance:
 //!    record the owner of its probe lease → durable timer → continue-as-new every few
 //!    renewals; fenced by `instance_actor_orchestration_id`. Version 1 stays registered.
-//! 5. **[`lease`]** — the replica's probe scheduler: for every probe lease this replica
-//!    holds, it runs **[`check`]** on the interval — probe → one write fenced on actor id,
+//! 5. **[`lease`]** — the replica's check scheduler ([`lease::CheckScheduler`]): for every
+//!    probe lease this replica holds, it runs **[`check`]** on the interval — probe → one write fenced on actor id,
 //!    holder, epoch, liveness and the row the probe was made against (which it returns, so
 //!    the next check reads nothing first).
-//! 6. **[`health`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
-//! 7. **[`cms`]** — reads of the CMS, the owner record of a lease, and the one fenced write
-//!    per health check.
+//! 6. **[`probe`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
+//! 7. **[`cms`]** — reads of the CMS (rows whose closed sets are [`instance`]'s enums), the
+//!    owner record of a lease, and the one fenced write per health check.
 //! 8. **[`metrics`]** — Prometheus metrics; fleet gauges come from the database, so a dead
 //!    actor or replica cannot hide its own death. [`duroxide_metrics`]: Duroxide's own, with
 //!    buckets in each one's unit and HELP text.
@@ -56,10 +56,12 @@
 //! Around them: [`service`] (wires it all and shuts down in order), [`cli`] (parses and
 //! calls down), [`api`] and [`ops`] (HTTP and the operator operations the CLI shares;
 //! `/api/actors` serves the fleet poll's [`snapshot`]),
-//! [`demo`], [`panics`] (a panic in spawned work caught, logged and counted), [`embedded_pg`] (a private PostgreSQL when no `DATABASE_URL` is given), [`db`]
+//! [`demo`], [`panics`] (a panic in spawned work caught, logged and counted), [`failpoint`]
+//! (the fault tests' fail points, compiled in only with the `failpoints` feature), [`embedded_pg`] (a private PostgreSQL when no `DATABASE_URL` is given), [`db`]
 //! and [`sql`] (connections, migrations, statement texts), [`conn`] (one libpq-style
 //! connection configuration, TLS included, for every connection) and [`redact`] (no
-//! password leaves the process).
+//! password leaves the process). Every file, with what it holds: `docs/architecture.md`'s
+//! module map (a test keeps it complete).
 
 pub mod actor;
 pub mod actor_state;
@@ -77,7 +79,6 @@ pub mod duroxide_metrics;
 pub mod duties;
 pub mod embedded_pg;
 pub mod failpoint;
-pub mod health;
 pub mod hint;
 pub mod identity;
 pub mod instance;
@@ -89,6 +90,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod panics;
+pub mod probe;
 pub mod quiet;
 pub mod reconcile;
 pub mod redact;

@@ -151,7 +151,7 @@ pub fn views(fleet: &Fleet) -> Vec<ActorView> {
 
 async fn find(reconciler: &Reconciler, name: &str) -> Result<InstanceRow, OpsError> {
     validate_name(name)?;
-    cms::instance_by_name(&reconciler.control.pool, name)
+    cms::instance_by_name(reconciler.pool(), name)
         .await?
         .ok_or_else(|| OpsError::NotFound(name.to_string()))
 }
@@ -187,7 +187,7 @@ pub async fn start(
     who: &'static str,
 ) -> Result<ActionResult, OpsError> {
     let row = find(reconciler, name).await?;
-    if !reconciler.control.wants_actor(&row.state) {
+    if !reconciler.wants_actor(&row.state) {
         return Err(OpsError::Conflict(format!(
             "state `{}` calls for no actor; change the row, not the actor",
             row.state
@@ -226,7 +226,7 @@ pub async fn restart(
     who: &'static str,
 ) -> Result<ActionResult, OpsError> {
     let row = find(reconciler, name).await?;
-    if !reconciler.control.wants_actor(&row.state) {
+    if !reconciler.wants_actor(&row.state) {
         return Err(OpsError::Conflict(format!(
             "state `{}` calls for no actor; a restart cannot bring one about",
             row.state
@@ -263,8 +263,8 @@ pub async fn cancel(
     let obs = reconciler.observe(row.clone()).await?;
     let was_live =
         obs.actor.as_ref().is_some_and(ActorState::is_live) || !obs.other_live.is_empty();
-    let t = reconciler.control.cancel_all(&row, &reason).await?;
-    let warning = reconciler.control.wants_actor(&row.state).then(|| {
+    let t = reconciler.cancel_all(&row, &reason).await?;
+    let warning = reconciler.wants_actor(&row.state).then(|| {
         format!(
             "the CMS row still calls for an actor (state `{}`): the reconciler will start a new one at its \
              next pass unless the row changes",
@@ -285,7 +285,7 @@ pub async fn cancel(
         .bind(None::<String>)
         .bind(None::<i64>)
         .bind(None::<i64>)
-        .execute(&reconciler.control.pool)
+        .execute(reconciler.pool())
         .await?;
     Ok(ActionResult {
         k8s_name: row.k8s_name,
@@ -344,12 +344,12 @@ pub async fn explain(reconciler: &Reconciler, name: &str) -> Result<Explanation,
     let row = find(reconciler, name).await?;
     let obs = reconciler.observe(row.clone()).await?;
     let d = verdict::decide(&obs, &reconciler.rules, crate::clock::now());
-    let pool = &reconciler.control.pool;
+    let pool = reconciler.pool();
     let (executions, events) = match &row.actor_id {
         Some(id) => {
             let r: (Option<i64>, Option<i64>) = sqlx::query_as(&sql::with_duroxide_schema(
                 sql::ACTOR_HISTORY_SUMMARY,
-                &reconciler.control.schema,
+                reconciler.store_schema(),
             ))
             .bind(id)
             .fetch_one(pool)

@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::config;
 use crate::identity::ReplicaId;
-use crate::lease::{Lease, Scheduler};
+use crate::lease::{CheckScheduler, Lease};
 use crate::metrics;
 use crate::sql;
 
@@ -69,7 +69,7 @@ pub struct ProbeRules {
 pub struct Replica {
     pub id: Arc<ReplicaId>,
     pool: PgPool,
-    scheduler: Arc<Scheduler>,
+    scheduler: Arc<CheckScheduler>,
     rules: ProbeRules,
     liveness: watch::Sender<Liveness>,
     /// Cancelled when a newer process took our name: the election stops too.
@@ -94,7 +94,7 @@ struct AssignedLease {
 }
 
 impl Replica {
-    pub fn new(pool: PgPool, scheduler: Arc<Scheduler>, rules: ProbeRules) -> Self {
+    pub fn new(pool: PgPool, scheduler: Arc<CheckScheduler>, rules: ProbeRules) -> Self {
         Self {
             id: scheduler.id().clone(),
             pool,

@@ -28,10 +28,10 @@ use crate::config;
 use crate::db::Database;
 use crate::duro::{self, ActorControl, ActorSettings, RuntimeSettings};
 use crate::duties::{LeaderDuties, lead_when_elected, poll_fleet, sweep_probes};
-use crate::health::{ProbeSettings, Prober};
 use crate::identity::ReplicaId;
 use crate::listener::{ListenerSettings, ListenerStatus};
 use crate::metrics::{self, FleetGauges};
+use crate::probe::{ProbeSettings, Prober};
 use crate::reconcile::Reconciler;
 use crate::replica::{ProbeRules, Replica};
 use crate::settings::{GlobalArgs, ReadAccess, RunArgs};
@@ -211,7 +211,7 @@ struct Checks {
     /// The actors' dependencies (pool, prober, role expected).
     deps: Arc<ActorDeps>,
     /// The probe scheduler: runs the checks of the leases this replica holds.
-    scheduler: Arc<crate::lease::Scheduler>,
+    scheduler: Arc<crate::lease::CheckScheduler>,
 }
 
 fn checks(args: &RunArgs, pool: &sqlx::PgPool, id: &Arc<ReplicaId>) -> anyhow::Result<Checks> {
@@ -230,7 +230,7 @@ fn checks(args: &RunArgs, pool: &sqlx::PgPool, id: &Arc<ReplicaId>) -> anyhow::R
         expect_standby: args.expect_standby,
         check_commit: args.check_commit,
     });
-    let scheduler = Arc::new(crate::lease::Scheduler::new(
+    let scheduler = Arc::new(crate::lease::CheckScheduler::new(
         id.clone(),
         deps.clone(),
         args.probe_concurrency,
@@ -246,7 +246,7 @@ fn checks(args: &RunArgs, pool: &sqlx::PgPool, id: &Arc<ReplicaId>) -> anyhow::R
 async fn start_runtime(
     args: &RunArgs,
     store: &Arc<crate::store::Store>,
-    (deps, scheduler): (&Arc<ActorDeps>, &Arc<crate::lease::Scheduler>),
+    (deps, scheduler): (&Arc<ActorDeps>, &Arc<crate::lease::CheckScheduler>),
 ) -> Arc<duroxide::runtime::Runtime> {
     duro::start_runtime(
         store.clone(),
@@ -268,7 +268,7 @@ fn reconciler(
     (global, args): (&GlobalArgs, &RunArgs),
     url: &str,
     store: &Arc<crate::store::Store>,
-    (deps, scheduler): (&Arc<ActorDeps>, &Arc<crate::lease::Scheduler>),
+    (deps, scheduler): (&Arc<ActorDeps>, &Arc<crate::lease::CheckScheduler>),
     replica: &str,
 ) -> Arc<Reconciler> {
     let control = ActorControl::new(
@@ -305,7 +305,7 @@ struct Background<'a> {
     reconciler: &'a Arc<Reconciler>,
     fleet: &'a FleetGauges,
     snapshots: &'a Snapshots,
-    scheduler: &'a Arc<crate::lease::Scheduler>,
+    scheduler: &'a Arc<crate::lease::CheckScheduler>,
     store: Arc<crate::store::Store>,
     pool: &'a sqlx::PgPool,
     liveness: &'a Arc<Replica>,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use support::pki::TlsServer;
 use support::{ServiceProc, TestDb, wait_until};
-use toygres_actors::health::{ProbeSettings, Prober};
+use toygres_actors::probe::{ProbeSettings, Prober};
 
 /// OpenSSL's reason for a chain that ends in a CA we do not trust (the server sends its CA
 /// along with its certificate).

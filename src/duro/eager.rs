@@ -191,7 +191,7 @@ impl ActorControl {
     }
 }
 
-fn schedule(scheduler: &crate::lease::Scheduler, lease: crate::lease::Lease, how: Eager) {
+fn schedule(scheduler: &crate::lease::CheckScheduler, lease: crate::lease::Lease, how: Eager) {
     match how {
         Eager::Lease => scheduler.lease(lease),
         Eager::LeaseFirst => scheduler.lease_first(lease),

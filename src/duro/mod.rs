@@ -104,7 +104,7 @@ pub use open::{open_store, open_unguarded_store, store_url};
 pub async fn start_runtime(
     store: Arc<Store>,
     deps: Arc<ActorDeps>,
-    scheduler: Arc<crate::lease::Scheduler>,
+    scheduler: Arc<crate::lease::CheckScheduler>,
     settings: &RuntimeSettings,
 ) -> Arc<Runtime> {
     let activities: ActivityRegistry =
@@ -165,7 +165,7 @@ pub struct ActorControl {
     /// scheduler at once and its first health check runs right away, instead of after
     /// Duroxide's dispatcher has run the actor's first turn and lease activity (which only
     /// confirm or move the lease): see [`ActorInput::eager_first_check`].
-    pub eager: Option<(Arc<ActorDeps>, Arc<crate::lease::Scheduler>)>,
+    pub eager: Option<(Arc<ActorDeps>, Arc<crate::lease::CheckScheduler>)>,
     /// The priority lane's control ([`ActorControl::for_lane`]): an explicit restart's first
     /// check runs here, inline, before the restart returns.
     first_check_inline: bool,
@@ -214,7 +214,7 @@ impl ActorControl {
     pub fn with_eager_first_check(
         mut self,
         deps: Arc<ActorDeps>,
-        scheduler: Arc<crate::lease::Scheduler>,
+        scheduler: Arc<crate::lease::CheckScheduler>,
     ) -> Self {
         self.eager = Some((deps, scheduler));
         self

@@ -116,7 +116,7 @@ pub struct Outcome {
 
 /// Decides and acts for single instances and the whole fleet.
 pub struct Reconciler {
-    pub control: ActorControl,
+    pub(crate) control: ActorControl,
     pub rules: Rules,
     /// This replica's name, stored with every decision.
     pub replica: String,
@@ -248,8 +248,28 @@ impl Reconciler {
         self.term().map(Some).ok_or(DuroError::NotLeader)
     }
 
-    pub(crate) fn pool(&self) -> &PgPool {
+    /// The CMS pool.
+    pub fn pool(&self) -> &PgPool {
         &self.control.pool
+    }
+
+    /// The schema of our Duroxide store.
+    pub fn store_schema(&self) -> &str {
+        &self.control.schema
+    }
+
+    /// Whether `state` calls for an actor (`--actor-states`).
+    pub fn wants_actor(&self, state: &crate::instance::InstanceState) -> bool {
+        self.control.wants_actor(state)
+    }
+
+    /// Cancel every live incarnation of the row's instance (an operator's `cancel`).
+    pub async fn cancel_all(
+        &self,
+        row: &InstanceRow,
+        reason: &str,
+    ) -> Result<crate::duro::Transition, DuroError> {
+        self.control.cancel_all(row, reason).await
     }
 
     /// Observe one instance now: the row, its actor in Duroxide, other live incarnations.

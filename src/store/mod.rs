@@ -31,7 +31,7 @@
 //! LOCKED` and then blocks on an advisory lock, so concurrent fetches of one process queue
 //! up behind each other on the same row. Here one fetch per queue (a *lane*) is in flight
 //! per process. A wake-up carries how many items it made visible when it knows (see
-//! `store/lane.rs`): a fetch that finds an item lets the next slot fetch at once only while
+//! `store/waiting_room.rs`): a fetch that finds an item lets the next slot fetch at once only while
 //! announced items are left (or the count is unknown); otherwise the lane rests as after
 //! an empty fetch. A slot that comes for the lane when the last fetch left it resting, with
 //! no wake-up since, does not fetch but waits — including a dispatcher slot back from its
@@ -57,19 +57,19 @@ use crate::config;
 use crate::metrics;
 
 pub(crate) mod foreign;
-mod lane;
 mod listen;
+mod waiting_room;
 
 pub use foreign::{ForeignGuard, ForeignStore, ForeignWork, Refused, foreign_work, refuse_foreign};
-use lane::{Lane, delay_instant, timer_due};
 pub use listen::listen;
+use waiting_room::{WaitingRoom, delay_instant, timer_due};
 
 /// duroxide-pg's provider with waiting fetches, single-flight per queue and wake-ups.
 pub struct Store {
     inner: Arc<PostgresProvider>,
     schema: String,
-    orch: Lane,
-    work: Lane,
+    orch: WaitingRoom,
+    work: WaitingRoom,
     max_wait: Duration,
     /// Off: fetches pass straight through (duroxide-pg's own polling; `--duroxide-wait off`).
     waiting: std::sync::atomic::AtomicBool,
@@ -104,8 +104,8 @@ impl Store {
         Self {
             inner,
             schema: schema.to_string(),
-            orch: Lane::new("orchestrator"),
-            work: Lane::new("worker"),
+            orch: WaitingRoom::new("orchestrator"),
+            work: WaitingRoom::new("worker"),
             max_wait,
             waiting: std::sync::atomic::AtomicBool::new(true),
             fetches: std::sync::atomic::AtomicU64::new(0),
@@ -159,8 +159,8 @@ impl Store {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// A wake-up from this process's own write of `items` items (or [`lane::UNKNOWN`]).
-    fn local_wake(&self, lane: &Lane, source: &'static str, items: u64) {
+    /// A wake-up from this process's own write of `items` items (or [`waiting_room::UNKNOWN`]).
+    fn local_wake(&self, lane: &WaitingRoom, source: &'static str, items: u64) {
         if !self
             .drop_local_wakeups
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -171,7 +171,7 @@ impl Store {
 
     /// Work was enqueued for the orchestrator queue by SQL of ours (a fenced transaction).
     pub fn enqueued_orchestrator_work(&self) {
-        self.local_wake(&self.orch, "enqueue", lane::UNKNOWN);
+        self.local_wake(&self.orch, "enqueue", waiting_room::UNKNOWN);
     }
 
     /// Wake both lanes (the listener reconnected: notifications may have been missed).
@@ -202,7 +202,7 @@ impl Store {
     }
 
     /// Work was written to `lane`'s queue: visible at `due` (a wake-up then), or now.
-    fn becomes_visible(&self, lane: &Lane, due: Option<Instant>, source: &'static str) {
+    fn becomes_visible(&self, lane: &WaitingRoom, due: Option<Instant>, source: &'static str) {
         match due {
             Some(at) => lane.due_at(at),
             None => self.local_wake(lane, source, 1),
@@ -218,7 +218,7 @@ impl Store {
     /// One fetch that reaches duroxide-pg, counted.
     async fn counted_fetch<T, Fut>(
         &self,
-        lane: &Lane,
+        lane: &WaitingRoom,
         fetch: Fut,
     ) -> Result<Option<T>, ProviderError>
     where
@@ -235,7 +235,7 @@ impl Store {
     /// found comes with the lane's wake-up generation at the start of that fetch.
     async fn waiting_fetch<T, F, Fut>(
         &self,
-        lane: &Lane,
+        lane: &WaitingRoom,
         poll_timeout: Duration,
         fetch: F,
     ) -> Result<Option<(T, u64)>, ProviderError>
@@ -395,7 +395,7 @@ impl Provider for Store {
         // that arrived meanwhile woke the lane when they came (its fetches then found the
         // instance locked), so a generation unchanged since this item's fetch means none did.
         if fetched_at != Some(self.orch.generation()) {
-            self.local_wake(&self.orch, "ack", lane::UNKNOWN);
+            self.local_wake(&self.orch, "ack", waiting_room::UNKNOWN);
         } else if visible_now > 0 {
             self.local_wake(&self.orch, "ack", visible_now);
         }

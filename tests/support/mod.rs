@@ -570,7 +570,7 @@ impl Drop for ServiceProc {
 pub struct Stack {
     pub control: toygres_actors::duro::ActorControl,
     pub reconciler: std::sync::Arc<toygres_actors::reconcile::Reconciler>,
-    pub prober: std::sync::Arc<toygres_actors::health::Prober>,
+    pub prober: std::sync::Arc<toygres_actors::probe::Prober>,
     runtime: std::sync::Arc<duroxide::runtime::Runtime>,
     /// Stops the probe scheduler when the stack is dropped.
     _stop: tokio_util::sync::DropGuard,
@@ -579,11 +579,11 @@ pub struct Stack {
 impl Stack {
     pub async fn start(db: &TestDb, interval: Duration, unhealthy_after: u32) -> Stack {
         use std::sync::Arc;
-        use toygres_actors::{check, duro, health, reconcile};
+        use toygres_actors::{check, duro, probe, reconcile};
         let store = duro::open_store(&db.url, "toygres_actors_duroxide", false, &db.pool)
             .await
             .expect("open store");
-        let prober = Arc::new(health::Prober::new(health::ProbeSettings {
+        let prober = Arc::new(probe::Prober::new(probe::ProbeSettings {
             connect_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(2),
             keep_connections: 16,
@@ -596,7 +596,11 @@ impl Stack {
             check_commit: toygres_actors::cms::CheckCommit::Async,
         });
         let id = Arc::new(toygres_actors::identity::ReplicaId::new("test"));
-        let scheduler = Arc::new(toygres_actors::lease::Scheduler::new(id, deps.clone(), 16));
+        let scheduler = Arc::new(toygres_actors::lease::CheckScheduler::new(
+            id,
+            deps.clone(),
+            16,
+        ));
         let replica = Arc::new(toygres_actors::replica::Replica::new(
             db.pool.clone(),
             scheduler.clone(),

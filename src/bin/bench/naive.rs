@@ -19,9 +19,9 @@ use toygres_actors::actor::register_activities;
 use toygres_actors::check::{ActorDeps, CheckInput, CheckOutcome};
 use toygres_actors::config::ACTIVITY_HEALTH_CHECK;
 use toygres_actors::db::cms_pool;
-use toygres_actors::health::{ProbeSettings, Prober};
 use toygres_actors::identity::ReplicaId;
-use toygres_actors::lease::Scheduler;
+use toygres_actors::lease::CheckScheduler;
+use toygres_actors::probe::{ProbeSettings, Prober};
 
 /// The naive loop's orchestration name.
 pub const NAME: &str = "naive::Actor";
@@ -69,7 +69,7 @@ pub async fn worker(url: &str, schema: &str) -> Result<()> {
         check_commit: toygres_actors::cms::CheckCommit::Durable,
     });
     // The naive loop uses only the v1 health-check activity; the scheduler stays idle.
-    let scheduler = Arc::new(Scheduler::new(
+    let scheduler = Arc::new(CheckScheduler::new(
         Arc::new(ReplicaId::new("naive")),
         deps.clone(),
         1,

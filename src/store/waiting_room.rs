@@ -33,7 +33,7 @@ const MAX_DUES: usize = 200_000;
 pub(super) const UNKNOWN: u64 = u64::MAX;
 
 /// One queue's waiting room.
-pub(super) struct Lane {
+pub(super) struct WaitingRoom {
     pub(super) name: &'static str,
     pub(super) wake: Notify,
     /// Held while a fetch is in flight: one per lane per process.
@@ -53,7 +53,7 @@ pub(super) struct LastFetch {
     pub(super) empty: Option<(u64, Instant)>,
 }
 
-impl Lane {
+impl WaitingRoom {
     pub(super) fn new(name: &'static str) -> Self {
         Self {
             name,
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_due_time_forces_one_fetch_and_follow_ups_only_while_fetches_find_nothing() {
-        let lane = Lane::new("test");
+        let lane = WaitingRoom::new("test");
         let t0 = Instant::now();
         for _ in 0..100 {
             lane.due_at(t0);
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn credit_lets_the_pipeline_run_as_far_as_announced_or_until_empty_when_unknown() {
-        let lane = Lane::new("test");
+        let lane = WaitingRoom::new("test");
         lane.wake_n("test", 3);
         assert!(lane.spend(), "2 left");
         assert!(lane.spend(), "1 left");
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_wake_up_bumps_the_generation() {
-        let lane = Lane::new("test");
+        let lane = WaitingRoom::new("test");
         let g = lane.generation();
         lane.wake("test");
         assert_eq!(lane.generation(), g + 1);
