@@ -168,8 +168,21 @@ pub async fn prune_once(reconciler: &Reconciler, retention: Duration) -> anyhow:
     .await?;
     let decisions = crate::cms::prune_decisions(&control.pool, retention, fence.as_ref()).await?;
     // Handled restart requests are kept as long as the decisions that answered them.
-    let restart_requests =
-        crate::cms::prune_restart_requests(&control.pool, retention, fence.as_ref()).await?;
+    // Not fatal: a runtime role granted before this pruning existed lacks DELETE there, and
+    // the rest of the pass (the store's growth above all) must go on.
+    let restart_requests = match crate::cms::prune_restart_requests(
+        &control.pool,
+        retention,
+        fence.as_ref(),
+    )
+    .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not prune handled restart requests (the runtime role needs DELETE on toygres_cms.actor_restart_requests: docs/operations.md, \"Database privileges\"); the rest of the pass goes on");
+            0
+        }
+    };
     let replicas =
         crate::cms::prune_replicas(&control.pool, config::REPLICA_ROW_GRACE, fence.as_ref())
             .await?;
