@@ -208,19 +208,12 @@ impl Reconciler {
             return None;
         }
         self.control.check_now(row, actor_id);
-        self.log_decision(
-            trigger,
-            DecisionEntry {
-                id: row.id,
-                name: &row.k8s_name,
-                did: Did::ReLease,
-                reason: &decision.reason,
-                old: row.actor_id.as_deref(),
-                new: row.actor_id.as_deref(),
-                error: None,
-            },
-        )
-        .await;
+        let same = (row.actor_id.as_deref(), row.actor_id.as_deref());
+        let entry = DecisionEntry {
+            did: Did::ReLease,
+            ..DecisionEntry::of(row, decision, same)
+        };
+        self.log_decision(trigger, entry).await;
         Some(HeldBack {
             did: Did::ReLease,
             why: "the live actor was re-leased to this replica and checked at once; a restart follows only if it stays stale".into(),
@@ -292,16 +285,13 @@ impl Reconciler {
             Ok(ids) => ids,
             Err(e) => {
                 metrics::reconcile_error();
+                let error = e.to_string();
+                let entry = DecisionEntry::of(row, decision, (row.actor_id.as_deref(), None));
                 self.log_decision(
                     trigger,
                     DecisionEntry {
-                        id: row.id,
-                        name: &row.k8s_name,
-                        did,
-                        reason: &decision.reason,
-                        old: row.actor_id.as_deref(),
-                        new: None,
-                        error: Some(&e.to_string()),
+                        error: Some(&error),
+                        ..entry
                     },
                 )
                 .await;
@@ -327,19 +317,8 @@ impl Reconciler {
             Action::Cancel { .. } | Action::Adopt { start: false, .. }
         );
         if !recorded {
-            self.log_decision(
-                trigger,
-                DecisionEntry {
-                    id: row.id,
-                    name: &row.k8s_name,
-                    did,
-                    reason: &decision.reason,
-                    old: old.as_deref(),
-                    new: new.as_deref(),
-                    error: None,
-                },
-            )
-            .await;
+            let entry = DecisionEntry::of(row, decision, (old.as_deref(), new.as_deref()));
+            self.log_decision(trigger, entry).await;
         }
         Ok((old, new))
     }
@@ -427,4 +406,23 @@ struct DecisionEntry<'a> {
     old: Option<&'a str>,
     new: Option<&'a str>,
     error: Option<&'a str>,
+}
+
+impl<'a> DecisionEntry<'a> {
+    /// The entry of `decision` for `row`, with the actor ids before and after.
+    fn of(
+        row: &'a crate::cms::InstanceRow,
+        decision: &'a Decision,
+        (old, new): (Option<&'a str>, Option<&'a str>),
+    ) -> Self {
+        DecisionEntry {
+            id: row.id,
+            name: &row.k8s_name,
+            did: decision.action.did(),
+            reason: &decision.reason,
+            old,
+            new,
+            error: None,
+        }
+    }
 }
