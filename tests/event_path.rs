@@ -188,12 +188,7 @@ async fn rows_written_while_the_service_is_down_are_reconciled_at_start() {
     converged(&db, T).await;
     // The fleet can look converged before the queued restart request is worked off.
     wait_until("the durable restart request handled", T, || async {
-        (db.scalar_i64(
-            "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE handled_at IS NULL",
-        )
-        .await
-            == 0)
-            .then_some(())
+        (db.pending_restart_requests().await == 0).then_some(())
     })
     .await;
     // `converged` counts an actor still queued for its first turn as live; this counts only

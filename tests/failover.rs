@@ -132,13 +132,6 @@ async fn max_gap(db: &TestDb, from: chrono::DateTime<chrono::Utc>) -> (f64, Stri
     top.into_iter().next().expect("some gap")
 }
 
-async fn db_now(db: &TestDb) -> chrono::DateTime<chrono::Utc> {
-    sqlx::query_scalar("SELECT now()")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-}
-
 /// Checks since `from` that were not healthy (must be none: the targets answer).
 /// Check rows written since `from` that are not `healthy`, one line each (instance, status,
 /// error, writer, time), so a failure says which replica wrote what.
@@ -193,9 +186,9 @@ async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
     // Balanced first: each of the two holds 40–60 % (asserted by wait_balanced).
     let shares = wait_balanced(&db, 2, N).await;
     eprintln!("balanced: {shares:?}");
-    let steady = db_now(&db).await;
+    let steady = db.now().await;
     wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
-    let from = db_now(&db).await;
+    let from = db.now().await;
 
     // Rolling restart: every replica stopped (SIGTERM) and replaced under a new name.
     let t0 = Instant::now();
@@ -205,7 +198,7 @@ async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
     assert!(b.stop().success(), "replica-b exited uncleanly");
     let mut d = replica(&db.url, &["--replica", "replica-d"]).await;
     wait_balanced(&db, 2, N).await;
-    let after_rolling = db_now(&db).await;
+    let after_rolling = db.now().await;
     wait_all_checked_after(&db, after_rolling, Duration::from_secs(60)).await;
     let (gap, worst) = max_gap(&db, from).await;
     eprintln!(
@@ -224,9 +217,9 @@ async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
     );
 
     // SIGKILL one replica: its instances are checked again within 60 s of their last check.
-    let from_kill = db_now(&db).await;
+    let from_kill = db.now().await;
     d.kill();
-    let killed_at = db_now(&db).await;
+    let killed_at = db.now().await;
     wait_all_checked_after(&db, killed_at, Duration::from_secs(90)).await;
     let (gap, worst) = max_gap(&db, from_kill).await;
     eprintln!("SIGKILL: max gap {gap:.1} s ({worst})");
@@ -339,7 +332,7 @@ async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     let y = replica(&db.url, &["--replica", "frozen-y"]).await;
     insert_fleet(&db, "pg-z", 100).await;
     wait_balanced(&db, 2, 100).await;
-    let steady = db_now(&db).await;
+    let steady = db.now().await;
     wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
     let (leader, follower) = leader_and_follower(x, y).await;
     let name = if leader.args.contains(&"frozen-x".to_string()) {
@@ -348,10 +341,10 @@ async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
         "frozen-y"
     };
     let (old_epoch, _) = replica_row(&db, name).await;
-    let from = db_now(&db).await;
+    let from = db.now().await;
 
     leader.signal(Signal::SIGSTOP);
-    let stopped_at = db_now(&db).await;
+    let stopped_at = db.now().await;
     let t = Instant::now();
     db.insert_instance("pg-during-freeze", "running", Some(&target_url()))
         .await;
@@ -449,13 +442,13 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
     let q = replica(&db.url, &["--replica", "cut-q"]).await;
     insert_fleet(&db, "pg-p", 100).await;
     wait_balanced(&db, 2, 100).await;
-    let steady = db_now(&db).await;
+    let steady = db.now().await;
     wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
     let (old_epoch, _) = replica_row(&db, "cut-p").await;
-    let from = db_now(&db).await;
+    let from = db.now().await;
 
     proxy.black_hole();
-    let cut_at = db_now(&db).await;
+    let cut_at = db.now().await;
     let t = Instant::now();
     db.insert_instance("pg-during-partition", "running", Some(&target_url()))
         .await;
@@ -516,14 +509,14 @@ async fn of_two_processes_with_one_name_only_the_newest_probes() {
     let db = TestDb::new().await;
     let first = replica(&db.url, &["--replica", "twin"]).await;
     insert_fleet(&db, "pg-t", 30).await;
-    let steady = db_now(&db).await;
+    let steady = db.now().await;
     wait_all_checked_after(&db, steady, Duration::from_secs(60)).await;
     let (old_epoch, _) = replica_row(&db, "twin").await;
 
     let second = replica(&db.url, &["--replica", "twin"]).await;
     let (new_epoch, _) = replica_row(&db, "twin").await;
     assert_ne!(new_epoch, old_epoch);
-    let registered = db_now(&db).await;
+    let registered = db.now().await;
     wait_until(
         "the older process says it stopped probing",
         Duration::from_secs(30),
@@ -621,7 +614,7 @@ async fn database_outage_for_every_replica_moves_no_lease() {
     )
     .await;
     proxy.heal();
-    let healed = db_now(&db).await;
+    let healed = db.now().await;
     wait_until(
         "both replicas registered again, every lease under a live epoch",
         Duration::from_secs(60),

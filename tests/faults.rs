@@ -247,14 +247,7 @@ async fn a_held_cms_row_delays_its_instance_only_and_never_costs_the_term() {
     wait_until(
         "the restart request marked handled",
         Duration::from_secs(5),
-        || async {
-            (db.scalar_i64(
-                "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE handled_at IS NULL",
-            )
-            .await
-                == 0)
-                .then_some(())
-        },
+        || async { (db.pending_restart_requests().await == 0).then_some(()) },
     )
     .await;
     // pg-held's own checks waited for its row: the one instance the hold may delay.
@@ -566,10 +559,7 @@ async fn forged_state_hints_probe_no_more_and_move_no_lease() {
     })
     .await;
 
-    let from: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let from = db.now().await;
     let flood_started = Instant::now();
     let pool = toygres_actors::db::cms_pool(&db.url, 1).await.unwrap();
     // Paced over 60 s (a burst every 100 ms), so that every hint could trigger a probe of
@@ -642,13 +632,6 @@ enum Fault {
     Partition,
 }
 
-async fn db_now(db: &TestDb) -> chrono::DateTime<chrono::Utc> {
-    sqlx::query_scalar("SELECT now()")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-}
-
 /// Wait until `svc` has stopped itself at its fail point.
 async fn stopped_at_fail_point(svc: &ServiceProc, what: &str, within: Duration) {
     wait_until(
@@ -709,7 +692,7 @@ async fn a_leader_inside_a_fenced_transaction_is_replaced(fault: Fault) {
         Duration::from_secs(10),
     )
     .await;
-    let frozen_at = db_now(&db).await;
+    let frozen_at = db.now().await;
     let frozen = Instant::now();
     if fault == Fault::Partition {
         proxy.black_hole();
@@ -751,7 +734,7 @@ async fn a_leader_inside_a_fenced_transaction_is_replaced(fault: Fault) {
             proxy.heal();
         }
     }
-    let woke_at = db_now(&db).await;
+    let woke_at = db.now().await;
     wait_until(
         &format!("{fault:?}: a knows it does not lead"),
         Duration::from_secs(15),
@@ -845,7 +828,7 @@ async fn a_lease_holder_hands_over(fault: Fault) {
         }
     };
     assert!(!held.is_empty(), "{fault:?}: b held no lease");
-    let fault_at = db_now(&db).await;
+    let fault_at = db.now().await;
     let faulted = Instant::now();
 
     // The CMS's own write of such an instance is not held up by b.
@@ -903,7 +886,7 @@ async fn a_lease_holder_hands_over(fault: Fault) {
         Fault::Stop => b.signal(Signal::SIGCONT),
         Fault::Partition => proxy.heal(),
     }
-    let woke_at = db_now(&db).await;
+    let woke_at = db.now().await;
     if fault == Fault::Stop {
         wait_until(
             "b's write under its lost lease refused",

@@ -73,11 +73,7 @@ pub async fn check(db: &TestDb, min_handover: Duration, handoff_bound: Duration,
         "instances went unchecked longer than the handoff bound {handoff_bound:?} (name, seconds): {unchecked:?}"
     );
 
-    let pending = db
-        .scalar_i64(
-            "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE handled_at IS NULL",
-        )
-        .await;
+    let pending = db.pending_restart_requests().await;
     assert_eq!(pending, 0, "a restart request was never handled");
     let restarted_twice: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT d.k8s_name, count(DISTINCT d.id), (SELECT count(*) FROM toygres_cms.actor_restart_requests r

@@ -180,6 +180,22 @@ impl TestDb {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
+    /// The database's clock now.
+    pub async fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Restart requests not yet handled.
+    pub async fn pending_restart_requests(&self) -> i64 {
+        self.scalar_i64(
+            "SELECT count(*) FROM toygres_cms.actor_restart_requests WHERE handled_at IS NULL",
+        )
+        .await
+    }
+
     pub async fn actor_id(&self, name: &str) -> Option<String> {
         sqlx::query_scalar(
             "SELECT instance_actor_orchestration_id FROM toygres_cms.instances WHERE k8s_name = $1",
