@@ -1,7 +1,7 @@
 //! The instance actor: a detached, durable Duroxide orchestration per monitored instance.
 //!
 //! **Version 2 (current): the actor owns its instance's probe lease.** One iteration is one
-//! short activity ([`lease`]) and one durable timer of `lease_renew_ms` (default 4 min): the
+//! short activity ([`crate::lease::renewal::renew`]) and one durable timer of `lease_renew_ms` (default 4 min): the
 //! activity checks the row (fencing, below) and records this actor as the owner of the
 //! instance's probe lease — conditional on the row naming it, and never taking the lease from
 //! its holder (a dead holder's leases are claimed by the replica ticks). Which replica probes
@@ -36,10 +36,9 @@ use duroxide::{ActivityContext, OrchestrationContext};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::check::{
-    ActorDeps, ActorEnds, CheckError, CheckInput, CheckOutcome, RowFence, health_check, read_fenced,
-};
-use crate::cms;
+use crate::check::{ActorDeps, CheckInput, CheckOutcome, health_check};
+use crate::lease::renewal::LeaseInput;
+use crate::lease::{DEFAULT_LEASE_RENEW, LEASE_OVERLAP};
 
 /// The actor's input, carried across continue-as-new.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,24 +72,6 @@ pub struct ActorInput {
     #[serde(default)]
     pub leased_at_start: bool,
 }
-
-/// Input of one lease renewal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LeaseInput {
-    pub instance_id: Uuid,
-    pub actor_states: Vec<String>,
-    pub interval_ms: u64,
-    pub lease_ms: u64,
-    pub unhealthy_after: u32,
-}
-
-/// Default lease renewal period of v2 actors (two Duroxide turns per renewal: at 10,000
-/// actors, 4 min is ~83 turns/s beside the checks; see docs/benchmarks.md, Capacity).
-pub const DEFAULT_LEASE_RENEW: Duration = Duration::from_secs(240);
-
-/// A lease outlives its renewal period this many times over, so one late or lost renewal
-/// does not stop probing.
-pub const LEASE_OVERLAP: u32 = 3;
 
 /// Version 2 (2.1.0): renew the probe lease, sleep, repeat; continue as new every few
 /// renewals. An incarnation whose start took its lease begins with the timer.
@@ -230,76 +211,6 @@ pub async fn instance_actor(
     ctx.continue_as_new_typed(&input).await
 }
 
-/// The lease renewal activity: fence on the row, record this actor as the owner of the
-/// instance's probe lease (its holder keeps it; a missing one is created for this replica),
-/// and hand the instance to this replica's scheduler when it is ours.
-pub async fn lease(
-    deps: &ActorDeps,
-    scheduler: &crate::lease::CheckScheduler,
-    actor_id: &str,
-    input: LeaseInput,
-) -> Result<CheckOutcome, CheckError> {
-    let id = input.instance_id;
-    let row = match read_fenced(&deps.pool, id, actor_id, &input.actor_states).await? {
-        RowFence::Passed(row) => row,
-        RowFence::Ends(reason) => return actor_exits(deps, scheduler, id, actor_id, reason).await,
-    };
-    let me = (scheduler.id().name(), scheduler.id().epoch());
-    let owner_ttl = Duration::from_millis(input.lease_ms);
-    let renew_every = owner_ttl / LEASE_OVERLAP;
-    let (holder, lag) =
-        cms::renew_lease(&deps.pool, id, actor_id, me, owner_ttl, renew_every).await?;
-    if let Some(lag) = lag {
-        // Early (a fresh actor's jittered second renewal, right after a continue-as-new) is
-        // not late.
-        crate::metrics::lease_renewal_lag(lag.max(0.0));
-    }
-    let Some(holder) = holder else {
-        return actor_exits(
-            deps,
-            scheduler,
-            id,
-            actor_id,
-            ActorEnds::SupersededWhileRenewing,
-        )
-        .await;
-    };
-    if holder.is(me) {
-        let interval = Duration::from_millis(input.interval_ms.max(1));
-        scheduler.lease(crate::lease::Lease {
-            instance_id: id,
-            actor_id: actor_id.to_string(),
-            interval,
-            first_in: crate::lease::first_due(row.last_health_check, interval),
-            unhealthy_after: input.unhealthy_after,
-            actor_states: input.actor_states,
-        });
-    }
-    Ok(CheckOutcome::Leased {
-        holder: holder.name,
-    })
-}
-
-async fn actor_exits(
-    deps: &ActorDeps,
-    scheduler: &crate::lease::CheckScheduler,
-    id: Uuid,
-    actor_id: &str,
-    reason: ActorEnds,
-) -> Result<CheckOutcome, CheckError> {
-    scheduler.release(id, actor_id);
-    deps.prober.forget(id);
-    if let Err(e) = cms::release_lease(&deps.pool, id, actor_id).await {
-        tracing::debug!(instance_id = %id, actor_id, error = %e, "could not drop the lease row");
-    }
-    if crate::quiet::ACTOR_EXITS.admit() {
-        tracing::info!(instance_id = %id, actor_id, reason = %reason, "actor exits");
-    }
-    Ok(CheckOutcome::Exit {
-        reason: reason.to_string(),
-    })
-}
-
 /// Every version of the actor orchestration, as registered with Duroxide: the current one
 /// for new starts, the older ones so that their stored actors replay.
 pub fn register_orchestrations(
@@ -338,7 +249,7 @@ pub fn register_activities(
                 let deps = deps.clone();
                 let scheduler = scheduler.clone();
                 async move {
-                    lease(&deps, &scheduler, ctx.instance_id(), input)
+                    crate::lease::renewal::renew(&deps, &scheduler, ctx.instance_id(), input)
                         .await
                         .map_err(|e| e.to_string())
                 }

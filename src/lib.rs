@@ -31,13 +31,15 @@
 //! 4. **[`actor`]** — the instance actor orchestration, the durable owner of an instance:
 //!    record the owner of its probe lease → durable timer → continue-as-new every few
 //!    renewals; fenced by `instance_actor_orchestration_id`. Version 1 stays registered.
-//! 5. **[`lease`]** — the replica's check scheduler ([`lease::CheckScheduler`]): for every
-//!    probe lease this replica holds, it runs **[`check`]** on the interval — probe → one write fenced on actor id,
-//!    holder, epoch, liveness and the row the probe was made against (which it returns, so
-//!    the next check reads nothing first).
+//! 5. **[`lease`]** — the probe lease, in one room: taken at start, renewed by its actor
+//!    ([`lease::renewal`]), claimed and balanced by the replicas, its table's statements
+//!    ([`lease::store`]), and the replica's check scheduler ([`lease::CheckScheduler`]): for
+//!    every lease this replica holds, it runs **[`check`]** on the interval — probe → one
+//!    write fenced on actor id, holder, epoch, liveness and the row the probe was made
+//!    against (which it returns, so the next check reads nothing first).
 //! 6. **[`probe`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
-//! 7. **[`cms`]** — reads of the CMS (rows whose closed sets are [`instance`]'s enums), the
-//!    owner record of a lease, and the one fenced write per health check.
+//! 7. **[`cms`]** — reads of the CMS (rows whose closed sets are [`instance`]'s enums) and
+//!    the one fenced write per health check.
 //! 8. **[`metrics`]** — Prometheus metrics; fleet gauges come from the database, so a dead
 //!    actor or replica cannot hide its own death. [`duroxide_metrics`]: Duroxide's own, with
 //!    buckets in each one's unit and HELP text.

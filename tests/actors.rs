@@ -437,7 +437,7 @@ async fn a_burst_of_fresh_actors_spreads_its_second_renewals() {
         (rows.len() == N).then_some(rows)
     })
     .await;
-    let renew = toygres_actors::actor::DEFAULT_LEASE_RENEW;
+    let renew = toygres_actors::lease::DEFAULT_LEASE_RENEW;
     for (id, ms) in &waits {
         let want = toygres_actors::actor::first_delay(*id, renew).as_millis() as i64;
         // The timer's due time counts from the turn's start, the event's stamp from when it

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ActorControl, DuroError};
-use crate::actor::{self, ActorInput};
+use crate::actor::ActorInput;
 use crate::check::{ActorDeps, CheckInput, CheckOutcome};
 use crate::cms::InstanceRow;
 
@@ -32,7 +32,7 @@ pub(super) enum Eager {
 impl ActorControl {
     /// How long an owner record lasts without a renewal.
     pub(super) fn owner_ttl(&self) -> Duration {
-        self.settings.lease_renew * actor::LEASE_OVERLAP
+        self.settings.lease_renew * crate::lease::LEASE_OVERLAP
     }
 
     /// The scheduler entry of a started actor: its first check at once.
@@ -61,7 +61,7 @@ impl ActorControl {
             return Ok(false);
         };
         let me = (scheduler.id().name(), scheduler.id().epoch());
-        let holder = crate::cms::lease_for_actor(
+        let holder = crate::lease::store::for_actor(
             &mut **tx,
             input.instance_id,
             actor_id,
@@ -171,7 +171,7 @@ impl ActorControl {
         let take = !matches!(how, Eager::CheckNowIfFree);
         tokio::spawn(async move {
             let me = (scheduler.id().name(), scheduler.id().epoch());
-            match crate::cms::lease_for_actor(
+            match crate::lease::store::for_actor(
                 &deps.pool,
                 lease.instance_id,
                 &actor_id,

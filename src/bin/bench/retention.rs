@@ -131,7 +131,7 @@ pub async fn run(backlog: usize) -> Result<Report> {
     .bind(ACTOR)
     .execute(&env.pool)
     .await?;
-    cms::lease_for_actor(
+    toygres_actors::lease::store::for_actor(
         &env.pool,
         checked,
         ACTOR,

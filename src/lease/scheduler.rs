@@ -1,6 +1,5 @@
-//! The probe scheduler: health checks on the interval, in-process, for every instance whose
-//! probe lease this replica holds (see [`crate::replica`] for how leases are held, claimed,
-//! balanced and handed over, and [`crate::actor`] for the durable owner of each instance).
+//! The check scheduler: health checks on the interval, in-process, for every instance whose
+//! probe lease this replica holds (the lease itself: [`super`]).
 //!
 //! An entry lives while the lease does: the replica's tick adds the leases assigned to it,
 //! and a check whose fenced write is refused — the actor was superseded, the row is gone,
@@ -24,47 +23,16 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
+use super::{Lease, jittered};
 use crate::check::{self, ActorDeps, CheckInput, CheckOutcome};
 use crate::cms;
 use crate::identity::ReplicaId;
 use tokio_util::sync::CancellationToken;
-
-/// When the next check of an instance last checked at `last` is due, from now: keep the
-/// rhythm of earlier checks (made here or on another replica), at once if overdue.
-pub fn first_due(last: Option<chrono::DateTime<chrono::Utc>>, interval: Duration) -> Duration {
-    let since = last.map(crate::clock::age);
-    match since {
-        Some(age) if age < interval => interval - age,
-        _ => Duration::ZERO,
-    }
-}
-
-/// Between an eighth of `period` and all of it, fixed per instance id: spreads what instances
-/// that started together do next (checks here, the actor's timers in [`crate::actor`]) over
-/// nearly the whole period, as a fleet whose members arrived one by one would be.
-pub fn jittered(instance_id: Uuid, period: Duration) -> Duration {
-    let eighth = period / 8;
-    let range_ms = (period - eighth).as_millis().max(1) as u64;
-    let spread = (instance_id.as_u128() % range_ms as u128) as u64;
-    eighth + Duration::from_millis(spread)
-}
-
-/// A probe lease this replica holds, as handed to the scheduler.
-#[derive(Debug, Clone)]
-pub struct Lease {
-    pub instance_id: Uuid,
-    pub actor_id: String,
-    pub interval: Duration,
-    /// When the first check of a new entry is due, from now.
-    pub first_in: Duration,
-    pub unhealthy_after: u32,
-    pub actor_states: Vec<String>,
-}
 
 struct Entry {
     lease: Lease,
