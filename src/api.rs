@@ -3,7 +3,7 @@
 //!     GET  /healthz                                 process alive
 //!     GET  /readyz                                  database reachable; on the leader, listener connected
 //!     GET  /metrics                                 Prometheus text (ours, Duroxide's, fleet gauges)
-//!     GET  /api/actors[?verdict=V]                  every instance with its verdict
+//!     GET  /api/actors[?verdict=V][&limit=N&after=ID]  every instance with its verdict (or a page)
 //!     GET  /api/replicas                            replicas: epoch, heartbeat age, leases, leader
 //!     GET  /api/instances/{name}/actor              one actor: status, verdict, id, last check
 //!     POST /api/instances/{name}/actor/start|restart|cancel
@@ -47,7 +47,7 @@ use crate::metrics::FleetGauges;
 use crate::ops::{self, OpsError};
 use crate::reconcile::Reconciler;
 use crate::settings::ReadAccess;
-use crate::snapshot::Snapshots;
+use crate::snapshot::{MAX_PAGE, Page, Snapshots};
 use crate::verdict::Verdict;
 
 /// What the HTTP handlers share.
@@ -244,6 +244,10 @@ async fn metrics(State(s): State<Shared>) -> Response {
 #[derive(Deserialize)]
 struct ListQuery {
     verdict: Option<String>,
+    /// Page size: with it, one page in instance-id order and the `next` page's `after`.
+    limit: Option<usize>,
+    /// The previous page's `next`: instances whose id sorts after it.
+    after: Option<uuid::Uuid>,
 }
 
 /// A path or query string axum cannot decode (e.g. percent-encoded bytes that are not
@@ -275,9 +279,26 @@ async fn list_actors(
             }
         },
     };
+    let page = match (q.limit, q.after) {
+        (None, None) => None,
+        (Some(limit), after) if (1..=MAX_PAGE).contains(&limit) => Some(Page { after, limit }),
+        (Some(_), _) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be 1 to {MAX_PAGE}"),
+            );
+        }
+        (None, Some(_)) => {
+            return error(StatusCode::BAD_REQUEST, "after needs a limit");
+        }
+    };
     // Before the first poll has finished this waits for it (within the time limit).
     let snapshot = s.snapshots.latest().await;
-    match snapshot.body(only).await {
+    let body = match page {
+        None => snapshot.body(only).await,
+        Some(page) => snapshot.page(only, page),
+    };
+    match body {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => OpsError::Internal(e.to_string()).into_response(),
     }

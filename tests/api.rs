@@ -286,6 +286,40 @@ async fn every_endpoint_answers_its_success_and_error_cases() {
     let msg = api.get("/api/actors?verdict=bogus").await.error(400);
     assert!(msg.contains("bogus"), "{msg}");
 
+    // --- the list in pages: instance-id order, `next` until the last page ---
+    let mut paged = Vec::new();
+    let mut query = "?limit=2".to_string();
+    loop {
+        let r = api.get(&format!("/api/actors{query}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let page = r.json();
+        let actors = page["actors"].as_array().expect("actors array").clone();
+        assert!(actors.len() <= 2, "{}", r.body);
+        paged.extend(actors);
+        match page["next"].as_str() {
+            Some(next) => query = format!("?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let ids = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|a| a["instance_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let mut want = ids(&all);
+    want.sort();
+    assert_eq!(ids(&paged), want, "every instance once, in id order");
+    let one = api.get("/api/actors?verdict=ok&limit=1").await.json();
+    assert_eq!(names(one["actors"].as_array().unwrap()), ["pg-api-ok"]);
+    assert!(one["next"].is_null(), "{one}");
+    for bad in [
+        "?limit=0",
+        "?limit=10001",
+        "?after=00000000-0000-0000-0000-000000000000",
+    ] {
+        api.get(&format!("/api/actors{bad}")).await.error(400);
+    }
+
     // --- one actor ---
     let actor = db.actor_id("pg-api-ok").await.expect("actor id");
     let r = api.get("/api/instances/pg-api-ok/actor").await;
