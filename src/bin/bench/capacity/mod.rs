@@ -20,15 +20,15 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::harness::{
-    Baseline, Cpu, CpuWindow, DASH, Env, NEW_CONNECTION_PER_PROBE, Quantiles, Service, TURNS,
-    checked_count, header, insert_many, metric, now_epoch, num, pct, row, running_current_in, secs,
-    secs_target,
+    Cpu, CpuWindow, Env, NEW_CONNECTION_PER_PROBE, Quantiles, Service, TURNS, checked_count,
+    insert_many, metric, now_epoch, running_current_in,
 };
 mod figures;
+mod table;
 
 use figures::{continued_as_new, decisions_in, gaps, renewal_lags, renewed_twice};
 
-use crate::measure::{machine_busy, print_top, profile};
+use crate::measure::{machine_busy, profile};
 use crate::naive;
 use crate::pooler::Pooler;
 
@@ -50,6 +50,9 @@ pub struct Run {
     /// Decisions recorded inside the window, by action and trigger (ours only).
     pub decisions: Vec<(String, i64)>,
     pub cpu: Cpu,
+    /// CPU time of the service and of PostgreSQL per check written in the window (ms): the
+    /// figure to compare across fleet sizes.
+    pub cpu_ms_per_check: CpuPerCheck,
     /// Busy time of the whole machine over the window (% of one core; /proc/stat).
     pub machine_pct: Option<f64>,
     /// CPU of the probe target cluster (% of one core).
@@ -77,6 +80,31 @@ pub struct Third {
     pub ideal: f64,
     pub staleness: Quantiles,
     pub renewal_lag: Quantiles,
+}
+
+/// CPU time per check written (ms), of the service and of PostgreSQL.
+#[derive(Debug, Serialize)]
+pub struct CpuPerCheck {
+    pub service_ms: Option<f64>,
+    pub pg_ms: Option<f64>,
+}
+
+impl CpuPerCheck {
+    /// From the CPU of a window of `secs` seconds (% of one core) in which `checks` were written.
+    fn of(cpu: &Cpu, secs: f64, checks: i64) -> Self {
+        let per = |pct: Option<f64>| {
+            pct.filter(|_| checks > 0)
+                .map(|p| p / 100.0 * secs * 1000.0 / checks as f64)
+        };
+        Self {
+            service_ms: per(cpu.service_pct),
+            pg_ms: per(cpu.pg_pct),
+        }
+    }
+
+    pub(super) fn total(&self) -> Option<f64> {
+        Some(self.service_ms? + self.pg_ms?)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -116,260 +144,6 @@ pub async fn run(
     };
     report.print();
     Ok(report)
-}
-
-impl Report {
-    fn print(&self) {
-        let how = if self.targets == "pooled" {
-            "through a PgBouncer in transaction mode, default probe settings (kept connections)"
-        } else {
-            "directly, a new connection per probe"
-        };
-        header(&format!(
-            "Capacity — actors at a {}s interval, measured over {}s after warm-up (all probe one separate PostgreSQL, {how})",
-            self.interval_s, self.window_s
-        ));
-        if let Some(b) = &self.naive {
-            self.print_run(&format!("naive loop, {} actors", b.actors), b, None);
-        }
-        let ours = &self.ours;
-        self.print_run(
-            &format!("toygres-actors, {} actors", ours.actors),
-            ours,
-            self.naive.as_ref(),
-        );
-        print_top("toygres-actors run, pg_stat_statements", &ours.top);
-        if let Some(b) = &self.naive {
-            print_top("naive loop", &b.top);
-        }
-    }
-
-    /// One run's rows; `base` is the baseline its figures are compared with.
-    fn print_run(&self, label: &str, r: &Run, base: Option<&Run>) {
-        print_progress(label, r);
-        print_thirds(label, r);
-        print_renewal_lag(label, r);
-        print_turns(label, r);
-        self.print_staleness(label, r, base);
-        print_costs(label, r, base);
-    }
-
-    fn print_staleness(&self, label: &str, r: &Run, base: Option<&Run>) {
-        let target_p99 = self.interval_s * 35.0 / 30.0;
-        let s = &r.staleness;
-        row(
-            &format!("{label}: staleness p50 / p99 / max"),
-            format!(
-                "{} / {} / {}",
-                secs(s.p50, 1),
-                secs(s.p99, 1),
-                secs(s.max, 1)
-            ),
-            match base {
-                Some(b) => ratio(
-                    format!("p99 {}", secs(b.staleness.p99, 1)),
-                    s.p99,
-                    b.staleness.p99,
-                ),
-                None => Baseline::None,
-            },
-            &format!("p99 ≤ {}", secs_target(target_p99)),
-            s.p99.map(|p99| p99 <= target_p99),
-        );
-    }
-}
-
-/// A figure compared with the baseline's (`text`), as their ratio.
-fn ratio(text: String, value: Option<f64>, base: Option<f64>) -> Baseline {
-    Baseline::Ratio { text, value, base }
-}
-
-/// Checks achieved, actors running and continued as new, and (ours only) the decisions.
-fn print_progress(label: &str, r: &Run) {
-    row(
-        &format!("{label}: checks achieved / ideal"),
-        format!(
-            "{} / {:.0} ({:.0} %)",
-            r.checks,
-            r.ideal,
-            100.0 * r.checks as f64 / r.ideal.max(1.0)
-        ),
-        Baseline::None,
-        DASH,
-        None,
-    );
-    row(
-        &format!("{label}: actors running at the end of the window"),
-        format!("{} of {}", r.actors_running, r.actors),
-        Baseline::None,
-        &format!("{}", r.actors),
-        Some(r.actors_running == r.actors as i64),
-    );
-    row(
-        &format!("{label}: actors that continued as new at least once"),
-        format!("{} of {}", r.continued_as_new, r.actors),
-        Baseline::None,
-        DASH,
-        None,
-    );
-    if r.renewal_lag.samples > 0 {
-        let list: Vec<String> = r
-            .decisions
-            .iter()
-            .map(|(a, n)| format!("{a} {n}"))
-            .collect();
-        row(
-            &format!("{label}: decisions recorded in the window, by action (trigger)"),
-            if list.is_empty() {
-                "none".into()
-            } else {
-                list.join(", ")
-            },
-            Baseline::None,
-            DASH,
-            None,
-        );
-    }
-}
-
-/// Checks and staleness per third of the window, so a drift shows.
-fn print_thirds(label: &str, r: &Run) {
-    if r.thirds.is_empty() {
-        return;
-    }
-    let shares: Vec<f64> = r
-        .thirds
-        .iter()
-        .map(|t| 100.0 * t.checks as f64 / t.ideal.max(1.0))
-        .collect();
-    row(
-        &format!("{label}: checks / ideal in the first, middle and last third"),
-        shares
-            .iter()
-            .map(|p| format!("{p:.1} %"))
-            .collect::<Vec<_>>()
-            .join(" / "),
-        Baseline::None,
-        "99–101 % each",
-        Some(shares.iter().all(|p| (99.0..=101.0).contains(p))),
-    );
-    row(
-        &format!("{label}: staleness p99 by third"),
-        by_third(r, |t| &t.staleness),
-        Baseline::None,
-        DASH,
-        None,
-    );
-}
-
-/// How late renewals ran (ours only: the naive loop has no renewals).
-fn print_renewal_lag(label: &str, r: &Run) {
-    if r.renewal_lag.samples == 0 {
-        return;
-    }
-    let l = &r.renewal_lag;
-    row(
-        &format!(
-            "{label}: renewal lag p50 / p99 / max ({} renewals, database timestamps)",
-            l.samples
-        ),
-        format!(
-            "{} / {} / {}",
-            secs(l.p50, 1),
-            secs(l.p99, 1),
-            secs(l.max, 1)
-        ),
-        Baseline::None,
-        "p99 ≤ 10 s",
-        l.p99.map(|p| p <= 10.0),
-    );
-    row(
-        &format!("{label}: renewal lag p99 by third"),
-        by_third(r, |t| &t.renewal_lag),
-        Baseline::None,
-        DASH,
-        None,
-    );
-}
-
-/// Duroxide's turns against the fleet's demand, when the service reported them.
-fn print_turns(label: &str, r: &Run) {
-    if r.turns_per_s.is_none() && r.turn_demand_per_s.is_none() {
-        return;
-    }
-    row(
-        &format!("{label}: Duroxide orchestration turns acked per second / demand"),
-        format!(
-            "{} / {}",
-            num(r.turns_per_s, 1),
-            num(r.turn_demand_per_s, 1)
-        ),
-        Baseline::None,
-        DASH,
-        None,
-    );
-}
-
-/// What the run cost: CPU of the service and PostgreSQL, of the machine, of the probe
-/// target and pooler, and statements per check.
-fn print_costs(label: &str, r: &Run, base: Option<&Run>) {
-    let cpu_text = |c: &Cpu| format!("{} + {}", pct(c.service_pct, 0), pct(c.pg_pct, 0));
-    row(
-        &format!("{label}: CPU service + PostgreSQL (% of one core; 200 % = the machine)"),
-        cpu_text(&r.cpu),
-        match base {
-            Some(b) => ratio(cpu_text(&b.cpu), r.cpu.total(), b.cpu.total()),
-            None => Baseline::None,
-        },
-        DASH,
-        None,
-    );
-    row(
-        &format!("{label}: machine busy, every process (% of one core; 200 % = the machine)"),
-        pct(r.machine_pct, 0),
-        match base {
-            Some(b) => ratio(pct(b.machine_pct, 0), r.machine_pct, b.machine_pct),
-            None => Baseline::None,
-        },
-        DASH,
-        None,
-    );
-    row(
-        &format!(
-            "{label}: probe target cluster CPU (a separate PostgreSQL all instances share) + pooler"
-        ),
-        format!(
-            "{} + {}",
-            pct(r.target_cpu_pct, 0),
-            pct(r.pooler_cpu_pct, 0)
-        ),
-        Baseline::None,
-        DASH,
-        None,
-    );
-    row(
-        &format!("{label}: PostgreSQL statements per check"),
-        num(r.statements_per_check, 1),
-        match base {
-            Some(b) => ratio(
-                num(b.statements_per_check, 1),
-                r.statements_per_check,
-                b.statements_per_check,
-            ),
-            None => Baseline::None,
-        },
-        DASH,
-        None,
-    );
-}
-
-/// A p99 of each third, "first / middle / last".
-fn by_third(r: &Run, q: impl Fn(&Third) -> &Quantiles) -> String {
-    r.thirds
-        .iter()
-        .map(|t| secs(q(t).p99, 1))
-        .collect::<Vec<_>>()
-        .join(" / ")
 }
 
 async fn run_ours(
@@ -535,6 +309,7 @@ impl Probe<'_> {
         let machine_pct = machine_busy()
             .zip(machine0)
             .map(|(b, a)| 100.0 * (b - a) / t0.elapsed().as_secs_f64());
+        let measured_s = t0.elapsed().as_secs_f64();
         let cpu = w.finish(env);
         let target_cpu = wt.finish(self.target);
         let to = now_epoch();
@@ -566,6 +341,7 @@ impl Probe<'_> {
             actors_running,
             continued_as_new,
             decisions,
+            cpu_ms_per_check: CpuPerCheck::of(&cpu, measured_s, checks),
             cpu,
             machine_pct,
             target_cpu_pct: target_cpu.pg_pct,
