@@ -1,5 +1,5 @@
 //! Replica liveness and the probe leases that follow it (like River's elector and job
-//! rescuer, in one small service per replica).
+//! rescuer, in one small service per replica; a lease's whole life: [`crate::lease`]).
 //!
 //! Every [`config::REPLICA_TICK`] the replica calls `toygres_actors.replica_tick`
 //! (`migrations/0004`) in one statement: heartbeat its row (name, epoch) with a TTL of

@@ -2,7 +2,7 @@
 //! probe scheduler at once, instead of after Duroxide's dispatcher has run the actor's first
 //! turn and lease activity. A start takes the lease in its own transaction, so the actor
 //! skips that first renewal ([`ActorInput::leased_at_start`]); a state change right after it
-//! is seen.
+//! is seen. (A lease's whole life: [`crate::lease`].)
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,6 +10,7 @@
 //!     target/release/bench outage     # the database gone 6 min for 2 replicas: restarts, breaker, leases after
 //!     target/release/bench retention  # a backlog of old health rows pruned as the service does: rows/s
 //!     target/release/bench smoke      # every scenario at a tiny size (the test suite runs this)
+//!     target/release/bench splice target/bench docs/benchmarks.md   # the doc's tables from `--out target/bench` runs
 //!
 //! Every scenario starts its own private PostgreSQL and the real `toygres-actors` binary (a
 //! separate process, found next to this one), and prints Markdown table rows: figure, value,
@@ -24,7 +25,7 @@
 //! [`pooler`], the proxies some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
 //! [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`], [`outage`],
 //! [`retention`] — and [`smoke`] (all of them at a tiny size, plus a JSON summary for the
-//! test suite).
+//! test suite); [`splice`] puts a run's tables into the doc.
 
 mod burst;
 mod capacity;
@@ -40,6 +41,7 @@ mod recovery;
 mod report;
 mod retention;
 mod smoke;
+mod splice;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -150,9 +152,50 @@ enum Scenario {
     },
     /// All scenarios at a tiny size (keeps the harness from rotting), then a JSON summary.
     Smoke,
+    /// Regenerate a document's tables from a run's files: every `<!-- bench:NAME -->` block
+    /// of DOC gets DIR/NAME.md (e.g. `bench splice target/bench docs/benchmarks.md`).
+    Splice { dir: PathBuf, doc: PathBuf },
     /// (internal) run the naive Duroxide loop's workers against DATABASE_URL until killed.
     #[command(hide = true)]
     NaiveWorker { url: String, schema: String },
+}
+
+/// The name of a run's files under `--out`: the scenario, and what sets this run apart from
+/// its default (e.g. `idle-direct`, `capacity-20000`, `capacity-10000-5400s`).
+fn out_name(scenario: &Scenario) -> String {
+    match scenario {
+        Scenario::Latency { .. } => "latency".into(),
+        Scenario::Idle { targets, .. } => match targets {
+            pooler::Targets::Pooled => "idle".into(),
+            pooler::Targets::Direct => "idle-direct".into(),
+        },
+        Scenario::Burst { targets, .. } => match targets {
+            burst::Targets::Both => "burst".into(),
+            burst::Targets::Pooled => "burst-pooled".into(),
+            burst::Targets::Direct => "burst-direct".into(),
+        },
+        Scenario::Capacity {
+            actors,
+            duration,
+            targets,
+            ..
+        } => {
+            let mut name = format!("capacity-{actors}");
+            if duration != "1800s" {
+                name.push_str(&format!("-{duration}"));
+            }
+            if *targets == pooler::Targets::Direct {
+                name.push_str("-direct");
+            }
+            name
+        }
+        Scenario::Recovery { .. } => "recovery".into(),
+        Scenario::Outage { .. } => "outage".into(),
+        Scenario::Retention { .. } => "retention".into(),
+        Scenario::Smoke => "smoke".into(),
+        Scenario::Splice { .. } => "splice".into(),
+        Scenario::NaiveWorker { .. } => "naive-worker".into(),
+    }
 }
 
 fn dur(s: &str) -> Result<Duration> {
@@ -166,22 +209,16 @@ fn json(report: impl serde::Serialize) -> Result<serde_json::Value> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let name = match &args.scenario {
-        Scenario::Latency { .. } => "latency",
-        Scenario::Idle { .. } => "idle",
-        Scenario::Burst { .. } => "burst",
-        Scenario::Capacity { .. } => "capacity",
-        Scenario::Recovery { .. } => "recovery",
-        Scenario::Outage { .. } => "outage",
-        Scenario::Retention { .. } => "retention",
-        Scenario::Smoke => "smoke",
-        Scenario::NaiveWorker { .. } => "naive-worker",
-    };
+    if let Scenario::Splice { dir, doc } = &args.scenario {
+        return splice::run(dir, doc);
+    }
+    let name = out_name(&args.scenario);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let figures = rt.block_on(async move {
         match args.scenario {
+            Scenario::Splice { .. } => Ok(serde_json::Value::Null),
             Scenario::Latency {
                 inserts,
                 poll_intervals,
@@ -239,7 +276,7 @@ fn main() -> Result<()> {
         }
     })?;
     match args.out {
-        Some(dir) => report::write(&dir, name, figures),
+        Some(dir) => report::write(&dir, &name, figures),
         None => Ok(()),
     }
 }

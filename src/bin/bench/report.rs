@@ -36,10 +36,19 @@ fn machine() -> String {
 
 /// Write the tables printed so far to `dir/name.md` and `figures` to `dir/name.json`.
 pub fn write(dir: &Path, name: &str, figures: serde_json::Value) -> Result<()> {
-    let command = std::iter::once("bench".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    // The command a reader runs: where this run kept its files is no part of it.
+    let mut args = std::env::args().skip(1);
+    let mut command = vec!["bench".to_string()];
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => {
+                args.next();
+            }
+            a if a.starts_with("--out=") => {}
+            _ => command.push(arg),
+        }
+    }
+    let command = command.join(" ");
     let machine = machine();
     let tables = TABLES.lock().unwrap_or_else(|e| e.into_inner()).clone();
     std::fs::create_dir_all(dir)?;

@@ -1,0 +1,127 @@
+//! `bench splice DIR DOC`: regenerate the tables of a document from a run's files. Each
+//! block of DOC between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` is replaced by
+//! `DIR/NAME.md` (written by `bench --out DIR …`), so `docs/benchmarks.md` is refreshed,
+//! never edited by hand. A block whose file is not in DIR keeps what it has; a file no block
+//! names is reported, not added.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+/// What a splice did: the blocks replaced, the blocks kept, the files no block names.
+#[derive(Debug, Default, PartialEq)]
+pub struct Spliced {
+    pub replaced: Vec<String>,
+    pub kept: Vec<String>,
+    pub unused: Vec<String>,
+}
+
+pub fn run(dir: &Path, doc: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
+    let tables = |name: &str| -> Option<String> {
+        std::fs::read_to_string(dir.join(format!("{name}.md"))).ok()
+    };
+    let (out, spliced) = splice(&text, tables)?;
+    let mut unused = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "md")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+            && !spliced.replaced.iter().any(|r| r == stem)
+        {
+            unused.push(stem.to_string());
+        }
+    }
+    std::fs::write(doc, out).with_context(|| format!("writing {}", doc.display()))?;
+    println!(
+        "{}: replaced {:?}; kept {:?}; no block for {:?}",
+        doc.display(),
+        spliced.replaced,
+        spliced.kept,
+        unused
+    );
+    Ok(())
+}
+
+/// `text` with every block's content replaced by `tables(NAME)` where it has one.
+pub fn splice(text: &str, tables: impl Fn(&str) -> Option<String>) -> Result<(String, Spliced)> {
+    let mut out = String::with_capacity(text.len());
+    let mut done = Spliced::default();
+    let mut rest = text;
+    while let Some(start) = rest.find("<!-- bench:") {
+        let after_open = &rest[start + "<!-- bench:".len()..];
+        let Some(close) = after_open.find(" -->") else {
+            bail!("an unterminated `<!-- bench:` marker");
+        };
+        let name = after_open[..close].trim().to_string();
+        let end_marker = format!("<!-- /bench:{name} -->");
+        let body_from = start + "<!-- bench:".len() + close + " -->".len();
+        let Some(end) = rest[body_from..].find(&end_marker) else {
+            bail!("`<!-- bench:{name} -->` has no `{end_marker}`");
+        };
+        out.push_str(&rest[..body_from]);
+        match tables(&name) {
+            Some(t) => {
+                out.push('\n');
+                out.push_str(&without_out_dir(t.trim()));
+                out.push('\n');
+                done.replaced.push(name);
+            }
+            None => {
+                out.push_str(&rest[body_from..body_from + end]);
+                done.kept.push(name);
+            }
+        }
+        out.push_str(&end_marker);
+        rest = &rest[body_from + end + end_marker.len()..];
+    }
+    out.push_str(rest);
+    Ok((out, done))
+}
+
+/// The tables as written, less the `--out DIR` of the command line they name (where the run
+/// kept its files is no part of the command a reader runs).
+fn without_out_dir(tables: &str) -> String {
+    let mut words = tables.split(' ').peekable();
+    let mut kept = Vec::new();
+    while let Some(w) = words.next() {
+        if w == "--out" {
+            words.next();
+            continue;
+        }
+        kept.push(w);
+    }
+    kept.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_with_a_file_are_replaced_and_the_others_kept() {
+        let doc = "# B\n\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\n\ntext\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\nend\n";
+        let (out, done) = splice(doc, |n| {
+            (n == "a").then(|| "Command: `bench --out /tmp/x a`.\n| new |\n".to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            "# B\n\n<!-- bench:a -->\nCommand: `bench a`.\n| new |\n<!-- /bench:a -->\n\ntext\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\nend\n"
+        );
+        assert_eq!(done.replaced, ["a"]);
+        assert_eq!(done.kept, ["b"]);
+        // Idempotent: a second splice of the same files changes nothing.
+        let (again, _) = splice(&out, |n| {
+            (n == "a").then(|| "Command: `bench --out /tmp/x a`.\n| new |\n".to_string())
+        })
+        .unwrap();
+        assert_eq!(again, out);
+    }
+
+    #[test]
+    fn an_unclosed_block_is_an_error() {
+        assert!(splice("<!-- bench:a -->\nx\n", |_| None).is_err());
+    }
+}
