@@ -6,7 +6,9 @@
 //!   clap definition the binary parses with) is in `docs/configuration.md`;
 //! * every Rust file under `src/` (the binaries' included) is in the module map of
 //!   `docs/architecture.md`, and every file the map names exists;
-//! * every relative link of the README and `docs/` reaches a file and, with `#…`, an anchor.
+//! * every relative link of the README and `docs/` reaches a file and, with `#…`, an anchor;
+//! * every table of `docs/benchmarks.md` is a bench run's, spliced in whole (`bench splice`):
+//!   inside a `<!-- bench:NAME -->` block that opens with the run's command and machine.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -296,4 +298,61 @@ fn every_link_between_the_docs_resolves() {
         }
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn every_benchmark_table_is_a_runs_with_its_command() {
+    let doc = read("docs/benchmarks.md");
+    let mut block: Option<(String, bool)> = None; // (name, opened with its command)
+    let mut blocks = 0;
+    for (n, line) in doc.lines().enumerate() {
+        let at = n + 1;
+        if let Some(name) = line
+            .strip_prefix("<!-- bench:")
+            .and_then(|r| r.strip_suffix(" -->"))
+        {
+            assert!(block.is_none(), "line {at}: a block opens inside another");
+            block = Some((name.to_string(), false));
+            blocks += 1;
+            continue;
+        }
+        if let Some(name) = line
+            .strip_prefix("<!-- /bench:")
+            .and_then(|r| r.strip_suffix(" -->"))
+        {
+            let (open, commanded) = block.take().unwrap_or_else(|| {
+                panic!("line {at}: `{line}` closes no block");
+            });
+            assert_eq!(
+                open, name,
+                "line {at}: the block `{open}` closes as `{name}`"
+            );
+            assert!(
+                commanded,
+                "line {at}: the block `{name}` holds no run (no `Command:` line)"
+            );
+            continue;
+        }
+        match &mut block {
+            Some((name, commanded)) => {
+                if !*commanded && !line.trim().is_empty() {
+                    assert!(
+                        line.starts_with("Command: `bench ") && line.contains("Machine: "),
+                        "line {at}: the block `{name}` must open with the run's command and machine, as `bench --out` writes it"
+                    );
+                    assert!(
+                        !line.contains("--out"),
+                        "line {at}: the command names where a run kept its files"
+                    );
+                    *commanded = true;
+                }
+            }
+            None => assert!(
+                !line.starts_with('|'),
+                "line {at}: a table outside a `<!-- bench:NAME -->` block (tables come from `bench splice`, never by hand): {line}"
+            ),
+        }
+    }
+    assert!(block.is_none(), "a block is never closed");
+    assert!(blocks > 0, "docs/benchmarks.md has no bench block");
 }

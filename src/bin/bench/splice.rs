@@ -44,40 +44,55 @@ pub fn run(dir: &Path, doc: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `text` with every block's content replaced by `tables(NAME)` where it has one.
+/// `text` with every block's content replaced by `tables(NAME)` where it has one. A marker is
+/// a line of its own (a marker quoted inside a sentence is text).
 pub fn splice(text: &str, tables: impl Fn(&str) -> Option<String>) -> Result<(String, Spliced)> {
     let mut out = String::with_capacity(text.len());
     let mut done = Spliced::default();
-    let mut rest = text;
-    while let Some(start) = rest.find("<!-- bench:") {
-        let after_open = &rest[start + "<!-- bench:".len()..];
-        let Some(close) = after_open.find(" -->") else {
-            bail!("an unterminated `<!-- bench:` marker");
-        };
-        let name = after_open[..close].trim().to_string();
-        let end_marker = format!("<!-- /bench:{name} -->");
-        let body_from = start + "<!-- bench:".len() + close + " -->".len();
-        let Some(end) = rest[body_from..].find(&end_marker) else {
-            bail!("`<!-- bench:{name} -->` has no `{end_marker}`");
-        };
-        out.push_str(&rest[..body_from]);
-        match tables(&name) {
-            Some(t) => {
-                out.push('\n');
-                out.push_str(&without_out_dir(t.trim()));
-                out.push('\n');
-                done.replaced.push(name);
+    // The open block: its name, and whether its old content is being replaced.
+    let mut open: Option<(String, bool)> = None;
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end();
+        if let Some(name) = marker(bare, "<!-- bench:") {
+            if let Some((outer, _)) = &open {
+                bail!("`<!-- bench:{name} -->` opens inside the block `{outer}`");
             }
-            None => {
-                out.push_str(&rest[body_from..body_from + end]);
-                done.kept.push(name);
-            }
+            out.push_str(line);
+            let replaced = match tables(name) {
+                Some(t) => {
+                    out.push_str(&without_out_dir(t.trim()));
+                    out.push('\n');
+                    done.replaced.push(name.to_string());
+                    true
+                }
+                None => {
+                    done.kept.push(name.to_string());
+                    false
+                }
+            };
+            open = Some((name.to_string(), replaced));
+            continue;
         }
-        out.push_str(&end_marker);
-        rest = &rest[body_from + end + end_marker.len()..];
+        if let Some(name) = marker(bare, "<!-- /bench:") {
+            match open.take() {
+                Some((opened, _)) if opened == name => out.push_str(line),
+                _ => bail!("`<!-- /bench:{name} -->` closes no block of that name"),
+            }
+            continue;
+        }
+        if !matches!(open, Some((_, true))) {
+            out.push_str(line);
+        }
     }
-    out.push_str(rest);
+    if let Some((name, _)) = open {
+        bail!("`<!-- bench:{name} -->` has no `<!-- /bench:{name} -->`");
+    }
     Ok((out, done))
+}
+
+/// The name of a marker line `PREFIXNAME -->`.
+fn marker<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
+    line.strip_prefix(prefix)?.strip_suffix(" -->")
 }
 
 /// The tables as written, less the `--out DIR` of the command line they name (where the run
@@ -121,7 +136,10 @@ mod tests {
     }
 
     #[test]
-    fn an_unclosed_block_is_an_error() {
+    fn an_unclosed_block_is_an_error_and_a_quoted_marker_is_text() {
         assert!(splice("<!-- bench:a -->\nx\n", |_| None).is_err());
+        assert!(splice("<!-- bench:a -->\n<!-- /bench:b -->\n", |_| None).is_err());
+        let quoted = "a block (`<!-- bench:NAME -->`) is\n";
+        assert_eq!(splice(quoted, |_| None).unwrap().0, quoted);
     }
 }
