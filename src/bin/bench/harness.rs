@@ -331,10 +331,11 @@ impl CpuWindow {
 /// The real service binary, next to this one, run as a child process.
 pub struct Service {
     child: Child,
-    http: String,
+    /// Its HTTP base address (`http://127.0.0.1:PORT`).
+    pub http: String,
 }
 
-fn service_binary() -> Result<PathBuf> {
+pub fn service_binary() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("toygres-actors");
     if !bin.exists() {
@@ -438,7 +439,7 @@ impl Drop for Service {
 }
 
 /// A minimal HTTP GET over a TCP socket (the bench needs no HTTP client crate).
-async fn http_get(url: &str) -> Result<String> {
+pub async fn http_get(url: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("http only")?;
     let (host, path) = rest

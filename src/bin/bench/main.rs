@@ -9,6 +9,7 @@
 //!     target/release/bench recovery   # listener cut for 60 s while 1,000 rows change; stale → healed
 //!     target/release/bench outage     # the database gone 6 min for 2 replicas: restarts, breaker, leases after
 //!     target/release/bench retention  # a backlog of old health rows pruned as the service does: rows/s
+//!     target/release/bench surfaces   # 50,000 instances: /metrics, /api/actors pages, `status` timed
 //!     target/release/bench smoke      # every scenario at a tiny size (the test suite runs this)
 //!     target/release/bench splice target/bench docs/benchmarks.md   # the doc's tables from `--out target/bench` runs
 //!
@@ -24,7 +25,7 @@
 //! and pg_stat_statements; [`report`], the tables as printed and written; [`door`] and
 //! [`pooler`], the proxies some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
 //! [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`], [`outage`],
-//! [`retention`] — and [`smoke`] (all of them at a tiny size, plus a JSON summary for the
+//! [`retention`], [`surfaces`] — and [`smoke`] (all of them at a tiny size, plus a JSON summary for the
 //! test suite); [`splice`] puts a run's tables into the doc.
 
 mod burst;
@@ -42,6 +43,7 @@ mod report;
 mod retention;
 mod smoke;
 mod splice;
+mod surfaces;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -150,6 +152,13 @@ enum Scenario {
         #[arg(long, default_value_t = 2_000_000)]
         backlog: usize,
     },
+    /// N instances checked, then /metrics, /api/actors (whole and paged) and `status` timed.
+    Surfaces {
+        #[arg(long, default_value_t = 50_000)]
+        instances: usize,
+        #[arg(long, default_value_t = 1000)]
+        page: usize,
+    },
     /// All scenarios at a tiny size (keeps the harness from rotting), then a JSON summary.
     Smoke,
     /// Regenerate a document's tables from a run's files: every `<!-- bench:NAME -->` block
@@ -192,6 +201,7 @@ fn out_name(scenario: &Scenario) -> String {
         Scenario::Recovery { .. } => "recovery".into(),
         Scenario::Outage { .. } => "outage".into(),
         Scenario::Retention { .. } => "retention".into(),
+        Scenario::Surfaces { instances, .. } => format!("surfaces-{instances}"),
         Scenario::Smoke => "smoke".into(),
         Scenario::Splice { .. } => "splice".into(),
         Scenario::NaiveWorker { .. } => "naive-worker".into(),
@@ -269,6 +279,9 @@ fn main() -> Result<()> {
                 .await
                 .and_then(json),
             Scenario::Retention { backlog } => retention::run(backlog).await.and_then(json),
+            Scenario::Surfaces { instances, page } => {
+                surfaces::run(instances, page).await.and_then(json)
+            }
             Scenario::Smoke => smoke::run().await.map(|()| serde_json::Value::Null),
             Scenario::NaiveWorker { url, schema } => naive::worker(&url, &schema)
                 .await
