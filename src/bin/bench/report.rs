@@ -34,21 +34,29 @@ fn machine() -> String {
     format!("{cores} cores, {mem_gib} GiB, Linux {}", kernel.trim())
 }
 
-/// Write the tables printed so far to `dir/name.md` and `figures` to `dir/name.json`.
-pub fn write(dir: &Path, name: &str, figures: serde_json::Value) -> Result<()> {
-    // The command a reader runs: where this run kept its files is no part of it.
-    let mut args = std::env::args().skip(1);
-    let mut command = vec!["bench".to_string()];
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
+/// The words of a bench command line less its `--out DIR`: where a run kept its files is no
+/// part of the command a reader runs.
+pub fn without_out(words: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut words = words.into_iter();
+    let mut kept = Vec::new();
+    while let Some(word) = words.next() {
+        match word.as_str() {
             "--out" => {
-                args.next();
+                words.next();
             }
-            a if a.starts_with("--out=") => {}
-            _ => command.push(arg),
+            w if w.starts_with("--out=") => {}
+            _ => kept.push(word),
         }
     }
-    let command = command.join(" ");
+    kept
+}
+
+/// Write the tables printed so far to `dir/name.md` and `figures` to `dir/name.json`.
+pub fn write(dir: &Path, name: &str, figures: serde_json::Value) -> Result<()> {
+    let command = std::iter::once("bench".to_string())
+        .chain(without_out(std::env::args().skip(1)))
+        .collect::<Vec<_>>()
+        .join(" ");
     let machine = machine();
     let tables = TABLES.lock().unwrap_or_else(|e| e.into_inner()).clone();
     std::fs::create_dir_all(dir)?;

@@ -8,12 +8,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// What a splice did: the blocks replaced, the blocks kept, the files no block names.
+use crate::report::without_out;
+
+/// What a splice did: the blocks replaced and the blocks kept.
 #[derive(Debug, Default, PartialEq)]
 pub struct Spliced {
     pub replaced: Vec<String>,
     pub kept: Vec<String>,
-    pub unused: Vec<String>,
 }
 
 pub fn run(dir: &Path, doc: &Path) -> Result<()> {
@@ -60,7 +61,7 @@ pub fn splice(text: &str, tables: impl Fn(&str) -> Option<String>) -> Result<(St
             out.push_str(line);
             let replaced = match tables(name) {
                 Some(t) => {
-                    out.push_str(&without_out_dir(t.trim()));
+                    out.push_str(&with_readers_command(t.trim()));
                     out.push('\n');
                     done.replaced.push(name.to_string());
                     true
@@ -95,19 +96,25 @@ fn marker<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
     line.strip_prefix(prefix)?.strip_suffix(" -->")
 }
 
-/// The tables as written, less the `--out DIR` of the command line they name (where the run
-/// kept its files is no part of the command a reader runs).
-fn without_out_dir(tables: &str) -> String {
-    let mut words = tables.split(' ').peekable();
-    let mut kept = Vec::new();
-    while let Some(w) = words.next() {
-        if w == "--out" {
-            words.next();
-            continue;
-        }
-        kept.push(w);
-    }
-    kept.join(" ")
+/// The tables as written, their `Command:` line less its `--out DIR` ([`without_out`]; a file
+/// written before `bench` left it out still names it).
+fn with_readers_command(tables: &str) -> String {
+    tables
+        .lines()
+        .map(|line| {
+            match line
+                .strip_prefix("Command: `")
+                .and_then(|r| r.split_once('`'))
+            {
+                Some((command, rest)) => {
+                    let words = without_out(command.split(' ').map(String::from));
+                    format!("Command: `{}`{rest}", words.join(" "))
+                }
+                None => line.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::capacity::{POOLER_SERVER_CONNECTIONS, insert_fleet};
 use crate::harness::{
-    Baseline, DASH, Env, Quantiles, Service, checked_count, header, http_get, insert_many, metric,
-    ms, row, service_binary,
+    Baseline, DASH, Env, Quantiles, Service, checked_count, header, http_get, metric, ms, row,
+    service_binary,
 };
 use crate::pooler::Pooler;
 
@@ -40,20 +41,9 @@ pub async fn run(n: usize, page_size: usize) -> Result<Report> {
     let env = Env::start().await?;
     let svc = Service::start(&env.url, &[]).await?;
     let target_env = Env::start().await?;
-    let pooler = Pooler::start(target_env.pg.port(), 20, true)?;
+    let pooler = Pooler::start(target_env.pg.port(), POOLER_SERVER_CONNECTIONS, true)?;
     let t0 = Instant::now();
-    for start in (0..n).step_by(1000) {
-        let k = (n - start).min(1000);
-        insert_many(
-            &env.pool,
-            &format!("srf{start}"),
-            k,
-            "running",
-            Some(&pooler.target()),
-        )
-        .await?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    insert_fleet(&env, "srf", n, &pooler.target()).await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     while (checked_count(&env.pool).await? as usize) < n {
         if Instant::now() > deadline {

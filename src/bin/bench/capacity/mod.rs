@@ -166,18 +166,7 @@ async fn run_ours(
     let target = pooler
         .as_ref()
         .map_or_else(|| target_env.target(), Pooler::target);
-    for start in (0..n).step_by(1000) {
-        let k = (n - start).min(1000);
-        insert_many(
-            &env.pool,
-            &format!("cap{start}"),
-            k,
-            "running",
-            Some(&target),
-        )
-        .await?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    insert_fleet(env, "cap", n, &target).await?;
     warm_up(env, n, interval, "toygres_actors_duroxide", true).await?;
     let probe = Probe {
         env,
@@ -190,8 +179,26 @@ async fn run_ours(
     probe.measure(n, interval, window).await
 }
 
+/// `n` running instances probing `target`, inserted 1,000 at a time with a pause between
+/// (a fleet that grows, not one storm), named `PREFIX<first>-<k>`.
+pub(crate) async fn insert_fleet(env: &Env, prefix: &str, n: usize, target: &str) -> Result<()> {
+    for start in (0..n).step_by(1000) {
+        let k = (n - start).min(1000);
+        insert_many(
+            &env.pool,
+            &format!("{prefix}{start}"),
+            k,
+            "running",
+            Some(target),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// Backends the pooler may open on the target cluster.
-const POOLER_SERVER_CONNECTIONS: u32 = 20;
+pub(crate) const POOLER_SERVER_CONNECTIONS: u32 = 20;
 
 /// A transaction-mode PgBouncer in front of the target cluster, if `pooled`.
 fn start_pooler(target: &Env, pooled: bool) -> Result<Option<Pooler>> {
