@@ -1,7 +1,7 @@
 //! The instance actor: a detached, durable Duroxide orchestration per monitored instance.
 //!
 //! **Version 2 (current): the actor owns its instance's probe lease.** One iteration is one
-//! short activity ([`crate::lease::renewal::renew`]) and one durable timer of `lease_renew_ms` (default 4 min): the
+//! short activity ([`crate::lease::renewal::renew`]) and one durable timer of `lease_renew_ms` (default 20 min): the
 //! activity checks the row (fencing, below) and records this actor as the owner of the
 //! instance's probe lease — conditional on the row naming it, and never taking the lease from
 //! its holder (a dead holder's leases are claimed by the replica ticks). Which replica probes

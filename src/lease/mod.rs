@@ -34,9 +34,13 @@ use uuid::Uuid;
 pub use scheduler::CheckScheduler;
 pub use store::LeaseHolder;
 
-/// Default lease renewal period of v2 actors (two Duroxide turns per renewal: at 10,000
-/// actors, 4 min is ~83 turns/s beside the checks; see docs/benchmarks.md, Capacity).
-pub const DEFAULT_LEASE_RENEW: Duration = Duration::from_secs(240);
+/// Default lease renewal period of v2 actors. A renewal records the owner and nothing else
+/// depends on its rhythm: which replica probes follows replica heartbeats, staleness follows
+/// the checks, a zombie is one with no timer queued, an orphan is cancelled by the
+/// reconciler. So the period is set by cost alone: two Duroxide turns per renewal, at 50,000
+/// actors 20 min is ~83 turns/s (4 min was the same at 10,000, and more of PostgreSQL's
+/// time than the checks themselves).
+pub const DEFAULT_LEASE_RENEW: Duration = Duration::from_secs(1200);
 
 /// A lease outlives its renewal period this many times over, so one late or lost renewal
 /// does not stop probing.

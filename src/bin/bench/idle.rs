@@ -2,7 +2,7 @@
 //! machine level (/proc/stat: every process, kernel included), against the same machine
 //! with the benchmark's PostgreSQL running and no service — PostgreSQL is part of the
 //! baseline. The actors probe that PostgreSQL for real (kept connections, the default),
-//! every timer and duty at its default (30 s checks, 4-minute renewals, heartbeats, leader
+//! every timer and duty at its default (30 s checks, 20-minute renewals, heartbeats, leader
 //! term, fleet gauges). Then the same with `--duroxide-wait off` (duroxide-pg's own
 //! polling) in the same run, as the comparison.
 //!

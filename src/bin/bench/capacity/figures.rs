@@ -22,15 +22,6 @@ pub(super) async fn renewal_lags(env: &Env, from: f64, to: f64) -> Result<Vec<f6
     .await?)
 }
 
-/// Probe leases whose actor has renewed at least twice (a lag is recorded from the second on).
-pub(super) async fn renewed_twice(env: &Env) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM toygres_actors.probe_leases WHERE renewal_lag_seconds IS NOT NULL",
-    )
-    .fetch_one(&env.pool)
-    .await?)
-}
-
 /// Rows whose current actor is past its first execution.
 pub(super) async fn continued_as_new(env: &Env, schema: &str) -> Result<i64> {
     Ok(sqlx::query_scalar(&format!(
