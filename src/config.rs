@@ -302,6 +302,30 @@ pub enum CheckCommit {
     Durable,
 }
 
+/// Which instances `/metrics` exports per-instance series for (`--per-instance-metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PerInstanceMetrics {
+    /// Every instance up to [`PER_INSTANCE_ALL_UP_TO`] instances, only those needing
+    /// attention above it.
+    #[default]
+    Auto,
+    /// Every instance.
+    #[value(alias = "true")]
+    All,
+    /// Only instances whose verdict needs attention (not `ok`, not `idle`): what the
+    /// per-instance alerts match.
+    Attention,
+    /// None (the fleet gauges stay).
+    #[value(alias = "false")]
+    Off,
+}
+
+/// Up to this many instances `--per-instance-metrics auto` exports every instance's series:
+/// three per instance, ~30,000 series and ~2 MB a scrape per replica at 10,000. At 50,000 that
+/// is ~143,000 series and 10.5 MB from every replica every scrape, nearly all of them saying
+/// "ok" again, which the fleet gauges already say.
+pub const PER_INSTANCE_ALL_UP_TO: usize = 10_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

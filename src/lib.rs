@@ -82,6 +82,7 @@ pub mod duties;
 pub mod embedded_pg;
 pub mod failpoint;
 pub mod hint;
+pub mod fleet_gauges;
 pub mod identity;
 pub mod instance;
 pub mod leader;

@@ -230,9 +230,17 @@ pub struct RunArgs {
     /// ~0.6 s of Duroxide progress, which is then re-run).
     #[arg(long, env = "TOYGRES_ACTORS_DUROXIDE_ASYNC_COMMIT")]
     pub duroxide_async_commit: bool,
-    /// Export per-instance series (one per instance and metric); turn off for huge fleets.
-    #[arg(long, env = "TOYGRES_ACTORS_PER_INSTANCE_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub per_instance_metrics: bool,
+    /// Which instances get per-instance series (three each): `auto` (every instance up to
+    /// 10,000, above that only those whose verdict needs attention), `all` (or `true`),
+    /// `attention`, `off` (or `false`). The per-instance alerts match only verdicts that
+    /// need attention, so they fire the same in every mode but `off`.
+    #[arg(
+        long,
+        env = "TOYGRES_ACTORS_PER_INSTANCE_METRICS",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub per_instance_metrics: config::PerInstanceMetrics,
     /// Period of the fleet gauges' database query (longer when the query itself takes more
     /// than 5 % of the time: 20× its duration).
     #[arg(long, env = "TOYGRES_ACTORS_FLEET_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]

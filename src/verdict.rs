@@ -59,6 +59,12 @@ impl Verdict {
             Verdict::Stale | Verdict::Missing | Verdict::Zombie | Verdict::Orphan
         )
     }
+
+    /// Whether someone may have to look at the instance: every verdict but `ok` and `idle`
+    /// (what the per-instance alerts match).
+    pub fn needs_attention(self) -> bool {
+        !matches!(self, Verdict::Ok | Verdict::Idle)
+    }
 }
 
 impl std::fmt::Display for Verdict {
