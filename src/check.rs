@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub use crate::check_writes::Pace;
 use crate::cms::{self, Fenced, HealthRecord, Recorded};
 use crate::metrics;
 use crate::probe::Prober;
@@ -59,8 +60,9 @@ pub struct ActorDeps {
     pub prober: Arc<Prober>,
     /// The fleet's instances are standbys (`--expect-standby`).
     pub expect_standby: bool,
-    /// How a check's write commits (`--check-commit`).
-    pub check_commit: cms::CheckCommit,
+    /// Where checks under a probe lease send their writes (batched; `--check-commit` says
+    /// how they commit).
+    pub writes: crate::check_writes::CheckWrites,
 }
 
 /// The reason recorded for an instance found in recovery where a primary was expected.
@@ -285,6 +287,7 @@ pub async fn leased_check(
     holder: (&str, i64),
     input: CheckInput,
     known: Option<cms::Seen>,
+    pace: Pace,
 ) -> Result<(CheckOutcome, Option<cms::Seen>), CheckError> {
     let id = input.instance_id;
     let mut seen = match known {
@@ -297,14 +300,10 @@ pub async fn leased_check(
     for _ in 0..2 {
         let obs = observe(deps, &input, seen.target.as_deref()).await;
         crate::failpoint::hit(crate::failpoint::Point::CheckBeforeWrite);
-        let fenced = cms::record_check_seen(
-            &deps.pool,
-            &obs.record(id, actor_id),
-            holder,
-            &seen,
-            deps.check_commit,
-        )
-        .await?;
+        let fenced = deps
+            .writes
+            .write(&obs.record(id, actor_id), holder, &seen, pace)
+            .await?;
         match fenced {
             Fenced::Written { previous, now } => {
                 obs.log_change(id, actor_id, &previous);

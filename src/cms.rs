@@ -178,7 +178,18 @@ pub async fn record_check_seen(
         .bind(commit == CheckCommit::Async)
         .fetch_one(pool)
         .await?;
-    Ok(match (written, previous, state, target) {
+    Ok(fenced_from(written, previous, state, target))
+}
+
+/// A check write's answer from the columns both check statements return (`written`,
+/// `previous_status`, `row_state`, `row_target`).
+pub fn fenced_from(
+    written: Option<bool>,
+    previous: Option<String>,
+    state: Option<String>,
+    target: Option<String>,
+) -> Fenced {
+    match (written, previous, state, target) {
         (Some(written), previous, Some(state), target) => {
             let now = Seen { state, target };
             if written {
@@ -191,7 +202,7 @@ pub async fn record_check_seen(
             }
         }
         _ => Fenced::Refused,
-    })
+    }
 }
 
 /// Compare-and-swap `instance_actor_orchestration_id` from `expected` to `new` (`None`

@@ -10,6 +10,12 @@
 //! a handshake; a kept connection that fails is replaced once before the probe counts as
 //! failed. An actor that exits drops its connection ([`Prober::forget`]) and idle ones are
 //! swept ([`Prober::sweep`]), so no connection outlives its instance.
+//!
+//! A new instance's first probe opens a connection whatever the keeping: a backend fork, an
+//! authentication, maybe a TLS handshake — most of the time from a row's insert to its first
+//! health row. [`Prober::prepare`] opens it while the actor's start commits, and the first
+//! probe runs its query on it (a connection opened for that probe and, without keeping,
+//! closed after it: the same job as a probe that connects itself, begun earlier).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -50,12 +56,26 @@ struct Kept {
     last_used: Instant,
 }
 
+/// A connection [`Prober::prepare`] is opening (or has opened) for an instance's next probe.
+struct Prepared {
+    target_hash: u64,
+    client: tokio::sync::oneshot::Receiver<Result<tokio_postgres::Client, ProbeError>>,
+    since: Instant,
+}
+
+/// The most connections being prepared at once (a storm's starts do not prepare: each
+/// would open a connection beside the probe slots' bound).
+const MAX_PREPARED: usize = 64;
+/// A prepared connection no probe took within this is dropped.
+const PREPARED_FOR: Duration = Duration::from_secs(10);
+
 /// Probes instances; shared by every health check of the process.
 pub struct Prober {
     settings: ProbeSettings,
     /// `--probe-ssl-root-cert`: the sslrootcert of targets that name none.
     default_root_cert: Option<RootCert>,
     kept: Mutex<HashMap<Uuid, Kept>>,
+    prepared: Mutex<HashMap<Uuid, Prepared>>,
     slots: tokio::sync::Semaphore,
 }
 
@@ -73,6 +93,7 @@ impl Prober {
             settings,
             default_root_cert: None,
             kept: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
             slots,
         }
     }
@@ -110,6 +131,7 @@ impl Prober {
             },
             default_root_cert: self.default_root_cert.clone(),
             kept: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
             slots: tokio::sync::Semaphore::new(max_concurrent.max(1)),
         }
     }
@@ -144,7 +166,13 @@ impl Prober {
             return ok_result(&row, started);
         }
 
-        let outcome = self.connect_and_query(config).await;
+        // The fresh attempt: the connection prepared for this probe, if any (its failure is
+        // this probe's: a second attempt would double a hanging target's timeout).
+        let outcome = match self.take_prepared(instance, target_hash).await {
+            Some(Ok(client)) => self.query_on(client).await,
+            Some(Err(e)) => Err(e),
+            None => self.connect_and_query(config).await,
+        };
         let elapsed = started.elapsed().as_millis() as u64;
         match outcome {
             Ok((client, row)) => {
@@ -166,6 +194,24 @@ impl Prober {
         &self,
         target: ConnConfig,
     ) -> Result<(tokio_postgres::Client, ProbeRow), ProbeError> {
+        let client = self.connect(target).await?;
+        self.query_on(client).await
+    }
+
+    /// The probe query on a connection just opened, within the query timeout.
+    async fn query_on(
+        &self,
+        client: tokio_postgres::Client,
+    ) -> Result<(tokio_postgres::Client, ProbeRow), ProbeError> {
+        match tokio::time::timeout(self.settings.query_timeout, probe_query(&client)).await {
+            Err(_) => Err(ProbeError::QueryTimeout(self.settings.query_timeout)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(row)) => Ok((client, row)),
+        }
+    }
+
+    /// A new connection to `target`, within the connect timeout.
+    async fn connect(&self, target: ConnConfig) -> Result<tokio_postgres::Client, ProbeError> {
         let mut config = target.tokio_config();
         config
             .connect_timeout(self.settings.connect_timeout)
@@ -179,15 +225,82 @@ impl Prober {
             });
             Ok::<_, crate::conn::ConnError>(client)
         };
-        let client = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
-            Err(_) => return Err(ProbeError::ConnectTimeout(self.settings.connect_timeout)),
-            Ok(Err(e)) => return Err(ProbeError::Connect(e)),
-            Ok(Ok(c)) => c,
+        match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Err(_) => Err(ProbeError::ConnectTimeout(self.settings.connect_timeout)),
+            Ok(Err(e)) => Err(ProbeError::Connect(e)),
+            Ok(Ok(c)) => Ok(c),
+        }
+    }
+
+    /// Open a connection to `target` for `instance`'s next probe, in the background (a new
+    /// actor's first probe, while its start commits). Nothing when a connection to it is kept
+    /// or being prepared, or [`MAX_PREPARED`] are; a failure here is only a connection the
+    /// probe opens itself.
+    pub fn prepare(self: &std::sync::Arc<Self>, instance: Uuid, target: &str) {
+        let target_hash = hash_target(target);
+        let Ok(mut config) = ConnConfig::parse(target) else {
+            return;
         };
-        match tokio::time::timeout(self.settings.query_timeout, probe_query(&client)).await {
-            Err(_) => Err(ProbeError::QueryTimeout(self.settings.query_timeout)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(row)) => Ok((client, row)),
+        config.default_root_cert(self.default_root_cert.as_ref());
+        if self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&instance)
+            .is_some_and(|k| k.target_hash == target_hash)
+        {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            prepared.retain(|_, p| p.since.elapsed() < PREPARED_FOR);
+            if prepared.len() >= MAX_PREPARED || prepared.contains_key(&instance) {
+                return;
+            }
+            prepared.insert(
+                instance,
+                Prepared {
+                    target_hash,
+                    client: rx,
+                    since: Instant::now(),
+                },
+            );
+        }
+        let prober = self.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(prober.connect(config).await);
+        });
+    }
+
+    /// The connection prepared for `instance`'s probe of this target (or why it could not
+    /// be opened), waiting for it while it is being opened (within the connect timeout it
+    /// started with). `None`: nothing prepared for this target; the probe connects itself.
+    async fn take_prepared(
+        &self,
+        instance: Uuid,
+        target_hash: u64,
+    ) -> Option<Result<tokio_postgres::Client, ProbeError>> {
+        let p = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&instance)?;
+        if p.target_hash != target_hash || p.since.elapsed() >= PREPARED_FOR {
+            return None;
+        }
+        let left = self
+            .settings
+            .connect_timeout
+            .saturating_sub(p.since.elapsed());
+        match tokio::time::timeout(left, p.client).await {
+            Ok(Ok(Ok(client))) if client.is_closed() => None,
+            Ok(Ok(connected)) => Some(connected),
+            // The preparing task is gone (the runtime is stopping): connect here.
+            Ok(Err(_)) => None,
+            Err(_) => Some(Err(ProbeError::ConnectTimeout(
+                self.settings.connect_timeout,
+            ))),
         }
     }
 
@@ -223,9 +336,13 @@ impl Prober {
         );
     }
 
-    /// Drop the kept connection of an instance whose actor has gone.
+    /// Drop the kept (or prepared) connection of an instance whose actor has gone.
     pub fn forget(&self, instance: Uuid) {
         self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&instance);
+        self.prepared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&instance);
@@ -238,6 +355,10 @@ impl Prober {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, k| now.duration_since(k.last_used) < idle && !k.client.is_closed());
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, p| p.since.elapsed() < PREPARED_FOR);
     }
 
     /// Kept connections right now.

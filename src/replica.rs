@@ -253,6 +253,7 @@ impl Replica {
                 first_in: crate::lease::first_due(r.last_health_check, self.rules.interval),
                 unhealthy_after: self.rules.unhealthy_after,
                 actor_states: self.rules.actor_states.clone(),
+                seen: None,
             });
         }
         metrics::leases_held(self.scheduler.len());

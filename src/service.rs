@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiAuth, HttpLimits, Shared};
 use crate::check::ActorDeps;
+use crate::check_writes::CheckWrites;
 use crate::config;
 use crate::db::Database;
 use crate::duro::{self, ActorControl, ActorSettings, RuntimeSettings};
@@ -228,7 +229,7 @@ fn checks(args: &RunArgs, pool: &sqlx::PgPool, id: &Arc<ReplicaId>) -> anyhow::R
         pool: pool.clone(),
         prober: prober.clone(),
         expect_standby: args.expect_standby,
-        check_commit: args.check_commit,
+        writes: CheckWrites::start(pool.clone(), args.check_commit),
     });
     let scheduler = Arc::new(crate::lease::CheckScheduler::new(
         id.clone(),

@@ -65,6 +65,7 @@ sql! {
     RECENT_CHECKS => "recent_checks.sql",
     RECENT_DECISIONS => "recent_decisions.sql",
     RECORD_CHECK_SEEN => "record_check_seen.sql",
+    RECORD_CHECKS_SEEN => "record_checks_seen.sql",
     RESTART_REQUEST_PENDING => "restart_request_pending.sql",
     RECORD_HEALTH => "record_health.sql",
     RELEASE_LEASE => "release_lease.sql",

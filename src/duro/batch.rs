@@ -305,7 +305,7 @@ impl ActorControl {
         // Committed: this replica holds every lease; check each new actor at once.
         if let Some((_, scheduler)) = &self.eager {
             for (input, actor_id) in inputs.iter().zip(&actor_ids) {
-                scheduler.lease(self.first_lease(input, actor_id));
+                scheduler.lease(self.first_lease(input, actor_id, None));
             }
         }
         Ok(instance_ids.into_iter().zip(actor_ids).collect())

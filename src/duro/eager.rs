@@ -9,8 +9,24 @@ use std::time::Duration;
 
 use super::{ActorControl, DuroError};
 use crate::actor::ActorInput;
-use crate::check::{ActorDeps, CheckInput, CheckOutcome};
-use crate::cms::InstanceRow;
+use crate::check::{ActorDeps, CheckInput, CheckOutcome, Pace};
+use crate::cms::{InstanceRow, Seen};
+
+/// The first probe of a single start, being prepared ([`ActorControl::prepare_first_probe`]).
+pub(super) struct FirstProbe(tokio::task::JoinHandle<Option<Seen>>);
+
+impl FirstProbe {
+    /// What it read, if it has read it by now (after the start's commit it almost always
+    /// has: one read beside a transaction of several statements). Never waits: the first
+    /// check reads the row itself otherwise.
+    pub(super) async fn seen(self) -> Option<Seen> {
+        if self.0.is_finished() {
+            self.0.await.ok().flatten()
+        } else {
+            None
+        }
+    }
+}
 
 /// How long an explicit restart's inline first check may take on the priority lane.
 const FIRST_CHECK_WAIT: Duration = Duration::from_secs(1);
@@ -35,8 +51,14 @@ impl ActorControl {
         self.settings.lease_renew * crate::lease::LEASE_OVERLAP
     }
 
-    /// The scheduler entry of a started actor: its first check at once.
-    pub(super) fn first_lease(&self, input: &ActorInput, actor_id: &str) -> crate::lease::Lease {
+    /// The scheduler entry of a started actor: its first check at once (without reading the
+    /// row first when `seen` is what the start read).
+    pub(super) fn first_lease(
+        &self,
+        input: &ActorInput,
+        actor_id: &str,
+        seen: Option<Seen>,
+    ) -> crate::lease::Lease {
         crate::lease::Lease {
             instance_id: input.instance_id,
             actor_id: actor_id.to_string(),
@@ -44,7 +66,27 @@ impl ActorControl {
             first_in: Duration::ZERO,
             unhealthy_after: input.unhealthy_after,
             actor_states: input.actor_states.clone(),
+            seen,
         }
+    }
+
+    /// Before a single start's transaction: read the row's state and probe target and open
+    /// the first probe's connection ([`crate::probe::Prober::prepare`]) while the start
+    /// commits. What it read is the first check's [`Seen`] (its write is fenced on it; a row
+    /// that changed meanwhile is probed again). `None` without an eager lease or a target.
+    pub(super) fn prepare_first_probe(&self, row: &InstanceRow) -> Option<FirstProbe> {
+        let (deps, _) = self.eager.as_ref()?;
+        if !row.has_target {
+            return None;
+        }
+        let (pool, prober, id) = (deps.pool.clone(), deps.prober.clone(), row.id);
+        Some(FirstProbe(tokio::spawn(async move {
+            let row = crate::cms::instance_for_check(&pool, id).await.ok()??;
+            if let Some(target) = &row.target {
+                prober.prepare(id, target);
+            }
+            Some(Seen::from(row))
+        })))
     }
 
     /// The eager lease of a started actor, inside the transaction that starts it: the row
@@ -75,9 +117,15 @@ impl ActorControl {
 
     /// After the commit of a start leased here ([`ActorControl::lease_in`]): the actor's
     /// first check on this replica's scheduler.
-    pub(super) fn schedule_first_check(&self, input: &ActorInput, actor_id: &str, how: Eager) {
+    pub(super) fn schedule_first_check(
+        &self,
+        input: &ActorInput,
+        actor_id: &str,
+        how: Eager,
+        seen: Option<Seen>,
+    ) {
         if let Some((_, scheduler)) = &self.eager {
-            schedule(scheduler, self.first_lease(input, actor_id), how);
+            schedule(scheduler, self.first_lease(input, actor_id, seen), how);
         }
     }
 
@@ -98,11 +146,16 @@ impl ActorControl {
     /// caller (the priority lane): neither the scheduler's queue of due checks nor its probe
     /// slots stand in front of it. The scheduler then checks it on its rhythm; a check that
     /// could not run goes to the front of the scheduler's queue instead.
-    pub(super) async fn first_check_here(&self, input: &ActorInput, actor_id: &str) {
+    pub(super) async fn first_check_here(
+        &self,
+        input: &ActorInput,
+        actor_id: &str,
+        seen: Option<Seen>,
+    ) {
         let Some((deps, scheduler)) = &self.eager else {
             return;
         };
-        let lease = self.first_lease(input, actor_id);
+        let lease = self.first_lease(input, actor_id, seen.clone());
         let holder = (scheduler.id().name(), scheduler.id().epoch());
         let check = CheckInput {
             instance_id: input.instance_id,
@@ -117,7 +170,7 @@ impl ActorControl {
             FIRST_CHECK_WAIT,
             crate::panics::caught(
                 "check",
-                crate::check::leased_check(deps, actor_id, holder, check, None),
+                crate::check::leased_check(deps, actor_id, holder, check, seen, Pace::Now),
             ),
         )
         .await
@@ -167,7 +220,7 @@ impl ActorControl {
         let (deps, scheduler) = (deps.clone(), scheduler.clone());
         let actor_id = actor_id.to_string();
         let owner_ttl = self.owner_ttl();
-        let lease = self.first_lease(input, &actor_id);
+        let lease = self.first_lease(input, &actor_id, None);
         let take = !matches!(how, Eager::CheckNowIfFree);
         tokio::spawn(async move {
             let me = (scheduler.id().name(), scheduler.id().epoch());

@@ -367,6 +367,7 @@ impl ActorControl {
     ) -> Result<(), DuroError> {
         let input = self.input_for(row);
         let item = self.start_item(actor_id, &input)?;
+        let first_probe = self.prepare_first_probe(row);
         let mut tx = self.begin(fence).await?;
         let named: Option<i32> = sqlx::query_scalar(sql::ACTOR_NAMED)
             .bind(row.id)
@@ -382,7 +383,11 @@ impl ActorControl {
         let leased = self.lease_in(&mut tx, &input, actor_id).await?;
         self.enqueue_and_commit(tx, actor_id, &item).await?;
         if leased {
-            self.schedule_first_check(&input, actor_id, Eager::Lease);
+            let seen = match first_probe {
+                Some(p) => p.seen().await,
+                None => None,
+            };
+            self.schedule_first_check(&input, actor_id, Eager::Lease, seen);
         }
         Ok(())
     }
@@ -438,6 +443,7 @@ impl ActorControl {
         if !self.wants_actor(&row.state) {
             return Err(DuroError::NotWanted(row.state.to_string()));
         }
+        let first_probe = self.prepare_first_probe(row);
         // A live old actor is removed from Duroxide in the transaction that names the new
         // one (no cancel turn to wait for, never two live actors); a finished one keeps its
         // record until retention prunes it. The decision log keeps both ids and the reason.
@@ -469,15 +475,19 @@ impl ActorControl {
         let leased = self.lease_in(&mut tx, &input, &new_id).await?;
         self.enqueue_and_commit_at(tx, &new_id, &item, urgent)
             .await?;
+        let seen = match (leased, first_probe) {
+            (true, Some(p)) => p.seen().await,
+            _ => None,
+        };
         if leased && urgent && self.first_check_inline {
-            self.first_check_here(&input, &new_id).await;
+            self.first_check_here(&input, &new_id, seen).await;
         } else if leased {
             let how = if urgent {
                 Eager::LeaseFirst
             } else {
                 Eager::Lease
             };
-            self.schedule_first_check(&input, &new_id, how);
+            self.schedule_first_check(&input, &new_id, how, seen);
         }
         Ok(Transition {
             old_actor_id: row.actor_id.clone(),

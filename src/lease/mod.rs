@@ -76,4 +76,7 @@ pub struct Lease {
     pub first_in: Duration,
     pub unhealthy_after: u32,
     pub actor_states: Vec<String>,
+    /// The row's state and probe target as the actor's start read them: its first check
+    /// probes without reading the row first (the write is fenced on them). `None`: read first.
+    pub seen: Option<crate::cms::Seen>,
 }

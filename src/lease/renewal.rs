@@ -63,6 +63,7 @@ pub async fn renew(
             first_in: super::first_due(row.last_health_check, interval),
             unhealthy_after: input.unhealthy_after,
             actor_states: input.actor_states,
+            seen: None,
         });
     }
     Ok(CheckOutcome::Leased {

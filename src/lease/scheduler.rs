@@ -29,7 +29,7 @@ use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use super::{Lease, jittered};
-use crate::check::{self, ActorDeps, CheckInput, CheckOutcome};
+use crate::check::{self, ActorDeps, CheckInput, CheckOutcome, Pace};
 use crate::cms;
 use crate::identity::ReplicaId;
 use tokio_util::sync::CancellationToken;
@@ -160,7 +160,8 @@ impl CheckScheduler {
     }
 
     fn lease_due(&self, lease: Lease, due: Instant) {
-        self.insert_new(lease, due, due <= Instant::now(), 0, None);
+        let seen = lease.seen.clone();
+        self.insert_new(lease, due, due <= Instant::now(), 0, seen);
     }
 
     /// A new entry due at `due`, unless the instance's entry is already this actor's.
@@ -306,7 +307,7 @@ impl CheckScheduler {
         let Ok(permit) = self.slots.clone().acquire_owned().await else {
             return;
         };
-        let (actor_id, input, known) = {
+        let (actor_id, input, known, urgent) = {
             let mut st = self.lock();
             let Some(e) = st.entries.get_mut(&id) else {
                 return;
@@ -320,15 +321,23 @@ impl CheckScheduler {
                     unhealthy_after: e.lease.unhealthy_after,
                 },
                 e.seen.take(),
+                e.spread_next,
             )
         };
         tokio::spawn(async move {
             let holder = (self.id.name(), self.id.epoch());
+            // A periodic check's write may wait a moment to go with others; a first check
+            // (or one after a change) is awaited by someone, and goes at once.
+            let pace = if known.is_some() && !urgent {
+                Pace::Gathered
+            } else {
+                Pace::Now
+            };
             // A panic in the check (a bug, an answer we did not expect) is an error like any
             // other: the entry is rescheduled below, never left marked running.
             let outcome = crate::panics::caught(
                 "check",
-                check::leased_check(&self.deps, &actor_id, holder, input, known),
+                check::leased_check(&self.deps, &actor_id, holder, input, known, pace),
             )
             .await
             .unwrap_or_else(|panic| Err(panic.into()));

@@ -37,6 +37,7 @@ use uuid::Uuid;
 
 use super::{Ask, Mode, Reconciler, Trigger};
 use crate::check::ActorDeps;
+use crate::check_writes::CheckWrites;
 use crate::config::{self, CHANNEL_CONTROL};
 use crate::duro::DuroError;
 use crate::metrics;
@@ -137,7 +138,7 @@ impl PriorityLane {
         let (ready_tx, ready) = oneshot::channel();
         let url = url.to_string();
         let prober = deps.prober.sibling(LANE_PROBES);
-        let (expect_standby, check_commit) = (deps.expect_standby, deps.check_commit);
+        let (expect_standby, check_commit) = (deps.expect_standby, deps.writes.commit());
         let (wake, done) = (requests.clone(), stop.clone());
         let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
@@ -165,7 +166,7 @@ impl PriorityLane {
                         pool: pool.clone(),
                         prober: Arc::new(prober),
                         expect_standby,
-                        check_commit,
+                        writes: CheckWrites::start(pool.clone(), check_commit),
                     });
                     let control = reconciler.control.for_lane(pool, deps);
                     let lane = Arc::new(Lane {

@@ -609,7 +609,10 @@ impl Stack {
             pool: db.pool.clone(),
             prober: prober.clone(),
             expect_standby: false,
-            check_commit: toygres_actors::cms::CheckCommit::Async,
+            writes: toygres_actors::check_writes::CheckWrites::start(
+                db.pool.clone(),
+                toygres_actors::cms::CheckCommit::Async,
+            ),
         });
         let id = Arc::new(toygres_actors::identity::ReplicaId::new("test"));
         let scheduler = Arc::new(toygres_actors::lease::CheckScheduler::new(

@@ -63,10 +63,13 @@ pub async fn worker(url: &str, schema: &str) -> Result<()> {
         max_concurrent: 64,
     }));
     let deps = Arc::new(ActorDeps {
-        pool,
+        pool: pool.clone(),
         prober,
         expect_standby: false,
-        check_commit: toygres_actors::cms::CheckCommit::Durable,
+        writes: toygres_actors::check_writes::CheckWrites::start(
+            pool.clone(),
+            toygres_actors::cms::CheckCommit::Durable,
+        ),
     });
     // The naive loop uses only the v1 health-check activity; the scheduler stays idle.
     let scheduler = Arc::new(CheckScheduler::new(

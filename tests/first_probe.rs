@@ -1,0 +1,123 @@
+//! A new instance's first probe: its connection is opened while the actor's start commits
+//! (`Prober::prepare`), and the probe runs its query on that connection.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{TestDb, reachable_target, url_for_db, wait_until};
+use toygres_actors::probe::{ProbeSettings, Prober};
+
+/// Probe backends connected to this test's own database.
+async fn probe_backends(db: &TestDb) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+          WHERE datname = $1 AND application_name = 'toygres-actors-probe' ORDER BY pid",
+    )
+    .bind(&db.name)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// The connection `prepare` opened is the one the probe uses: after the probe there is
+/// still exactly one probe backend on the target, the prepared one (a probe that connected
+/// itself would have left a second).
+#[tokio::test]
+async fn the_first_probe_runs_on_the_connection_prepared_for_it() {
+    let db = TestDb::new().await;
+    let target = url_for_db(&reachable_target(), &db.name);
+    let prober = Arc::new(Prober::new(ProbeSettings {
+        connect_timeout: Duration::from_secs(5),
+        query_timeout: Duration::from_secs(5),
+        keep_connections: 16,
+        max_concurrent: 4,
+    }));
+    let instance = uuid::Uuid::new_v4();
+    prober.prepare(instance, &target);
+    let prepared = wait_until(
+        "the prepared connection",
+        Duration::from_secs(20),
+        || async {
+            match probe_backends(&db).await.as_slice() {
+                [pid] => Some(*pid),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let result = prober.probe(instance, &target).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(probe_backends(&db).await, vec![prepared]);
+    // Preparing again while that connection is kept opens nothing.
+    prober.prepare(instance, &target);
+    let again = prober.probe(instance, &target).await;
+    assert!(again.ok);
+    assert_eq!(probe_backends(&db).await, vec![prepared]);
+}
+
+/// A connection prepared for one target is not used for another: the probe connects itself.
+#[tokio::test]
+async fn a_prepared_connection_serves_only_its_own_target() {
+    let db = TestDb::new().await;
+    let target = url_for_db(&reachable_target(), &db.name);
+    let prober = Arc::new(Prober::new(ProbeSettings {
+        connect_timeout: Duration::from_secs(5),
+        query_timeout: Duration::from_secs(5),
+        keep_connections: 16,
+        max_concurrent: 4,
+    }));
+    let instance = uuid::Uuid::new_v4();
+    prober.prepare(instance, &target);
+    let prepared = wait_until(
+        "the prepared connection",
+        Duration::from_secs(20),
+        || async {
+            match probe_backends(&db).await.as_slice() {
+                [pid] => Some(*pid),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let other = format!("{target}?sslmode=disable");
+    let result = prober.probe(instance, &other).await;
+    assert!(result.ok, "{:?}", result.error);
+    // The other target's probe connected itself and is kept; the prepared one was dropped.
+    let after = wait_until(
+        "the unused prepared connection closed",
+        Duration::from_secs(20),
+        || async {
+            let b = probe_backends(&db).await;
+            (b.len() == 1).then_some(b)
+        },
+    )
+    .await;
+    assert_ne!(after, vec![prepared]);
+}
+
+/// A target that accepts and never answers: the prepared connection's failure is the first
+/// probe's, so the probe fails after one connect timeout, not after the prepared attempt's and
+/// then its own.
+#[tokio::test]
+async fn a_hanging_target_costs_the_first_probe_one_connect_timeout() {
+    let (hang, _black_hole) = support::black_hole().await;
+    let timeout = Duration::from_secs(2);
+    let prober = Arc::new(Prober::new(ProbeSettings {
+        connect_timeout: timeout,
+        query_timeout: timeout,
+        keep_connections: 16,
+        max_concurrent: 4,
+    }));
+    let instance = uuid::Uuid::new_v4();
+    let started = std::time::Instant::now();
+    prober.prepare(instance, &hang);
+    let result = prober.probe(instance, &hang).await;
+    let took = started.elapsed();
+    assert!(!result.ok);
+    assert!(
+        took < timeout + timeout / 2,
+        "the probe took {took:?}, more than one connect timeout ({timeout:?})"
+    );
+}
