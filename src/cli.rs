@@ -188,8 +188,16 @@ async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<i32> {
             )
         })?),
     };
+    let started = std::time::Instant::now();
     let reconciler = operator_reconciler(global).await?;
+    let connected = started.elapsed();
     let list = crate::ops::list(&reconciler, only).await?;
+    tracing::debug!(
+        connect_ms = connected.as_millis() as u64,
+        read_ms = (started.elapsed() - connected).as_millis() as u64,
+        instances = list.len(),
+        "status: the fleet read"
+    );
     match Format::from_json_flag(args.json) {
         Format::Json => print_json(&list)?,
         Format::Text => {
@@ -200,6 +208,10 @@ async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    tracing::debug!(
+        total_ms = started.elapsed().as_millis() as u64,
+        "status: printed"
+    );
     Ok(if list.iter().any(|a| a.verdict.needs_healing()) {
         1
     } else {

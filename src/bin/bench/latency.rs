@@ -30,6 +30,9 @@ pub struct Report {
     /// toygres' create flow: a `creating` row without a connection string set `running`
     /// with one → its first `healthy` row (the update's trigger clock → `checked_at`).
     pub create_flow: Quantiles,
+    /// Commit → the first health row with a real server as the target and a new connection
+    /// per probe (`--probe-keep-connections 0`): a job queue's job shape.
+    pub server_row: Quantiles,
 }
 
 /// One run with the eager first check off and a given Duroxide poll interval.
@@ -53,6 +56,7 @@ pub async fn run(
     // The service, default settings (eager first check on).
     let svc = measure(&env, inserts, &[], idle_window, "svc").await?;
     let create_flow = create_flow(&env, CREATE_FLOWS).await?;
+    let server_row = new_connection_per_probe(&env, (inserts / 5).max(10)).await?;
 
     // Trade-off: without the eager first check, the first probe waits for Duroxide's poll.
     let n = (inserts / 5).max(10);
@@ -81,6 +85,7 @@ pub async fn run(
         idle_cpu: svc.idle_cpu,
         poll_tradeoff,
         create_flow,
+        server_row,
     };
     report.print();
     Ok(report)
@@ -153,6 +158,16 @@ impl Report {
             vs_floor(self.first_row.p99, self.create_flow.p99, self.first_row.p99),
             "≤ 1 s",
             self.create_flow.p99.map(|v| v <= 1.0),
+        );
+        row(
+            &format!(
+                "a real server, a new connection per probe ({} inserts): commit → first health row, p50 / p99",
+                self.server_row.samples
+            ),
+            format!("{} / {}", ms(self.server_row.p50), ms(self.server_row.p99)),
+            Baseline::None,
+            DASH,
+            None,
         );
         let cpu = self.idle_cpu;
         row(
@@ -301,6 +316,39 @@ async fn notify_floor(env: &Env, inserts: usize) -> Result<Quantiles> {
     }
     delete_all(&env.pool).await?;
     Ok(Quantiles::of(base))
+}
+
+/// `n` single inserts whose target is the bench's PostgreSQL itself, the service opening a
+/// new connection for every probe (`--probe-keep-connections 0`): the commit (the trigger's
+/// clock) → the first health row's `checked_at`, one insert at a time.
+async fn new_connection_per_probe(env: &Env, n: usize) -> Result<Quantiles> {
+    let svc = Service::start(
+        &env.url,
+        &["--check-interval", "30s", "--probe-keep-connections", "0"],
+    )
+    .await?;
+    let mut events = env
+        .listen("bench-server", &["toygres_health", "toygres_instances"])
+        .await?;
+    let target = env.target();
+    // Let the service settle (its start-up reconcile, first pruning) before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let name = format!("server-{i}");
+        insert_instance(&env.pool, &name, "running", Some(&target)).await?;
+        let (at, row_at) = trigger_and_health(&mut events, &name, |_| true).await?;
+        rows.push(row_at - at);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    delete_all(&env.pool).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_any(&env.pool, "toygres_actors_duroxide").await? > 0 && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(svc);
+    Ok(Quantiles::of(rows))
 }
 
 /// Accepts TCP connections and reports each accept's time; the probe then fails (not

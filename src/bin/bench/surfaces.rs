@@ -105,10 +105,17 @@ pub async fn run(n: usize, page_size: usize) -> Result<Report> {
         let out = tokio::process::Command::new(service_binary()?)
             .args(["status", "--json"])
             .env("DATABASE_URL", &env.url)
+            .env("RUST_LOG", "warn,toygres_actors::cli=debug")
             .output()
             .await?;
         if !out.status.success() {
             bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // Where its time went (connect, read, print), for the run's log.
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            if line.contains("status: ") {
+                eprintln!("{line}");
+            }
         }
         status.push(t.elapsed().as_secs_f64());
     }
