@@ -7,21 +7,21 @@
 //! whatever writes are waiting (up to [`MAX_BATCH`]) and writes them with one statement
 //! (`record_checks_seen`, `migrations/0016`), at most [`MAX_IN_FLIGHT`] statements at once.
 //! A periodic check's write waits up to [`GATHER`] for others to go with it, so a batch grows
-//! with the load; an instance's first check ([`Pace::Now`]) goes at once, with whatever is
-//! already waiting. A batch of one is written with the single-check statement
-//! (`record_check_seen`).
+//! with the load; an instance's first check ([`Pace::Now`]) goes at once, alone, with the
+//! single-check statement (`record_check_seen`), as does a batch of one.
 //!
 //! Every check keeps its own fences and its own answer ([`Fenced`]). The batch statement never
 //! waits for a row lock: a check whose row or lease someone holds, or whose fence fails, is
 //! left out of its answer and written alone with `record_check_seen`, which decides it as
-//! before — a held row delays its own instance only. A batch statement that fails writes each
-//! of its checks alone, so each check gets its own error or result.
+//! before (waiting at most its 2 s for a held row, at most [`MAX_ALONE`] at once, holding no
+//! batch slot) — a held row delays its own instance only. A batch statement that fails
+//! writes each of its checks alone, so each check gets its own error or result.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::cms::{self, CheckCommit, Fenced, HealthRecord, Seen};
@@ -30,8 +30,13 @@ use crate::sql;
 
 /// The most checks one statement writes.
 pub const MAX_BATCH: usize = 500;
-/// The most write statements in flight at once.
+/// The most batch statements in flight at once (a batch statement never waits for a row
+/// lock, so a slot is never held by someone else's transaction).
 pub const MAX_IN_FLIGHT: usize = 4;
+/// The most checks written alone at once (a batch of one, a check a batch left out, the
+/// checks of a batch that failed): such a write may wait up to its 2 s lock bound for a held
+/// row, so it holds none of the batches' slots meanwhile.
+pub const MAX_ALONE: usize = 8;
 /// How long a batch waits for more writes after its first: at 10,000 instances checked every
 /// 30 s, ~17 checks; at 50,000, ~83. A periodic check's write is late by at most this (its
 /// schedule does not move); an instance's first check does not wait ([`Pace::Now`]).
@@ -40,8 +45,11 @@ pub const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 /// Whether a write may wait for others to go with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
-    /// At once, with whatever is already waiting (an instance's first check: someone is
-    /// waiting for its first health row).
+    /// At once and alone, with the single-check statement (an instance's first check:
+    /// someone is waiting for its first health row; a storm's first checks meet the tables'
+    /// statistics before autovacuum has caught up, which the single statement's by-key plan
+    /// does not mind — measured, the batch statement's plan does: ~100 ms a batch in a
+    /// 10,000-row burst).
     Now,
     /// Within [`GATHER`], with the writes that arrive meanwhile (a periodic check).
     Gathered,
@@ -71,7 +79,6 @@ struct Write {
 
 struct Pending {
     write: Write,
-    pace: Pace,
     answer: oneshot::Sender<Result<Fenced, DbError>>,
 }
 
@@ -101,6 +108,9 @@ impl CheckWrites {
         seen: &Seen,
         pace: Pace,
     ) -> Result<Fenced, DbError> {
+        if pace == Pace::Now {
+            return cms::record_check_seen(&self.pool, rec, holder, seen, self.commit).await;
+        }
         let (answer, answered) = oneshot::channel();
         let write = Write {
             instance_id: rec.instance_id,
@@ -113,14 +123,7 @@ impl CheckWrites {
             response_time_ms: rec.response_time_ms,
             error: rec.error.map(str::to_string),
         };
-        if self
-            .queue
-            .send(Pending {
-                write,
-                pace,
-                answer,
-            })
-            .is_ok()
+        if self.queue.send(Pending { write, answer }).is_ok()
             && let Ok(result) = answered.await
         {
             return result;
@@ -133,6 +136,7 @@ impl CheckWrites {
 /// The writer task: gather a batch, write it, and again.
 async fn run(mut waiting: mpsc::UnboundedReceiver<Pending>, pool: PgPool, commit: CheckCommit) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let alone = Arc::new(Semaphore::new(MAX_ALONE));
     // Writes held back from a batch that already had their instance (or another holder).
     let mut held: VecDeque<Pending> = VecDeque::new();
     loop {
@@ -147,25 +151,21 @@ async fn run(mut waiting: mpsc::UnboundedReceiver<Pending>, pool: PgPool, commit
             },
         };
         let batch = gather(first, &mut held, &mut waiting).await;
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            // The slot is given back when this task ends, however it ends.
-            let _slot = slot;
-            write_batch(&pool, commit, batch).await;
-        });
+        let (pool, alone) = (pool.clone(), alone.clone());
+        // The slot is given back once the batch statement is done (or when this task ends,
+        // however it ends), before any check is written alone.
+        tokio::spawn(async move { write_batch(&pool, commit, batch, slot, &alone).await });
     }
 }
 
-/// `first` and the writes that arrive behind it within [`GATHER`] (none for a write whose
-/// pace is [`Pace::Now`], and no more once one arrives), up to [`MAX_BATCH`]: one write per
-/// instance and one holder per batch (the rest wait for the next).
+/// `first` and the writes that arrive behind it within [`GATHER`], up to [`MAX_BATCH`]: one
+/// write per instance and one holder per batch (the rest wait for the next).
 async fn gather(
     first: Pending,
     held: &mut VecDeque<Pending>,
     waiting: &mut mpsc::UnboundedReceiver<Pending>,
 ) -> Vec<Pending> {
     let holder = first.write.holder.clone();
-    let mut now = first.pace == Pace::Now;
     let until = tokio::time::Instant::now() + GATHER;
     let mut ids = HashSet::from([first.write.instance_id]);
     let mut batch = vec![first];
@@ -175,14 +175,12 @@ async fn gather(
             Some(p) => p,
             None => match waiting.try_recv() {
                 Ok(p) => p,
-                Err(_) if now => break,
                 Err(_) => match tokio::time::timeout_at(until, waiting.recv()).await {
                     Ok(Some(p)) => p,
                     Ok(None) | Err(_) => break,
                 },
             },
         };
-        now |= next.pace == Pace::Now;
         if next.write.holder == holder && ids.insert(next.write.instance_id) {
             batch.push(next);
         } else {
@@ -194,35 +192,47 @@ async fn gather(
     batch
 }
 
-/// Write a batch: one statement for all, then each check it left out alone.
-async fn write_batch(pool: &PgPool, commit: CheckCommit, batch: Vec<Pending>) {
+/// Write a batch: one statement for all (holding `slot`), then each check it left out alone.
+async fn write_batch(
+    pool: &PgPool,
+    commit: CheckCommit,
+    batch: Vec<Pending>,
+    slot: OwnedSemaphorePermit,
+    alone: &Semaphore,
+) {
     if batch.len() == 1 {
-        return write_alone(pool, commit, batch).await;
+        drop(slot);
+        return write_alone(pool, commit, batch, alone).await;
     }
-    match decide_together(pool, commit, &batch).await {
+    let decided = decide_together(pool, commit, &batch).await;
+    drop(slot);
+    match decided {
         Ok(mut decided) => {
-            let mut alone = Vec::new();
+            let mut left_out = Vec::new();
             for p in batch {
                 match decided.remove(&p.write.instance_id) {
                     Some(fenced) => {
                         let _ = p.answer.send(Ok(fenced));
                     }
-                    None => alone.push(p),
+                    None => left_out.push(p),
                 }
             }
-            write_alone(pool, commit, alone).await;
+            write_alone(pool, commit, left_out, alone).await;
         }
         Err(e) => {
             tracing::debug!(checks = batch.len(), error = %e,
                 "a batch of check writes failed: writing each alone");
-            write_alone(pool, commit, batch).await;
+            write_alone(pool, commit, batch, alone).await;
         }
     }
 }
 
-/// Each write with its own `record_check_seen`, concurrently.
-async fn write_alone(pool: &PgPool, commit: CheckCommit, writes: Vec<Pending>) {
+/// Each write with its own `record_check_seen`, at most [`MAX_ALONE`] at once.
+async fn write_alone(pool: &PgPool, commit: CheckCommit, writes: Vec<Pending>, alone: &Semaphore) {
     futures::future::join_all(writes.into_iter().map(|p| async move {
+        let Ok(_slot) = alone.acquire().await else {
+            return;
+        };
         let w = &p.write;
         let rec = HealthRecord {
             instance_id: w.instance_id,

@@ -252,6 +252,7 @@ impl Prober {
             return;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let since = Instant::now();
         {
             let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
             prepared.retain(|_, p| p.since.elapsed() < PREPARED_FOR);
@@ -263,13 +264,20 @@ impl Prober {
                 Prepared {
                     target_hash,
                     client: rx,
-                    since: Instant::now(),
+                    since,
                 },
             );
         }
         let prober = self.clone();
         tokio::spawn(async move {
             let _ = tx.send(prober.connect(config).await);
+            // Not taken by then (the start failed, the check ran elsewhere or never probed):
+            // dropped, and the connection with it.
+            tokio::time::sleep_until((since + PREPARED_FOR).into()).await;
+            let mut prepared = prober.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            if prepared.get(&instance).is_some_and(|p| p.since == since) {
+                prepared.remove(&instance);
+            }
         });
     }
 

@@ -220,3 +220,85 @@ async fn a_held_row_delays_its_own_check_only() {
             .unwrap();
     assert_eq!(written, 9);
 }
+
+/// As many held rows as there are batch slots, each met by a batch of its own: the batch
+/// statement skips the held row, and its check waits for it (up to its 2 s bound) written
+/// alone, holding no batch slot, so the checks gathered meanwhile are written at once.
+#[tokio::test]
+async fn checks_waiting_for_held_rows_hold_no_batch_slot() {
+    let db = TestDb::new().await;
+    replica_r1(&db).await;
+    let held_n = toygres_actors::check_writes::MAX_IN_FLIGHT;
+    let mut ids = Vec::new();
+    for i in 0..held_n + 10 {
+        ids.push(leased(&db, &format!("pg-{i}"), "r1").await);
+    }
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM toygres_cms.instances WHERE id = ANY($1) FOR UPDATE")
+        .bind(&ids[..held_n])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let writes = CheckWrites::start(db.pool.clone(), CheckCommit::Async);
+    let mut waiting = Vec::new();
+    for (i, id) in ids.iter().enumerate().take(held_n) {
+        let (writes, id, name) = (writes.clone(), *id, format!("pg-{i}"));
+        waiting.push(tokio::spawn(async move {
+            let actor = format!("actor-{name}");
+            let rec = HealthRecord {
+                instance_id: id,
+                actor_id: &actor,
+                observed: "healthy",
+                keep_status: false,
+                postgres_version: Some("16.1"),
+                response_time_ms: Some(3),
+                error: None,
+            };
+            writes
+                .write(&rec, ("r1", 1), &seen("host=h"), Pace::Gathered)
+                .await
+        }));
+        // One at a time: each is its own batch, now waiting for its row.
+        let name = db.name.clone();
+        support::wait_until(
+            "the check waiting for its held row",
+            Duration::from_secs(10),
+            || {
+                let (pool, name) = (db.pool.clone(), name.clone());
+                async move {
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = $1 AND wait_event_type = 'Lock'",
+                    )
+                    .bind(name)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    (n as usize == i + 1).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let started = Instant::now();
+    let names: Vec<String> = (held_n..ids.len()).map(|i| format!("pg-{i}")).collect();
+    let others = futures::future::join_all(
+        ids[held_n..]
+            .iter()
+            .zip(&names)
+            .map(|(id, name)| write(&writes, *id, name, "healthy", "host=h")),
+    )
+    .await;
+    let took = started.elapsed();
+    for a in others {
+        assert!(matches!(a.unwrap(), Fenced::Written { .. }));
+    }
+    assert!(
+        took < Duration::from_millis(1500),
+        "the others took {took:?}: they waited for a slot a held row's check kept"
+    );
+    for w in waiting {
+        assert!(w.await.unwrap().is_err(), "a held row's check gives up");
+    }
+    holder.rollback().await.unwrap();
+}

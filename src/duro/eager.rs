@@ -12,6 +12,14 @@ use crate::actor::ActorInput;
 use crate::check::{ActorDeps, CheckInput, CheckOutcome, Pace};
 use crate::cms::{InstanceRow, Seen};
 
+/// Where a start's first check runs: inline on the priority lane (an explicit restart) or
+/// on the replica's check scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FirstCheckOn {
+    Inline,
+    Scheduler,
+}
+
 /// The first probe of a single start, being prepared ([`ActorControl::prepare_first_probe`]).
 pub(super) struct FirstProbe(tokio::task::JoinHandle<Option<Seen>>);
 
@@ -71,17 +79,31 @@ impl ActorControl {
     }
 
     /// Before a single start's transaction: read the row's state and probe target and open
-    /// the first probe's connection ([`crate::probe::Prober::prepare`]) while the start
-    /// commits. What it read is the first check's [`Seen`] (its write is fenced on it; a row
-    /// that changed meanwhile is probed again). `None` without an eager lease or a target.
-    pub(super) fn prepare_first_probe(&self, row: &InstanceRow) -> Option<FirstProbe> {
-        let (deps, _) = self.eager.as_ref()?;
+    /// the first probe's connection ([`crate::probe::Prober::prepare`]) on the prober that
+    /// will run the first check (`on`) while the start commits. What it read is the first
+    /// check's [`Seen`] (its write is fenced on it; a row that changed meanwhile is probed
+    /// again); a state that calls for no actor prepares nothing and reads as `None`, so the
+    /// check reads the row and ends there. `None` without an eager lease or a target.
+    pub(super) fn prepare_first_probe(
+        &self,
+        row: &InstanceRow,
+        on: FirstCheckOn,
+    ) -> Option<FirstProbe> {
+        let (deps, scheduler) = self.eager.as_ref()?;
         if !row.has_target {
             return None;
         }
-        let (pool, prober, id) = (deps.pool.clone(), deps.prober.clone(), row.id);
+        let prober = match on {
+            FirstCheckOn::Inline => deps.prober.clone(),
+            FirstCheckOn::Scheduler => scheduler.prober().clone(),
+        };
+        let (pool, id) = (deps.pool.clone(), row.id);
+        let states = self.settings.actor_states.clone();
         Some(FirstProbe(tokio::spawn(async move {
             let row = crate::cms::instance_for_check(&pool, id).await.ok()??;
+            if !states.contains(&row.state) {
+                return None;
+            }
             if let Some(target) = &row.target {
                 prober.prepare(id, target);
             }

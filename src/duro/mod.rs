@@ -43,7 +43,7 @@ mod batch;
 mod eager;
 mod open;
 pub use batch::{CancelActors, NewStart};
-use eager::Eager;
+use eager::{Eager, FirstCheckOn};
 
 /// What can go wrong in a lifecycle step.
 #[derive(Debug, thiserror::Error)]
@@ -367,7 +367,7 @@ impl ActorControl {
     ) -> Result<(), DuroError> {
         let input = self.input_for(row);
         let item = self.start_item(actor_id, &input)?;
-        let first_probe = self.prepare_first_probe(row);
+        let first_probe = self.prepare_first_probe(row, FirstCheckOn::Scheduler);
         let mut tx = self.begin(fence).await?;
         let named: Option<i32> = sqlx::query_scalar(sql::ACTOR_NAMED)
             .bind(row.id)
@@ -443,7 +443,12 @@ impl ActorControl {
         if !self.wants_actor(&row.state) {
             return Err(DuroError::NotWanted(row.state.to_string()));
         }
-        let first_probe = self.prepare_first_probe(row);
+        let on = if urgent && self.first_check_inline {
+            FirstCheckOn::Inline
+        } else {
+            FirstCheckOn::Scheduler
+        };
+        let first_probe = self.prepare_first_probe(row, on);
         // A live old actor is removed from Duroxide in the transaction that names the new
         // one (no cancel turn to wait for, never two live actors); a finished one keeps its
         // record until retention prunes it. The decision log keeps both ids and the reason.

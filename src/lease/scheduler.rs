@@ -81,6 +81,11 @@ impl CheckScheduler {
         }
     }
 
+    /// The prober its checks run with.
+    pub fn prober(&self) -> &Arc<crate::probe::Prober> {
+        &self.deps.prober
+    }
+
     pub fn holder(&self) -> &str {
         self.id.name()
     }
