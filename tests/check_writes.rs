@@ -244,19 +244,7 @@ async fn checks_waiting_for_held_rows_hold_no_batch_slot() {
     for (i, id) in ids.iter().enumerate().take(held_n) {
         let (writes, id, name) = (writes.clone(), *id, format!("pg-{i}"));
         waiting.push(tokio::spawn(async move {
-            let actor = format!("actor-{name}");
-            let rec = HealthRecord {
-                instance_id: id,
-                actor_id: &actor,
-                observed: "healthy",
-                keep_status: false,
-                postgres_version: Some("16.1"),
-                response_time_ms: Some(3),
-                error: None,
-            };
-            writes
-                .write(&rec, ("r1", 1), &seen("host=h"), Pace::Gathered)
-                .await
+            write(&writes, id, &name, "healthy", "host=h").await
         }));
         // One at a time: each is its own batch, now waiting for its row.
         let name = db.name.clone();

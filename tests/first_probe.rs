@@ -21,6 +21,31 @@ async fn probe_backends(db: &TestDb) -> Vec<i32> {
     .unwrap()
 }
 
+/// A prober keeping connections, as the service's.
+fn prober() -> Arc<Prober> {
+    Arc::new(Prober::new(ProbeSettings {
+        connect_timeout: Duration::from_secs(5),
+        query_timeout: Duration::from_secs(5),
+        keep_connections: 16,
+        max_concurrent: 4,
+    }))
+}
+
+/// The one probe backend on the test's database once `prepare` has opened it.
+async fn prepared_backend(db: &TestDb) -> i32 {
+    wait_until(
+        "the prepared connection",
+        Duration::from_secs(20),
+        || async {
+            match probe_backends(db).await.as_slice() {
+                [pid] => Some(*pid),
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
 /// The connection `prepare` opened is the one the probe uses: after the probe there is
 /// still exactly one probe backend on the target, the prepared one (a probe that connected
 /// itself would have left a second).
@@ -28,25 +53,10 @@ async fn probe_backends(db: &TestDb) -> Vec<i32> {
 async fn the_first_probe_runs_on_the_connection_prepared_for_it() {
     let db = TestDb::new().await;
     let target = url_for_db(&reachable_target(), &db.name);
-    let prober = Arc::new(Prober::new(ProbeSettings {
-        connect_timeout: Duration::from_secs(5),
-        query_timeout: Duration::from_secs(5),
-        keep_connections: 16,
-        max_concurrent: 4,
-    }));
+    let prober = prober();
     let instance = uuid::Uuid::new_v4();
     prober.prepare(instance, &target);
-    let prepared = wait_until(
-        "the prepared connection",
-        Duration::from_secs(20),
-        || async {
-            match probe_backends(&db).await.as_slice() {
-                [pid] => Some(*pid),
-                _ => None,
-            }
-        },
-    )
-    .await;
+    let prepared = prepared_backend(&db).await;
     let result = prober.probe(instance, &target).await;
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(probe_backends(&db).await, vec![prepared]);
@@ -62,25 +72,10 @@ async fn the_first_probe_runs_on_the_connection_prepared_for_it() {
 async fn a_prepared_connection_serves_only_its_own_target() {
     let db = TestDb::new().await;
     let target = url_for_db(&reachable_target(), &db.name);
-    let prober = Arc::new(Prober::new(ProbeSettings {
-        connect_timeout: Duration::from_secs(5),
-        query_timeout: Duration::from_secs(5),
-        keep_connections: 16,
-        max_concurrent: 4,
-    }));
+    let prober = prober();
     let instance = uuid::Uuid::new_v4();
     prober.prepare(instance, &target);
-    let prepared = wait_until(
-        "the prepared connection",
-        Duration::from_secs(20),
-        || async {
-            match probe_backends(&db).await.as_slice() {
-                [pid] => Some(*pid),
-                _ => None,
-            }
-        },
-    )
-    .await;
+    let prepared = prepared_backend(&db).await;
     let other = format!("{target}?sslmode=disable");
     let result = prober.probe(instance, &other).await;
     assert!(result.ok, "{:?}", result.error);
