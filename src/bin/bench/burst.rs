@@ -12,6 +12,7 @@ use crate::harness::{
     header, healthy_count, insert_instance, insert_many, metric, num, pct, row, running_any,
     running_current, secs,
 };
+use crate::jobqueue;
 use crate::pooler::Pooler;
 
 /// How long the scenario waits for each figure before it reports "not reached".
@@ -56,6 +57,12 @@ pub struct Report {
     /// turns) and commit of the DELETE → all gone (cancels), from the service's counter.
     pub turns_insert_per_s: Option<f64>,
     pub turns_delete_per_s: Option<f64>,
+    /// Direct targets only: the same insert with graphile-worker doing the same job instead
+    /// of the service, on the same server before it ([`crate::jobqueue`]): commit → all N
+    /// rows healthy (`None`: not run, or not reached).
+    pub jobqueue_healthy_s: Option<f64>,
+    /// The jobs graphile-worker ran at once (0: not run).
+    pub jobqueue_concurrency: usize,
 }
 
 /// What the burst's instances probe.
@@ -72,18 +79,19 @@ pub enum Targets {
 /// Backends the pooler may open on the bench's PostgreSQL.
 const POOLER_SERVER_CONNECTIONS: u32 = 50;
 
-pub async fn run(n: usize, flags: &str, targets: Targets) -> Result<Vec<Report>> {
+/// `job_queue`: the job-queue baseline's concurrency for direct targets (0: none).
+pub async fn run(n: usize, flags: &str, targets: Targets, job_queue: usize) -> Result<Vec<Report>> {
     let mut reports = Vec::new();
     if matches!(targets, Targets::Pooled | Targets::Both) {
-        reports.push(run_one(n, flags, Probes::Pooled).await?);
+        reports.push(run_one(n, flags, Probes::Pooled, 0).await?);
     }
     if matches!(targets, Targets::Direct | Targets::Both) {
-        reports.push(run_one(n, flags, Probes::Direct).await?);
+        reports.push(run_one(n, flags, Probes::Direct, job_queue).await?);
     }
     Ok(reports)
 }
 
-async fn run_one(n: usize, flags: &str, probes: Probes) -> Result<Report> {
+async fn run_one(n: usize, flags: &str, probes: Probes, job_queue: usize) -> Result<Report> {
     let env = Env::start().await?;
     let pooler = match probes {
         Probes::Pooled => Some(Pooler::start(
@@ -94,6 +102,10 @@ async fn run_one(n: usize, flags: &str, probes: Probes) -> Result<Report> {
         Probes::Direct => None,
     };
     let notify_all_s = notify_baseline(&env, n).await?;
+    let jobqueue_healthy_s = match job_queue {
+        0 => None,
+        concurrency => jobqueue::burst(&env, n, concurrency, PATIENCE).await?,
+    };
     let svc = start_service(&env, flags).await?;
     let w = CpuWindow::start(&env, Some(svc.pid()));
     let target = pooler.as_ref().map_or_else(|| env.target(), Pooler::target);
@@ -123,6 +135,8 @@ async fn run_one(n: usize, flags: &str, probes: Probes) -> Result<Report> {
         cpu_delete: deleted.cpu,
         turns_insert_per_s: inserted.turns_per_s,
         turns_delete_per_s: deleted.turns_per_s,
+        jobqueue_healthy_s,
+        jobqueue_concurrency: job_queue,
     };
     report.print();
     crate::measure::print_top("insert burst, pg_stat_statements", &inserted.top);
@@ -495,6 +509,28 @@ impl Report {
             "≤ 10 s",
             within(self.all_healthy_s, 10.0),
         );
+        if self.targets == "direct" && self.jobqueue_concurrency > 0 {
+            row(
+                &format!(
+                    "commit → all {n} healthy (baseline: {} doing the same job, {} at once, before the service)",
+                    jobqueue::NAME,
+                    self.jobqueue_concurrency
+                ),
+                reached(
+                    self.all_healthy_s,
+                    format!("{} healthy", self.actors_healthy),
+                ),
+                Baseline::Ratio {
+                    text: secs(self.jobqueue_healthy_s, 2),
+                    value: self.all_healthy_s,
+                    base: self.jobqueue_healthy_s,
+                },
+                "≤ 0.8×",
+                self.all_healthy_s
+                    .zip(self.jobqueue_healthy_s)
+                    .map(|(v, b)| v <= 0.8 * b),
+            );
+        }
         row(
             &format!(
                 "restart requested right after the commit → done (new actor checked), amid the {n}"

@@ -532,8 +532,9 @@ pub fn row(figure: &str, value: String, baseline: Baseline, target: &str, met: O
         Baseline::None => (DASH.to_string(), DASH.to_string()),
         Baseline::Text(text) => (text, DASH.to_string()),
         Baseline::Ratio { text, value, base } => {
+            let p = if target.ends_with('×') { 2 } else { 1 }; // judged as a ratio: 2 places
             let ratio = match (value, base) {
-                (Some(v), Some(b)) if b > 0.0 && v.is_finite() => format!("{:.1}×", v / b),
+                (Some(v), Some(b)) if b > 0.0 && v.is_finite() => format!("{:.p$}×", v / b),
                 _ => DASH.to_string(),
             };
             (text, ratio)

@@ -12,6 +12,7 @@ use crate::harness::{
     Baseline, Cpu, CpuWindow, DASH, Env, Quantiles, Service, delete_all, header, insert_instance,
     ms, now_epoch, pct, row, running_any,
 };
+use crate::jobqueue::{self, JobQueue, JobQueueBaseline};
 
 /// What one latency run measured (seconds; `None` = not measured).
 #[derive(Debug, Serialize)]
@@ -33,6 +34,9 @@ pub struct Report {
     /// Commit → the first health row with a real server as the target and a new connection
     /// per probe (`--probe-keep-connections 0`): a job queue's job shape.
     pub server_row: Quantiles,
+    /// The same inserts, the same target, with graphile-worker doing the job instead of the
+    /// service (its baseline, [`crate::jobqueue`]); `None` when it could not run.
+    pub jobqueue_row: Option<Quantiles>,
 }
 
 /// One run with the eager first check off and a given Duroxide poll interval.
@@ -45,10 +49,13 @@ pub struct PollRun {
 }
 
 /// Measures everything, then prints the table.
+/// `job_queue`: whether the job-queue baseline runs beside the single inserts to a real
+/// server.
 pub async fn run(
     inserts: usize,
     poll_intervals: &[String],
     idle_window: Duration,
+    job_queue: JobQueueBaseline,
 ) -> Result<Report> {
     let env = Env::start().await?;
     let notify = notify_floor(&env, inserts).await?;
@@ -56,7 +63,8 @@ pub async fn run(
     // The service, default settings (eager first check on).
     let svc = measure(&env, inserts, &[], idle_window, "svc").await?;
     let create_flow = create_flow(&env, CREATE_FLOWS).await?;
-    let server_row = new_connection_per_probe(&env, (inserts / 5).max(10)).await?;
+    let (server_row, jobqueue_row) =
+        against_job_queue(&env, (inserts * 3 / 5).max(10), job_queue).await?;
 
     // Trade-off: without the eager first check, the first probe waits for Duroxide's poll.
     let n = (inserts / 5).max(10);
@@ -86,6 +94,7 @@ pub async fn run(
         poll_tradeoff,
         create_flow,
         server_row,
+        jobqueue_row,
     };
     report.print();
     Ok(report)
@@ -159,16 +168,28 @@ impl Report {
             "≤ 1 s",
             self.create_flow.p99.map(|v| v <= 1.0),
         );
-        row(
-            &format!(
-                "a real server, a new connection per probe ({} inserts): commit → first health row, p50 / p99",
-                self.server_row.samples
-            ),
-            format!("{} / {}", ms(self.server_row.p50), ms(self.server_row.p99)),
-            Baseline::None,
-            DASH,
-            None,
-        );
+        let (ours, jq) = (&self.server_row, self.jobqueue_row.as_ref());
+        let jq_at = |q: fn(&Quantiles) -> Option<f64>| jq.and_then(q);
+        for (label, value, base, most) in [
+            ("p50", ours.p50, jq_at(|q| q.p50), 0.8),
+            ("p99", ours.p99, jq_at(|q| q.p99), 1.0),
+        ] {
+            row(
+                &format!(
+                    "a real server, a new connection per probe ({} inserts): commit → first health row, {label} (baseline: {} doing the same job)",
+                    ours.samples,
+                    jobqueue::NAME
+                ),
+                ms(value),
+                Baseline::Ratio {
+                    text: ms(base),
+                    value,
+                    base,
+                },
+                &format!("≤ {most:.1}×"),
+                value.zip(base).map(|(v, b)| v <= most * b),
+            );
+        }
         let cpu = self.idle_cpu;
         row(
             "idle CPU, service + PostgreSQL (% of one core)",
@@ -318,37 +339,93 @@ async fn notify_floor(env: &Env, inserts: usize) -> Result<Quantiles> {
     Ok(Quantiles::of(base))
 }
 
-/// `n` single inserts whose target is the bench's PostgreSQL itself, the service opening a
-/// new connection for every probe (`--probe-keep-connections 0`): the commit (the trigger's
-/// clock) → the first health row's `checked_at`, one insert at a time.
-async fn new_connection_per_probe(env: &Env, n: usize) -> Result<Quantiles> {
-    let svc = Service::start(
-        &env.url,
-        &["--check-interval", "30s", "--probe-keep-connections", "0"],
-    )
-    .await?;
+/// Rounds of [`against_job_queue`]: the service and the job queue take turns, so a drift of
+/// the machine over the sitting falls on both.
+const ROUNDS: usize = 3;
+/// Inserts before each round's timed ones (a fresh process's first jobs are slower).
+const WARM_UP: usize = 5;
+
+/// `n` single inserts whose target is the bench's PostgreSQL itself, every probe opening a
+/// new connection: the commit (the trigger's clock) → the first health row's `checked_at`,
+/// one insert at a time, for the service (`--probe-keep-connections 0`) and for the job
+/// queue doing the same job, in turns. The job queue's figure is `None` (and its reason
+/// printed) when it cannot run here.
+async fn against_job_queue(
+    env: &Env,
+    n: usize,
+    job_queue: JobQueueBaseline,
+) -> Result<(Quantiles, Option<Quantiles>)> {
+    // The same connection string for both, without TLS: node-postgres never asks for it
+    // unless told, and the service follows libpq, whose default (`prefer`) asks first.
+    let target = format!("{}?sslmode=disable", env.target());
     let mut events = env
         .listen("bench-server", &["toygres_health", "toygres_instances"])
         .await?;
-    let target = env.target();
-    // Let the service settle (its start-up reconcile, first pruning) before measuring.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut rows = Vec::new();
-    for i in 0..n {
-        let name = format!("server-{i}");
-        insert_instance(&env.pool, &name, "running", Some(&target)).await?;
-        let (at, row_at) = trigger_and_health(&mut events, &name, |_| true).await?;
-        rows.push(row_at - at);
+    let mut ours = Vec::new();
+    let mut theirs = match job_queue {
+        JobQueueBaseline::Run => Some(Vec::new()),
+        JobQueueBaseline::Skip => None,
+    };
+    let per_round = n.div_ceil(ROUNDS);
+    for round in 0..ROUNDS {
+        let svc = Service::start(
+            &env.url,
+            &["--check-interval", "30s", "--probe-keep-connections", "0"],
+        )
+        .await?;
+        // Let the service settle (its start-up reconcile, first pruning) before measuring.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let tag = format!("server-{round}");
+        let timed = single_inserts(env, &mut events, &target, &tag, per_round).await?;
+        ours.extend(timed);
+        delete_all(&env.pool).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while running_any(&env.pool, "toygres_actors_duroxide").await? > 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(svc);
+
+        let Some(took) = theirs.as_mut() else {
+            continue;
+        };
+        let q = match JobQueue::start(&env.pool, &env.url, jobqueue::CONCURRENCY).await {
+            Ok(q) => q,
+            Err(e) => {
+                eprintln!("no job-queue baseline: {e:#}");
+                theirs = None;
+                continue;
+            }
+        };
+        let tag = format!("queue-{round}");
+        took.extend(single_inserts(env, &mut events, &target, &tag, per_round).await?);
+        q.stop(&env.pool).await?;
+        delete_all(&env.pool).await?;
+    }
+    Ok((Quantiles::of(ours), theirs.map(Quantiles::of)))
+}
+
+/// `n` timed single inserts (after [`WARM_UP`] untimed ones) of rows `running` with `target`,
+/// one at a time: each commit (the trigger's clock) → its first health row's `checked_at`.
+async fn single_inserts(
+    env: &Env,
+    events: &mut toygres_actors::db::PgSession,
+    target: &str,
+    tag: &str,
+    n: usize,
+) -> Result<Vec<f64>> {
+    let mut took = Vec::new();
+    for i in 0..WARM_UP + n {
+        let name = format!("{tag}-{i}");
+        insert_instance(&env.pool, &name, "running", Some(target)).await?;
+        let (at, row_at) = trigger_and_health(events, &name, |_| true).await?;
+        if i >= WARM_UP {
+            took.push(row_at - at);
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    delete_all(&env.pool).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while running_any(&env.pool, "toygres_actors_duroxide").await? > 0 && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    drop(svc);
-    Ok(Quantiles::of(rows))
+    Ok(took)
 }
 
 /// Accepts TCP connections and reports each accept's time; the probe then fails (not
@@ -417,8 +494,11 @@ async fn measure(
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Idle: nothing to do for the service but its timers and polls.
+    // Idle: nothing to do for the service but its timers and polls. The dead rows of the
+    // bench's own inserts and deletes are vacuumed first: autovacuum cleaning up after the
+    // bench is no part of the service's idle cost.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::raw_sql("VACUUM").execute(&env.pool).await?;
     let w = CpuWindow::start(env, Some(svc.pid()));
     tokio::time::sleep(idle).await;
     let idle_cpu = w.finish(env);

@@ -23,7 +23,8 @@
 //!
 //! The rooms: [`harness`] (what every scenario shares; [`measure`], the machine's busy time
 //! and pg_stat_statements; [`report`], the tables as printed and written; [`door`] and
-//! [`pooler`], the proxies some put in front of PostgreSQL), one module per scenario — [`latency`], [`idle`],
+//! [`pooler`], the proxies some put in front of PostgreSQL; [`jobqueue`], the job queue
+//! some scenarios measure beside the service), one module per scenario — [`latency`], [`idle`],
 //! [`burst`], [`capacity`] (with its baseline, [`naive`]), [`recovery`], [`outage`],
 //! [`retention`], [`surfaces`] — and [`smoke`] (all of them at a tiny size, plus a JSON summary for the
 //! test suite); [`splice`] puts a run's tables into the doc.
@@ -33,6 +34,7 @@ mod capacity;
 mod door;
 mod harness;
 mod idle;
+mod jobqueue;
 mod latency;
 mod measure;
 mod naive;
@@ -79,6 +81,10 @@ enum Scenario {
         poll_intervals: Vec<String>,
         #[arg(long, default_value = "30s")]
         idle_window: String,
+        /// The job-queue baseline (graphile-worker, installed with npm) beside the single
+        /// inserts to a real server: any number runs it, 0 skips it.
+        #[arg(long, default_value_t = jobqueue::CONCURRENCY)]
+        job_queue_concurrency: usize,
     },
     /// N idle actors at default settings: machine-level CPU over PostgreSQL alone, and the
     /// same with duroxide-pg's own polling.
@@ -106,6 +112,10 @@ enum Scenario {
         /// directly (it forks a backend per probe), or both, one after the other.
         #[arg(long, value_enum, default_value = "both")]
         targets: burst::Targets,
+        /// The jobs the job-queue baseline (graphile-worker, installed with npm) runs at once
+        /// before the direct burst: 0 skips it.
+        #[arg(long, default_value_t = jobqueue::CONCURRENCY)]
+        job_queue_concurrency: usize,
     },
     /// N actors at an interval for a duration: staleness, CPU; naive loop as the baseline.
     Capacity {
@@ -233,9 +243,16 @@ fn main() -> Result<()> {
                 inserts,
                 poll_intervals,
                 idle_window,
-            } => latency::run(inserts, &poll_intervals, dur(&idle_window)?)
-                .await
-                .and_then(json),
+                job_queue_concurrency,
+            } => {
+                let job_queue = match job_queue_concurrency {
+                    0 => jobqueue::JobQueueBaseline::Skip,
+                    _ => jobqueue::JobQueueBaseline::Run,
+                };
+                latency::run(inserts, &poll_intervals, dur(&idle_window)?, job_queue)
+                    .await
+                    .and_then(json)
+            }
             Scenario::Idle {
                 actors,
                 window,
@@ -248,7 +265,8 @@ fn main() -> Result<()> {
                 instances,
                 service_flags,
                 targets,
-            } => burst::run(instances, &service_flags, targets)
+                job_queue_concurrency,
+            } => burst::run(instances, &service_flags, targets, job_queue_concurrency)
                 .await
                 .and_then(json),
             Scenario::Capacity {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::jobqueue::JobQueueBaseline;
 use crate::{burst, capacity, idle, latency, outage, pooler, recovery, retention};
 
 /// Starts the JSON summary line.
@@ -25,12 +26,20 @@ struct Summary {
 }
 
 pub async fn run() -> Result<()> {
-    let mut bursts = burst::run(200, "", burst::Targets::Both).await?.into_iter();
+    let mut bursts = burst::run(200, "", burst::Targets::Both, 0)
+        .await?
+        .into_iter();
     let (Some(burst_pooled), Some(burst)) = (bursts.next(), bursts.next()) else {
         anyhow::bail!("burst reported fewer than two runs");
     };
     let summary = Summary {
-        latency: latency::run(20, &["50ms".into()], Duration::from_secs(2)).await?,
+        latency: latency::run(
+            20,
+            &["50ms".into()],
+            Duration::from_secs(2),
+            JobQueueBaseline::Skip,
+        )
+        .await?,
         idle: idle::run(
             5,
             Duration::from_secs(2),
