@@ -5,7 +5,7 @@
 //! by one, each is a statement, a plpgsql call and a commit of its own — more of PostgreSQL's
 //! time than the rows themselves. Here each check hands its write to one task, which takes
 //! whatever writes are waiting (up to [`MAX_BATCH`]) and writes them with one statement
-//! (`record_checks_seen`, `migrations/0016`), at most [`MAX_IN_FLIGHT`] statements at once.
+//! (`record_checks_seen`, `migrations/0016` and `0017`), at most [`MAX_IN_FLIGHT`] statements at once.
 //! A periodic check's write waits up to [`GATHER`] for others to go with it, so a batch grows
 //! with the load; an instance's first check ([`Pace::Now`]) goes at once, alone, with the
 //! single-check statement (`record_check_seen`), as does a batch of one.
