@@ -45,6 +45,31 @@ pub async fn instance_by_id(pool: &PgPool, id: Uuid) -> Result<Option<InstanceRo
         .await?)
 }
 
+/// [`instance_by_id`] and what a first check would see of it ([`Seen`]: the state and the
+/// probe target, which [`InstanceRow`] never holds).
+pub async fn instance_and_seen_by_id(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(InstanceRow, Seen)>, DbError> {
+    #[derive(sqlx::FromRow)]
+    struct WithTarget {
+        #[sqlx(flatten)]
+        row: InstanceRow,
+        target: Option<String>,
+    }
+    let found: Option<WithTarget> = sqlx::query_as(sql::INSTANCE_BY_ID_WITH_TARGET)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(found.map(|w| {
+        let seen = Seen {
+            state: w.row.state.as_str().to_string(),
+            target: w.target,
+        };
+        (w.row, seen)
+    }))
+}
+
 /// By k8s_name, or dns_name of a live instance.
 pub async fn instance_by_name(pool: &PgPool, name: &str) -> Result<Option<InstanceRow>, DbError> {
     Ok(sqlx::query_as(sql::INSTANCE_BY_NAME)

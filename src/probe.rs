@@ -13,9 +13,10 @@
 //!
 //! A new instance's first probe opens a connection whatever the keeping: a backend fork, an
 //! authentication, maybe a TLS handshake — most of the time from a row's insert to its first
-//! health row. [`Prober::prepare`] opens it while the actor's start commits, and the first
-//! probe runs its query on it (a connection opened for that probe and, without keeping,
-//! closed after it: the same job as a probe that connects itself, begun earlier).
+//! health row. [`Prober::prepare`] runs that probe (connect, then the query) while the actor's
+//! start commits, and the first check takes its answer: the same job as a probe that connects
+//! itself, begun earlier (the probe reads and writes nothing on the target; only the check's
+//! fenced write waits for the commit). The connection is kept or closed after it as any.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -56,18 +57,26 @@ struct Kept {
     last_used: Instant,
 }
 
-/// A connection [`Prober::prepare`] is opening (or has opened) for an instance's next probe.
+/// A probe's connection and the probe query's answer on it, or why there is none.
+type Answered = Result<(tokio_postgres::Client, ProbeRow), ProbeError>;
+
+/// The probe [`Prober::prepare`] is running (or has run) for an instance's next check: its
+/// answer and how long it took.
 struct Prepared {
     target_hash: u64,
-    client: tokio::sync::oneshot::Receiver<Result<tokio_postgres::Client, ProbeError>>,
+    answer: tokio::sync::oneshot::Receiver<(Answered, Duration)>,
     since: Instant,
 }
 
 /// The most connections being prepared at once (a storm's starts do not prepare: each
 /// would open a connection beside the probe slots' bound).
 const MAX_PREPARED: usize = 64;
-/// A prepared connection no probe took within this is dropped.
+/// A prepared probe no check took within this is dropped, its connection with it.
 const PREPARED_FOR: Duration = Duration::from_secs(10);
+/// A prepared probe's answer is a check's observation only while it is this fresh (the
+/// start it ran beside commits in milliseconds); an older one is asked again on its
+/// connection.
+const ANSWER_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// Probes instances; shared by every health check of the process.
 pub struct Prober {
@@ -163,20 +172,19 @@ impl Prober {
                 tokio::time::timeout(self.settings.query_timeout, probe_query(&client)).await
         {
             self.keep(instance, target_hash, client);
-            return ok_result(&row, started);
+            return ok_result(&row, started.elapsed());
         }
 
-        // The fresh attempt: the connection prepared for this probe, if any (its failure is
-        // this probe's: a second attempt would double a hanging target's timeout).
-        let outcome = match self.take_prepared(instance, target_hash).await {
-            Some(Ok(client)) => self.query_on(client).await,
-            Some(Err(e)) => Err(e),
-            None => self.connect_and_query(config).await,
+        // The fresh attempt: the probe prepared for this check, if any (its failure is this
+        // probe's: a second attempt would double a hanging target's timeout).
+        let (outcome, took) = match self.take_prepared(instance, target_hash).await {
+            Some((answered, took)) => (answered, took),
+            None => (self.connect_and_query(config).await, started.elapsed()),
         };
-        let elapsed = started.elapsed().as_millis() as u64;
+        let elapsed = took.as_millis() as u64;
         match outcome {
             Ok((client, row)) => {
-                let result = ok_result(&row, started);
+                let result = ok_result(&row, took);
                 self.keep(instance, target_hash, client);
                 result
             }
@@ -190,19 +198,13 @@ impl Prober {
         }
     }
 
-    async fn connect_and_query(
-        &self,
-        target: ConnConfig,
-    ) -> Result<(tokio_postgres::Client, ProbeRow), ProbeError> {
+    async fn connect_and_query(&self, target: ConnConfig) -> Answered {
         let client = self.connect(target).await?;
         self.query_on(client).await
     }
 
     /// The probe query on a connection just opened, within the query timeout.
-    async fn query_on(
-        &self,
-        client: tokio_postgres::Client,
-    ) -> Result<(tokio_postgres::Client, ProbeRow), ProbeError> {
+    async fn query_on(&self, client: tokio_postgres::Client) -> Answered {
         match tokio::time::timeout(self.settings.query_timeout, probe_query(&client)).await {
             Err(_) => Err(ProbeError::QueryTimeout(self.settings.query_timeout)),
             Ok(Err(e)) => Err(e),
@@ -232,10 +234,10 @@ impl Prober {
         }
     }
 
-    /// Open a connection to `target` for `instance`'s next probe, in the background (a new
-    /// actor's first probe, while its start commits). Nothing when a connection to it is kept
-    /// or being prepared, or [`MAX_PREPARED`] are; a failure here is only a connection the
-    /// probe opens itself.
+    /// Run `instance`'s next probe of `target` in the background (a new actor's first probe,
+    /// while its start commits): connect and ask the probe query; [`Prober::probe`] takes the
+    /// answer. Nothing when a connection to it is kept or a probe is prepared for it, or
+    /// [`MAX_PREPARED`] are.
     pub fn prepare(self: &std::sync::Arc<Self>, instance: Uuid, target: &str) {
         let target_hash = hash_target(target);
         let Ok(mut config) = ConnConfig::parse(target) else {
@@ -263,14 +265,15 @@ impl Prober {
                 instance,
                 Prepared {
                     target_hash,
-                    client: rx,
+                    answer: rx,
                     since,
                 },
             );
         }
         let prober = self.clone();
         tokio::spawn(async move {
-            let _ = tx.send(prober.connect(config).await);
+            let answered = prober.connect_and_query(config).await;
+            let _ = tx.send((answered, since.elapsed()));
             // Not taken by then (the start failed, the check ran elsewhere or never probed):
             // dropped, and the connection with it.
             tokio::time::sleep_until((since + PREPARED_FOR).into()).await;
@@ -281,14 +284,15 @@ impl Prober {
         });
     }
 
-    /// The connection prepared for `instance`'s probe of this target (or why it could not
-    /// be opened), waiting for it while it is being opened (within the connect timeout it
-    /// started with). `None`: nothing prepared for this target; the probe connects itself.
+    /// The answer of the probe prepared for `instance`'s check of this target, and how long
+    /// it took, waiting for it while it runs (within the connect and query timeouts it
+    /// started with). An answer older than [`ANSWER_FRESH_FOR`] is asked again on the same
+    /// connection. `None`: nothing prepared for this target; the probe connects itself.
     async fn take_prepared(
         &self,
         instance: Uuid,
         target_hash: u64,
-    ) -> Option<Result<tokio_postgres::Client, ProbeError>> {
+    ) -> Option<(Answered, Duration)> {
         let p = self
             .prepared
             .lock()
@@ -297,18 +301,21 @@ impl Prober {
         if p.target_hash != target_hash || p.since.elapsed() >= PREPARED_FOR {
             return None;
         }
-        let left = self
-            .settings
-            .connect_timeout
-            .saturating_sub(p.since.elapsed());
-        match tokio::time::timeout(left, p.client).await {
-            Ok(Ok(Ok(client))) if client.is_closed() => None,
-            Ok(Ok(connected)) => Some(connected),
-            // The preparing task is gone (the runtime is stopping): connect here.
+        let bound = self.settings.connect_timeout + self.settings.query_timeout;
+        let left = bound.saturating_sub(p.since.elapsed());
+        match tokio::time::timeout(left, p.answer).await {
+            Ok(Ok((Ok((client, _)), _))) if p.since.elapsed() > ANSWER_FRESH_FOR => {
+                let asked = Instant::now();
+                let answered = self.query_on(client).await;
+                Some((answered, asked.elapsed()))
+            }
+            Ok(Ok(answered)) => Some(answered),
+            // The preparing task is gone (the runtime is stopping): probe here.
             Ok(Err(_)) => None,
-            Err(_) => Some(Err(ProbeError::ConnectTimeout(
-                self.settings.connect_timeout,
-            ))),
+            Err(_) => Some((
+                Err(ProbeError::ConnectTimeout(self.settings.connect_timeout)),
+                bound,
+            )),
         }
     }
 
@@ -424,12 +431,12 @@ pub enum ProbeError {
     },
 }
 
-fn ok_result(row: &ProbeRow, started: Instant) -> ProbeResult {
+fn ok_result(row: &ProbeRow, took: Duration) -> ProbeResult {
     ProbeResult {
         ok: true,
         version: row.version.clone(),
         in_recovery: row.in_recovery,
-        response_time_ms: started.elapsed().as_millis() as u64,
+        response_time_ms: took.as_millis() as u64,
         error: None,
     }
 }

@@ -41,6 +41,7 @@ sql! {
     INSERT_DECISION => "insert_decision.sql",
     INSERT_DECISIONS => "insert_decisions.sql",
     INSTANCE_BY_ID => "instance_by_id.sql",
+    INSTANCE_BY_ID_WITH_TARGET => "instance_by_id_with_target.sql",
     INSTANCE_BY_NAME => "instance_by_name.sql",
     INSTANCE_FOR_CHECK => "instance_for_check.sql",
     LEADER_RESIGN => "leader_resign.sql",

@@ -168,6 +168,9 @@ pub struct Observed {
     pub other_live: Vec<String>,
     /// Instance actors of this instance alive in the legacy store (toygres' own Duroxide).
     pub legacy: Vec<crate::actor_state::LegacyActor>,
+    /// The state and probe target read with the row, for a start's first probe (a single
+    /// reconcile's read; `None` from the fleet-wide one). Not looked at by [`decide`].
+    pub seen: Option<crate::cms::Seen>,
 }
 
 /// The verdict, its reason in words, and the healing action.
@@ -436,6 +439,7 @@ mod tests {
             actor_created_at: Some(now - TimeDelta::seconds(created_ago)),
             other_live: vec![],
             legacy: vec![],
+            seen: None,
         }
     }
 

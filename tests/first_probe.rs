@@ -1,5 +1,5 @@
-//! A new instance's first probe: its connection is opened while the actor's start commits
-//! (`Prober::prepare`), and the probe runs its query on that connection.
+//! A new instance's first probe runs while the actor's start commits (`Prober::prepare`:
+//! connect, then the probe query), and the first check takes its answer.
 
 mod support;
 
@@ -31,6 +31,16 @@ fn prober() -> Arc<Prober> {
     }))
 }
 
+/// A test database as the target, and a prober that has prepared `instance`'s probe of it.
+async fn prepared() -> (TestDb, String, Arc<Prober>, uuid::Uuid) {
+    let db = TestDb::new().await;
+    let target = url_for_db(&reachable_target(), &db.name);
+    let prober = prober();
+    let instance = uuid::Uuid::new_v4();
+    prober.prepare(instance, &target);
+    (db, target, prober, instance)
+}
+
 /// The one probe backend on the test's database once `prepare` has opened it.
 async fn prepared_backend(db: &TestDb) -> i32 {
     wait_until(
@@ -46,16 +56,71 @@ async fn prepared_backend(db: &TestDb) -> i32 {
     .await
 }
 
+/// The probe backend's last query and when it started (the database's clock), once it has
+/// answered the probe query and sits idle.
+async fn answered_probe(db: &TestDb) -> (i32, chrono::DateTime<chrono::Utc>) {
+    wait_until(
+        "the prepared probe's query answered",
+        Duration::from_secs(20),
+        || async {
+            sqlx::query_as(
+                "SELECT pid, query_start FROM pg_stat_activity
+                  WHERE datname = $1 AND application_name = 'toygres-actors-probe'
+                    AND state = 'idle' AND query LIKE '%pg_is_in_recovery()%'",
+            )
+            .bind(&db.name)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await
+}
+
+/// `prepare` asks the probe query itself, before any check does; the check then takes that
+/// answer and asks nothing more (the backend's last query is still the prepared one).
+#[tokio::test]
+async fn the_first_probe_asks_its_query_before_the_check_does() {
+    let (db, target, prober, instance) = prepared().await;
+    let (pid, asked) = answered_probe(&db).await;
+    let result = prober.probe(instance, &target).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(answered_probe(&db).await, (pid, asked));
+}
+
+/// An answer older than a second is no check's observation: the check asks again, on the
+/// connection the prepared probe opened.
+#[tokio::test]
+async fn a_prepared_answer_older_than_a_second_is_asked_again() {
+    let (db, target, prober, instance) = prepared().await;
+    let (pid, asked) = answered_probe(&db).await;
+    wait_until(
+        "the prepared answer older than 1.2 s",
+        Duration::from_secs(20),
+        || async {
+            let age: f64 =
+                sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp() - $1)::float8")
+                    .bind(asked)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            (age > 1.2).then_some(())
+        },
+    )
+    .await;
+    let result = prober.probe(instance, &target).await;
+    assert!(result.ok, "{:?}", result.error);
+    let (again_pid, again) = answered_probe(&db).await;
+    assert_eq!(again_pid, pid, "asked again on the prepared connection");
+    assert!(again > asked, "the check asked the probe query again");
+}
+
 /// The connection `prepare` opened is the one the probe uses: after the probe there is
 /// still exactly one probe backend on the target, the prepared one (a probe that connected
 /// itself would have left a second).
 #[tokio::test]
 async fn the_first_probe_runs_on_the_connection_prepared_for_it() {
-    let db = TestDb::new().await;
-    let target = url_for_db(&reachable_target(), &db.name);
-    let prober = prober();
-    let instance = uuid::Uuid::new_v4();
-    prober.prepare(instance, &target);
+    let (db, target, prober, instance) = prepared().await;
     let prepared = prepared_backend(&db).await;
     let result = prober.probe(instance, &target).await;
     assert!(result.ok, "{:?}", result.error);
@@ -70,11 +135,7 @@ async fn the_first_probe_runs_on_the_connection_prepared_for_it() {
 /// A connection prepared for one target is not used for another: the probe connects itself.
 #[tokio::test]
 async fn a_prepared_connection_serves_only_its_own_target() {
-    let db = TestDb::new().await;
-    let target = url_for_db(&reachable_target(), &db.name);
-    let prober = prober();
-    let instance = uuid::Uuid::new_v4();
-    prober.prepare(instance, &target);
+    let (db, target, prober, instance) = prepared().await;
     let prepared = prepared_backend(&db).await;
     let other = format!("{target}?sslmode=disable");
     let result = prober.probe(instance, &other).await;

@@ -21,17 +21,22 @@ pub(super) enum FirstCheckOn {
 }
 
 /// The first probe of a single start, being prepared ([`ActorControl::prepare_first_probe`]).
-pub(super) struct FirstProbe(tokio::task::JoinHandle<Option<Seen>>);
+pub(super) enum FirstProbe {
+    /// Prepared from what the caller read with the row.
+    Seen(Seen),
+    /// Reading the row beside the start's transaction, then prepared.
+    Reading(tokio::task::JoinHandle<Option<Seen>>),
+}
 
 impl FirstProbe {
-    /// What it read, if it has read it by now (after the start's commit it almost always
-    /// has: one read beside a transaction of several statements). Never waits: the first
-    /// check reads the row itself otherwise.
+    /// What the probe was prepared for, if known by now (a read beside the start's
+    /// transaction has almost always finished by its commit: one statement beside several).
+    /// Never waits: the first check reads the row itself otherwise.
     pub(super) async fn seen(self) -> Option<Seen> {
-        if self.0.is_finished() {
-            self.0.await.ok().flatten()
-        } else {
-            None
+        match self {
+            FirstProbe::Seen(seen) => Some(seen),
+            FirstProbe::Reading(read) if read.is_finished() => read.await.ok().flatten(),
+            FirstProbe::Reading(_) => None,
         }
     }
 }
@@ -78,16 +83,18 @@ impl ActorControl {
         }
     }
 
-    /// Before a single start's transaction: read the row's state and probe target and open
-    /// the first probe's connection ([`crate::probe::Prober::prepare`]) on the prober that
-    /// will run the first check (`on`) while the start commits. What it read is the first
-    /// check's [`Seen`] (its write is fenced on it; a row that changed meanwhile is probed
-    /// again); a state that calls for no actor prepares nothing and reads as `None`, so the
-    /// check reads the row and ends there. `None` without an eager lease or a target.
+    /// Before a single start's transaction: the first probe ([`crate::probe::Prober::prepare`])
+    /// on the prober that will run the first check (`on`), run while the start commits,
+    /// against the state and target the caller read with the row (`seen`) or, without
+    /// them, read now beside the transaction. That is the first check's [`Seen`] (its write
+    /// is fenced on it; a row that changed meanwhile is probed again); a state that calls
+    /// for no actor prepares nothing and reads as `None`, so the check reads the row and ends
+    /// there. `None` without an eager lease or a target.
     pub(super) fn prepare_first_probe(
         &self,
         row: &InstanceRow,
         on: FirstCheckOn,
+        seen: Option<&Seen>,
     ) -> Option<FirstProbe> {
         let (deps, scheduler) = self.eager.as_ref()?;
         if !row.has_target {
@@ -97,9 +104,18 @@ impl ActorControl {
             FirstCheckOn::Inline => deps.prober.clone(),
             FirstCheckOn::Scheduler => scheduler.prober().clone(),
         };
+        if let Some(seen) = seen {
+            if !self.settings.actor_states.contains(&seen.state) {
+                return None;
+            }
+            if let Some(target) = &seen.target {
+                prober.prepare(row.id, target);
+            }
+            return Some(FirstProbe::Seen(seen.clone()));
+        }
         let (pool, id) = (deps.pool.clone(), row.id);
         let states = self.settings.actor_states.clone();
-        Some(FirstProbe(tokio::spawn(async move {
+        Some(FirstProbe::Reading(tokio::spawn(async move {
             let row = crate::cms::instance_for_check(&pool, id).await.ok()??;
             if !states.contains(&row.state) {
                 return None;

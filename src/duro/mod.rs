@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::actor::{self, ActorInput};
 pub use crate::actor_state::ActorState;
 use crate::check::ActorDeps;
-use crate::cms::InstanceRow;
+use crate::cms::{InstanceRow, Seen};
 use crate::config;
 use crate::identity::Term;
 use crate::sql;
@@ -364,10 +364,11 @@ impl ActorControl {
         actor_id: &str,
         fence: Option<&Term>,
         record: Option<&Record<'_>>,
+        seen: Option<&Seen>,
     ) -> Result<(), DuroError> {
         let input = self.input_for(row);
         let item = self.start_item(actor_id, &input)?;
-        let first_probe = self.prepare_first_probe(row, FirstCheckOn::Scheduler);
+        let first_probe = self.prepare_first_probe(row, FirstCheckOn::Scheduler, seen);
         let mut tx = self.begin(fence).await?;
         let named: Option<i32> = sqlx::query_scalar(sql::ACTOR_NAMED)
             .bind(row.id)
@@ -401,7 +402,7 @@ impl ActorControl {
         reason: &str,
         fence: Option<&Term>,
     ) -> Result<Transition, DuroError> {
-        self.replace_with(row, reason, fence, Priority::Background, None)
+        self.replace_with(row, reason, fence, Priority::Background, None, None)
             .await
     }
 
@@ -430,7 +431,8 @@ impl ActorControl {
 
     /// [`ActorControl::replace`]; with [`Priority::Explicit`] (an explicit restart) the new
     /// actor's first turn and first check go before every one already due (never behind a
-    /// storm's).
+    /// storm's). `seen`: the state and target read with `row`, if the caller read them (the
+    /// first probe then starts at once, without reading the row again).
     pub async fn replace_with(
         &self,
         row: &InstanceRow,
@@ -438,6 +440,7 @@ impl ActorControl {
         fence: Option<&Term>,
         priority: Priority,
         record: Option<&Record<'_>>,
+        seen: Option<&Seen>,
     ) -> Result<Transition, DuroError> {
         let urgent = priority == Priority::Explicit;
         if !self.wants_actor(&row.state) {
@@ -448,7 +451,7 @@ impl ActorControl {
         } else {
             FirstCheckOn::Scheduler
         };
-        let first_probe = self.prepare_first_probe(row, on);
+        let first_probe = self.prepare_first_probe(row, on, seen);
         // A live old actor is removed from Duroxide in the transaction that names the new
         // one (no cancel turn to wait for, never two live actors); a finished one keeps its
         // record until retention prunes it. The decision log keeps both ids and the reason.

@@ -248,13 +248,20 @@ impl Reconciler {
             Action::Noop => Ok((row.actor_id.clone(), row.actor_id.clone())),
             Action::Start { named: Some(id) } => self
                 .control
-                .start_named(row, id, fence, Some(&record))
+                .start_named(row, id, fence, Some(&record), obs.seen.as_ref())
                 .await
                 .map(|_| (row.actor_id.clone(), Some(id.clone()))),
             Action::Start { named: None } | Action::Restart => {
                 let reason = format!("{}: {}", decision.verdict, decision.reason);
                 self.control
-                    .replace_with(row, &reason, fence, priority, Some(&record))
+                    .replace_with(
+                        row,
+                        &reason,
+                        fence,
+                        priority,
+                        Some(&record),
+                        obs.seen.as_ref(),
+                    )
                     .await
                     .map(|t| (t.old_actor_id, t.new_actor_id))
             }
@@ -343,7 +350,14 @@ impl Reconciler {
             let reason = format!("{}: {}", decision.verdict, decision.reason);
             let t = self
                 .control
-                .replace_with(row, &reason, fence, Priority::Background, Some(record))
+                .replace_with(
+                    row,
+                    &reason,
+                    fence,
+                    Priority::Background,
+                    Some(record),
+                    obs.seen.as_ref(),
+                )
                 .await?;
             // Our own incarnation the legacy id displaced on the row (ours started on the
             // insert, then toygres wrote its id) goes with it.

@@ -307,6 +307,7 @@ impl FleetRow {
             actor_created_at: self.actor_created_at,
             other_live,
             legacy: Vec::new(),
+            seen: None,
         }
     }
 }

@@ -274,6 +274,15 @@ impl Reconciler {
 
     /// Observe one instance now: the row, its actor in Duroxide, other live incarnations.
     pub async fn observe(&self, row: InstanceRow) -> Result<Observed, DuroError> {
+        self.observe_seen(row, None).await
+    }
+
+    /// [`Reconciler::observe`], with what a first check would see of the row (read with it).
+    async fn observe_seen(
+        &self,
+        row: InstanceRow,
+        seen: Option<crate::cms::Seen>,
+    ) -> Result<Observed, DuroError> {
         let (actor, created) = match &row.actor_id {
             Some(id) => {
                 let state = self.control.actor_state(id).await?;
@@ -312,6 +321,7 @@ impl Reconciler {
             actor_created_at: created,
             other_live,
             legacy,
+            seen,
         })
     }
 
@@ -337,11 +347,11 @@ impl Reconciler {
         mode: Mode,
     ) -> Result<Outcome, DuroError> {
         let t0 = Instant::now();
-        let Some(row) = cms::instance_by_id(self.pool(), id).await? else {
+        let Some((row, seen)) = cms::instance_and_seen_by_id(self.pool(), id).await? else {
             return self.reconcile_deleted(id, trigger, mode).await;
         };
         let read = t0.elapsed();
-        let observed = self.observe(row).await?;
+        let observed = self.observe_seen(row, Some(seen)).await?;
         let observe = t0.elapsed() - read;
         let mut decision = verdict::decide(&observed, &self.rules, crate::clock::now());
         if ask == Ask::Restart && !matches!(decision.action, Action::Adopt { start: true, .. }) {
