@@ -85,6 +85,69 @@ async fn cms_writes_drive_the_actor_lifecycle() {
     converged(&db, T).await;
 }
 
+/// A TCP port that counts the connections made to it (each closed at once: a probe of it
+/// fails, which is fine: we count probes, not their outcome).
+async fn connection_counter() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    (port, count)
+}
+
+/// The replica that removes a deleted instance's actor stops probing it at once: its
+/// target sees no connection after the delete, while another instance is checked three more
+/// times at the same interval.
+#[tokio::test]
+async fn a_deleted_instance_is_probed_no_more() {
+    let db = TestDb::new().await;
+    let _svc = ServiceProc::start(&db, &["--check-interval", "2s"]).await;
+    let (port, probes) = connection_counter().await;
+    let gone_target = format!("postgres://u:p@127.0.0.1:{port}/postgres?connect_timeout=2");
+    db.insert_instance("pg-gone", "running", Some(&gone_target))
+        .await;
+    let (other_port, _) = connection_counter().await;
+    let other_target = format!("postgres://u:p@127.0.0.1:{other_port}/postgres?connect_timeout=2");
+    db.insert_instance("pg-stays", "running", Some(&other_target))
+        .await;
+    let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until("pg-gone probed twice", T, || async {
+        (count(&probes) >= 2).then_some(())
+    })
+    .await;
+    sqlx::query("DELETE FROM toygres_cms.instances WHERE k8s_name = 'pg-gone'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until("pg-gone's actor removed", T, || async {
+        let deleted: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM toygres_actors.decisions WHERE k8s_name LIKE '(deleted %' AND action = 'delete'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (deleted > 0).then_some(())
+    })
+    .await;
+    let after_delete = count(&probes);
+    let stays = db.checks_of("pg-stays").await;
+    wait_until("pg-stays checked three more times", T, || async {
+        (db.checks_of("pg-stays").await >= stays + 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&probes),
+        after_delete,
+        "the deleted instance was probed after its actor was removed"
+    );
+}
+
 #[tokio::test]
 async fn killing_the_listener_during_500_writes_loses_nothing() {
     let db = TestDb::new().await;

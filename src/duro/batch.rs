@@ -186,6 +186,11 @@ impl ActorControl {
         record_decisions(&mut tx, &decided, replica).await?;
         crate::failpoint::hit(crate::failpoint::Point::FenceBeforeCommit);
         tx.commit().await?;
+        for g in gone {
+            for actor_id in &g.actors {
+                self.stop_checking(g.instance_id, actor_id);
+            }
+        }
         Ok(deleted)
     }
 

@@ -167,6 +167,17 @@ impl ActorControl {
         }
     }
 
+    /// After `actor_id` of `instance` is removed from Duroxide: this replica stops checking it
+    /// now, instead of at its next check, which would probe a target whose row may be gone
+    /// and then have its write refused (the entry and its probe connection are dropped).
+    pub(super) fn stop_checking(&self, instance: uuid::Uuid, actor_id: &str) {
+        if let Some((_, scheduler)) = &self.eager
+            && scheduler.release(instance, actor_id)
+        {
+            scheduler.prober().forget(instance);
+        }
+    }
+
     /// The same control on the priority lane's connections, with the lane's own checks
     /// (`deps`): an explicit restart's first check runs inline on the lane, then the
     /// scheduler takes the lease over for the checks after it.

@@ -243,16 +243,17 @@ impl CheckScheduler {
         self.wake.notify_one();
     }
 
-    /// Drop the entry of `instance` if it belongs to `actor_id`.
-    pub fn release(&self, instance: Uuid, actor_id: &str) {
+    /// Drop the entry of `instance` if it belongs to `actor_id`; `true` if it did.
+    pub fn release(&self, instance: Uuid, actor_id: &str) -> bool {
         let mut st = self.lock();
-        if st
+        let ours = st
             .entries
             .get(&instance)
-            .is_some_and(|e| e.lease.actor_id == actor_id)
-        {
+            .is_some_and(|e| e.lease.actor_id == actor_id);
+        if ours {
             st.entries.remove(&instance);
         }
+        ours
     }
 
     /// Run due checks until `stop`.
