@@ -75,7 +75,7 @@ const MAX_PREPARED: usize = 64;
 const PREPARED_FOR: Duration = Duration::from_secs(10);
 /// A prepared probe's answer is a check's observation only while it is this fresh (the
 /// start it ran beside commits in milliseconds); an older one is asked again on its
-/// connection.
+/// connection, or the probe connects anew.
 const ANSWER_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// Probes instances; shared by every health check of the process.
@@ -286,8 +286,9 @@ impl Prober {
 
     /// The answer of the probe prepared for `instance`'s check of this target, and how long
     /// it took, waiting for it while it runs (within the connect and query timeouts it
-    /// started with). An answer older than [`ANSWER_FRESH_FOR`] is asked again on the same
-    /// connection. `None`: nothing prepared for this target; the probe connects itself.
+    /// started with). An answer that came more than [`ANSWER_FRESH_FOR`] ago is no
+    /// observation of this check's: asked again on its connection while that is open,
+    /// otherwise (or a failure that old) `None`. `None`: the probe connects itself.
     async fn take_prepared(
         &self,
         instance: Uuid,
@@ -303,19 +304,26 @@ impl Prober {
         }
         let bound = self.settings.connect_timeout + self.settings.query_timeout;
         let left = bound.saturating_sub(p.since.elapsed());
-        match tokio::time::timeout(left, p.answer).await {
-            Ok(Ok((Ok((client, _)), _))) if p.since.elapsed() > ANSWER_FRESH_FOR => {
-                let asked = Instant::now();
-                let answered = self.query_on(client).await;
-                Some((answered, asked.elapsed()))
-            }
-            Ok(Ok(answered)) => Some(answered),
+        let (answered, took) = match tokio::time::timeout(left, p.answer).await {
+            Ok(Ok(answer)) => answer,
             // The preparing task is gone (the runtime is stopping): probe here.
-            Ok(Err(_)) => None,
-            Err(_) => Some((
-                Err(ProbeError::ConnectTimeout(self.settings.connect_timeout)),
-                bound,
-            )),
+            Ok(Err(_)) => return None,
+            // Its own bounds end the preparing task first; this is only a backstop.
+            Err(_) => {
+                let timeout = ProbeError::ConnectTimeout(self.settings.connect_timeout);
+                return Some((Err(timeout), bound));
+            }
+        };
+        if p.since.elapsed().saturating_sub(took) <= ANSWER_FRESH_FOR {
+            return Some((answered, took));
+        }
+        match answered {
+            Ok((client, _)) if !client.is_closed() => {
+                let asked = Instant::now();
+                let fresh = self.query_on(client).await.ok()?;
+                Some((Ok(fresh), asked.elapsed()))
+            }
+            _ => None,
         }
     }
 

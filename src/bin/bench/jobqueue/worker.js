@@ -2,7 +2,7 @@
 // LISTEN/NOTIFY job queue on PostgreSQL, doing our job shape in its own idiom.
 //
 // A trigger on toygres_cms.instances (src/bin/bench/jobqueue.rs) adds a `probe` job for every
-// row inserted `running`, with the row's id, name and target in the payload. The task opens
+// row inserted `running`, with the row's id and target in the payload. The task opens
 // a new connection to the target (5 s connect bound, as our probe's), runs sql/probe.sql's
 // query, closes the connection, and writes what our check writes in one statement: the
 // instance row's health status and last check, a history row, and a `toygres_health`
