@@ -9,6 +9,10 @@
 //!
 //! "Lost", here and in the reliability table: an instance that should be checked and had no
 //! check for more than 2x the interval.
+//!
+//! Two tests run side by side: the rolling restart (1,000 instances) and the four leader and
+//! outage scenarios (100 instances each, each in its own database with its own services),
+//! joined in one test. They wait on production timers, not on the CPU.
 
 mod support;
 
@@ -176,6 +180,17 @@ fn row(fault: &str, trials: usize, max_gap: f64, bound: f64) {
     ));
 }
 
+/// The four leader and outage scenarios, side by side (see the module's note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frozen_partitioned_twinned_and_cut_off_replicas_hand_over() {
+    tokio::join!(
+        frozen_leader_is_replaced_and_writes_nothing_when_it_wakes(),
+        partitioned_leader_is_replaced_and_writes_nothing_when_it_heals(),
+        of_two_processes_with_one_name_only_the_newest_probes(),
+        database_outage_for_every_replica_moves_no_lease(),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_sigterm_and_sigkill_keep_every_instance_checked() {
     let db = TestDb::new().await;
@@ -325,7 +340,6 @@ async fn assert_fenced(
     assert_eq!(leaders, 1, "exactly one leader");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     let db = TestDb::new().await;
     let x = replica(&db.url, &["--replica", "frozen-x"]).await;
@@ -429,7 +443,6 @@ async fn partition_in_front_of(db: &TestDb) -> (support::proxy::Proxy, String) {
     (proxy, url)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
     let db = TestDb::new().await;
     let (proxy, proxied) = partition_in_front_of(&db).await;
@@ -504,7 +517,6 @@ async fn partitioned_leader_is_replaced_and_writes_nothing_when_it_heals() {
 
 /// Two processes started with one replica name: the newest epoch wins; the older one stops
 /// probing (and says so), and nothing is written under its epoch after the newer registered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_two_processes_with_one_name_only_the_newest_probes() {
     let db = TestDb::new().await;
     let first = replica(&db.url, &["--replica", "twin"]).await;
@@ -559,7 +571,6 @@ async fn of_two_processes_with_one_name_only_the_newest_probes() {
 /// back: each replica registers again under a new epoch and takes back its own leases. None
 /// changes replica — before `migrations/0007` the first replica back took every lease as
 /// orphaned and the other then took half back to balance (a reshuffle of the whole fleet).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_outage_for_every_replica_moves_no_lease() {
     let db = TestDb::new().await;
     let (proxy, proxied) = partition_in_front_of(&db).await;

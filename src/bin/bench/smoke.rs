@@ -25,31 +25,38 @@ struct Summary {
     retention: retention::Report,
 }
 
+/// Two lanes side by side, each scenario in its own PostgreSQL with its own services: the
+/// smoke checks that every figure is measured, not what it is (the full runs take the machine
+/// alone), and the suite waits for the longer lane only.
 pub async fn run() -> Result<()> {
-    let mut bursts = burst::run(200, "", burst::Targets::Both, 0)
-        .await?
-        .into_iter();
-    let (Some(burst_pooled), Some(burst)) = (bursts.next(), bursts.next()) else {
-        anyhow::bail!("burst reported fewer than two runs");
+    let storms = async {
+        let mut bursts = burst::run(200, "", burst::Targets::Both, 0)
+            .await?
+            .into_iter();
+        let (Some(burst_pooled), Some(burst)) = (bursts.next(), bursts.next()) else {
+            anyhow::bail!("burst reported fewer than two runs");
+        };
+        let recovery = recovery::run(40, Duration::from_secs(3)).await?;
+        let outage = outage::run(20, Duration::from_secs(6), true).await?;
+        let retention = retention::run(30_000).await?;
+        Ok((burst, burst_pooled, recovery, outage, retention))
     };
-    let summary = Summary {
-        latency: latency::run(
+    let steady = async {
+        let latency = latency::run(
             20,
             &["50ms".into()],
             Duration::from_secs(2),
             JobQueueBaseline::Skip,
         )
-        .await?,
-        idle: idle::run(
+        .await?;
+        let idle = idle::run(
             5,
             Duration::from_secs(2),
             Duration::from_secs(1),
             pooler::Targets::Pooled,
         )
-        .await?,
-        burst,
-        burst_pooled,
-        capacity: capacity::run(
+        .await?;
+        let capacity = capacity::run(
             40,
             Duration::from_secs(2),
             Duration::from_secs(9),
@@ -58,10 +65,21 @@ pub async fn run() -> Result<()> {
             "--lease-renew-interval 2s",
             true,
         )
-        .await?,
-        recovery: recovery::run(40, Duration::from_secs(3)).await?,
-        outage: outage::run(20, Duration::from_secs(6), true).await?,
-        retention: retention::run(30_000).await?,
+        .await?;
+        anyhow::Ok((latency, idle, capacity))
+    };
+    let (storms, steady) = tokio::join!(storms, steady);
+    let (burst, burst_pooled, recovery, outage, retention) = storms?;
+    let (latency, idle, capacity) = steady?;
+    let summary = Summary {
+        latency,
+        idle,
+        burst,
+        burst_pooled,
+        capacity,
+        recovery,
+        outage,
+        retention,
     };
     println!("\n{SUMMARY_PREFIX}{}", serde_json::to_string(&summary)?);
     Ok(())
