@@ -296,14 +296,15 @@ async fn count_until_all_healthy(env: &Env, n: usize, commit: &Committed) -> Res
         // The running count joins Duroxide's tables (~40 ms at 10,000 on a busy machine):
         // once a second, or the observer loads what it measures (the figure's resolution).
         if c.all_running_s.is_none() && round.is_multiple_of(RUNNING_EVERY) {
-            // Less the canary (there before the burst).
-            c.actors_running = running_current(&env.pool).await? - 1;
+            // Less the canary (there before the burst; its restart's new actor may not have
+            // run its first turn yet, and then it is not counted).
+            c.actors_running = (running_current(&env.pool).await? - 1).max(0);
             if c.actors_running as usize >= n {
                 c.all_running_s = Some(commit.since().as_secs_f64());
             }
         }
         if c.all_healthy_s.is_none() {
-            c.actors_healthy = healthy_count(&env.pool).await? - 1;
+            c.actors_healthy = (healthy_count(&env.pool).await? - 1).max(0);
             if c.actors_healthy as usize >= n {
                 c.all_healthy_s = Some(commit.since().as_secs_f64());
             }
