@@ -126,12 +126,11 @@ async fn a_deleted_instance_is_probed_no_more() {
         .await
         .unwrap();
     wait_until("pg-gone's actor removed", T, || async {
-        let deleted: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM toygres_actors.decisions WHERE k8s_name LIKE '(deleted %' AND action = 'delete'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+        let deleted = db
+            .scalar_i64(
+                "SELECT count(*) FROM toygres_actors.decisions WHERE k8s_name LIKE '(deleted %' AND action = 'delete'",
+            )
+            .await;
         (deleted > 0).then_some(())
     })
     .await;

@@ -105,25 +105,14 @@ impl ActorControl {
             FirstCheckOn::Scheduler => scheduler.prober().clone(),
         };
         if let Some(seen) = seen {
-            if !self.settings.actor_states.contains(&seen.state) {
-                return None;
-            }
-            if let Some(target) = &seen.target {
-                prober.prepare(row.id, target);
-            }
-            return Some(FirstProbe::Seen(seen.clone()));
+            return prepare_seen(&prober, &self.settings.actor_states, row.id, seen.clone())
+                .map(FirstProbe::Seen);
         }
         let (pool, id) = (deps.pool.clone(), row.id);
         let states = self.settings.actor_states.clone();
         Some(FirstProbe::Reading(tokio::spawn(async move {
             let row = crate::cms::instance_for_check(&pool, id).await.ok()??;
-            if !states.contains(&row.state) {
-                return None;
-            }
-            if let Some(target) = &row.target {
-                prober.prepare(id, target);
-            }
-            Some(Seen::from(row))
+            prepare_seen(&prober, &states, id, Seen::from(row))
         })))
     }
 
@@ -291,6 +280,23 @@ impl ActorControl {
             }
         });
     }
+}
+
+/// `seen` of instance `id`, with its first probe prepared, if its state calls for an actor
+/// (`states`); `None` otherwise (nothing prepared: the first check reads the row and ends).
+fn prepare_seen(
+    prober: &Arc<crate::probe::Prober>,
+    states: &[String],
+    id: uuid::Uuid,
+    seen: Seen,
+) -> Option<Seen> {
+    if !states.contains(&seen.state) {
+        return None;
+    }
+    if let Some(target) = &seen.target {
+        prober.prepare(id, target);
+    }
+    Some(seen)
 }
 
 fn schedule(scheduler: &crate::lease::CheckScheduler, lease: crate::lease::Lease, how: Eager) {

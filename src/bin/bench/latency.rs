@@ -339,6 +339,17 @@ async fn notify_floor(env: &Env, inserts: usize) -> Result<Quantiles> {
     Ok(Quantiles::of(base))
 }
 
+/// Every row deleted, then until the service has no actor running (at most 60 s).
+async fn delete_all_and_wait(env: &Env) -> Result<()> {
+    delete_all(&env.pool).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_any(&env.pool, "toygres_actors_duroxide").await? > 0 && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// Rounds of [`against_job_queue`]: the service and the job queue take turns, so a drift of
 /// the machine over the sitting falls on both.
 const ROUNDS: usize = 3;
@@ -378,13 +389,7 @@ async fn against_job_queue(
         let tag = format!("server-{round}");
         let timed = single_inserts(env, &mut events, &target, &tag, per_round).await?;
         ours.extend(timed);
-        delete_all(&env.pool).await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while running_any(&env.pool, "toygres_actors_duroxide").await? > 0
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        delete_all_and_wait(env).await?;
         drop(svc);
 
         let Some(took) = theirs.as_mut() else {
@@ -488,12 +493,7 @@ async fn measure(
         &svc.metrics().await,
         "toygres_actors_event_to_action_seconds",
     );
-    delete_all(&env.pool).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while running_any(&env.pool, "toygres_actors_duroxide").await? > 0 && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    delete_all_and_wait(env).await?;
     // Idle: nothing to do for the service but its timers and polls. The dead rows of the
     // bench's own inserts and deletes are vacuumed first: autovacuum cleaning up after the
     // bench is no part of the service's idle cost.
