@@ -52,6 +52,9 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
     c.eq("latency.poll_tradeoff.0.first_probe.samples", 10);
     c.ordered("latency.poll_tradeoff.0.first_probe", 0.0, 10.0);
     c.cpu("latency.poll_tradeoff.0.idle_cpu", false);
+    // The floor: the probe on a new connection by pgbench, nothing else.
+    c.eq("latency.probe_floor.clients", 1);
+    c.between("latency.probe_floor.mean_s", 0.0, 1.0);
 
     // Idle: 5 actors; machine-level CPU over PostgreSQL alone, waiting and polling.
     c.eq("idle.actors", 5);
@@ -86,6 +89,16 @@ fn every_benchmark_scenario_measures_real_figures_at_a_tiny_size() {
             "{stdout}"
         );
         c.between(&format!("{run}.notify_all_s"), 0.0, 60.0);
+        // The direct run's floor (pgbench -C) at the service's 64 at once and at two.
+        let floors = c
+            .get(&format!("{run}.floors"))
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(floors, if targets == "direct" { 2 } else { 0 }, "{stdout}");
+        if targets == "direct" {
+            c.eq(&format!("{run}.floors.0.clients"), 64);
+            c.between(&format!("{run}.floors.0.per_second"), 1.0, 1e6);
+        }
         for f in [
             "all_started_s",
             "all_running_s",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::floor::{self, Floor};
 use crate::harness::{
     Baseline, Cpu, CpuWindow, DASH, Env, NEW_CONNECTION_PER_PROBE, Service, TURNS, delete_all,
     header, healthy_count, insert_instance, insert_many, metric, num, pct, row, running_any,
@@ -63,6 +64,8 @@ pub struct Report {
     pub jobqueue_healthy_s: Option<f64>,
     /// The jobs graphile-worker ran at once (0: not run).
     pub jobqueue_concurrency: usize,
+    /// Direct targets: the same probes by `pgbench -C`, nothing else ([`crate::floor`]).
+    pub floors: Vec<Floor>,
 }
 
 /// What the burst's instances probe.
@@ -78,6 +81,9 @@ pub enum Targets {
 
 /// Backends the pooler may open on the bench's PostgreSQL.
 const POOLER_SERVER_CONNECTIONS: u32 = 50;
+
+/// The `--probe-concurrency` of [`NEW_CONNECTION_PER_PROBE`].
+const DIRECT_PROBES_AT_ONCE: usize = 64;
 
 /// `job_queue`: the job-queue baseline's concurrency for direct targets (0: none).
 pub async fn run(n: usize, flags: &str, targets: Targets, job_queue: usize) -> Result<Vec<Report>> {
@@ -102,6 +108,14 @@ async fn run_one(n: usize, flags: &str, probes: Probes, job_queue: usize) -> Res
         Probes::Direct => None,
     };
     let notify_all_s = notify_baseline(&env, n).await?;
+    let floors: Vec<Floor> = match probes {
+        // At the service's and the job queue's concurrency, and at two (this machine's best).
+        Probes::Direct => [DIRECT_PROBES_AT_ONCE, 2]
+            .into_iter()
+            .filter_map(|clients| floor::new_connections(&env, n, clients))
+            .collect(),
+        Probes::Pooled => Vec::new(),
+    };
     let jobqueue_healthy_s = match job_queue {
         0 => None,
         concurrency => jobqueue::burst(&env, n, concurrency, PATIENCE).await?,
@@ -137,6 +151,7 @@ async fn run_one(n: usize, flags: &str, probes: Probes, job_queue: usize) -> Res
         turns_delete_per_s: deleted.turns_per_s,
         jobqueue_healthy_s,
         jobqueue_concurrency: job_queue,
+        floors,
     };
     report.print();
     crate::measure::print_top("insert burst, pg_stat_statements", &inserted.top);
@@ -510,6 +525,7 @@ impl Report {
             "≤ 10 s",
             within(self.all_healthy_s, 10.0),
         );
+        floor::burst_rows(n, &self.floors, self.jobqueue_healthy_s);
         if self.targets == "direct" && self.jobqueue_concurrency > 0 {
             row(
                 &format!(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::floor::{self, Floor};
 use crate::harness::{
     Baseline, Cpu, CpuWindow, DASH, Env, Quantiles, Service, delete_all, header, insert_instance,
     ms, now_epoch, pct, row, running_any,
@@ -37,6 +38,8 @@ pub struct Report {
     /// The same inserts, the same target, with graphile-worker doing the job instead of the
     /// service (its baseline, [`crate::jobqueue`]); `None` when it could not run.
     pub jobqueue_row: Option<Quantiles>,
+    /// The same probe, one at a time, by `pgbench -C` and nothing else ([`crate::floor`]).
+    pub probe_floor: Option<Floor>,
 }
 
 /// One run with the eager first check off and a given Duroxide poll interval.
@@ -63,8 +66,9 @@ pub async fn run(
     // The service, default settings (eager first check on).
     let svc = measure(&env, inserts, &[], idle_window, "svc").await?;
     let create_flow = create_flow(&env, CREATE_FLOWS).await?;
-    let (server_row, jobqueue_row) =
-        against_job_queue(&env, (inserts * 3 / 5).max(10), job_queue).await?;
+    let server_inserts = (inserts * 3 / 5).max(10);
+    let probe_floor = floor::new_connections(&env, server_inserts, 1);
+    let (server_row, jobqueue_row) = against_job_queue(&env, server_inserts, job_queue).await?;
 
     // Trade-off: without the eager first check, the first probe waits for Duroxide's poll.
     let n = (inserts / 5).max(10);
@@ -95,6 +99,7 @@ pub async fn run(
         create_flow,
         server_row,
         jobqueue_row,
+        probe_floor,
     };
     report.print();
     Ok(report)
@@ -168,28 +173,7 @@ impl Report {
             "≤ 1 s",
             self.create_flow.p99.map(|v| v <= 1.0),
         );
-        let (ours, jq) = (&self.server_row, self.jobqueue_row.as_ref());
-        let jq_at = |q: fn(&Quantiles) -> Option<f64>| jq.and_then(q);
-        for (label, value, base, most) in [
-            ("p50", ours.p50, jq_at(|q| q.p50), 0.8),
-            ("p99", ours.p99, jq_at(|q| q.p99), 1.0),
-        ] {
-            row(
-                &format!(
-                    "a real server, a new connection per probe ({} inserts): commit → first health row, {label} (baseline: {} doing the same job)",
-                    ours.samples,
-                    jobqueue::NAME
-                ),
-                ms(value),
-                Baseline::Ratio {
-                    text: ms(base),
-                    value,
-                    base,
-                },
-                &format!("≤ {most:.1}×"),
-                value.zip(base).map(|(v, b)| v <= most * b),
-            );
-        }
+        self.print_against_job_queue();
         let cpu = self.idle_cpu;
         row(
             "idle CPU, service + PostgreSQL (% of one core)",
@@ -220,6 +204,34 @@ impl Report {
                 None,
             );
         }
+    }
+
+    /// A real server, a new connection per probe: the service against the job queue, and
+    /// the floor (pgbench, nothing else).
+    fn print_against_job_queue(&self) {
+        let (ours, jq) = (&self.server_row, self.jobqueue_row.as_ref());
+        let jq_at = |q: fn(&Quantiles) -> Option<f64>| jq.and_then(q);
+        for (label, value, base, most) in [
+            ("p50", ours.p50, jq_at(|q| q.p50), 0.8),
+            ("p99", ours.p99, jq_at(|q| q.p99), 1.0),
+        ] {
+            row(
+                &format!(
+                    "a real server, a new connection per probe ({} inserts): commit → first health row, {label} (baseline: {} doing the same job)",
+                    ours.samples,
+                    jobqueue::NAME
+                ),
+                ms(value),
+                Baseline::Ratio {
+                    text: ms(base),
+                    value,
+                    base,
+                },
+                &format!("≤ {most:.1}×"),
+                value.zip(base).map(|(v, b)| v <= most * b),
+            );
+        }
+        floor::latency_row(self.probe_floor.as_ref());
     }
 }
 

@@ -32,6 +32,7 @@
 mod burst;
 mod capacity;
 mod door;
+mod floor;
 mod harness;
 mod idle;
 mod jobqueue;
