@@ -82,9 +82,6 @@ pub enum Targets {
 /// Backends the pooler may open on the bench's PostgreSQL.
 const POOLER_SERVER_CONNECTIONS: u32 = 50;
 
-/// The `--probe-concurrency` of [`NEW_CONNECTION_PER_PROBE`].
-const DIRECT_PROBES_AT_ONCE: usize = 64;
-
 /// `job_queue`: the job-queue baseline's concurrency for direct targets (0: none).
 pub async fn run(n: usize, flags: &str, targets: Targets, job_queue: usize) -> Result<Vec<Report>> {
     let mut reports = Vec::new();
@@ -109,8 +106,8 @@ async fn run_one(n: usize, flags: &str, probes: Probes, job_queue: usize) -> Res
     };
     let notify_all_s = notify_baseline(&env, n).await?;
     let floors: Vec<Floor> = match probes {
-        // At the service's and the job queue's concurrency, and at two (this machine's best).
-        Probes::Direct => [DIRECT_PROBES_AT_ONCE, 2]
+        // At the service's concurrency (the job queue's too), and at two (this machine's best).
+        Probes::Direct => [direct_probes_at_once()?, 2]
             .into_iter()
             .filter_map(|clients| floor::new_connections(&env, n, clients))
             .collect(),
@@ -156,6 +153,16 @@ async fn run_one(n: usize, flags: &str, probes: Probes, job_queue: usize) -> Res
     report.print();
     crate::measure::print_top("insert burst, pg_stat_statements", &inserted.top);
     Ok(report)
+}
+
+/// The `--probe-concurrency` [`NEW_CONNECTION_PER_PROBE`] gives the service.
+fn direct_probes_at_once() -> Result<usize> {
+    let [.., flag, value] = NEW_CONNECTION_PER_PROBE;
+    anyhow::ensure!(
+        flag == "--probe-concurrency",
+        "{flag} where --probe-concurrency was"
+    );
+    Ok(value.parse()?)
 }
 
 /// What one run's instances probe.
