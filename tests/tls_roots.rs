@@ -252,6 +252,15 @@ async fn later_connections_trust_only_sslrootcert(mode: &str) {
     let svc = start_trusting_a(&db).await;
 
     std::fs::copy(&pki().other_ca, &trusted).unwrap();
+    // A connection whose bridge read the file just before the copy may still be completing
+    // its handshake (verified by A, rightly: it was the file's content then) and join the
+    // database just after the terminate below. A session forked a second after the copy
+    // can only have been verified against B.
+    let swapped: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT clock_timestamp() + interval '1 second'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
           WHERE datname = current_database() AND application_name LIKE 'toygres-actors%'",
@@ -276,6 +285,19 @@ async fn later_connections_trust_only_sslrootcert(mode: &str) {
             post_restart(&svc, "pg-system").await;
             let log = svc.log_text();
             let (code, _) = svc.get("/readyz").await;
+            // Sessions that joined before `swapped` are ended again (a raced one, or one
+            // that reconnected at once), so that every session left forked after it.
+            let (settled, older): (bool, i64) = sqlx::query_as(
+                "SELECT clock_timestamp() > $1, count(pg_terminate_backend(pid))
+                   FROM pg_stat_activity
+                  WHERE datname = current_database()
+                    AND application_name LIKE 'toygres-actors%' AND backend_start <= $1",
+            )
+            .bind(swapped)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            let settled = settled && older == 0;
             let sqlx_kinds = [
                 "toygres-actors",
                 "toygres-actors-duroxide",
@@ -286,6 +308,7 @@ async fn later_connections_trust_only_sslrootcert(mode: &str) {
                 .iter()
                 .all(|k| refused(&log, &format!("\"{k}\"")))
                 && code == 503
+                && settled
                 && log.lines().any(|l| {
                     l.contains("leader election session") && l.contains("failed verification")
                 }))
