@@ -63,6 +63,9 @@ pub struct ActorDeps {
     /// Where checks under a probe lease send their writes (batched; `--check-commit` says
     /// how they commit).
     pub writes: crate::check_writes::CheckWrites,
+    /// The single starts' first checks the store's orchestration fetches wait for: a check
+    /// at [`Pace::Now`] ends its instance's ([`crate::first_checks`]).
+    pub first_checks: Arc<crate::first_checks::FirstChecks>,
 }
 
 /// The reason recorded for an instance found in recovery where a primary was expected.
@@ -290,6 +293,8 @@ pub async fn leased_check(
     pace: Pace,
 ) -> Result<(CheckOutcome, Option<cms::Seen>), CheckError> {
     let id = input.instance_id;
+    // However it ends, a first check no longer holds the turns.
+    let _first = (pace == Pace::Now).then(|| deps.first_checks.done_on_drop(id));
     let mut seen = match known {
         Some(seen) => seen,
         None => match read_fenced(&deps.pool, id, actor_id, &input.actor_states).await? {

@@ -36,7 +36,8 @@
 //!    ([`lease::store`]), and the replica's check scheduler ([`lease::CheckScheduler`]): for
 //!    every lease this replica holds, it runs **[`check`]** on the interval — probe → one
 //!    write fenced on actor id, holder, epoch, liveness and the row the probe was made
-//!    against (which it returns, so the next check reads nothing first).
+//!    against (which it returns, so the next check reads nothing first). A single start's
+//!    first check goes before this replica's Duroxide turns ([`first_checks`]).
 //! 6. **[`probe`]** — the probe: connect with timeouts, `SELECT version(), pg_is_in_recovery()`.
 //! 7. **[`cms`]** — reads of the CMS (rows whose closed sets are [`instance`]'s enums) and
 //!    the one fenced write per health check.
@@ -82,6 +83,7 @@ pub mod duroxide_metrics;
 pub mod duties;
 pub mod embedded_pg;
 pub mod failpoint;
+pub mod first_checks;
 pub mod fleet_gauges;
 pub mod hint;
 pub mod identity;

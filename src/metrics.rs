@@ -40,6 +40,7 @@ pub const LEASE_RENEWAL_LAG: &str = "toygres_actors_lease_renewal_lag_seconds";
 pub const DUROXIDE_TURNS: &str = "toygres_actors_duroxide_turns_total";
 pub const DUROXIDE_FETCHES: &str = "toygres_actors_duroxide_fetches_total";
 pub const DUROXIDE_WAKEUPS: &str = "toygres_actors_duroxide_wakeups_total";
+pub const DUROXIDE_FETCH_HELD: &str = "toygres_actors_duroxide_fetch_held_seconds";
 pub const POOL_TRIMMED: &str = "toygres_actors_pool_connections_trimmed_total";
 pub const LANE_RESTARTS: &str = "toygres_actors_lane_restarts_total";
 pub const TASK_PANICS: &str = "toygres_actors_task_panics_total";
@@ -198,6 +199,11 @@ fn describe_replicas_and_store() {
         DUROXIDE_WAKEUPS,
         "Wake-ups of waiting Duroxide fetches, by queue and source (enqueue, ack, completion, abandon, notify, reconnect)."
     );
+    describe_histogram!(
+        DUROXIDE_FETCH_HELD,
+        Unit::Seconds,
+        "How long an orchestration fetch waited for this replica's single starts' first checks before it fetched (at most 50 ms; only fetches that waited)."
+    );
     describe_counter!(
         POOL_TRIMMED,
         format!(
@@ -349,6 +355,12 @@ pub fn store_turn(queue: &'static str) {
 /// A fetch from a Duroxide queue: `result` is item, empty or skipped.
 pub fn store_fetch(queue: &'static str, result: &'static str) {
     metrics::counter!(DUROXIDE_FETCHES, "queue" => queue, "result" => result).increment(1);
+}
+
+/// An orchestration fetch that waited `held` for single starts' first checks
+/// ([`crate::first_checks`]).
+pub fn fetch_held_for_first_checks(held: std::time::Duration) {
+    metrics::histogram!(DUROXIDE_FETCH_HELD).record(held.as_secs_f64());
 }
 
 /// A wake-up of the waiting fetches of a queue, by source.

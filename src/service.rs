@@ -76,7 +76,7 @@ pub async fn start(
         prober,
         deps,
         scheduler,
-    } = checks(args, &pool, &id)?;
+    } = checks(args, &pool, &id, store.first_checks())?;
     let runtime = start_runtime(args, &store, (&deps, &scheduler)).await;
     let reconciler = reconciler((global, args), &url, &store, (&deps, &scheduler), &replica);
     // Explicit restarts run on a thread, runtime and connections of their own.
@@ -215,7 +215,12 @@ struct Checks {
     scheduler: Arc<crate::lease::CheckScheduler>,
 }
 
-fn checks(args: &RunArgs, pool: &sqlx::PgPool, id: &Arc<ReplicaId>) -> anyhow::Result<Checks> {
+fn checks(
+    args: &RunArgs,
+    pool: &sqlx::PgPool,
+    id: &Arc<ReplicaId>,
+    first_checks: &Arc<crate::first_checks::FirstChecks>,
+) -> anyhow::Result<Checks> {
     let prober = Arc::new(
         Prober::new(ProbeSettings {
             connect_timeout: args.probe_connect_timeout,
@@ -230,6 +235,7 @@ fn checks(args: &RunArgs, pool: &sqlx::PgPool, id: &Arc<ReplicaId>) -> anyhow::R
         prober: prober.clone(),
         expect_standby: args.expect_standby,
         writes: CheckWrites::start(pool.clone(), args.check_commit),
+        first_checks: first_checks.clone(),
     });
     let scheduler = Arc::new(crate::lease::CheckScheduler::new(
         id.clone(),

@@ -76,6 +76,7 @@ sql! {
     REPLICA_TICK => "replica_tick.sql",
     RESET_SEARCH_PATH => "reset_search_path.sql",
     SEARCH_PATH_ACTORS => "search_path_actors.sql",
+    START_ACTOR => "start_actor.sql",
     SWAP_ACTOR_ID => "swap_actor_id.sql",
     SWAP_ACTOR_IDS => "swap_actor_ids.sql",
     TRY_ADVISORY_LOCK => "try_advisory_lock.sql",

@@ -185,3 +185,61 @@ async fn a_hanging_target_costs_the_first_probe_one_connect_timeout() {
         "the probe took {took:?}, more than one connect timeout ({timeout:?})"
     );
 }
+
+/// A single start's first Duroxide turn waits for its first check (`src/first_checks.rs`):
+/// the replica's orchestration fetch held (`toygres_actors_duroxide_fetch_held_seconds`) and,
+/// unless the hold ran into its 50 ms bound (a slow machine), the actor's first history
+/// event is no older than the first health row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_starts_first_turn_comes_after_its_first_health_row() {
+    let db = TestDb::new().await;
+    let svc = support::ServiceProc::start(&db, &[]).await;
+    wait_until("leader", Duration::from_secs(30), || async {
+        svc.is_leader().await.then_some(())
+    })
+    .await;
+    let target = url_for_db(&reachable_target(), &db.name);
+    let id = db
+        .insert_instance("pg-first", "running", Some(&target))
+        .await;
+    let actor = wait_until(
+        "the first health row and the actor's first turn",
+        Duration::from_secs(30),
+        || async {
+            let actor = db.actor_id("pg-first").await?;
+            let (health, _) = db.health_of("pg-first").await;
+            let (status, _) = db.orchestration_status(&actor).await?;
+            (health == "healthy" && status == "Running").then_some(actor)
+        },
+    )
+    .await;
+    let holds = support::metric(
+        &svc,
+        "toygres_actors_duroxide_fetch_held_seconds_count",
+        &[],
+    )
+    .await;
+    let held = support::metric(&svc, "toygres_actors_duroxide_fetch_held_seconds_sum", &[]).await;
+    assert!(
+        holds >= 1.0,
+        "no orchestration fetch waited for the first check"
+    );
+    let (first_row, first_turn): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT (SELECT min(checked_at) FROM toygres_cms.instance_health_checks
+                      WHERE instance_id = $1),
+                    (SELECT min(created_at) FROM toygres_actors_duroxide.history
+                      WHERE instance_id = $2)",
+        )
+        .bind(id)
+        .bind(&actor)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    if held < toygres_actors::first_checks::HOLD_AT_MOST.as_secs_f64() * holds {
+        assert!(
+            first_turn >= first_row,
+            "the first turn ({first_turn}) came before the first health row ({first_row})"
+        );
+    }
+}

@@ -11,6 +11,7 @@ use super::{ActorControl, DuroError};
 use crate::actor::ActorInput;
 use crate::check::{ActorDeps, CheckInput, CheckOutcome, Pace};
 use crate::cms::{InstanceRow, Seen};
+use crate::lease::store::Claim;
 
 /// Where a start's first check runs: inline on the priority lane (an explicit restart) or
 /// on the replica's check scheduler.
@@ -37,6 +38,18 @@ impl FirstProbe {
             FirstProbe::Seen(seen) => Some(seen),
             FirstProbe::Reading(read) if read.is_finished() => read.await.ok().flatten(),
             FirstProbe::Reading(_) => None,
+        }
+    }
+}
+
+/// A single start's first check registered ahead of the turns ([`ActorControl::first_check_ahead`]).
+pub(super) struct FirstCheckAhead(Option<(Arc<crate::first_checks::FirstChecks>, uuid::Uuid)>);
+
+impl FirstCheckAhead {
+    /// The start did not commit: no first check to wait for.
+    pub(super) fn cancel(&self) {
+        if let Some((checks, instance)) = &self.0 {
+            checks.done(*instance);
         }
     }
 }
@@ -116,6 +129,25 @@ impl ActorControl {
         })))
     }
 
+    /// Before the commit of a single start leased here whose first probe is prepared
+    /// (`probe`; `None` otherwise): its first check goes before this replica's Duroxide
+    /// turns ([`crate::first_checks`]) — the actor's first turn, which the commit wakes,
+    /// waits for it a moment. [`FirstCheckAhead::cancel`] if the commit fails.
+    pub(super) fn first_check_ahead(
+        &self,
+        instance: uuid::Uuid,
+        probe: Option<&FirstProbe>,
+    ) -> FirstCheckAhead {
+        let checks = self.store.first_checks();
+        match probe {
+            Some(_) => {
+                checks.begin(instance);
+                FirstCheckAhead(Some((checks.clone(), instance)))
+            }
+            None => FirstCheckAhead(None),
+        }
+    }
+
     /// The eager lease of a started actor, inside the transaction that starts it: the row
     /// naming the actor and the actor's lease commit together, and the first check waits
     /// for one commit, not two. `true`: this replica holds the lease (call
@@ -136,7 +168,7 @@ impl ActorControl {
             actor_id,
             me,
             self.owner_ttl(),
-            true,
+            Claim::Take,
         )
         .await?;
         Ok(holder.is_some_and(|h| h.is(me)))
@@ -259,7 +291,10 @@ impl ActorControl {
         let actor_id = actor_id.to_string();
         let owner_ttl = self.owner_ttl();
         let lease = self.first_lease(input, &actor_id, None);
-        let take = !matches!(how, Eager::CheckNowIfFree);
+        let claim = match how {
+            Eager::CheckNowIfFree => Claim::KeepHolder,
+            Eager::Lease | Eager::LeaseFirst | Eager::CheckNow => Claim::Take,
+        };
         tokio::spawn(async move {
             let me = (scheduler.id().name(), scheduler.id().epoch());
             match crate::lease::store::for_actor(
@@ -268,7 +303,7 @@ impl ActorControl {
                 &actor_id,
                 me,
                 owner_ttl,
-                take,
+                claim,
             )
             .await
             {

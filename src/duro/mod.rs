@@ -42,8 +42,10 @@ use crate::store::Store;
 mod batch;
 mod eager;
 mod open;
+mod start;
 pub use batch::{CancelActors, NewStart};
 use eager::{Eager, FirstCheckOn};
+use start::InQueue;
 
 /// What can go wrong in a lifecycle step.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,15 @@ impl DuroError {
     pub fn row_held(&self) -> bool {
         matches!(self, DuroError::Db(crate::db::DbError::Sqlx(e))
             if e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "55P03"))
+    }
+}
+
+/// An error of a statement that asserted the leader's term `t`: [`DuroError::TermOver`] when
+/// that term is over (TA001, `migrations/0004`).
+fn term_error(e: sqlx::Error, t: &Term) -> DuroError {
+    match e.as_database_error().and_then(|d| d.code()) {
+        Some(code) if code == "TA001" => DuroError::TermOver(t.term),
+        _ => DuroError::from(e),
     }
 }
 
@@ -292,10 +303,7 @@ impl ActorControl {
                 .bind(t.term)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
-                    Some(code) if code == "TA001" => DuroError::TermOver(t.term),
-                    _ => DuroError::from(e),
-                })?;
+                .map_err(|e| term_error(e, t))?;
         }
         Ok(tx)
     }
@@ -308,24 +316,31 @@ impl ActorControl {
         instance: &str,
         item: &WorkItem,
     ) -> Result<(), DuroError> {
-        self.enqueue_and_commit_at(tx, instance, item, false).await
+        self.enqueue_and_commit_at(tx, instance, item, InQueue::InOrder)
+            .await
     }
 
-    /// [`ActorControl::enqueue_and_commit`]; `first`: visible since long ago, so that
-    /// Duroxide's fetch (oldest visible first) takes it before a storm's queued work — the
-    /// turns of an explicit restart never wait behind 10,000 starts.
+    /// [`ActorControl::enqueue_and_commit`], at `place` in the store's queue.
     async fn enqueue_and_commit_at(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         instance: &str,
         item: &WorkItem,
-        first: bool,
+        place: InQueue,
     ) -> Result<(), DuroError> {
-        let visible = if first {
-            crate::clock::visible_now() - chrono::Duration::hours(1)
-        } else {
-            crate::clock::visible_now()
-        };
+        self.enqueue_in(&mut tx, instance, item, place).await?;
+        self.commit_enqueued(tx).await
+    }
+
+    /// Enqueue a Duroxide work item inside `tx` (duroxide-pg's own procedure), at `place`.
+    async fn enqueue_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        instance: &str,
+        item: &WorkItem,
+        place: InQueue,
+    ) -> Result<(), DuroError> {
+        let visible = place.visible_at();
         let json = serde_json::to_string(item).map_err(|e| DuroError::Provider(e.to_string()))?;
         sqlx::query(&sql::with_duroxide_schema(
             sql::ENQUEUE_ORCHESTRATOR_WORK,
@@ -334,8 +349,17 @@ impl ActorControl {
         .bind(instance)
         .bind(json)
         .bind(visible)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
+        Ok(())
+    }
+
+    /// Commit a transaction that enqueued orchestrator work, and wake this process's
+    /// waiting fetches (the queue trigger wakes the others).
+    async fn commit_enqueued(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> Result<(), DuroError> {
         crate::failpoint::hit(crate::failpoint::Point::FenceBeforeCommit);
         tx.commit().await?;
         self.store.enqueued_orchestrator_work();
@@ -382,7 +406,10 @@ impl ActorControl {
         }
         self.record_in(&mut tx, row, Some(actor_id), record).await?;
         let leased = self.lease_in(&mut tx, &input, actor_id).await?;
-        self.enqueue_and_commit(tx, actor_id, &item).await?;
+        let first_check = self.first_check_ahead(row.id, first_probe.as_ref().filter(|_| leased));
+        self.enqueue_and_commit(tx, actor_id, &item)
+            .await
+            .inspect_err(|_| first_check.cancel())?;
         if leased {
             let seen = match first_probe {
                 Some(p) => p.seen().await,
@@ -404,29 +431,6 @@ impl ActorControl {
     ) -> Result<Transition, DuroError> {
         self.replace_with(row, reason, fence, Priority::Background, None, None)
             .await
-    }
-
-    /// Record `record` (if any) for `row` in `tx`: the row's current actor → `new`.
-    async fn record_in(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        row: &InstanceRow,
-        new: Option<&str>,
-        record: Option<&Record<'_>>,
-    ) -> Result<(), DuroError> {
-        let Some(r) = record else {
-            return Ok(());
-        };
-        let decided = batch::Decided {
-            instance_id: row.id,
-            name: row.k8s_name.clone(),
-            action: r.action,
-            reason: r.reason.to_string(),
-            old: row.actor_id.clone(),
-            new: new.map(str::to_string),
-            trigger: r.trigger.clone(),
-        };
-        batch::record_decisions(tx, &[decided], r.replica).await
     }
 
     /// [`ActorControl::replace`]; with [`Priority::Explicit`] (an explicit restart) the new
@@ -462,27 +466,27 @@ impl ActorControl {
         let new_id = new_actor_id(row.id);
         let input = self.input_for(row);
         let item = self.start_item(&new_id, &input)?;
-        let mut tx = self.begin(fence).await?;
-        let swapped: Option<Uuid> = sqlx::query_scalar(sql::SWAP_ACTOR_ID)
-            .bind(row.id)
-            .bind(row.actor_id.as_deref())
-            .bind(Some(&new_id))
-            .bind(&self.settings.actor_states)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if swapped.is_none() {
-            return Err(DuroError::Conflict {
-                expected: row.actor_id.clone(),
-            });
-        }
-        if let Some(old) = live_old {
-            self.delete_actors_in(&mut tx, &[old]).await?;
-            tracing::debug!(actor_id = old, reason, "old actor removed with the restart");
-        }
-        self.record_in(&mut tx, row, Some(&new_id), record).await?;
-        let leased = self.lease_in(&mut tx, &input, &new_id).await?;
-        self.enqueue_and_commit_at(tx, &new_id, &item, urgent)
-            .await?;
+        let place = if urgent {
+            InQueue::First
+        } else {
+            InQueue::InOrder
+        };
+        let incarnation = start::NewIncarnation {
+            row,
+            new_id: &new_id,
+            input: &input,
+            item: &item,
+            place,
+            fence,
+            record,
+            replacing: live_old,
+            reason,
+        };
+        let (tx, leased) = self.start_uncommitted(&incarnation).await?;
+        let first_check = self.first_check_ahead(row.id, first_probe.as_ref().filter(|_| leased));
+        self.commit_enqueued(tx)
+            .await
+            .inspect_err(|_| first_check.cancel())?;
         let seen = match (leased, first_probe) {
             (true, Some(p)) => p.seen().await,
             _ => None,

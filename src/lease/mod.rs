@@ -5,7 +5,7 @@
 //! epoch), and until when the owner record lasts without a renewal. Its life, in order:
 //!
 //! 1. **Taken at start.** The fenced transaction that starts an actor leases it to the
-//!    starting replica ([`store::for_actor`] with `take`, from [`crate::duro`]'s eager
+//!    starting replica ([`store::for_actor`] with [`store::Claim::Take`], from [`crate::duro`]'s eager
 //!    lease), and that replica checks it at once. The actor then skips its first renewal.
 //! 2. **Checked by its holder.** The holder's [`CheckScheduler`] runs [`crate::check`] every
 //!    interval; each check's one write is fenced on the actor id, the holder, its epoch and

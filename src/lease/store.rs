@@ -21,8 +21,19 @@ impl LeaseHolder {
     }
 }
 
+/// Whose an instance's probe lease is after [`for_actor`] records an actor as its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This replica takes it, even from a live holder (a new actor's first lease, a stale
+    /// actor re-leased).
+    Take,
+    /// A live holder keeps it; a missing one is created for this replica (a renewal, a state
+    /// change: a hint anyone can forge never moves a lease).
+    KeepHolder,
+}
+
 /// Record `actor_id` as the owner of the instance's probe lease — only while the row names
-/// that actor. `take`: a new actor's first lease goes to this replica; otherwise (a renewal)
+/// that actor. [`Claim::Take`]: a new actor's first lease goes to this replica; otherwise (a renewal)
 /// the holder keeps it (under its name's live epoch, if it registered again) and a missing
 /// one is created for this replica — a dead holder's lease is claimed by the replica ticks
 /// (`migrations/0007`). Returns the holder afterwards, or `None` when the row no longer
@@ -33,7 +44,7 @@ pub async fn for_actor(
     actor_id: &str,
     me: (&str, i64),
     owner_ttl: std::time::Duration,
-    take: bool,
+    claim: Claim,
 ) -> Result<Option<LeaseHolder>, DbError> {
     let row: (Option<String>, Option<i64>) = sqlx::query_as(sql::LEASE_FOR_ACTOR)
         .bind(instance)
@@ -41,7 +52,7 @@ pub async fn for_actor(
         .bind(me.0)
         .bind(me.1)
         .bind(owner_ttl.as_secs_f64())
-        .bind(take)
+        .bind(claim == Claim::Take)
         .fetch_one(db)
         .await?;
     Ok(match row {

@@ -139,6 +139,7 @@ impl PriorityLane {
         let url = url.to_string();
         let prober = deps.prober.sibling(LANE_PROBES);
         let (expect_standby, check_commit) = (deps.expect_standby, deps.writes.commit());
+        let first_checks = deps.first_checks.clone();
         let (wake, done) = (requests.clone(), stop.clone());
         let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
@@ -167,6 +168,7 @@ impl PriorityLane {
                         prober: Arc::new(prober),
                         expect_standby,
                         writes: CheckWrites::start(pool.clone(), check_commit),
+                        first_checks,
                     });
                     let control = reconciler.control.for_lane(pool, deps);
                     let lane = Arc::new(Lane {

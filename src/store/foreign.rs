@@ -232,3 +232,18 @@ impl ForeignGuard {
         Ok(true)
     }
 }
+
+impl super::Store {
+    /// Keep out of foreign work (the service's runtime; Duroxide's provider validation runs
+    /// its own test orchestrations on an unguarded store).
+    pub fn guarded(mut self) -> Self {
+        self.guard = Some(ForeignGuard::new(&self.schema));
+        self
+    }
+
+    /// With a guard that holds off the store: wait a little and answer "nothing".
+    pub(super) async fn held_off(&self, poll_timeout: std::time::Duration) -> bool {
+        let pool = self.inner.pool();
+        matches!(&self.guard, Some(g) if g.held_off(pool, poll_timeout).await)
+    }
+}

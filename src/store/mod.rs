@@ -54,6 +54,7 @@ use duroxide::providers::{
 use duroxide_pg::PostgresProvider;
 
 use crate::config;
+use crate::first_checks::FirstChecks;
 use crate::metrics;
 
 pub(crate) mod foreign;
@@ -89,6 +90,8 @@ pub struct Store {
     sessions_seen: std::sync::atomic::AtomicBool,
     /// Keeps out of foreign work ([`Store::guarded`]).
     guard: Option<ForeignGuard>,
+    /// Single starts' first checks, which orchestration fetches wait for a moment.
+    first_checks: Arc<FirstChecks>,
 }
 
 /// Lock tokens remembered at most (beyond that the map starts afresh, and an ack of a token
@@ -114,20 +117,8 @@ impl Store {
             origin: None,
             sessions_seen: std::sync::atomic::AtomicBool::new(false),
             guard: None,
+            first_checks: Arc::default(),
         }
-    }
-
-    /// Keep out of foreign work (the service's runtime; Duroxide's provider validation runs
-    /// its own test orchestrations on an unguarded store).
-    pub fn guarded(mut self) -> Self {
-        self.guard = Some(ForeignGuard::new(&self.schema));
-        self
-    }
-
-    /// With a guard that holds off the store: wait a little and answer "nothing".
-    async fn held_off(&self, poll_timeout: Duration) -> bool {
-        let pool = self.inner.pool();
-        matches!(&self.guard, Some(g) if g.held_off(pool, poll_timeout).await)
     }
 
     /// The origin that `inner`'s connections name in the trigger's wake-ups
@@ -136,6 +127,11 @@ impl Store {
     pub fn with_origin(mut self, origin: &str) -> Self {
         self.origin = Some(origin.to_string());
         self
+    }
+
+    /// The single starts' first checks its orchestration fetches wait for.
+    pub fn first_checks(&self) -> &Arc<FirstChecks> {
+        &self.first_checks
     }
 
     /// duroxide-pg's provider itself (its management capability, its own methods).
@@ -334,9 +330,11 @@ impl Provider for Store {
             return Ok(None);
         }
         let found = self
-            .waiting_fetch(&self.orch, poll_timeout, || {
+            .waiting_fetch(&self.orch, poll_timeout, || async {
+                self.first_checks.ahead().await;
                 self.inner
                     .fetch_orchestration_item(lock_timeout, Duration::ZERO, filter)
+                    .await
             })
             .await?;
         // Another runtime's orchestration ("Unknown": messages with no instance yet, which

@@ -613,6 +613,7 @@ impl Stack {
                 db.pool.clone(),
                 toygres_actors::cms::CheckCommit::Async,
             ),
+            first_checks: store.first_checks().clone(),
         });
         let id = Arc::new(toygres_actors::identity::ReplicaId::new("test"));
         let scheduler = Arc::new(toygres_actors::lease::CheckScheduler::new(

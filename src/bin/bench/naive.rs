@@ -70,6 +70,7 @@ pub async fn worker(url: &str, schema: &str) -> Result<()> {
             pool.clone(),
             toygres_actors::cms::CheckCommit::Durable,
         ),
+        first_checks: Default::default(),
     });
     // The naive loop uses only the v1 health-check activity; the scheduler stays idle.
     let scheduler = Arc::new(CheckScheduler::new(

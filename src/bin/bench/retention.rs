@@ -137,7 +137,7 @@ pub async fn run(backlog: usize) -> Result<Report> {
         ACTOR,
         HOLDER,
         Duration::from_secs(3600),
-        true,
+        toygres_actors::lease::store::Claim::Take,
     )
     .await?;
     let before = time_writes(&env.pool, checked, 2_000, None).await?;
