@@ -9,6 +9,7 @@ use super::{ActorControl, DuroError, Record, batch, term_error};
 use crate::actor::ActorInput;
 use crate::cms::InstanceRow;
 use crate::identity::Term;
+use crate::lease::store::LeaseHolder;
 use crate::sql;
 use duroxide::providers::WorkItem;
 
@@ -126,8 +127,8 @@ impl ActorControl {
                 expected: s.row.actor_id.clone(),
             });
         }
-        let leased = match (&me, holder, holder_epoch) {
-            (Some((name, epoch)), Some(h), Some(e)) => *name == h && *epoch == e,
+        let leased = match (&me, LeaseHolder::from_columns(holder, holder_epoch)) {
+            (Some((name, epoch)), Some(h)) => h.is((name, *epoch)),
             _ => false,
         };
         Ok((tx, leased))

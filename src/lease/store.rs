@@ -15,6 +15,15 @@ pub struct LeaseHolder {
 }
 
 impl LeaseHolder {
+    /// The holder a lease statement returned as (holder, holder_epoch): `None` when it
+    /// returned NULLs (the row no longer names the actor, or no lease was asked for).
+    pub fn from_columns(name: Option<String>, epoch: Option<i64>) -> Option<Self> {
+        Some(LeaseHolder {
+            name: name?,
+            epoch: epoch?,
+        })
+    }
+
     /// Whether the holder is the replica `me` (name, epoch).
     pub fn is(&self, me: (&str, i64)) -> bool {
         self.name == me.0 && self.epoch == me.1
@@ -55,10 +64,7 @@ pub async fn for_actor(
         .bind(claim == Claim::Take)
         .fetch_one(db)
         .await?;
-    Ok(match row {
-        (Some(name), Some(epoch)) => Some(LeaseHolder { name, epoch }),
-        _ => None,
-    })
+    Ok(LeaseHolder::from_columns(row.0, row.1))
 }
 
 /// The actor's own renewal: [`for_actor`] (never taking a holder's lease) plus
@@ -82,9 +88,9 @@ pub async fn renew(
         .bind(renew_every.as_secs_f64())
         .fetch_one(pool)
         .await?;
-    Ok(match row {
-        (Some(name), Some(epoch), lag) => (Some(LeaseHolder { name, epoch }), lag),
-        _ => (None, None),
+    Ok(match LeaseHolder::from_columns(row.0, row.1) {
+        Some(holder) => (Some(holder), row.2),
+        None => (None, None),
     })
 }
 
